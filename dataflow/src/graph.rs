@@ -1,0 +1,417 @@
+//! Stream plans and the runtime that runs them, one epoch at a time, on N workers.
+//!
+//! A [`StreamPlan`] is a list of nodes in topological order, the last one the view's
+//! `Materialize`. A [`Dataflow`] holds one operator instance per node per worker. For each
+//! epoch it walks the nodes in order: the inputs of a keyed node (aggregate, join,
+//! materialize) are hash-exchanged so that each key lands on the worker that owns it;
+//! the workers then run their instance over their share of the epoch's batches in
+//! parallel, each followed by the barrier, which flushes the instance's state changes
+//! into the epoch's batch. Stateless nodes keep batches on the worker they came from.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use arrow::datatypes::SchemaRef;
+use datafusion::physical_expr::PhysicalExpr;
+use sabot_storage::{EpochBatch, StateTableId, StateWriter, Store};
+
+use crate::batch::ChangeBatch;
+use crate::error::{DataflowError, Result};
+use crate::operator::{Message, Operator};
+use crate::ops::aggregate::{AggKind, AggregateOp, AggregateSpec};
+use crate::ops::filter::FilterOp;
+use crate::ops::join::{JoinOp, JoinSpec};
+use crate::ops::materialize::MaterializeOp;
+use crate::ops::project::ProjectOp;
+use crate::ops::union::UnionOp;
+use crate::row::{Partitioner, RowCodec};
+
+/// What a node of a stream plan does.
+#[derive(Debug, Clone)]
+pub enum NodeKind {
+    /// The changelog of a table or view.
+    Source { relation: String },
+    Filter { predicate: Arc<dyn PhysicalExpr> },
+    Project { exprs: Vec<Arc<dyn PhysicalExpr>> },
+    Aggregate(AggregateSpec),
+    Join(JoinSpec),
+    Union,
+    /// Keeps the result rows of the view.
+    Materialize,
+}
+
+/// One node: what it does, where its inputs come from, its output schema and the state
+/// tables it owns.
+#[derive(Debug, Clone)]
+pub struct PlanNode {
+    pub kind: NodeKind,
+    pub inputs: Vec<usize>,
+    pub schema: SchemaRef,
+    pub state_tables: Vec<StateTableId>,
+}
+
+/// A view's dataflow, nodes in topological order, the last one `Materialize`.
+#[derive(Debug, Clone, Default)]
+pub struct StreamPlan {
+    pub nodes: Vec<PlanNode>,
+}
+
+impl StreamPlan {
+    /// The relations this plan reads.
+    pub fn sources(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for n in &self.nodes {
+            if let NodeKind::Source { relation } = &n.kind {
+                if !out.contains(&relation.as_str()) {
+                    out.push(relation);
+                }
+            }
+        }
+        out
+    }
+
+    /// Every state table of the plan.
+    pub fn state_tables(&self) -> Vec<StateTableId> {
+        self.nodes.iter().flat_map(|n| n.state_tables.iter().copied()).collect()
+    }
+
+    /// A readable tree of the dataflow, root first.
+    pub fn explain(&self, workers: usize) -> String {
+        let mut s = String::new();
+        if let Some(last) = self.nodes.len().checked_sub(1) {
+            self.explain_node(last, 0, workers, &mut s);
+        }
+        s
+    }
+
+    fn explain_node(&self, i: usize, depth: usize, workers: usize, s: &mut String) {
+        let n = &self.nodes[i];
+        let indent = "  ".repeat(depth);
+        let detail = match &n.kind {
+            NodeKind::Source { relation } => format!("Source: {relation}"),
+            NodeKind::Filter { predicate } => format!("Filter: {predicate}"),
+            NodeKind::Project { exprs } => format!(
+                "Project: {}",
+                exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+            NodeKind::Aggregate(spec) => {
+                let groups: Vec<&str> = spec.input_schema.fields()[..spec.group_count]
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect();
+                let calls: Vec<String> = spec
+                    .calls
+                    .iter()
+                    .map(|c| {
+                        let f = match c.kind {
+                            AggKind::Count => "count",
+                            AggKind::Sum => "sum",
+                            AggKind::Avg => "avg",
+                            AggKind::Min => "min",
+                            AggKind::Max => "max",
+                        };
+                        format!("{f}({})", spec.input_schema.field(c.arg).name())
+                    })
+                    .collect();
+                format!("HashAggregate: group=[{}], aggs=[{}]", groups.join(", "), calls.join(", "))
+            }
+            NodeKind::Join(spec) => {
+                let on: Vec<String> = spec
+                    .left_keys
+                    .iter()
+                    .zip(&spec.right_keys)
+                    .map(|(l, r)| format!("{l} = {r}"))
+                    .collect();
+                format!("HashJoin: inner, on=[{}]", on.join(", "))
+            }
+            NodeKind::Union => "Union".to_string(),
+            NodeKind::Materialize => "Materialize".to_string(),
+        };
+        let exchange = if workers > 1 && is_keyed(&n.kind) {
+            " [hash exchange]"
+        } else {
+            ""
+        };
+        let state = if n.state_tables.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " state=[{}]",
+                n.state_tables.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+            )
+        };
+        let _ = writeln!(s, "{indent}{detail}{exchange}{state}");
+        for input in &n.inputs {
+            self.explain_node(*input, depth + 1, workers, s);
+        }
+    }
+}
+
+fn is_keyed(kind: &NodeKind) -> bool {
+    matches!(
+        kind,
+        NodeKind::Aggregate(_) | NodeKind::Join(_) | NodeKind::Materialize
+    )
+}
+
+/// Passes source batches through.
+struct SourceOp;
+
+impl Operator for SourceOp {
+    fn name(&self) -> &'static str {
+        "Source"
+    }
+    fn on_data(&mut self, _port: usize, batch: ChangeBatch, out: &mut Vec<ChangeBatch>) -> Result<()> {
+        out.push(batch);
+        Ok(())
+    }
+}
+
+fn instantiate(node: &PlanNode, partitioner: Partitioner) -> Result<Box<dyn Operator>> {
+    let table = |i: usize| {
+        node.state_tables
+            .get(i)
+            .copied()
+            .ok_or_else(|| DataflowError::Internal("node lacks a state table".into()))
+    };
+    Ok(match &node.kind {
+        NodeKind::Source { .. } => Box::new(SourceOp),
+        NodeKind::Filter { predicate } => Box::new(FilterOp::new(Arc::clone(predicate))),
+        NodeKind::Project { exprs } => Box::new(ProjectOp::new(exprs.clone(), Arc::clone(&node.schema))),
+        NodeKind::Aggregate(spec) => Box::new(AggregateOp::try_new(spec.clone(), table(0)?, partitioner)?),
+        NodeKind::Join(spec) => Box::new(JoinOp::try_new(spec.clone(), [table(0)?, table(1)?])?),
+        NodeKind::Union => Box::new(UnionOp::new(Arc::clone(&node.schema))),
+        NodeKind::Materialize => Box::new(MaterializeOp::try_new(Arc::clone(&node.schema), table(0)?)?),
+    })
+}
+
+/// How the batches arriving at a keyed node are routed to workers.
+enum Exchange {
+    None,
+    /// Route by these key columns of each batch (computed per port).
+    Hash(Box<dyn Fn(usize, &RecordBatch) -> Result<Vec<ArrayRef>> + Send + Sync>, RowCodecs),
+}
+
+/// Key codecs per input port.
+type RowCodecs = Vec<RowCodec>;
+
+fn exchange_for(node: &PlanNode, input_schemas: &[SchemaRef]) -> Result<Exchange> {
+    Ok(match &node.kind {
+        NodeKind::Aggregate(spec) => {
+            let g = spec.group_count;
+            let types = spec.input_schema.fields()[..g].iter().map(|f| f.data_type().clone()).collect();
+            Exchange::Hash(
+                Box::new(move |_, b: &RecordBatch| Ok(b.columns()[..g].to_vec())),
+                vec![RowCodec::new(types)?],
+            )
+        }
+        NodeKind::Join(spec) => {
+            let s = spec.clone();
+            let types = spec.key_types()?;
+            Exchange::Hash(
+                Box::new(move |port, b: &RecordBatch| s.key_columns(port, b)),
+                vec![RowCodec::new(types.clone())?, RowCodec::new(types)?],
+            )
+        }
+        NodeKind::Materialize => Exchange::Hash(
+            Box::new(|_, b: &RecordBatch| Ok(b.columns().to_vec())),
+            vec![RowCodec::for_schema(&input_schemas[0])?],
+        ),
+        _ => Exchange::None,
+    })
+}
+
+/// A running view: its plan and one operator instance per node per worker.
+pub struct Dataflow {
+    plan: StreamPlan,
+    workers: usize,
+    /// `instances[node][worker]`.
+    instances: Vec<Vec<Box<dyn Operator>>>,
+    exchanges: Vec<Exchange>,
+}
+
+impl Dataflow {
+    pub fn try_new(plan: StreamPlan, workers: usize) -> Result<Self> {
+        let workers = workers.max(1);
+        let mut instances = Vec::with_capacity(plan.nodes.len());
+        let mut exchanges = Vec::with_capacity(plan.nodes.len());
+        for node in &plan.nodes {
+            let per_worker = (0..workers)
+                .map(|worker| instantiate(node, Partitioner { worker, workers }))
+                .collect::<Result<Vec<_>>>()?;
+            instances.push(per_worker);
+            let input_schemas: Vec<SchemaRef> =
+                node.inputs.iter().map(|i| Arc::clone(&plan.nodes[*i].schema)).collect();
+            exchanges.push(exchange_for(node, &input_schemas)?);
+        }
+        match plan.nodes.last() {
+            Some(PlanNode { kind: NodeKind::Materialize, .. }) => {}
+            _ => return Err(DataflowError::Internal("a stream plan must end in Materialize".into())),
+        }
+        Ok(Self {
+            plan,
+            workers,
+            instances,
+            exchanges,
+        })
+    }
+
+    pub fn plan(&self) -> &StreamPlan {
+        &self.plan
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Loads every operator's committed state.
+    pub fn restore(&mut self, store: &Store) -> Result<()> {
+        for (node, per_worker) in self.instances.iter_mut().enumerate() {
+            for table in &self.plan.nodes[node].state_tables {
+                let entries = store.scan(*table)?;
+                for (worker, op) in per_worker.iter_mut().enumerate() {
+                    op.restore(*table, &entries, Partitioner { worker, workers: self.workers })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one epoch. `deltas` maps each source relation to its changes in the epoch;
+    /// state changes go into `batch`. Returns the view's change in the epoch.
+    pub fn run_epoch(
+        &mut self,
+        deltas: &HashMap<String, Vec<ChangeBatch>>,
+        batch: &mut EpochBatch,
+    ) -> Result<Vec<ChangeBatch>> {
+        let epoch = batch.epoch();
+        let w = self.workers;
+        // outputs[node][worker]
+        let mut outputs: Vec<Vec<Vec<ChangeBatch>>> = Vec::with_capacity(self.plan.nodes.len());
+        for (i, node) in self.plan.nodes.iter().enumerate() {
+            // inputs[worker][port] = messages
+            let mut inputs: Vec<Vec<Vec<Message>>> = vec![vec![Vec::new(); node.inputs.len().max(1)]; w];
+            if let NodeKind::Source { relation } = &node.kind {
+                for (k, b) in deltas.get(relation).into_iter().flatten().enumerate() {
+                    if !b.is_empty() {
+                        inputs[k % w][0].push(Message::Data(b.clone()));
+                    }
+                }
+            } else {
+                for (port, input) in node.inputs.iter().enumerate() {
+                    for (from, batches) in outputs[*input].iter().enumerate() {
+                        for b in batches {
+                            self.route(i, port, b, from, &mut inputs)?;
+                        }
+                    }
+                }
+            }
+            for per_worker in &mut inputs {
+                for port in per_worker.iter_mut() {
+                    port.push(Message::Barrier(epoch));
+                }
+            }
+            let results: Vec<Result<(Vec<ChangeBatch>, StateWriter)>> = if w == 1 {
+                let op = &mut self.instances[i][0];
+                inputs.into_iter().map(|msgs| run_instance(op.as_mut(), msgs)).collect()
+            } else {
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = self.instances[i]
+                        .iter_mut()
+                        .zip(inputs)
+                        .map(|(op, msgs)| s.spawn(move || run_instance(op.as_mut(), msgs)))
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                Err(DataflowError::Internal("a worker panicked".into()))
+                            })
+                        })
+                        .collect()
+                })
+            };
+            let mut node_out = Vec::with_capacity(w);
+            for r in results {
+                let (out, writer) = r?;
+                batch.append(writer);
+                node_out.push(out);
+            }
+            outputs.push(node_out);
+        }
+        Ok(outputs.pop().map(|o| o.into_iter().flatten().collect()).unwrap_or_default())
+    }
+
+    /// Sends batch `b`, produced on worker `from`, to node `node`'s input `port`.
+    fn route(
+        &self,
+        node: usize,
+        port: usize,
+        b: &ChangeBatch,
+        from: usize,
+        inputs: &mut [Vec<Vec<Message>>],
+    ) -> Result<()> {
+        let w = self.workers;
+        match &self.exchanges[node] {
+            Exchange::Hash(keys, codecs) if w > 1 => {
+                let cols = keys(port, b.data())?;
+                let codec = &codecs[port.min(codecs.len() - 1)];
+                let mut parts: Vec<Vec<u32>> = vec![Vec::new(); w];
+                if codec.is_empty() {
+                    let owner = Partitioner::worker_of(w, &[]);
+                    parts[owner] = (0..b.num_rows() as u32).collect();
+                } else {
+                    let rows = codec.encode(&cols)?;
+                    for (r, row) in rows.iter().enumerate() {
+                        parts[Partitioner::worker_of(w, row.data())].push(r as u32);
+                    }
+                }
+                for (worker, idx) in parts.into_iter().enumerate() {
+                    if !idx.is_empty() {
+                        let part = b.take(&UInt32Array::from(idx))?;
+                        inputs[worker][port].push(Message::Data(part));
+                    }
+                }
+            }
+            _ => inputs[from][port].push(Message::Data(b.clone())),
+        }
+        Ok(())
+    }
+
+    /// The view's current contents.
+    pub fn snapshot(&self) -> Result<RecordBatch> {
+        let last = self
+            .instances
+            .last()
+            .ok_or_else(|| DataflowError::Internal("empty dataflow".into()))?;
+        let schema = Arc::clone(&self.plan.nodes[self.plan.nodes.len() - 1].schema);
+        let mut parts = Vec::new();
+        for op in last {
+            if let Some(b) = op.snapshot()? {
+                parts.push(b);
+            }
+        }
+        Ok(arrow::compute::concat_batches(&schema, &parts)?)
+    }
+}
+
+/// Runs one worker's instance over its messages of the epoch, port by port.
+fn run_instance(op: &mut dyn Operator, ports: Vec<Vec<Message>>) -> Result<(Vec<ChangeBatch>, StateWriter)> {
+    let mut out = Vec::new();
+    let mut writer = StateWriter::default();
+    let mut barrier = None;
+    for (port, msgs) in ports.into_iter().enumerate() {
+        for msg in msgs {
+            match msg {
+                Message::Data(b) => op.on_data(port, b, &mut out)?,
+                Message::Barrier(e) => barrier = Some(e),
+            }
+        }
+    }
+    if let Some(epoch) = barrier {
+        op.on_barrier(epoch, &mut writer, &mut out)?;
+    }
+    Ok((out, writer))
+}

@@ -1,0 +1,64 @@
+//! The operator contract and the messages that flow between operators.
+
+use arrow::array::RecordBatch;
+use sabot_storage::{StateTableId, StateWriter};
+
+use crate::batch::ChangeBatch;
+use crate::error::Result;
+use crate::row::Partitioner;
+
+/// What travels on an edge of the dataflow.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// A batch of changes.
+    Data(ChangeBatch),
+    /// Everything of `epoch` has been sent on this edge.
+    Barrier(u64),
+}
+
+/// One instance of an operator, owned by one worker.
+///
+/// The runtime calls [`Operator::on_data`] for each batch of the epoch, on each input port
+/// in port order, then [`Operator::on_barrier`] once all inputs delivered the barrier. At
+/// the barrier a stateful operator writes the state it changed during the epoch into the
+/// [`StateWriter`] (committed atomically with every other operator's) and emits what it
+/// held back (aggregates emit one consolidated change per group per epoch).
+pub trait Operator: Send + Sync {
+    /// A short name for EXPLAIN, metrics and errors.
+    fn name(&self) -> &'static str;
+
+    /// Handles one batch from input `port`, appending output batches to `out`.
+    fn on_data(&mut self, port: usize, batch: ChangeBatch, out: &mut Vec<ChangeBatch>)
+        -> Result<()>;
+
+    /// Handles the barrier of `epoch`.
+    fn on_barrier(
+        &mut self,
+        _epoch: u64,
+        _state: &mut StateWriter,
+        _out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// The state tables this operator writes (restored after a restart, dropped with it).
+    fn state_tables(&self) -> Vec<StateTableId> {
+        Vec::new()
+    }
+
+    /// Loads state after a restart. `entries` are all entries of one of the operator's
+    /// state tables; the operator keeps those its worker owns (`partitioner`).
+    fn restore(
+        &mut self,
+        _table: StateTableId,
+        _entries: &[(Vec<u8>, Vec<u8>)],
+        _partitioner: Partitioner,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// The current contents, for operators that hold a materialized result.
+    fn snapshot(&self) -> Result<Option<RecordBatch>> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,553 @@
+//! Hash aggregate over a changelog: per-group accumulators that accept retractions.
+//!
+//! Input columns are `[group columns..., argument columns...]` (a projection before the
+//! aggregate computes them). Each epoch the operator updates the groups touched by the
+//! epoch's changes and, at the barrier, emits for each group whose result changed a −1 of
+//! the old result row and a +1 of the new one. COUNT/SUM/AVG keep sums and counts; MIN and
+//! MAX keep the ordered multiset of values, so deleting the current minimum is exact.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, RecordBatch,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
+use arrow::row::Rows;
+use sabot_storage::{StateTableId, StateWriter};
+
+use crate::batch::ChangeBatch;
+use crate::codec::{Reader, Writer};
+use crate::error::{DataflowError, Result};
+use crate::operator::Operator;
+use crate::row::{Partitioner, RowCodec};
+
+/// The aggregate functions that can be maintained under retraction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggKind {
+    Count,
+    Sum,
+    Avg,
+    Min,
+    Max,
+}
+
+/// One aggregate call: its function and the input column of its argument.
+#[derive(Debug, Clone)]
+pub struct AggCall {
+    pub kind: AggKind,
+    pub arg: usize,
+}
+
+/// The fixed settings of an aggregate.
+#[derive(Debug, Clone)]
+pub struct AggregateSpec {
+    /// The first `group_count` input columns are the group key.
+    pub group_count: usize,
+    pub calls: Vec<AggCall>,
+    pub input_schema: SchemaRef,
+    /// `[group columns..., one column per call]`, with the types the plan expects.
+    pub output_schema: SchemaRef,
+}
+
+/// How a call accumulates, chosen from its function and argument type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Method {
+    Count,
+    /// SUM/AVG over integers, exact in i128.
+    IntSum { avg: bool },
+    FloatSum { avg: bool },
+    /// SUM/AVG over decimals of `scale`, exact in i128.
+    DecSum { avg: bool, scale: i8 },
+    Ordered { max: bool },
+}
+
+#[derive(Debug, Clone)]
+enum Acc {
+    Count(i64),
+    Int { sum: i128, n: i64 },
+    Float { sum: f64, n: i64 },
+    Ordered(BTreeMap<Vec<u8>, i64>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum OutVal {
+    Int(Option<i128>),
+    Float(Option<f64>),
+    Bytes(Option<Vec<u8>>),
+}
+
+#[derive(Debug, Clone)]
+struct Group {
+    rows: i64,
+    accs: Vec<Acc>,
+}
+
+/// Extra digits DataFusion gives AVG over decimals.
+const AVG_DEC_EXTRA_SCALE: i8 = 4;
+
+pub struct AggregateOp {
+    spec: AggregateSpec,
+    methods: Vec<Method>,
+    key_codec: RowCodec,
+    /// For MIN/MAX calls: the codec of the argument.
+    value_codecs: Vec<Option<RowCodec>>,
+    table: StateTableId,
+    partitioner: Partitioner,
+    groups: HashMap<Vec<u8>, Group>,
+    /// Groups touched this epoch → their result before the epoch (None: no row).
+    dirty: HashMap<Vec<u8>, Option<Vec<OutVal>>>,
+}
+
+impl AggregateOp {
+    pub fn try_new(spec: AggregateSpec, table: StateTableId, partitioner: Partitioner) -> Result<Self> {
+        let input = &spec.input_schema;
+        let key_types = input.fields()[..spec.group_count]
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        let mut methods = Vec::new();
+        let mut value_codecs = Vec::new();
+        for call in &spec.calls {
+            let ty = input
+                .fields()
+                .get(call.arg)
+                .ok_or_else(|| DataflowError::Internal("aggregate argument out of range".into()))?
+                .data_type()
+                .clone();
+            let method = method_for(call.kind, &ty)?;
+            value_codecs.push(match method {
+                Method::Ordered { .. } => Some(RowCodec::new(vec![ty])?),
+                _ => None,
+            });
+            methods.push(method);
+        }
+        Ok(Self {
+            key_codec: RowCodec::new(key_types)?,
+            spec,
+            methods,
+            value_codecs,
+            table,
+            partitioner,
+            groups: HashMap::new(),
+            dirty: HashMap::new(),
+        })
+    }
+
+    fn is_global(&self) -> bool {
+        self.spec.group_count == 0
+    }
+
+    fn new_group(&self) -> Group {
+        Group {
+            rows: 0,
+            accs: self
+                .methods
+                .iter()
+                .map(|m| match m {
+                    Method::Count => Acc::Count(0),
+                    Method::IntSum { .. } | Method::DecSum { .. } => Acc::Int { sum: 0, n: 0 },
+                    Method::FloatSum { .. } => Acc::Float { sum: 0.0, n: 0 },
+                    Method::Ordered { .. } => Acc::Ordered(BTreeMap::new()),
+                })
+                .collect(),
+        }
+    }
+
+    fn outputs(&self, g: &Group) -> Vec<OutVal> {
+        g.accs
+            .iter()
+            .zip(&self.methods)
+            .map(|(acc, m)| match (acc, m) {
+                (Acc::Count(c), _) => OutVal::Int(Some(i128::from(*c))),
+                (Acc::Int { sum, n }, Method::IntSum { avg: false } | Method::DecSum { avg: false, .. }) => {
+                    OutVal::Int((*n > 0).then_some(*sum))
+                }
+                (Acc::Int { sum, n }, Method::IntSum { avg: true }) => {
+                    OutVal::Float((*n > 0).then(|| *sum as f64 / *n as f64))
+                }
+                (Acc::Int { sum, n }, Method::DecSum { avg: true, .. }) => OutVal::Int(
+                    (*n > 0).then(|| div_round(sum.saturating_mul(10i128.pow(AVG_DEC_EXTRA_SCALE as u32)), i128::from(*n))),
+                ),
+                (Acc::Float { sum, n }, Method::FloatSum { avg }) => OutVal::Float(
+                    (*n > 0).then(|| if *avg { *sum / *n as f64 } else { *sum }),
+                ),
+                (Acc::Ordered(values), Method::Ordered { max }) => OutVal::Bytes(if *max {
+                    values.keys().next_back().cloned()
+                } else {
+                    values.keys().next().cloned()
+                }),
+                // Accumulators are built from their methods; any other pairing is a bug
+                // caught by the output builder as a type error.
+                _ => OutVal::Int(None),
+            })
+            .collect()
+    }
+
+    /// Per-call argument arrays prepared for accumulation.
+    fn prepare_args(&self, data: &RecordBatch) -> Result<Vec<PreparedArg>> {
+        self.spec
+            .calls
+            .iter()
+            .zip(&self.methods)
+            .zip(&self.value_codecs)
+            .map(|((call, m), codec)| {
+                let col = data.column(call.arg);
+                Ok(match m {
+                    Method::Count => PreparedArg::Nulls(Arc::clone(col)),
+                    Method::IntSum { .. } => PreparedArg::Int(cast(col, &DataType::Int64)?),
+                    Method::FloatSum { .. } => PreparedArg::Float(cast(col, &DataType::Float64)?),
+                    Method::DecSum { .. } => PreparedArg::Dec(Arc::clone(col)),
+                    Method::Ordered { .. } => {
+                        let codec = codec
+                            .as_ref()
+                            .ok_or_else(|| DataflowError::Internal("missing value codec".into()))?;
+                        PreparedArg::Ordered(Arc::clone(col), codec.encode(std::slice::from_ref(col))?)
+                    }
+                })
+            })
+            .collect()
+    }
+
+    fn encode_group(&self, g: &Group) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.i64(g.rows);
+        for acc in &g.accs {
+            match acc {
+                Acc::Count(c) => {
+                    w.u8(0).i64(*c);
+                }
+                Acc::Int { sum, n } => {
+                    w.u8(1).i128(*sum).i64(*n);
+                }
+                Acc::Float { sum, n } => {
+                    w.u8(2).f64(*sum).i64(*n);
+                }
+                Acc::Ordered(values) => {
+                    w.u8(3).i64(values.len() as i64);
+                    for (v, c) in values {
+                        w.bytes(v).i64(*c);
+                    }
+                }
+            }
+        }
+        w.finish()
+    }
+
+    fn decode_group(&self, bytes: &[u8]) -> Result<Group> {
+        let mut r = Reader::new(bytes);
+        let rows = r.i64()?;
+        let mut accs = Vec::with_capacity(self.methods.len());
+        for _ in &self.methods {
+            accs.push(match r.u8()? {
+                0 => Acc::Count(r.i64()?),
+                1 => Acc::Int {
+                    sum: r.i128()?,
+                    n: r.i64()?,
+                },
+                2 => Acc::Float {
+                    sum: r.f64()?,
+                    n: r.i64()?,
+                },
+                3 => {
+                    let n = r.i64()?;
+                    let mut values = BTreeMap::new();
+                    for _ in 0..n {
+                        let v = r.bytes()?.to_vec();
+                        values.insert(v, r.i64()?);
+                    }
+                    Acc::Ordered(values)
+                }
+                t => return Err(DataflowError::Corrupt(format!("unknown accumulator tag {t}"))),
+            });
+        }
+        Ok(Group { rows, accs })
+    }
+
+    /// Builds output rows `(group key, result values)` with their weights.
+    fn build_output(&self, rows: &[(&[u8], &[OutVal], i64)]) -> Result<ChangeBatch> {
+        let out_schema = &self.spec.output_schema;
+        let mut columns: Vec<ArrayRef> = if self.is_global() {
+            Vec::new()
+        } else {
+            self.key_codec.decode(rows.iter().map(|(k, _, _)| *k))?
+        };
+        for (c, m) in self.methods.iter().enumerate() {
+            let vals = rows.iter().map(|(_, v, _)| &v[c]);
+            let array: ArrayRef = match m {
+                Method::Count | Method::IntSum { avg: false } => Arc::new(
+                    vals.map(|v| match v {
+                        OutVal::Int(x) => x.and_then(|x| i64::try_from(x).ok()),
+                        _ => None,
+                    })
+                    .collect::<Int64Array>(),
+                ),
+                Method::IntSum { avg: true } | Method::FloatSum { .. } => Arc::new(
+                    vals.map(|v| match v {
+                        OutVal::Float(x) => *x,
+                        _ => None,
+                    })
+                    .collect::<Float64Array>(),
+                ),
+                Method::DecSum { avg, scale } => {
+                    let scale = if *avg { scale + AVG_DEC_EXTRA_SCALE } else { *scale };
+                    Arc::new(
+                        vals.map(|v| match v {
+                            OutVal::Int(x) => *x,
+                            _ => None,
+                        })
+                        .collect::<Decimal128Array>()
+                        .with_precision_and_scale(38, scale)?,
+                    )
+                }
+                Method::Ordered { .. } => {
+                    let codec = self.value_codecs[c]
+                        .as_ref()
+                        .ok_or_else(|| DataflowError::Internal("missing value codec".into()))?;
+                    let present: Vec<&[u8]> = rows
+                        .iter()
+                        .filter_map(|(_, v, _)| match &v[c] {
+                            OutVal::Bytes(Some(b)) => Some(b.as_slice()),
+                            _ => None,
+                        })
+                        .collect();
+                    let decoded = if present.is_empty() {
+                        arrow::array::new_empty_array(&codec.types()[0])
+                    } else {
+                        codec.decode(present)?.remove(0)
+                    };
+                    // Spread decoded values back over rows, NULL where there was none.
+                    let mut idx = 0u32;
+                    let take: arrow::array::UInt32Array = rows
+                        .iter()
+                        .map(|(_, v, _)| match &v[c] {
+                            OutVal::Bytes(Some(_)) => {
+                                idx += 1;
+                                Some(idx - 1)
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    arrow::compute::take(&decoded, &take, None)?
+                }
+            };
+            columns.push(array);
+        }
+        let columns = columns
+            .into_iter()
+            .zip(out_schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c)
+                } else {
+                    cast(&c, f.data_type())
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len()));
+        let data = RecordBatch::try_new_with_options(Arc::clone(out_schema), columns, &options)?;
+        ChangeBatch::try_new(data, rows.iter().map(|(_, _, w)| *w).collect())
+    }
+}
+
+enum PreparedArg {
+    Nulls(ArrayRef),
+    Int(ArrayRef),
+    Float(ArrayRef),
+    Dec(ArrayRef),
+    Ordered(ArrayRef, Rows),
+}
+
+fn method_for(kind: AggKind, ty: &DataType) -> Result<Method> {
+    use DataType::*;
+    let numeric_int = matches!(ty, Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64);
+    let float = matches!(ty, Float16 | Float32 | Float64);
+    Ok(match kind {
+        AggKind::Count => Method::Count,
+        AggKind::Min => Method::Ordered { max: false },
+        AggKind::Max => Method::Ordered { max: true },
+        AggKind::Sum | AggKind::Avg => {
+            let avg = kind == AggKind::Avg;
+            if numeric_int {
+                Method::IntSum { avg }
+            } else if float {
+                Method::FloatSum { avg }
+            } else if let Decimal128(_, s) = ty {
+                Method::DecSum { avg, scale: *s }
+            } else {
+                return Err(DataflowError::user(
+                    "42883",
+                    format!("function {}({ty}) does not exist", if avg { "avg" } else { "sum" }),
+                ));
+            }
+        }
+    })
+}
+
+/// Integer division rounding half away from zero.
+fn div_round(a: i128, b: i128) -> i128 {
+    let q = a / b;
+    let r = a % b;
+    if 2 * r.abs() >= b.abs() {
+        q + if (a < 0) != (b < 0) { -1 } else { 1 }
+    } else {
+        q
+    }
+}
+
+impl Operator for AggregateOp {
+    fn name(&self) -> &'static str {
+        "HashAggregate"
+    }
+
+    fn on_data(&mut self, _port: usize, batch: ChangeBatch, _out: &mut Vec<ChangeBatch>) -> Result<()> {
+        let data = batch.data();
+        let weights = batch.weights().values();
+        let keys = if self.is_global() {
+            None
+        } else {
+            let cols: Vec<ArrayRef> = data.columns()[..self.spec.group_count].to_vec();
+            Some(self.key_codec.encode(&cols)?)
+        };
+        let args = self.prepare_args(data)?;
+        let empty: &[u8] = &[];
+        for (i, &w) in weights.iter().enumerate() {
+            if w == 0 {
+                continue;
+            }
+            let key: &[u8] = keys.as_ref().map(|k| k.row(i).data()).unwrap_or(empty);
+            if !self.groups.contains_key(key) {
+                let g = self.new_group();
+                self.groups.insert(key.to_vec(), g);
+            }
+            if !self.dirty.contains_key(key) {
+                let before = self.groups.get(key).and_then(|g| {
+                    (g.rows > 0 || self.is_global()).then(|| self.outputs(g))
+                });
+                // A brand-new group (rows == 0) had no result row, unless global and known.
+                self.dirty.insert(key.to_vec(), before);
+            }
+            let group = self
+                .groups
+                .get_mut(key)
+                .ok_or_else(|| DataflowError::Internal("group vanished".into()))?;
+            group.rows += w;
+            for (acc, arg) in group.accs.iter_mut().zip(&args) {
+                match (acc, arg) {
+                    (Acc::Count(c), PreparedArg::Nulls(a)) => {
+                        if a.is_valid(i) {
+                            *c += w;
+                        }
+                    }
+                    (Acc::Int { sum, n }, PreparedArg::Int(a)) => {
+                        if a.is_valid(i) {
+                            *sum = sum.saturating_add(i128::from(a.as_primitive::<Int64Type>().value(i)) * i128::from(w));
+                            *n += w;
+                        }
+                    }
+                    (Acc::Int { sum, n }, PreparedArg::Dec(a)) => {
+                        if a.is_valid(i) {
+                            let v = a.as_primitive::<arrow::datatypes::Decimal128Type>().value(i);
+                            *sum = sum.saturating_add(v.saturating_mul(i128::from(w)));
+                            *n += w;
+                        }
+                    }
+                    (Acc::Float { sum, n }, PreparedArg::Float(a)) => {
+                        if a.is_valid(i) {
+                            *sum += a.as_primitive::<Float64Type>().value(i) * w as f64;
+                            *n += w;
+                        }
+                    }
+                    (Acc::Ordered(values), PreparedArg::Ordered(a, rows)) => {
+                        if a.is_valid(i) {
+                            let v = rows.row(i);
+                            let bytes = v.data();
+                            let remove = match values.get_mut(bytes) {
+                                Some(c) => {
+                                    *c += w;
+                                    *c == 0
+                                }
+                                None => {
+                                    values.insert(bytes.to_vec(), w);
+                                    false
+                                }
+                            };
+                            if remove {
+                                values.remove(bytes);
+                            }
+                        }
+                    }
+                    _ => return Err(DataflowError::Internal("accumulator/argument mismatch".into())),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_barrier(&mut self, _epoch: u64, state: &mut StateWriter, out: &mut Vec<ChangeBatch>) -> Result<()> {
+        // A global aggregate has a result row even over no input: emit it once.
+        if self.is_global() && self.partitioner.owns(&[]) && !self.groups.contains_key(&[][..]) {
+            let g = self.new_group();
+            self.groups.insert(Vec::new(), g);
+            self.dirty.insert(Vec::new(), None);
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut changes: Vec<(Vec<u8>, Vec<OutVal>, i64)> = Vec::new();
+        for (key, before) in dirty {
+            let Some(group) = self.groups.get(&key) else {
+                continue;
+            };
+            if group.rows < 0 {
+                return Err(DataflowError::Internal(format!(
+                    "group row count would become {}",
+                    group.rows
+                )));
+            }
+            let exists = group.rows > 0 || self.is_global();
+            let after = exists.then(|| self.outputs(group));
+            if exists {
+                state.put(self.table, &key, &self.encode_group(group));
+            } else {
+                self.groups.remove(&key);
+                state.delete(self.table, &key);
+            }
+            if before == after {
+                continue;
+            }
+            if let Some(b) = before {
+                changes.push((key.clone(), b, -1));
+            }
+            if let Some(a) = after {
+                changes.push((key, a, 1));
+            }
+        }
+        if !changes.is_empty() {
+            let rows: Vec<(&[u8], &[OutVal], i64)> = changes
+                .iter()
+                .map(|(k, v, w)| (k.as_slice(), v.as_slice(), *w))
+                .collect();
+            out.push(self.build_output(&rows)?);
+        }
+        Ok(())
+    }
+
+    fn state_tables(&self) -> Vec<StateTableId> {
+        vec![self.table]
+    }
+
+    fn restore(
+        &mut self,
+        _table: StateTableId,
+        entries: &[(Vec<u8>, Vec<u8>)],
+        partitioner: Partitioner,
+    ) -> Result<()> {
+        for (k, v) in entries {
+            if partitioner.owns(k) {
+                let g = self.decode_group(v)?;
+                self.groups.insert(k.clone(), g);
+            }
+        }
+        Ok(())
+    }
+}

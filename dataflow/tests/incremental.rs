@@ -1,0 +1,336 @@
+//! Incremental equals recompute: random insert/update/delete streams go through each
+//! stateful operator epoch by epoch; after every epoch the view's contents must equal the
+//! same query evaluated from scratch over the current input. Runs with 1 and 2 workers,
+//! and restarts the dataflow from its committed state midway.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::logical_expr::Operator as BinOp;
+use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::scalar::ScalarValue;
+use proptest::prelude::*;
+use sabot_dataflow::ops::aggregate::{AggCall, AggKind, AggregateSpec};
+use sabot_dataflow::ops::join::JoinSpec;
+use sabot_dataflow::{ChangeBatch, Dataflow, NodeKind, PlanNode, StreamPlan};
+use sabot_storage::{EpochBatch, Store};
+
+type Row = Vec<Option<i64>>;
+
+fn schema(names: &[&str]) -> SchemaRef {
+    Arc::new(Schema::new(
+        names.iter().map(|n| Field::new(*n, DataType::Int64, true)).collect::<Vec<_>>(),
+    ))
+}
+
+fn col(name: &str, i: usize) -> Arc<dyn PhysicalExpr> {
+    Arc::new(Column::new(name, i))
+}
+
+fn batch(schema: &SchemaRef, rows: &[Row]) -> RecordBatch {
+    let cols: Vec<ArrayRef> = (0..schema.fields().len())
+        .map(|c| Arc::new(rows.iter().map(|r| r[c]).collect::<Int64Array>()) as ArrayRef)
+        .collect();
+    RecordBatch::try_new(Arc::clone(schema), cols).unwrap()
+}
+
+fn rows_of(b: &RecordBatch) -> Vec<Row> {
+    let mut out: Vec<Row> = (0..b.num_rows())
+        .map(|r| {
+            b.columns()
+                .iter()
+                .map(|c| c.is_valid(r).then(|| c.as_primitive::<Int64Type>().value(r)))
+                .collect()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// One change to a keyed input: set `id` to `row` (None deletes it).
+#[derive(Debug, Clone)]
+struct Op {
+    input: usize,
+    id: i64,
+    row: Option<(Option<i64>, Option<i64>)>,
+}
+
+fn op_strategy(inputs: usize) -> impl Strategy<Value = Op> {
+    (
+        0..inputs,
+        0i64..12,
+        proptest::option::weighted(0.75, (proptest::option::weighted(0.9, 0i64..4), proptest::option::weighted(0.85, -5i64..20))),
+    )
+        .prop_map(|(input, id, row)| Op { input, id, row })
+}
+
+/// Keyed inputs `id → (k, v)` and the changelog of each epoch.
+struct Inputs {
+    state: Vec<BTreeMap<i64, (Option<i64>, Option<i64>)>>,
+    schema: SchemaRef,
+}
+
+impl Inputs {
+    fn new(n: usize) -> Self {
+        Self {
+            state: vec![BTreeMap::new(); n],
+            schema: schema(&["id", "k", "v"]),
+        }
+    }
+
+    /// Applies ops, returning each input's change batches for the epoch.
+    fn apply(&mut self, ops: &[Op]) -> Vec<Vec<ChangeBatch>> {
+        let mut out = vec![Vec::new(); self.state.len()];
+        for op in ops {
+            let st = &mut self.state[op.input];
+            let old = st.get(&op.id).copied();
+            if let Some((k, v)) = old {
+                out[op.input].push(ChangeBatch::deletes(batch(&self.schema, &[vec![Some(op.id), k, v]])));
+                st.remove(&op.id);
+            }
+            if let Some((k, v)) = op.row {
+                out[op.input].push(ChangeBatch::inserts(batch(&self.schema, &[vec![Some(op.id), k, v]])));
+                st.insert(op.id, (k, v));
+            }
+        }
+        out
+    }
+
+    fn rows(&self, input: usize) -> Vec<Row> {
+        self.state[input].iter().map(|(id, (k, v))| vec![Some(*id), *k, *v]).collect()
+    }
+}
+
+/// Runs `epochs` through `plan` (sources named in0, in1, ...), comparing with `recompute`
+/// after each epoch; restarts from the store after epoch `restart_at`.
+fn check(
+    plan: StreamPlan,
+    inputs: usize,
+    epochs: Vec<Vec<Op>>,
+    workers: usize,
+    restart_at: usize,
+    recompute: impl Fn(&Inputs) -> Vec<Row>,
+) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut flow = Dataflow::try_new(plan.clone(), workers).unwrap();
+    let mut data = Inputs::new(inputs);
+    for (e, ops) in epochs.iter().enumerate() {
+        let changes = data.apply(ops);
+        let deltas = changes
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (format!("in{i}"), c))
+            .collect();
+        let mut b = EpochBatch::new(e as u64 + 1);
+        flow.run_epoch(&deltas, &mut b).unwrap();
+        store.commit(b).unwrap();
+        let got = rows_of(&flow.snapshot().unwrap());
+        let mut want = recompute(&data);
+        want.sort();
+        prop_assert_eq!(&got, &want, "epoch {} with {} workers", e, workers);
+        if e == restart_at {
+            flow = Dataflow::try_new(plan.clone(), workers).unwrap();
+            flow.restore(&store).unwrap();
+            let again = rows_of(&flow.snapshot().unwrap());
+            prop_assert_eq!(&again, &want, "after restart at epoch {}", e);
+        }
+    }
+    Ok(())
+}
+
+fn source(i: usize) -> PlanNode {
+    PlanNode {
+        kind: NodeKind::Source { relation: format!("in{i}") },
+        inputs: vec![],
+        schema: schema(&["id", "k", "v"]),
+        state_tables: vec![],
+    }
+}
+
+fn materialize(input: usize, schema: SchemaRef, table: u32) -> PlanNode {
+    PlanNode {
+        kind: NodeKind::Materialize,
+        inputs: vec![input],
+        schema,
+        state_tables: vec![table],
+    }
+}
+
+/// SELECT k, count(*), count(v), sum(v), min(v), max(v) FROM in0 GROUP BY k
+fn aggregate_plan(global: bool) -> StreamPlan {
+
+    let (group_count, out) = if global {
+        (0, schema(&["c", "cv", "s", "mn", "mx"]))
+    } else {
+        (1, schema(&["k", "c", "cv", "s", "mn", "mx"]))
+    };
+    let one: Arc<dyn PhysicalExpr> = Arc::new(Literal::new(ScalarValue::Int64(Some(1))));
+    let (pre_exprs, pre_schema) = if global {
+        (vec![col("v", 2), one], schema(&["v", "one"]))
+    } else {
+        (vec![col("k", 1), col("v", 2), one], schema(&["k", "v", "one"]))
+    };
+    let v = group_count;
+    let spec = AggregateSpec {
+        group_count,
+        calls: vec![
+            AggCall { kind: AggKind::Count, arg: v + 1 },
+            AggCall { kind: AggKind::Count, arg: v },
+            AggCall { kind: AggKind::Sum, arg: v },
+            AggCall { kind: AggKind::Min, arg: v },
+            AggCall { kind: AggKind::Max, arg: v },
+        ],
+        input_schema: Arc::clone(&pre_schema),
+        output_schema: Arc::clone(&out),
+    };
+    StreamPlan {
+        nodes: vec![
+            source(0),
+            PlanNode {
+                kind: NodeKind::Project { exprs: pre_exprs },
+                inputs: vec![0],
+                schema: pre_schema,
+                state_tables: vec![],
+            },
+            PlanNode {
+                kind: NodeKind::Aggregate(spec),
+                inputs: vec![1],
+                schema: Arc::clone(&out),
+                state_tables: vec![1],
+            },
+            materialize(2, out, 2),
+        ],
+    }
+}
+
+fn aggregate_recompute(global: bool) -> impl Fn(&Inputs) -> Vec<Row> {
+    move |d: &Inputs| {
+        let mut groups: BTreeMap<Option<i64>, Vec<Option<i64>>> = BTreeMap::new();
+        for r in d.rows(0) {
+            groups.entry(if global { None } else { r[1] }).or_default().push(r[2]);
+        }
+        if global && groups.is_empty() {
+            groups.insert(None, vec![]);
+        }
+        groups
+            .into_iter()
+            .map(|(k, vs)| {
+                let nn: Vec<i64> = vs.iter().flatten().copied().collect();
+                let mut row = if global { vec![] } else { vec![k] };
+                row.push(Some(vs.len() as i64));
+                row.push(Some(nn.len() as i64));
+                row.push((!nn.is_empty()).then(|| nn.iter().sum()));
+                row.push(nn.iter().min().copied());
+                row.push(nn.iter().max().copied());
+                row
+            })
+            .collect()
+    }
+}
+
+/// SELECT a.id, a.v, b.id, b.v FROM in0 a JOIN in1 b ON a.k = b.k WHERE a.v < b.v
+fn join_plan() -> StreamPlan {
+    let side = schema(&["id", "k", "v"]);
+    let out = schema(&["id", "k", "v", "id2", "k2", "v2"]);
+    let spec = JoinSpec {
+        left_keys: vec![col("k", 1)],
+        right_keys: vec![col("k", 1)],
+        left_schema: Arc::clone(&side),
+        right_schema: side,
+        output_schema: Arc::clone(&out),
+    };
+    let pred: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(col("v", 2), BinOp::Lt, col("v2", 5)));
+    let proj = schema(&["id", "v", "id2", "v2"]);
+    StreamPlan {
+        nodes: vec![
+            source(0),
+            source(1),
+            PlanNode { kind: NodeKind::Join(spec), inputs: vec![0, 1], schema: Arc::clone(&out), state_tables: vec![1, 2] },
+            PlanNode { kind: NodeKind::Filter { predicate: pred }, inputs: vec![2], schema: out, state_tables: vec![] },
+            PlanNode {
+                kind: NodeKind::Project { exprs: vec![col("id", 0), col("v", 2), col("id2", 3), col("v2", 5)] },
+                inputs: vec![3],
+                schema: Arc::clone(&proj),
+                state_tables: vec![],
+            },
+            materialize(4, proj, 3),
+        ],
+    }
+}
+
+fn join_recompute(d: &Inputs) -> Vec<Row> {
+    let mut out = Vec::new();
+    for a in d.rows(0) {
+        for b in d.rows(1) {
+            let keys_match = matches!((a[1], b[1]), (Some(x), Some(y)) if x == y);
+            let less = matches!((a[2], b[2]), (Some(x), Some(y)) if x < y);
+            if keys_match && less {
+                out.push(vec![a[0], a[2], b[0], b[2]]);
+            }
+        }
+    }
+    out
+}
+
+/// SELECT k, v + 1 FROM in0 WHERE v > 3 (duplicates kept)
+fn filter_plan() -> StreamPlan {
+    let out = schema(&["k", "v1"]);
+    let gt: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
+        col("v", 2),
+        BinOp::Gt,
+        Arc::new(Literal::new(ScalarValue::Int64(Some(3)))),
+    ));
+    let plus: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
+        col("v", 2),
+        BinOp::Plus,
+        Arc::new(Literal::new(ScalarValue::Int64(Some(1)))),
+    ));
+    StreamPlan {
+        nodes: vec![
+            source(0),
+            PlanNode { kind: NodeKind::Filter { predicate: gt }, inputs: vec![0], schema: schema(&["id", "k", "v"]), state_tables: vec![] },
+            PlanNode { kind: NodeKind::Project { exprs: vec![col("k", 1), plus] }, inputs: vec![1], schema: Arc::clone(&out), state_tables: vec![] },
+            materialize(2, out, 1),
+        ],
+    }
+}
+
+fn filter_recompute(d: &Inputs) -> Vec<Row> {
+    d.rows(0)
+        .into_iter()
+        .filter(|r| matches!(r[2], Some(v) if v > 3))
+        .map(|r| vec![r[1], r[2].map(|v| v + 1)])
+        .collect()
+}
+
+fn epochs(inputs: usize) -> impl Strategy<Value = Vec<Vec<Op>>> {
+    proptest::collection::vec(proptest::collection::vec(op_strategy(inputs), 0..25), 1..12)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn aggregate_by_key(e in epochs(1), workers in 1usize..=2, restart in 0usize..12) {
+        check(aggregate_plan(false), 1, e, workers, restart, aggregate_recompute(false))?;
+    }
+
+    #[test]
+    fn global_aggregate(e in epochs(1), workers in 1usize..=2, restart in 0usize..12) {
+        check(aggregate_plan(true), 1, e, workers, restart, aggregate_recompute(true))?;
+    }
+
+    #[test]
+    fn join_with_residual_filter(e in epochs(2), workers in 1usize..=2, restart in 0usize..12) {
+        check(join_plan(), 2, e, workers, restart, join_recompute)?;
+    }
+
+    #[test]
+    fn filter_project_materialize(e in epochs(1), workers in 1usize..=2, restart in 0usize..12) {
+        check(filter_plan(), 1, e, workers, restart, filter_recompute)?;
+    }
+}

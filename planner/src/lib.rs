@@ -1,0 +1,16 @@
+//! # sabot-planner: from statements to dataflows and answers
+//!
+//! - [`engine::Database`] runs statements: DDL and DML against the catalog and tables,
+//!   epochs that push changes through every view, reads over the last committed epoch,
+//!   and recovery after a restart.
+//! - [`stream`] turns the DataFusion logical plan of a view's query into a
+//!   [`sabot_dataflow::StreamPlan`], or explains which construct cannot be incremental.
+//! - [`types`] maps SQL types to Arrow and back.
+
+pub mod engine;
+pub mod error;
+pub mod stream;
+pub mod types;
+
+pub use engine::{Database, DbConfig, Output, Relation, RelationKind, Snapshot};
+pub use error::{PlanError, Result};

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The project's test command: unit and property tests, the crash-recovery test, and the
+# .slt files over pgwire against freshly started servers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast
+"$CARGO_TARGET_DIR/debug/sabot-slt" --sabot "$CARGO_TARGET_DIR/debug/sabot" --workers 2 sqllogictest/slt

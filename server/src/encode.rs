@@ -1,0 +1,307 @@
+//! Arrow columns to PostgreSQL wire values, in text or binary format.
+
+use std::error::Error;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{
+    DataType, Date32Type, Date64Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type,
+    Int64Type, Int8Type, IntervalMonthDayNanoType, IntervalUnit, Schema, Time32MillisecondType,
+    Time32SecondType, Time64MicrosecondType, Time64NanosecondType, TimeUnit, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type,
+    UInt64Type, UInt8Type,
+};
+use bytes::{BufMut, BytesMut};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
+use pgwire::api::Type;
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::data::DataRow;
+use pgwire::types::format::FormatOptions;
+use pgwire::types::ToSqlText;
+use postgres_types::{to_sql_checked, IsNull, ToSql};
+use sabot_planner::types::SQL_TYPE_KEY;
+
+/// The PostgreSQL type a column is reported as.
+pub fn pg_type(field: &arrow::datatypes::Field) -> Type {
+    match field.metadata().get(SQL_TYPE_KEY).map(String::as_str) {
+        Some("jsonb") => return Type::JSONB,
+        Some("json") => return Type::JSON,
+        Some("varchar") => return Type::VARCHAR,
+        _ => {}
+    }
+    match field.data_type() {
+        DataType::Boolean => Type::BOOL,
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => Type::INT2,
+        DataType::Int32 | DataType::UInt16 => Type::INT4,
+        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => Type::INT8,
+        DataType::Float16 | DataType::Float32 => Type::FLOAT4,
+        DataType::Float64 => Type::FLOAT8,
+        DataType::Decimal128(..) | DataType::Decimal256(..) => Type::NUMERIC,
+        DataType::Date32 | DataType::Date64 => Type::DATE,
+        DataType::Time32(_) | DataType::Time64(_) => Type::TIME,
+        DataType::Timestamp(_, None) => Type::TIMESTAMP,
+        DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
+        DataType::Interval(IntervalUnit::MonthDayNano) => Type::INTERVAL,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => Type::BYTEA,
+        _ => Type::TEXT,
+    }
+}
+
+/// Row descriptions for a schema, with one format per column.
+pub fn fields(schema: &Schema, format: impl Fn(usize) -> FieldFormat) -> Vec<FieldInfo> {
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| FieldInfo::new(f.name().clone(), None, None, pg_type(f), format(i)))
+        .collect()
+}
+
+/// An INTERVAL value in PostgreSQL's representation.
+#[derive(Debug, Clone, Copy)]
+struct PgInterval {
+    months: i32,
+    days: i32,
+    micros: i64,
+}
+
+impl ToSql for PgInterval {
+    fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        out.put_i64(self.micros);
+        out.put_i32(self.days);
+        out.put_i32(self.months);
+        Ok(IsNull::No)
+    }
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::INTERVAL
+    }
+    to_sql_checked!();
+}
+
+impl ToSqlText for PgInterval {
+    fn to_sql_text(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+        _format_options: &FormatOptions,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        out.put_slice(format_interval(self.months, self.days, self.micros).as_bytes());
+        Ok(IsNull::No)
+    }
+}
+
+/// PostgreSQL's default (`postgres`) interval style: `1 year 2 mons 3 days 04:05:06.5`.
+fn format_interval(months: i32, days: i32, micros: i64) -> String {
+    let mut parts = Vec::new();
+    let years = months / 12;
+    let mons = months % 12;
+    let plural = |n: i64, unit: &str| format!("{n} {unit}{}", if n.abs() == 1 { "" } else { "s" });
+    if years != 0 {
+        parts.push(plural(i64::from(years), "year"));
+    }
+    if mons != 0 {
+        parts.push(plural(i64::from(mons), "mon"));
+    }
+    if days != 0 {
+        parts.push(plural(i64::from(days), "day"));
+    }
+    if micros != 0 || parts.is_empty() {
+        let sign = if micros < 0 { "-" } else { "" };
+        let m = micros.unsigned_abs();
+        let secs = m / 1_000_000;
+        let frac = m % 1_000_000;
+        let mut t = format!("{sign}{:02}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60);
+        if frac != 0 {
+            let f = format!("{frac:06}");
+            t.push('.');
+            t.push_str(f.trim_end_matches('0'));
+        }
+        parts.push(t);
+    }
+    parts.join(" ")
+}
+
+/// A JSON value kept as text (for JSON/JSONB columns that hold invalid JSON text).
+fn encode<T: ToSql + ToSqlText>(
+    enc: &mut DataRowEncoder,
+    value: &Option<T>,
+    ty: &Type,
+    format: FieldFormat,
+    opts: &FormatOptions,
+) -> PgWireResult<()> {
+    enc.encode_field_with_type_and_format(value, ty, format, opts)
+}
+
+fn bad(msg: String) -> PgWireError {
+    PgWireError::ApiError(msg.into())
+}
+
+/// Encodes row `row` of `col` into the encoder.
+fn encode_value(
+    enc: &mut DataRowEncoder,
+    col: &ArrayRef,
+    row: usize,
+    field: &FieldInfo,
+    opts: &FormatOptions,
+) -> PgWireResult<()> {
+    let ty = field.datatype();
+    let fmt = field.format();
+    let valid = col.is_valid(row);
+    macro_rules! prim {
+        ($t:ty, $conv:expr) => {{
+            let v = valid.then(|| $conv(col.as_primitive::<$t>().value(row)));
+            encode(enc, &v, ty, fmt, opts)
+        }};
+    }
+    match col.data_type() {
+        DataType::Null => encode(enc, &None::<String>, ty, fmt, opts),
+        DataType::Boolean => {
+            let v = valid.then(|| col.as_boolean().value(row));
+            encode(enc, &v, ty, fmt, opts)
+        }
+        DataType::Int8 => prim!(Int8Type, i16::from),
+        DataType::Int16 => prim!(Int16Type, |v: i16| v),
+        DataType::UInt8 => prim!(UInt8Type, i16::from),
+        DataType::Int32 => prim!(Int32Type, |v: i32| v),
+        DataType::UInt16 => prim!(UInt16Type, i32::from),
+        DataType::Int64 => prim!(Int64Type, |v: i64| v),
+        DataType::UInt32 => prim!(UInt32Type, i64::from),
+        DataType::UInt64 => prim!(UInt64Type, |v: u64| i64::try_from(v).unwrap_or(i64::MAX)),
+        DataType::Float32 => prim!(Float32Type, |v: f32| v),
+        DataType::Float64 => prim!(Float64Type, |v: f64| v),
+        DataType::Decimal128(_, scale) => {
+            let v = if valid {
+                let raw = col.as_primitive::<Decimal128Type>().value(row);
+                let scale = u32::try_from(*scale).unwrap_or(0);
+                Some(
+                    rust_decimal::Decimal::try_from_i128_with_scale(raw, scale)
+                        .map_err(|e| bad(format!("numeric value out of range for the wire: {e}")))?,
+                )
+            } else {
+                None
+            };
+            encode(enc, &v, ty, fmt, opts)
+        }
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            let s: Option<&str> = if !valid {
+                None
+            } else {
+                Some(match col.data_type() {
+                    DataType::Utf8 => col.as_string::<i32>().value(row),
+                    DataType::LargeUtf8 => col.as_string::<i64>().value(row),
+                    _ => col.as_string_view().value(row),
+                })
+            };
+            if *ty == Type::JSONB || *ty == Type::JSON {
+                let v = match s {
+                    Some(s) => Some(
+                        serde_json::from_str::<serde_json::Value>(s)
+                            .map_err(|e| bad(format!("invalid JSON stored in a JSON column: {e}")))?,
+                    ),
+                    None => None,
+                };
+                encode(enc, &v, ty, fmt, opts)
+            } else {
+                encode(enc, &s.map(str::to_string), ty, fmt, opts)
+            }
+        }
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+            let v: Option<Vec<u8>> = valid.then(|| match col.data_type() {
+                DataType::Binary => col.as_binary::<i32>().value(row).to_vec(),
+                DataType::LargeBinary => col.as_binary::<i64>().value(row).to_vec(),
+                _ => col.as_binary_view().value(row).to_vec(),
+            });
+            encode(enc, &v, ty, fmt, opts)
+        }
+        DataType::Date32 => prim!(Date32Type, |d: i32| NaiveDate::from_num_days_from_ce_opt(d + 719_163)
+            .unwrap_or_default()),
+        DataType::Date64 => prim!(Date64Type, |ms: i64| DateTime::from_timestamp_millis(ms)
+            .map(|t| t.date_naive())
+            .unwrap_or_default()),
+        DataType::Time64(TimeUnit::Microsecond) => prim!(Time64MicrosecondType, |us: i64| time_of(us * 1000)),
+        DataType::Time64(_) => prim!(Time64NanosecondType, time_of),
+        DataType::Time32(TimeUnit::Second) => prim!(Time32SecondType, |s: i32| time_of(i64::from(s) * 1_000_000_000)),
+        DataType::Time32(_) => prim!(Time32MillisecondType, |ms: i32| time_of(i64::from(ms) * 1_000_000)),
+        DataType::Timestamp(unit, tz) => {
+            let nanos: Option<i64> = if !valid {
+                None
+            } else {
+                Some(match unit {
+                    TimeUnit::Second => col.as_primitive::<TimestampSecondType>().value(row).saturating_mul(1_000_000_000),
+                    TimeUnit::Millisecond => col.as_primitive::<TimestampMillisecondType>().value(row).saturating_mul(1_000_000),
+                    TimeUnit::Microsecond => col.as_primitive::<TimestampMicrosecondType>().value(row).saturating_mul(1000),
+                    TimeUnit::Nanosecond => col.as_primitive::<TimestampNanosecondType>().value(row),
+                })
+            };
+            let utc = nanos.map(DateTime::<Utc>::from_timestamp_nanos);
+            if tz.is_some() {
+                encode(enc, &utc, ty, fmt, opts)
+            } else {
+                let naive: Option<NaiveDateTime> = utc.map(|t| t.naive_utc());
+                encode(enc, &naive, ty, fmt, opts)
+            }
+        }
+        DataType::Interval(IntervalUnit::MonthDayNano) => {
+            let v = valid.then(|| {
+                let v = col.as_primitive::<IntervalMonthDayNanoType>().value(row);
+                PgInterval {
+                    months: v.months,
+                    days: v.days,
+                    micros: v.nanoseconds / 1000,
+                }
+            });
+            encode(enc, &v, ty, fmt, opts)
+        }
+        _ => {
+            // Everything else travels as text.
+            let v = if valid {
+                let f = arrow::util::display::ArrayFormatter::try_new(col.as_ref(), &Default::default())
+                    .map_err(|e| bad(e.to_string()))?;
+                Some(f.value(row).to_string())
+            } else {
+                None
+            };
+            encode(enc, &v, &Type::TEXT, fmt, opts)
+        }
+    }
+}
+
+fn time_of(nanos: i64) -> NaiveTime {
+    let secs = nanos.div_euclid(1_000_000_000);
+    let ns = nanos.rem_euclid(1_000_000_000);
+    NaiveTime::from_num_seconds_from_midnight_opt(
+        u32::try_from(secs).unwrap_or(0),
+        u32::try_from(ns).unwrap_or(0),
+    )
+    .unwrap_or_default()
+}
+
+/// Encodes every row of `batches`.
+pub fn encode_rows(batches: &[RecordBatch], fields: &Arc<Vec<FieldInfo>>) -> PgWireResult<Vec<DataRow>> {
+    let opts = FormatOptions::default();
+    let mut enc = DataRowEncoder::new(Arc::clone(fields));
+    let mut rows = Vec::new();
+    for b in batches {
+        for r in 0..b.num_rows() {
+            for (c, field) in b.columns().iter().zip(fields.iter()) {
+                encode_value(&mut enc, c, r, field, &opts)?;
+            }
+            rows.push(enc.take_row());
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_interval;
+
+    #[test]
+    fn interval_text_matches_postgres() {
+        assert_eq!(format_interval(0, 0, 0), "00:00:00");
+        assert_eq!(format_interval(14, 3, 3_600_000_000 + 500_000), "1 year 2 mons 3 days 01:00:00.5");
+        assert_eq!(format_interval(0, 1, 0), "1 day");
+        assert_eq!(format_interval(0, 0, -90_000_000), "-00:01:30");
+    }
+}

@@ -1,0 +1,351 @@
+//! The PostgreSQL wire protocol front end: simple and extended query protocol.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use async_trait::async_trait;
+use futures::{stream, Sink, SinkExt};
+use parking_lot::Mutex;
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::StartupHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldFormat, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::response::NoticeResponse;
+use pgwire::messages::PgWireBackendMessage;
+use sabot_planner::{Database, Output, PlanError};
+use sabot_sql::{Parsed, Statement};
+
+use crate::encode::{encode_rows, fields};
+use crate::params::{bind, infer_types, SabotStatement};
+
+/// Session settings (`SET` / `SHOW`), per connection.
+#[derive(Debug, Default)]
+struct Settings(Mutex<BTreeMap<String, String>>);
+
+fn default_setting(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "server_version" => "15.0 (Sabot)",
+        "server_version_num" => "150000",
+        "server_encoding" | "client_encoding" => "UTF8",
+        "datestyle" => "ISO, MDY",
+        "intervalstyle" => "postgres",
+        "timezone" => "UTC",
+        "standard_conforming_strings" => "on",
+        "integer_datetimes" => "on",
+        "search_path" => "public",
+        "transaction_isolation" | "default_transaction_isolation" => "serializable",
+        "transaction_read_only" => "off",
+        "application_name" => "",
+        "extra_float_digits" => "1",
+        "max_identifier_length" => "63",
+        _ => return None,
+    })
+}
+
+/// The handler shared by every connection.
+pub struct SabotHandler {
+    db: Arc<Database>,
+    parser: Arc<SabotParser>,
+}
+
+impl SabotHandler {
+    pub fn new(db: Arc<Database>) -> Self {
+        Self {
+            parser: Arc::new(SabotParser { db: Arc::clone(&db) }),
+            db,
+        }
+    }
+
+    /// Runs one statement and turns its output into a wire response.
+    async fn run<C>(&self, client: &mut C, parsed: &Parsed, format: &Format) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let settings = client.session_extensions().get_or_insert_with(Settings::default);
+        let output = match &parsed.statement {
+            Statement::SetVariable { name, value } => {
+                settings.0.lock().insert(name.clone(), value.clone());
+                Ok(Output::Command {
+                    tag: "SET".into(),
+                    rows: None,
+                })
+            }
+            Statement::ShowVariable(name) => show_variable(&settings, name, &self.db),
+            _ => self.db.execute(parsed).await,
+        };
+        match output {
+            Ok(Output::Rows { schema, batches }) => {
+                let fields = Arc::new(fields(&schema, |i| format.format_for(i)));
+                let rows = encode_rows(&batches, &fields)?;
+                let response = QueryResponse::new(fields, stream::iter(rows.into_iter().map(Ok)));
+                Ok(Response::Query(response))
+            }
+            Ok(Output::Command { tag, rows }) => Ok(Response::Execution(match rows {
+                Some(n) => Tag::new(&tag).with_rows(n),
+                None => Tag::new(&tag),
+            })),
+            Ok(Output::Notice { tag, notice }) => {
+                let info = ErrorInfo::new("NOTICE".into(), "42P07".into(), notice);
+                client
+                    .feed(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(info)))
+                    .await?;
+                Ok(Response::Execution(Tag::new(&tag)))
+            }
+            Err(e) => Ok(Response::Error(Box::new(error_info(&e, parsed.offset)))),
+        }
+    }
+}
+
+fn show_variable(settings: &Settings, name: &str, db: &Database) -> sabot_planner::Result<Output> {
+    let value = if name == "all" {
+        None
+    } else {
+        let set = settings.0.lock().get(name).cloned();
+        let value = set
+            .or_else(|| default_setting(name).map(str::to_string))
+            .or_else(|| match name {
+                "workers" => Some(db.config().workers.to_string()),
+                "checkpoint_interval" => Some(format!("{}ms", db.config().checkpoint_interval.as_millis())),
+                _ => None,
+            })
+            .ok_or_else(|| PlanError::user("42704", format!("unrecognized configuration parameter \"{name}\"")))?;
+        Some(value)
+    };
+    let (names, values): (Vec<String>, Vec<String>) = match value {
+        Some(v) => (vec![name.to_string()], vec![v]),
+        None => {
+            let mut all: BTreeMap<String, String> = [
+                "server_version", "server_encoding", "client_encoding", "datestyle", "timezone",
+                "standard_conforming_strings", "search_path", "transaction_isolation",
+            ]
+            .iter()
+            .filter_map(|n| default_setting(n).map(|v| (n.to_string(), v.to_string())))
+            .collect();
+            all.extend(settings.0.lock().clone());
+            all.into_iter().unzip()
+        }
+    };
+    let schema = if names.len() == 1 && name != "all" {
+        Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]))
+    } else {
+        Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("setting", DataType::Utf8, false),
+        ]))
+    };
+    let columns: Vec<arrow::array::ArrayRef> = if schema.fields().len() == 1 {
+        vec![Arc::new(StringArray::from(values))]
+    } else {
+        vec![Arc::new(StringArray::from(names)), Arc::new(StringArray::from(values))]
+    };
+    let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+    Ok(Output::Rows {
+        schema,
+        batches: vec![batch],
+    })
+}
+
+/// Maps an error to the client's error response. `offset` is the statement's character
+/// offset within the query string (for positions).
+fn error_info(e: &PlanError, offset: usize) -> ErrorInfo {
+    let mut info = ErrorInfo::new("ERROR".into(), e.sqlstate().into(), e.client_message());
+    if let Some(p) = e.position() {
+        // Positions from the parser are relative to the whole query string already.
+        let _ = offset;
+        info.position = Some(p.to_string());
+    }
+    info
+}
+
+#[async_trait]
+impl SimpleQueryHandler for SabotHandler {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statements = match sabot_sql::parse(query) {
+            Ok(s) => s,
+            Err(e) => return Ok(vec![Response::Error(Box::new(error_info(&PlanError::Sql(e), 0)))]),
+        };
+        let mut responses = Vec::with_capacity(statements.len());
+        for parsed in &statements {
+            let r = self.run(client, parsed, &Format::UnifiedText).await?;
+            let failed = matches!(r, Response::Error(_));
+            responses.push(r);
+            if failed {
+                break;
+            }
+        }
+        Ok(responses)
+    }
+}
+
+/// Parses statements for the extended protocol and infers their parameter types.
+pub struct SabotParser {
+    db: Arc<Database>,
+}
+
+#[async_trait]
+impl QueryParser for SabotParser {
+    type Statement = SabotStatement;
+
+    async fn parse_sql<C>(&self, _client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<SabotStatement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let mut parsed = sabot_sql::parse(sql).map_err(|e| {
+            let err = PlanError::Sql(e);
+            PgWireError::UserError(Box::new(error_info(&err, 0)))
+        })?;
+        if parsed.len() > 1 {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".into(),
+                "42601".into(),
+                "cannot insert multiple commands into a prepared statement".into(),
+            ))));
+        }
+        let Some(parsed) = parsed.pop() else {
+            return Ok(Some(SabotStatement {
+                parsed: None,
+                param_types: vec![],
+            }));
+        };
+        let param_types = infer_types(&self.db, &parsed).await;
+        Ok(Some(SabotStatement {
+            parsed: Some(parsed),
+            param_types,
+        }))
+    }
+
+    fn get_parameter_types(&self, stmt: &SabotStatement) -> PgWireResult<Vec<Type>> {
+        Ok(stmt.param_types.clone())
+    }
+
+    fn get_result_schema(&self, _stmt: &SabotStatement, _column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        // Answered by `do_describe_*`, which can plan asynchronously.
+        Ok(vec![])
+    }
+}
+
+impl SabotHandler {
+    /// The columns a statement returns (empty for commands).
+    async fn result_fields(&self, stmt: &SabotStatement, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        let Some(parsed) = &stmt.parsed else {
+            return Ok(vec![]);
+        };
+        let schema = match &parsed.statement {
+            Statement::Query(q) => match self.db.infer_query(q).await {
+                Ok((schema, _)) => schema,
+                Err(e) => return Err(PgWireError::UserError(Box::new(error_info(&e, 0)))),
+            },
+            Statement::ShowVariable(name) => Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)])),
+            Statement::ShowTables | Statement::ShowMaterializedViews => {
+                Arc::new(Schema::new(vec![Field::new("Name", DataType::Utf8, false)]))
+            }
+            _ => return Ok(vec![]),
+        };
+        Ok(fields(&schema, |i| format.map(|f| f.format_for(i)).unwrap_or(FieldFormat::Text)))
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for SabotHandler {
+    type Statement = SabotStatement;
+    type QueryParser = SabotParser;
+
+    fn query_parser(&self) -> Arc<SabotParser> {
+        Arc::clone(&self.parser)
+    }
+
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        target: &pgwire::api::stmt::StoredStatement<SabotStatement>,
+    ) -> PgWireResult<pgwire::api::results::DescribeStatementResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = SabotStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let stmt = &target.statement;
+        let params = (0..stmt.param_types.len().max(target.parameter_types.len()))
+            .map(|i| {
+                target
+                    .parameter_types
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .filter(|t| *t != Type::UNKNOWN)
+                    .or_else(|| stmt.param_types.get(i).cloned())
+                    .unwrap_or(Type::TEXT)
+            })
+            .collect();
+        let fields = self.result_fields(stmt, None).await?;
+        Ok(pgwire::api::results::DescribeStatementResponse::new(params, fields))
+    }
+
+    async fn do_describe_portal<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<SabotStatement>,
+    ) -> PgWireResult<pgwire::api::results::DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = SabotStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let fields = self
+            .result_fields(&portal.statement.statement, Some(&portal.result_column_format))
+            .await?;
+        Ok(pgwire::api::results::DescribePortalResponse::new(fields))
+    }
+
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<SabotStatement>, _max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = SabotStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match bind(portal)? {
+            None => Ok(Response::EmptyQuery),
+            Some(parsed) => self.run(client, &parsed, &portal.result_column_format).await,
+        }
+    }
+}
+
+impl NoopStartupHandler for SabotHandler {}
+
+/// Hands the same handler to every connection.
+pub struct HandlerFactory {
+    pub handler: Arc<SabotHandler>,
+}
+
+impl PgWireServerHandlers for HandlerFactory {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::clone(&self.handler)
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::clone(&self.handler)
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        Arc::clone(&self.handler)
+    }
+}

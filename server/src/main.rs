@@ -1,0 +1,101 @@
+//! `sabot`: a streaming SQL database that speaks the PostgreSQL protocol.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sabot_planner::DbConfig;
+use sabot_server::{serve, ServeConfig};
+
+#[derive(Parser)]
+#[command(name = "sabot", version, about = "Sabot: a streaming SQL database that speaks the PostgreSQL protocol")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the server.
+    Serve {
+        /// Directory of the RocksDB store (created if missing).
+        #[arg(long, default_value = "./sabot-data")]
+        data_dir: PathBuf,
+        /// Address for PostgreSQL clients (psql -h HOST -p PORT).
+        #[arg(long, default_value = "127.0.0.1:5544")]
+        pg_listen: SocketAddr,
+        /// Address for HTTP (/health, /metrics).
+        #[arg(long, default_value = "127.0.0.1:5545")]
+        http_listen: SocketAddr,
+        /// Worker threads per dataflow (default: the number of cores).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Time between checkpoints, e.g. `1s`, `250ms` (FLUSH also commits at once).
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        checkpoint_interval: Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SABOT_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            data_dir,
+            pg_listen,
+            http_listen,
+            workers,
+            checkpoint_interval,
+        } => {
+            let workers = workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+                .max(1);
+            let config = ServeConfig {
+                db: DbConfig {
+                    data_dir,
+                    workers,
+                    checkpoint_interval: checkpoint_interval.max(Duration::from_millis(10)),
+                },
+                pg_listen,
+                http_listen,
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the runtime");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "sabot stopped");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Parses `1s`, `250ms`, `2m` or a bare number of milliseconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "ms"));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 1s or 250ms"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration unit in {s:?}: use ms, s or m")),
+    }
+}

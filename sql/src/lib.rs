@@ -1,0 +1,438 @@
+//! # sabot-sql: from text to typed statements
+//!
+//! Sabot speaks the PostgreSQL dialect (through `sqlparser`) plus a few statements of its
+//! own that PostgreSQL does not have (`FLUSH`, `SHOW MATERIALIZED VIEWS`, ...). [`parse`]
+//! splits a query string into statements and returns one [`Statement`] per statement,
+//! each with the text it came from, so that later phases can report positions and store
+//! the original SQL of a view in the catalog.
+//!
+//! Nothing here looks at the catalog: binding names and types is the planner's job.
+
+use sqlparser::ast;
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::{Token, Tokenizer};
+
+pub use sqlparser;
+
+/// A statement Sabot knows how to run, in the shape the planner wants.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Statement {
+    /// `CREATE TABLE name (...)`: a table that accepts DML.
+    CreateTable(Box<ast::CreateTable>),
+    /// `CREATE MATERIALIZED VIEW name AS query`.
+    CreateMaterializedView {
+        name: ast::ObjectName,
+        if_not_exists: bool,
+        query: Box<ast::Query>,
+        /// The text of the query, as the user wrote it (kept in the catalog).
+        query_text: String,
+    },
+    /// `INSERT`, `UPDATE`, `DELETE`.
+    Insert(Box<ast::Insert>),
+    Update(Box<ast::Update>),
+    Delete(Box<ast::Delete>),
+    /// A read-only query (`SELECT`, `VALUES`, `WITH ...`).
+    Query(Box<ast::Query>),
+    /// `DROP TABLE | MATERIALIZED VIEW ... [CASCADE]`.
+    Drop {
+        kind: ObjectKind,
+        names: Vec<ast::ObjectName>,
+        if_exists: bool,
+        cascade: bool,
+    },
+    /// `FLUSH`: wait until everything written before it is visible in every view.
+    Flush,
+    /// `SHOW TABLES`.
+    ShowTables,
+    /// `SHOW MATERIALIZED VIEWS`.
+    ShowMaterializedViews,
+    /// `SHOW name` / `SHOW ALL` for session settings.
+    ShowVariable(String),
+    /// `SET name = value` / `SET name TO value`.
+    SetVariable { name: String, value: String },
+    /// `DESCRIBE name`: the columns of a table or view.
+    Describe(ast::ObjectName),
+    /// `BEGIN`, `START TRANSACTION`, `COMMIT`, `ROLLBACK`: accepted; every statement is
+    /// its own transaction in Sabot.
+    Transaction(TransactionKind),
+    /// `EXPLAIN [CREATE MATERIALIZED VIEW] ...`.
+    Explain(Box<Statement>),
+}
+
+/// What `DROP` drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    Table,
+    MaterializedView,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionKind {
+    Begin,
+    Commit,
+    Rollback,
+}
+
+/// One parsed statement and the text it was parsed from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub statement: Statement,
+    /// The statement's own text, without the trailing semicolon.
+    pub text: String,
+    /// Byte offset of `text` in the query string given to [`parse`].
+    pub offset: usize,
+}
+
+/// A statement that could not be parsed or is not supported.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SqlError {
+    /// The text is not valid SQL. `position` is the 1-based character position in the
+    /// query string, as PostgreSQL reports it, when known.
+    #[error("syntax error: {message}")]
+    Syntax {
+        message: String,
+        position: Option<usize>,
+    },
+    /// Valid SQL, but a statement Sabot does not run.
+    #[error("{0} is not supported")]
+    Unsupported(String),
+}
+
+/// Parses a query string that may hold several statements separated by `;`.
+pub fn parse(sql: &str) -> Result<Vec<Parsed>, SqlError> {
+    let mut out = Vec::new();
+    for (offset, text) in split_statements(sql)? {
+        let statement = parse_one(text).map_err(|e| match e {
+            SqlError::Syntax { message, position } => SqlError::Syntax {
+                message,
+                position: position.map(|p| p + sql[..offset].chars().count()),
+            },
+            other => other,
+        })?;
+        out.push(Parsed {
+            statement,
+            text: text.to_string(),
+            offset,
+        });
+    }
+    Ok(out)
+}
+
+/// Splits at top-level semicolons (not inside strings, quoted names or comments), dropping
+/// empty statements. Returns byte offsets and trimmed texts.
+fn split_statements(sql: &str) -> Result<Vec<(usize, &str)>, SqlError> {
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| syntax_error(&ParserError::TokenizerError(e.to_string()), sql))?;
+    let line_starts = line_starts(sql);
+    let mut pieces = Vec::new();
+    let mut start = 0usize;
+    for tok in &tokens {
+        if tok.token == Token::SemiColon {
+            let end = byte_offset(sql, &line_starts, tok.span.start.line, tok.span.start.column);
+            pieces.push((start, end));
+            start = end + 1;
+        }
+    }
+    pieces.push((start, sql.len()));
+    // Drop pieces that hold only whitespace or comments.
+    let mut out = Vec::new();
+    for (s, e) in pieces {
+        let piece = &sql[s..e];
+        let only_trivia = Tokenizer::new(&dialect, piece)
+            .tokenize()
+            .map(|toks| {
+                toks.iter()
+                    .all(|t| matches!(t, Token::Whitespace(_) | Token::EOF))
+            })
+            .unwrap_or(false);
+        if only_trivia {
+            continue;
+        }
+        let lead = piece.len() - piece.trim_start().len();
+        out.push((s + lead, piece.trim()));
+    }
+    Ok(out)
+}
+
+fn line_starts(sql: &str) -> Vec<usize> {
+    let mut starts = vec![0];
+    for (i, c) in sql.char_indices() {
+        if c == '\n' {
+            starts.push(i + 1);
+        }
+    }
+    starts
+}
+
+/// Byte offset of a 1-based (line, column-in-characters) location.
+fn byte_offset(sql: &str, line_starts: &[usize], line: u64, column: u64) -> usize {
+    let line_idx = (line.max(1) - 1) as usize;
+    let Some(&ls) = line_starts.get(line_idx) else {
+        return sql.len();
+    };
+    let col = (column.max(1) - 1) as usize;
+    sql[ls..]
+        .char_indices()
+        .nth(col)
+        .map(|(i, _)| ls + i)
+        .unwrap_or(sql.len())
+}
+
+/// Turns a sqlparser error into a syntax error with a 1-based character position taken
+/// from its "Line: L, Column: C" suffix.
+fn syntax_error(err: &ParserError, sql: &str) -> SqlError {
+    let text = match err {
+        ParserError::TokenizerError(m) | ParserError::ParserError(m) => m.clone(),
+        ParserError::RecursionLimitExceeded => "statement is nested too deeply".to_string(),
+    };
+    let mut message = text.clone();
+    let mut position = None;
+    if let Some(idx) = text.rfind(" at Line: ") {
+        let loc = &text[idx + " at Line: ".len()..];
+        let mut parts = loc.split(", Column: ");
+        let line = parts.next().and_then(|l| l.trim().parse::<u64>().ok());
+        let col = parts.next().and_then(|c| c.trim().parse::<u64>().ok());
+        if let (Some(line), Some(col)) = (line, col) {
+            let starts = line_starts(sql);
+            let b = byte_offset(sql, &starts, line, col);
+            position = Some(sql[..b].chars().count() + 1);
+            message = text[..idx].to_string();
+        }
+    }
+    SqlError::Syntax { message, position }
+}
+
+/// Leading words of a statement, upper-cased, skipping whitespace and comments.
+fn leading_words(text: &str, n: usize) -> Vec<String> {
+    let dialect = PostgreSqlDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, text).tokenize() else {
+        return Vec::new();
+    };
+    tokens
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .take(n)
+        .map(|t| match t {
+            Token::Word(w) if w.quote_style.is_none() => w.value.to_uppercase(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+fn parse_one(text: &str) -> Result<Statement, SqlError> {
+    let words = leading_words(text, 4);
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    match w.as_slice() {
+        ["FLUSH"] => return Ok(Statement::Flush),
+        ["SHOW", "TABLES"] => return Ok(Statement::ShowTables),
+        ["SHOW", "MATERIALIZED", "VIEWS"] => return Ok(Statement::ShowMaterializedViews),
+        ["DESCRIBE" | "DESC", ..] => {
+            let rest = text
+                .trim_start()
+                .split_once(char::is_whitespace)
+                .map(|(_, r)| r)
+                .unwrap_or("");
+            let dialect = PostgreSqlDialect {};
+            let mut parser = Parser::new(&dialect)
+                .try_with_sql(rest)
+                .map_err(|e| syntax_error(&e, text))?;
+            let name = parser
+                .parse_object_name(false)
+                .map_err(|e| syntax_error(&e, text))?;
+            return Ok(Statement::Describe(name));
+        }
+        ["EXPLAIN", ..] => {
+            let rest = text
+                .trim_start()
+                .split_once(char::is_whitespace)
+                .map(|(_, r)| r)
+                .unwrap_or("");
+            let inner = parse_one(rest)?;
+            return Ok(Statement::Explain(Box::new(inner)));
+        }
+        _ => {}
+    }
+    let dialect = PostgreSqlDialect {};
+    let mut stmts = Parser::parse_sql(&dialect, text).map_err(|e| syntax_error(&e, text))?;
+    if stmts.len() != 1 {
+        return Err(SqlError::Syntax {
+            message: "expected exactly one statement".into(),
+            position: None,
+        });
+    }
+    let stmt = stmts.remove(0);
+    convert(stmt, text)
+}
+
+fn convert(stmt: ast::Statement, text: &str) -> Result<Statement, SqlError> {
+    use ast::Statement as S;
+    Ok(match stmt {
+        S::Query(q) => Statement::Query(q),
+        S::CreateTable(ct) => {
+            if ct.query.is_some() {
+                return Err(SqlError::Unsupported("CREATE TABLE AS".into()));
+            }
+            Statement::CreateTable(Box::new(ct))
+        }
+        S::CreateView(cv) if cv.materialized => {
+            if !cv.columns.is_empty() {
+                return Err(SqlError::Unsupported(
+                    "a column list in CREATE MATERIALIZED VIEW".into(),
+                ));
+            }
+            if cv.or_replace {
+                return Err(SqlError::Unsupported("CREATE OR REPLACE MATERIALIZED VIEW".into()));
+            }
+            let query_text = query_text_after_as(text).unwrap_or_else(|| cv.query.to_string());
+            Statement::CreateMaterializedView {
+                name: cv.name,
+                if_not_exists: cv.if_not_exists,
+                query: cv.query,
+                query_text,
+            }
+        }
+        S::CreateView(_) => {
+            return Err(SqlError::Unsupported(
+                "CREATE VIEW (non-materialized views)".into(),
+            ))
+        }
+        S::Insert(i) => Statement::Insert(Box::new(i)),
+        S::Update(u) => Statement::Update(Box::new(u)),
+        S::Delete(d) => Statement::Delete(Box::new(d)),
+        S::Drop {
+            object_type,
+            if_exists,
+            names,
+            cascade,
+            ..
+        } => {
+            let kind = match object_type {
+                ast::ObjectType::Table => ObjectKind::Table,
+                ast::ObjectType::MaterializedView => ObjectKind::MaterializedView,
+                other => return Err(SqlError::Unsupported(format!("DROP {other}"))),
+            };
+            Statement::Drop {
+                kind,
+                names,
+                if_exists,
+                cascade,
+            }
+        }
+        S::StartTransaction { .. } => Statement::Transaction(TransactionKind::Begin),
+        S::Commit { .. } => Statement::Transaction(TransactionKind::Commit),
+        S::Rollback { .. } => Statement::Transaction(TransactionKind::Rollback),
+        S::ShowVariable { variable } => Statement::ShowVariable(
+            variable
+                .iter()
+                .map(|i| i.value.to_lowercase())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        S::Set(set) => convert_set(set)?,
+        other => {
+            let words = leading_words(&other.to_string(), 2).join(" ");
+            return Err(SqlError::Unsupported(words));
+        }
+    })
+}
+
+fn convert_set(set: ast::Set) -> Result<Statement, SqlError> {
+    match set {
+        ast::Set::SingleAssignment {
+            variable, values, ..
+        } => {
+            let value = values
+                .iter()
+                .map(|v| match v {
+                    ast::Expr::Value(v) => match &v.value {
+                        ast::Value::SingleQuotedString(s) => s.clone(),
+                        other => other.to_string(),
+                    },
+                    ast::Expr::Identifier(i) => i.value.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            Ok(Statement::SetVariable {
+                name: variable.to_string().to_lowercase(),
+                value,
+            })
+        }
+        ast::Set::SetTimeZone { value, .. } => Ok(Statement::SetVariable {
+            name: "timezone".into(),
+            value: value.to_string().trim_matches('\'').to_string(),
+        }),
+        ast::Set::SetNames { charset_name, .. } => Ok(Statement::SetVariable {
+            name: "client_encoding".into(),
+            value: charset_name.to_string(),
+        }),
+        other => Err(SqlError::Unsupported(format!("{other}"))),
+    }
+}
+
+/// The text after the first top-level `AS` keyword of a `CREATE MATERIALIZED VIEW`.
+fn query_text_after_as(text: &str) -> Option<String> {
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, text).tokenize_with_location().ok()?;
+    let starts = line_starts(text);
+    for t in &tokens {
+        if let Token::Word(w) = &t.token {
+            if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("AS") {
+                let b = byte_offset(text, &starts, t.span.end.line, t.span.end.column);
+                return Some(text[b..].trim().to_string());
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_and_classifies() {
+        let p = parse("CREATE TABLE t (id BIGINT PRIMARY KEY); flush; SELECT ';' ; ;").unwrap();
+        assert_eq!(p.len(), 3);
+        assert!(matches!(p[0].statement, Statement::CreateTable(_)));
+        assert_eq!(p[1].statement, Statement::Flush);
+        assert!(matches!(p[2].statement, Statement::Query(_)));
+        assert_eq!(p[2].text, "SELECT ';'");
+    }
+
+    #[test]
+    fn materialized_view_keeps_query_text() {
+        let p = parse("CREATE MATERIALIZED VIEW mv AS SELECT k, count(*) FROM t GROUP BY k").unwrap();
+        match &p[0].statement {
+            Statement::CreateMaterializedView { query_text, .. } => {
+                assert_eq!(query_text, "SELECT k, count(*) FROM t GROUP BY k")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let err = parse("SELECT 1; SELEC 2").unwrap_err();
+        match err {
+            SqlError::Syntax { position, .. } => assert_eq!(position, Some(11)),
+            other => panic!("unexpected {other:?}"),
+        }
+        let err = parse("SELECT * FROM t WHERE").unwrap_err();
+        assert!(matches!(err, SqlError::Syntax { position: Some(_), .. }), "{err:?}");
+    }
+
+    #[test]
+    fn sabot_statements() {
+        assert_eq!(parse("SHOW MATERIALIZED VIEWS").unwrap()[0].statement, Statement::ShowMaterializedViews);
+        assert_eq!(parse("show tables").unwrap()[0].statement, Statement::ShowTables);
+        assert!(matches!(parse("DESCRIBE t").unwrap()[0].statement, Statement::Describe(_)));
+        assert!(matches!(
+            parse("DROP MATERIALIZED VIEW IF EXISTS a, b CASCADE").unwrap()[0].statement,
+            Statement::Drop { kind: ObjectKind::MaterializedView, if_exists: true, cascade: true, .. }
+        ));
+    }
+}
