@@ -397,8 +397,21 @@ impl Dataflow {
     }
 }
 
-/// Runs one worker's instance over its messages of the epoch, port by port.
+/// Runs one worker's instance over its messages of the epoch, port by port. A panic
+/// inside an operator (or a kernel it calls) becomes an error of this dataflow.
 fn run_instance(op: &mut dyn Operator, ports: Vec<Vec<Message>>) -> Result<(Vec<ChangeBatch>, StateWriter)> {
+    let name = op.name();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_messages(op, ports))).unwrap_or_else(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(DataflowError::Internal(format!("operator {name} panicked: {msg}")))
+    })
+}
+
+fn run_messages(op: &mut dyn Operator, ports: Vec<Vec<Message>>) -> Result<(Vec<ChangeBatch>, StateWriter)> {
     let mut out = Vec::new();
     let mut writer = StateWriter::default();
     let mut barrier = None;

@@ -70,9 +70,15 @@ impl TableState {
     }
 
     fn check_not_null(&self, data: &RecordBatch) -> Result<()> {
+        self.check_columns(data.columns())
+    }
+
+    /// Refuses NULLs in NOT NULL and key columns (SQLSTATE 23502), before the columns are
+    /// put under the table's schema.
+    pub fn check_columns(&self, columns: &[ArrayRef]) -> Result<()> {
         for (i, f) in self.schema.fields().iter().enumerate() {
             let nullable = f.is_nullable() && !self.pk.contains(&i);
-            if !nullable && data.column(i).null_count() > 0 {
+            if !nullable && columns.get(i).is_some_and(|c| c.null_count() > 0) {
                 return Err(DataflowError::user(
                     "23502",
                     format!(

@@ -312,7 +312,7 @@ fn epochs(inputs: usize) -> impl Strategy<Value = Vec<Vec<Op>>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(128))]
 
     #[test]
     fn aggregate_by_key(e in epochs(1), workers in 1usize..=2, restart in 0usize..12) {

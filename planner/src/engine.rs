@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::util::display::FormatOptions;
@@ -679,7 +679,7 @@ impl Database {
             .ok_or_else(|| PlanError::Internal("table vanished".into()))?;
         let mut converted = Vec::with_capacity(batches.len());
         for b in &batches {
-            converted.push(conform(b, &targets, &schema)?);
+            converted.push(conform(b, &targets, &schema, &table.state)?);
         }
         let all = arrow::compute::concat_batches(&schema, &converted)?;
         rows += table.state.insert(all)?;
@@ -767,6 +767,7 @@ impl Database {
         for (k, idx) in set_cols.iter().enumerate() {
             new_cols[*idx] = cast_strict(found.column(n + k), schema.field(*idx).data_type())?;
         }
+        inner.tables[&name].state.check_columns(&new_cols)?;
         let new = RecordBatch::try_new(Arc::clone(&schema), new_cols)?;
         let table = inner
             .tables
@@ -1004,7 +1005,16 @@ fn cast_strict(a: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
         safe: false,
         format_options: FormatOptions::default(),
     };
-    cast_with_options(a, to, &opts).map_err(|e| {
+    if matches!(a.data_type(), DataType::Utf8) && matches!(to, DataType::Binary) {
+        return bytea_from_text(a);
+    }
+    let result = cast_with_options(a, to, &opts);
+    if result.is_err() && matches!(a.data_type(), DataType::Utf8) {
+        if let Some(parsed) = parse_timestamps_leniently(a, to) {
+            return Ok(parsed);
+        }
+    }
+    result.map_err(|e| {
         let msg = e.to_string();
         let numeric = |t: &DataType| t.is_numeric();
         let code = if msg.contains("overflow")
@@ -1020,9 +1030,71 @@ fn cast_strict(a: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
     })
 }
 
+/// Text to BYTEA as PostgreSQL reads it: `\x` followed by hex digits, else the bytes of
+/// the text itself (with `\\` for a backslash).
+fn bytea_from_text(a: &ArrayRef) -> Result<ArrayRef> {
+    let strings = a
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| PlanError::Internal("text column is not Utf8".into()))?;
+    let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(strings.len());
+    for v in strings.iter() {
+        out.push(match v {
+            None => None,
+            Some(t) if t.starts_with("\\x") => {
+                let hex: Vec<u8> = t[2..].bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+                if hex.len() % 2 != 0 {
+                    return Err(PlanError::user("22P02", "invalid hexadecimal data: odd number of digits"));
+                }
+                let mut bytes = Vec::with_capacity(hex.len() / 2);
+                for pair in hex.chunks(2) {
+                    let digit = |c: u8| (c as char).to_digit(16);
+                    match (digit(pair[0]), digit(pair[1])) {
+                        (Some(h), Some(l)) => bytes.push((h * 16 + l) as u8),
+                        _ => return Err(PlanError::user("22P02", format!("invalid hexadecimal digit in \"{t}\""))),
+                    }
+                }
+                Some(bytes)
+            }
+            Some(t) => Some(t.replace("\\\\", "\\").into_bytes()),
+        });
+    }
+    Ok(Arc::new(arrow::array::BinaryArray::from_iter(out)))
+}
+
+/// Text to TIMESTAMP / TIMESTAMPTZ in the forms PostgreSQL accepts that Arrow's parser
+/// does not (`2024-01-01 10:00`, `2024-01-01`). None if any value still does not parse.
+fn parse_timestamps_leniently(a: &ArrayRef, to: &DataType) -> Option<ArrayRef> {
+    use arrow::datatypes::TimeUnit;
+    let DataType::Timestamp(TimeUnit::Microsecond, tz) = to else {
+        return None;
+    };
+    let strings = a.as_any().downcast_ref::<StringArray>()?;
+    const NAIVE: [&str; 4] = ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"];
+    let mut out = Vec::with_capacity(strings.len());
+    for v in strings.iter() {
+        let Some(text) = v else {
+            out.push(None);
+            continue;
+        };
+        let text = text.trim();
+        let parsed = NAIVE
+            .iter()
+            .find_map(|f| chrono::NaiveDateTime::parse_from_str(text, f).ok())
+            .or_else(|| {
+                chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                    .ok()
+                    .and_then(|d| d.and_hms_opt(0, 0, 0))
+            })?;
+        out.push(Some(parsed.and_utc().timestamp_micros()));
+    }
+    let array = arrow::array::TimestampMicrosecondArray::from(out).with_timezone_opt(tz.clone());
+    Some(Arc::new(array))
+}
+
 /// Lays out an INSERT's rows as the table's columns: `targets[i]` is the table column
 /// of produced column i; other columns are NULL.
-fn conform(batch: &RecordBatch, targets: &[usize], schema: &SchemaRef) -> Result<RecordBatch> {
+fn conform(batch: &RecordBatch, targets: &[usize], schema: &SchemaRef, table: &TableState) -> Result<RecordBatch> {
     let n = batch.num_rows();
     let mut columns: Vec<ArrayRef> = schema
         .fields()
@@ -1032,6 +1104,7 @@ fn conform(batch: &RecordBatch, targets: &[usize], schema: &SchemaRef) -> Result
     for (i, t) in targets.iter().enumerate() {
         columns[*t] = cast_strict(batch.column(i), schema.field(*t).data_type())?;
     }
+    table.check_columns(&columns)?;
     let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(n));
     Ok(RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)?)
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::common::{DFSchema, JoinType};
 use datafusion::execution::context::SessionState;
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use sabot_dataflow::ops::aggregate::{AggCall, AggKind, AggregateSpec};
 use sabot_dataflow::ops::join::JoinSpec;
@@ -225,6 +225,14 @@ impl<'a> StreamPlanner<'a> {
                 [arg] => arg.clone(),
                 [] if kind == AggKind::Count => Expr::Literal(datafusion::common::ScalarValue::Int64(Some(1)), None),
                 _ => return Err(PlanError::not_incremental(format!("{name} with {} arguments", params.args.len()))),
+            };
+            let arg = match (kind, &arg) {
+                // DataFusion casts AVG's integer argument to a float; summing the integers
+                // exactly (as PostgreSQL does) and dividing at the end keeps precision.
+                (AggKind::Avg, Expr::Cast(c)) if c.expr.get_type(in_schema).is_ok_and(|t| t.is_integer()) => {
+                    c.expr.as_ref().clone()
+                }
+                _ => arg,
             };
             let p = self.physical(&arg, in_schema)?;
             fields.push(Field::new(format!("arg_{i}"), p.data_type(in_schema.as_arrow())?, true));

@@ -12,7 +12,7 @@ use arrow::datatypes::{
     UInt64Type, UInt8Type,
 };
 use bytes::{BufMut, BytesMut};
-use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Timelike, Utc};
 use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
 use pgwire::api::Type;
 use pgwire::error::{PgWireError, PgWireResult};
@@ -122,6 +122,104 @@ fn format_interval(months: i32, days: i32, micros: i64) -> String {
     parts.join(" ")
 }
 
+/// Values whose binary encoding is postgres-types' but whose text form must match
+/// PostgreSQL's output functions exactly (float8out, timestamp_out, time_out).
+#[derive(Debug, Clone, Copy)]
+enum PgText {
+    Float4(f32),
+    Float8(f64),
+    Timestamp(NaiveDateTime),
+    TimestampTz(DateTime<Utc>),
+    Time(NaiveTime),
+}
+
+impl ToSql for PgText {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        match self {
+            PgText::Float4(v) => v.to_sql(ty, out),
+            PgText::Float8(v) => v.to_sql(ty, out),
+            PgText::Timestamp(v) => v.to_sql(ty, out),
+            PgText::TimestampTz(v) => v.to_sql(ty, out),
+            PgText::Time(v) => v.to_sql(ty, out),
+        }
+    }
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::FLOAT4 | Type::FLOAT8 | Type::TIMESTAMP | Type::TIMESTAMPTZ | Type::TIME)
+    }
+    to_sql_checked!();
+}
+
+impl ToSqlText for PgText {
+    fn to_sql_text(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+        _format_options: &FormatOptions,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        let text = match self {
+            PgText::Float4(v) => format_float(f64::from(*v), format!("{:e}", v), 6),
+            PgText::Float8(v) => format_float(*v, format!("{v:e}"), 15),
+            PgText::Timestamp(v) => format!("{}{}", v.format("%Y-%m-%d %H:%M:%S"), fraction(v.and_utc().timestamp_subsec_micros())),
+            PgText::TimestampTz(v) => format!(
+                "{}{}+00",
+                v.format("%Y-%m-%d %H:%M:%S"),
+                fraction(v.timestamp_subsec_micros())
+            ),
+            PgText::Time(v) => format!("{}{}", v.format("%H:%M:%S"), fraction(v.nanosecond() / 1000)),
+        };
+        out.put_slice(text.as_bytes());
+        Ok(IsNull::No)
+    }
+}
+
+/// `.123` for microseconds, trailing zeros dropped, empty for zero.
+fn fraction(micros: u32) -> String {
+    if micros == 0 {
+        return String::new();
+    }
+    let f = format!(".{micros:06}");
+    f.trim_end_matches('0').to_string()
+}
+
+/// PostgreSQL's shortest-exact float output: plain notation unless the decimal exponent is
+/// below -4 or at least `max_exp` (15 for float8, 6 for float4), then `1.5e+20`.
+/// `sci` is Rust's shortest round-trip scientific form of the same value (`1.5e20`).
+fn format_float(v: f64, sci: String, max_exp: i32) -> String {
+    if v.is_nan() {
+        return "NaN".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+    }
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if v != 0.0 && (exp < -4 || exp >= max_exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        return format!("{mantissa}e{sign}{:02}", exp.abs());
+    }
+    // Plain notation from the same shortest digits.
+    let negative = mantissa.starts_with('-');
+    let digits: String = mantissa.chars().filter(|c| c.is_ascii_digit()).collect();
+    let point = exp + 1; // digits before the decimal point
+    let body = if v == 0.0 {
+        "0".to_string()
+    } else if point <= 0 {
+        format!("0.{}{}", "0".repeat(point.unsigned_abs() as usize), digits)
+    } else if point as usize >= digits.len() {
+        format!("{}{}", digits, "0".repeat(point as usize - digits.len()))
+    } else {
+        let (a, b) = digits.split_at(point as usize);
+        format!("{a}.{b}")
+    };
+    if negative && v != 0.0 {
+        format!("-{body}")
+    } else if v == 0.0 && v.is_sign_negative() {
+        "-0".into()
+    } else {
+        body
+    }
+}
+
 /// A JSON value kept as text (for JSON/JSONB columns that hold invalid JSON text).
 fn encode<T: ToSql + ToSqlText>(
     enc: &mut DataRowEncoder,
@@ -131,6 +229,25 @@ fn encode<T: ToSql + ToSqlText>(
     opts: &FormatOptions,
 ) -> PgWireResult<()> {
     enc.encode_field_with_type_and_format(value, ty, format, opts)
+}
+
+/// PostgreSQL's jsonb output: `{"a": 1, "bb": [1, 2]}`, object keys ordered by length,
+/// then bytes (jsonb's storage order), duplicate keys already collapsed by parsing.
+fn jsonb_text(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Array(items) => format!("[{}]", items.iter().map(jsonb_text).collect::<Vec<_>>().join(", ")),
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.0.as_bytes().cmp(b.0.as_bytes())));
+            let parts: Vec<String> = entries
+                .into_iter()
+                .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), jsonb_text(v)))
+                .collect();
+            format!("{{{}}}", parts.join(", "))
+        }
+        other => other.to_string(),
+    }
 }
 
 fn bad(msg: String) -> PgWireError {
@@ -168,8 +285,8 @@ fn encode_value(
         DataType::Int64 => prim!(Int64Type, |v: i64| v),
         DataType::UInt32 => prim!(UInt32Type, i64::from),
         DataType::UInt64 => prim!(UInt64Type, |v: u64| i64::try_from(v).unwrap_or(i64::MAX)),
-        DataType::Float32 => prim!(Float32Type, |v: f32| v),
-        DataType::Float64 => prim!(Float64Type, |v: f64| v),
+        DataType::Float32 => prim!(Float32Type, PgText::Float4),
+        DataType::Float64 => prim!(Float64Type, PgText::Float8),
         DataType::Decimal128(_, scale) => {
             let v = if valid {
                 let raw = col.as_primitive::<Decimal128Type>().value(row);
@@ -193,7 +310,17 @@ fn encode_value(
                     _ => col.as_string_view().value(row),
                 })
             };
-            if *ty == Type::JSONB || *ty == Type::JSON {
+            if *ty == Type::JSONB && fmt == FieldFormat::Text {
+                // jsonb's canonical text, as PostgreSQL prints it.
+                let v = match s {
+                    Some(s) => Some(jsonb_text(
+                        &serde_json::from_str::<serde_json::Value>(s)
+                            .map_err(|e| bad(format!("invalid JSON stored in a jsonb column: {e}")))?,
+                    )),
+                    None => None,
+                };
+                encode(enc, &v, &Type::TEXT, fmt, opts)
+            } else if *ty == Type::JSONB || *ty == Type::JSON {
                 let v = match s {
                     Some(s) => Some(
                         serde_json::from_str::<serde_json::Value>(s)
@@ -219,10 +346,12 @@ fn encode_value(
         DataType::Date64 => prim!(Date64Type, |ms: i64| DateTime::from_timestamp_millis(ms)
             .map(|t| t.date_naive())
             .unwrap_or_default()),
-        DataType::Time64(TimeUnit::Microsecond) => prim!(Time64MicrosecondType, |us: i64| time_of(us * 1000)),
-        DataType::Time64(_) => prim!(Time64NanosecondType, time_of),
-        DataType::Time32(TimeUnit::Second) => prim!(Time32SecondType, |s: i32| time_of(i64::from(s) * 1_000_000_000)),
-        DataType::Time32(_) => prim!(Time32MillisecondType, |ms: i32| time_of(i64::from(ms) * 1_000_000)),
+        DataType::Time64(TimeUnit::Microsecond) => prim!(Time64MicrosecondType, |us: i64| PgText::Time(time_of(us * 1000))),
+        DataType::Time64(_) => prim!(Time64NanosecondType, |ns: i64| PgText::Time(time_of(ns))),
+        DataType::Time32(TimeUnit::Second) => {
+            prim!(Time32SecondType, |s: i32| PgText::Time(time_of(i64::from(s) * 1_000_000_000)))
+        }
+        DataType::Time32(_) => prim!(Time32MillisecondType, |ms: i32| PgText::Time(time_of(i64::from(ms) * 1_000_000))),
         DataType::Timestamp(unit, tz) => {
             let nanos: Option<i64> = if !valid {
                 None
@@ -235,12 +364,12 @@ fn encode_value(
                 })
             };
             let utc = nanos.map(DateTime::<Utc>::from_timestamp_nanos);
-            if tz.is_some() {
-                encode(enc, &utc, ty, fmt, opts)
+            let v = if tz.is_some() {
+                utc.map(PgText::TimestampTz)
             } else {
-                let naive: Option<NaiveDateTime> = utc.map(|t| t.naive_utc());
-                encode(enc, &naive, ty, fmt, opts)
-            }
+                utc.map(|t| PgText::Timestamp(t.naive_utc()))
+            };
+            encode(enc, &v, ty, fmt, opts)
         }
         DataType::Interval(IntervalUnit::MonthDayNano) => {
             let v = valid.then(|| {
@@ -295,7 +424,33 @@ pub fn encode_rows(batches: &[RecordBatch], fields: &Arc<Vec<FieldInfo>>) -> PgW
 
 #[cfg(test)]
 mod tests {
-    use super::format_interval;
+    use super::{format_float, format_interval};
+
+    fn f8(v: f64) -> String {
+        format_float(v, format!("{v:e}"), 15)
+    }
+
+    #[test]
+    fn float_text_matches_postgres() {
+        assert_eq!(f8(4.0), "4");
+        assert_eq!(f8(1.5), "1.5");
+        assert_eq!(f8(-1e100), "-1e+100");
+        assert_eq!(f8(0.0001), "0.0001");
+        assert_eq!(f8(0.00001), "1e-05");
+        assert_eq!(f8(123456789012345.0), "123456789012345");
+        assert_eq!(f8(1e15), "1e+15");
+        assert_eq!(f8(2.3333333333333335), "2.3333333333333335");
+        assert_eq!(f8(0.1 + 0.2), "0.30000000000000004");
+        assert_eq!(f8(0.0), "0");
+        assert_eq!(f8(f64::NAN), "NaN");
+        assert_eq!(format_float(1234567.0, format!("{:e}", 1234567.0f32), 6), "1.234567e+06");
+    }
+
+    #[test]
+    fn jsonb_text_matches_postgres() {
+        let v: serde_json::Value = serde_json::from_str(r#"{"bb": [1, {"z":null,"a":true}], "a": "x\"y", "c": 1.5}"#).unwrap();
+        assert_eq!(super::jsonb_text(&v), r#"{"a": "x\"y", "c": 1.5, "bb": [1, {"a": true, "z": null}]}"#);
+    }
 
     #[test]
     fn interval_text_matches_postgres() {

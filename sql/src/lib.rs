@@ -202,6 +202,10 @@ fn syntax_error(err: &ParserError, sql: &str) -> SqlError {
             message = text[..idx].to_string();
         }
     }
+    if position.is_none() && message.ends_with("found: EOF") {
+        // PostgreSQL points just past the end for "syntax error at end of input".
+        position = Some(sql.chars().count() + 1);
+    }
     SqlError::Syntax { message, position }
 }
 

@@ -417,16 +417,19 @@ impl Operator for AggregateOp {
                 continue;
             }
             let key: &[u8] = keys.as_ref().map(|k| k.row(i).data()).unwrap_or(empty);
-            if !self.groups.contains_key(key) {
+            let existed = self.groups.contains_key(key);
+            if !self.dirty.contains_key(key) {
+                // A group created now had no result row; a global group, once created,
+                // always has one (it is never removed).
+                let before = self
+                    .groups
+                    .get(key)
+                    .and_then(|g| (g.rows > 0 || self.is_global()).then(|| self.outputs(g)));
+                self.dirty.insert(key.to_vec(), before);
+            }
+            if !existed {
                 let g = self.new_group();
                 self.groups.insert(key.to_vec(), g);
-            }
-            if !self.dirty.contains_key(key) {
-                let before = self.groups.get(key).and_then(|g| {
-                    (g.rows > 0 || self.is_global()).then(|| self.outputs(g))
-                });
-                // A brand-new group (rows == 0) had no result row, unless global and known.
-                self.dirty.insert(key.to_vec(), before);
             }
             let group = self
                 .groups
