@@ -187,11 +187,14 @@ fn instantiate(node: &PlanNode, partitioner: Partitioner) -> Result<Box<dyn Oper
     })
 }
 
+/// Computes the key columns of a batch arriving on a port.
+type KeyFn = Box<dyn Fn(usize, &RecordBatch) -> Result<Vec<ArrayRef>> + Send + Sync>;
+
 /// How the batches arriving at a keyed node are routed to workers.
 enum Exchange {
     None,
     /// Route by these key columns of each batch (computed per port).
-    Hash(Box<dyn Fn(usize, &RecordBatch) -> Result<Vec<ArrayRef>> + Send + Sync>, RowCodecs),
+    Hash(KeyFn, RowCodecs),
 }
 
 /// Key codecs per input port.

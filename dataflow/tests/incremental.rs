@@ -67,9 +67,12 @@ fn op_strategy(inputs: usize) -> impl Strategy<Value = Op> {
         .prop_map(|(input, id, row)| Op { input, id, row })
 }
 
-/// Keyed inputs `id → (k, v)` and the changelog of each epoch.
+/// `id → (k, v)`
+type Keyed = BTreeMap<i64, (Option<i64>, Option<i64>)>;
+
+/// Keyed inputs and the changelog of each epoch.
 struct Inputs {
-    state: Vec<BTreeMap<i64, (Option<i64>, Option<i64>)>>,
+    state: Vec<Keyed>,
     schema: SchemaRef,
 }
 

@@ -1043,7 +1043,7 @@ fn bytea_from_text(a: &ArrayRef) -> Result<ArrayRef> {
             None => None,
             Some(t) if t.starts_with("\\x") => {
                 let hex: Vec<u8> = t[2..].bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-                if hex.len() % 2 != 0 {
+                if !hex.len().is_multiple_of(2) {
                     return Err(PlanError::user("22P02", "invalid hexadecimal data: odd number of digits"));
                 }
                 let mut bytes = Vec::with_capacity(hex.len() / 2);

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field};
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime};
@@ -97,7 +98,7 @@ pub async fn infer_types(db: &Database, parsed: &Parsed) -> Vec<Type> {
     let table_schema = |name: &ast::ObjectName| {
         normalize_name(name)
             .ok()
-            .and_then(|n| snapshot.relations.get(&n).map(|r| (n, r.schema.clone())))
+            .and_then(|n| snapshot.relations.get(&n).map(|r| (n, Arc::clone(&r.schema))))
     };
     let where_query = |table: &str, selection: &Option<Expr>| {
         selection

@@ -8,66 +8,15 @@
 //!   Rust, independently of Sabot);
 //! - views keep updating correctly from new writes.
 
-use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use tokio_postgres::{Client, NoTls};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::Server;
+use tokio_postgres::Client;
 
 type Table = BTreeMap<i64, (String, i64)>;
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(dir: &Path) -> Server {
-        let port = free_port();
-        let http = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_sabot"))
-            .args(["serve", "--data-dir"])
-            .arg(dir)
-            .args(["--pg-listen", &format!("127.0.0.1:{port}")])
-            .args(["--http-listen", &format!("127.0.0.1:{http}")])
-            .args(["--workers", "2", "--checkpoint-interval", "50ms"])
-            .env("SABOT_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start sabot");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "sabot did not start listening");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server { child, port }
-    }
-
-    async fn connect(&self) -> Client {
-        let (client, conn) = tokio_postgres::connect(
-            &format!("host=127.0.0.1 port={} user=test dbname=sabot", self.port),
-            NoTls,
-        )
-        .await
-        .expect("connect");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        client
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A small deterministic generator (no extra dependency, same run every time).
 struct Lcg(u64);
