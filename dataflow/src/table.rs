@@ -222,6 +222,11 @@ impl TableState {
         Ok(arrow::compute::take_record_batch(&data, &UInt32Array::from(idx))?)
     }
 
+    /// Whether changes wait for the next epoch.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty() || !self.dirty.is_empty()
+    }
+
     /// Takes the changes made since the last call.
     pub fn take_pending(&mut self) -> Vec<ChangeBatch> {
         std::mem::take(&mut self.pending)

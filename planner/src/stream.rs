@@ -185,16 +185,16 @@ impl<'a> StreamPlanner<'a> {
         let in_schema = agg.input.schema();
         let mut exprs: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
         let mut fields: Vec<Field> = Vec::new();
-        for (i, g) in agg.group_expr.iter().enumerate() {
+        for g in &agg.group_expr {
             if matches!(g, Expr::GroupingSet(_)) {
                 return Err(PlanError::not_incremental("GROUPING SETS / ROLLUP / CUBE"));
             }
             let p = self.physical(g, in_schema)?;
-            fields.push(Field::new(format!("group_{i}"), p.data_type(in_schema.as_arrow())?, true));
+            fields.push(Field::new(g.schema_name().to_string(), p.data_type(in_schema.as_arrow())?, true));
             exprs.push(p);
         }
         let mut calls = Vec::new();
-        for (i, a) in agg.aggr_expr.iter().enumerate() {
+        for a in &agg.aggr_expr {
             let inner = match a {
                 Expr::Alias(al) => al.expr.as_ref(),
                 other => other,
@@ -235,7 +235,7 @@ impl<'a> StreamPlanner<'a> {
                 _ => arg,
             };
             let p = self.physical(&arg, in_schema)?;
-            fields.push(Field::new(format!("arg_{i}"), p.data_type(in_schema.as_arrow())?, true));
+            fields.push(Field::new(arg.schema_name().to_string(), p.data_type(in_schema.as_arrow())?, true));
             calls.push(AggCall {
                 kind,
                 arg: exprs.len(),
