@@ -304,9 +304,11 @@ impl Dataflow {
                 }
             } else {
                 for (port, input) in node.inputs.iter().enumerate() {
-                    for (from, batches) in outputs[*input].iter().enumerate() {
+                    // Plans are trees: this node is the only consumer, so the input's
+                    // output is freed as it is routed.
+                    for (from, batches) in std::mem::take(&mut outputs[*input]).into_iter().enumerate() {
                         for b in batches {
-                            self.route(i, port, b, from, &mut inputs)?;
+                            self.route(i, port, &b, from, &mut inputs)?;
                         }
                     }
                 }

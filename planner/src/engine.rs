@@ -404,9 +404,9 @@ impl Database {
     /// Runs a read-only query against the last committed epoch.
     pub async fn query(&self, query: &ast::Query) -> Result<Output> {
         let snapshot = self.snapshot();
-        check_view_errors(&snapshot, query)?;
         let ctx = self.context(&snapshot, None)?;
         let plan = self.logical_plan(&ctx, query).await?;
+        check_view_errors(&snapshot, &plan)?;
         let df = ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
@@ -1115,17 +1115,24 @@ fn conform(batch: &RecordBatch, targets: &[usize], schema: &SchemaRef, table: &T
 }
 
 /// Refuses reads of views that stopped updating, naming the failure.
-fn check_view_errors(snapshot: &Snapshot, query: &ast::Query) -> Result<()> {
-    let text = query.to_string().to_lowercase();
-    for (name, rel) in &snapshot.relations {
-        if let Some(err) = &rel.error {
-            if text.contains(&name.to_lowercase()) {
-                return Err(PlanError::user(
-                    "55000",
-                    format!("materialized view \"{name}\" has stopped updating: {err}"),
-                ));
+fn check_view_errors(snapshot: &Snapshot, plan: &datafusion::logical_expr::LogicalPlan) -> Result<()> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let mut failed = None;
+    plan.apply_with_subqueries(|node| {
+        if let datafusion::logical_expr::LogicalPlan::TableScan(scan) = node {
+            let name = scan.table_name.table();
+            if let Some(err) = snapshot.relations.get(name).and_then(|r| r.error.as_ref()) {
+                failed = Some((name.to_string(), err.clone()));
+                return Ok(TreeNodeRecursion::Stop);
             }
         }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    match failed {
+        Some((name, err)) => Err(PlanError::user(
+            "55000",
+            format!("materialized view \"{name}\" has stopped updating: {err}"),
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }

@@ -1,3 +1,5 @@
+#![allow(dead_code)] // each test binary uses a part of this module
+
 //! Starting and stopping a real `sabot` process for integration tests.
 
 use std::net::TcpListener;
