@@ -1,0 +1,364 @@
+//! PostgreSQL as the oracle: the same random DML goes to a real PostgreSQL server and to
+//! Sabot. Every query shape is a Sabot materialized view created *before* the DML (so it
+//! is maintained incrementally, never backfilled) and a plain query in PostgreSQL. After
+//! every few hundred statements Sabot FLUSHes and each view is compared with PostgreSQL's
+//! answer as a multiset (floats within a relative tolerance). Midway through, Sabot is
+//! SIGKILLed and restarted. Sabot runs with 2 workers.
+//!
+//! Needs PostgreSQL's server binaries (Debian package `postgresql`; `.ci/run` installs it).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::Server;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+/// (name, query). In Sabot each becomes `CREATE MATERIALIZED VIEW name AS query`.
+const SHAPES: &[(&str, &str)] = &[
+    ("q01_filter", "SELECT id, k, v FROM a WHERE v > 10"),
+    ("q02_group", "SELECT k, count(*) AS c, sum(v) AS s, min(v) AS mn, max(v) AS mx FROM a GROUP BY k"),
+    ("q03_avg", "SELECT k, avg(v) AS av FROM a GROUP BY k"),
+    ("q04_global", "SELECT count(*) AS c, sum(v) AS s, min(s) AS ms FROM a"),
+    ("q05_join", "SELECT a.id AS aid, b.id AS bid, a.v + b.w AS vw FROM a JOIN b ON a.k = b.a_k"),
+    ("q06_join_group", "SELECT a.k, count(*) AS c FROM a JOIN b ON a.k = b.a_k GROUP BY a.k"),
+    ("q07_bag_join", "SELECT c.label, count(*) AS n FROM c JOIN a ON c.k = a.k GROUP BY c.label"),
+    (
+        "q08_three_way",
+        "SELECT a.id, b.w, c.label FROM a JOIN b ON a.k = b.a_k JOIN c ON c.k = b.a_k WHERE a.v < b.w",
+    ),
+    ("q09_having", "SELECT k, count(*) AS n FROM c GROUP BY k HAVING count(*) > 1"),
+    ("q10_distinct", "SELECT DISTINCT k FROM c"),
+    ("q11_exprs", "SELECT id, upper(s) AS us, coalesce(v, -1) * 2 AS v2, length(s) AS ls FROM a"),
+    (
+        "q12_case_group",
+        "SELECT CASE WHEN v > 50 THEN 'hi' WHEN v IS NULL THEN 'none' ELSE 'lo' END AS band, count(*) AS n, sum(v) AS s FROM a GROUP BY 1",
+    ),
+    ("q13_union_all", "SELECT k FROM a UNION ALL SELECT k FROM c"),
+    ("q14_count_distinct", "SELECT count(DISTINCT k) AS n FROM c"),
+    ("q15_self_join", "SELECT a1.id AS x, a2.id AS y FROM a a1 JOIN a a2 ON a1.k = a2.k AND a1.id < a2.id"),
+    ("q16_join_minmax", "SELECT b.a_k, max(b.w) AS mw, min(a.s) AS ms FROM b JOIN a ON a.k = b.a_k GROUP BY b.a_k"),
+    (
+        "q17_subquery",
+        "SELECT k, cnt FROM (SELECT k, count(*) AS cnt FROM a GROUP BY k) t WHERE cnt > 2",
+    ),
+    ("q18_text_group", "SELECT s, sum(v) AS sv, count(v) AS cv FROM a WHERE s IS NOT NULL GROUP BY s"),
+    ("q19_two_keys", "SELECT a.k, sum(b.w) AS sw FROM a JOIN b ON a.k = b.a_k AND a.v = b.w GROUP BY a.k"),
+    ("q20_where_join", "SELECT a.id, c.label FROM a, c WHERE a.k = c.k AND c.label <> 'x'"),
+    ("q21_agg_of_join_agg", "SELECT n, count(*) AS groups FROM (SELECT a.k, count(*) AS n FROM a JOIN c ON a.k = c.k GROUP BY a.k) t GROUP BY n"),
+    ("q22_cte", "WITH big AS (SELECT id, k FROM a WHERE v >= 40) SELECT big.k, count(*) AS n FROM big JOIN b ON big.k = b.a_k GROUP BY big.k"),
+];
+
+const SCHEMA: &str = "CREATE TABLE a (id INT PRIMARY KEY, k INT, v INT, s TEXT);
+CREATE TABLE b (id INT PRIMARY KEY, a_k INT, w INT);
+CREATE TABLE c (k INT, label TEXT);";
+
+/// A PostgreSQL server in a temporary directory, stopped on drop.
+struct Postgres {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+fn as_postgres_user(args: &[&str]) -> Command {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).args(args);
+        c
+    } else {
+        let mut c = Command::new(args[0]);
+        c.args(&args[1..]);
+        c
+    }
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        let mut bins: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries (apt-get install postgresql)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").exists())
+            .collect();
+        bins.sort();
+        let bin = bins.pop().expect("initdb under /usr/lib/postgresql/*/bin");
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("chown").args(["-R", "postgres"]).arg(dir.path()).status();
+        assert!(status.is_ok());
+        let data = dir.path().join("data");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let initdb = bin.join("initdb");
+        let out = as_postgres_user(&[initdb.to_str().unwrap(), "-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync", "--locale=C", "-E", "UTF8"])
+            .output()
+            .expect("initdb");
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let pg_ctl = bin.join("pg_ctl");
+        let opts = format!("-p {port} -k {} -c fsync=off -c listen_addresses=127.0.0.1", dir.path().display());
+        let log = dir.path().join("pg.log");
+        let out = as_postgres_user(&[pg_ctl.to_str().unwrap(), "-D", data.to_str().unwrap(), "-o", &opts, "-l", log.to_str().unwrap(), "-w", "start"])
+            .output()
+            .expect("pg_ctl start");
+        assert!(out.status.success(), "pg_ctl: {}", String::from_utf8_lossy(&out.stderr));
+        Postgres { bin, data, port, _dir: dir }
+    }
+
+    async fn connect(&self) -> Client {
+        let (client, conn) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port),
+            NoTls,
+        )
+        .await
+        .expect("connect to PostgreSQL");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let _ = as_postgres_user(&[pg_ctl.to_str().unwrap_or("pg_ctl"), "-D", self.data.to_str().unwrap_or(""), "-m", "immediate", "stop"]).output();
+    }
+}
+
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// Skewed small keys: 0 and 1 are common, NULL sometimes.
+    fn key(&mut self) -> String {
+        match self.below(20) {
+            0 => "NULL".into(),
+            1..=8 => "0".into(),
+            9..=13 => "1".into(),
+            n => (n % 5 + 2).to_string(),
+        }
+    }
+    fn value(&mut self) -> String {
+        if self.below(10) == 0 {
+            "NULL".into()
+        } else {
+            self.below(100).to_string()
+        }
+    }
+    fn text(&mut self) -> String {
+        match self.below(6) {
+            0 => "NULL".into(),
+            1 => "''".into(),
+            n => format!("'s{}'", n % 4),
+        }
+    }
+}
+
+/// Generates statements valid in both systems, tracking the primary keys in use.
+struct Workload {
+    rng: Lcg,
+    a_ids: Vec<i64>,
+    b_ids: Vec<i64>,
+    next_id: i64,
+    last_insert: Option<String>,
+}
+
+impl Workload {
+    fn statement(&mut self) -> String {
+        let r = self.rng.below(100);
+        // Delete the row just inserted, now and then.
+        if r < 5 {
+            if let Some(del) = self.last_insert.take() {
+                return del;
+            }
+        }
+        self.last_insert = None;
+        match r {
+            0..=29 => {
+                self.next_id += 1;
+                let id = self.next_id;
+                self.a_ids.push(id);
+                self.last_insert = Some(format!("DELETE FROM a WHERE id = {id}"));
+                format!("INSERT INTO a VALUES ({id}, {}, {}, {})", self.rng.key(), self.rng.value(), self.rng.text())
+            }
+            30..=44 => {
+                self.next_id += 1;
+                let id = self.next_id;
+                self.b_ids.push(id);
+                self.last_insert = Some(format!("DELETE FROM b WHERE id = {id}"));
+                format!("INSERT INTO b VALUES ({id}, {}, {})", self.rng.key(), self.rng.value())
+            }
+            45..=59 => {
+                let labels = ["'x'", "'y'", "'z'", "NULL"];
+                let label = labels[self.rng.below(4) as usize];
+                // Duplicates on purpose: c has no key.
+                format!("INSERT INTO c VALUES ({}, {label}), ({}, {label})", self.rng.key(), self.rng.key())
+            }
+            60..=74 if !self.a_ids.is_empty() => {
+                let id = self.a_ids[self.rng.below(self.a_ids.len() as u64) as usize];
+                format!("UPDATE a SET k = {}, v = {} WHERE id = {id}", self.rng.key(), self.rng.value())
+            }
+            75..=81 if !self.b_ids.is_empty() => {
+                let id = self.b_ids[self.rng.below(self.b_ids.len() as u64) as usize];
+                format!("UPDATE b SET w = {} WHERE id = {id}", self.rng.value())
+            }
+            82..=89 if !self.a_ids.is_empty() => {
+                let i = self.rng.below(self.a_ids.len() as u64) as usize;
+                let id = self.a_ids.swap_remove(i);
+                format!("DELETE FROM a WHERE id = {id}")
+            }
+            90..=93 => format!("DELETE FROM c WHERE k = {} AND label = 'y'", self.rng.below(4)),
+            94..=96 => {
+                let cut = self.rng.below(15);
+                self.a_ids.clear(); // refreshed below from the database
+                format!("DELETE FROM a WHERE v < {cut}")
+            }
+            _ => format!("UPDATE c SET label = 'z' WHERE k = {}", self.rng.below(5)),
+        }
+    }
+}
+
+async fn rows(client: &Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+    let msgs = client.simple_query(sql).await.map_err(|e| format!("{sql}: {e:?}"))?;
+    Ok(msgs
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Multiset equality with numbers compared as floats (relative tolerance 1e-9).
+fn same_multiset(mut x: Vec<Vec<Option<String>>>, mut y: Vec<Vec<Option<String>>>) -> bool {
+    let norm = |v: &mut Vec<Vec<Option<String>>>| {
+        for row in v.iter_mut() {
+            for cell in row.iter_mut() {
+                if let Some(s) = cell {
+                    if let Ok(f) = s.parse::<f64>() {
+                        // Round to 9 significant digits so 2.3333333333333335 == 2.3333333333333333.
+                        *s = format!("{:.9e}", f);
+                    }
+                }
+            }
+        }
+        v.sort();
+    };
+    norm(&mut x);
+    norm(&mut y);
+    x == y
+}
+
+/// Compares every shape; returns PostgreSQL's row count per shape.
+async fn compare(sabot: &Client, pg: &Client, seed: u64, at: usize, failures: &mut Vec<String>) -> Vec<usize> {
+    let mut counts = Vec::new();
+    for (name, query) in SHAPES {
+        let want = rows(pg, query).await.expect("PostgreSQL query");
+        counts.push(want.len());
+        match rows(sabot, &format!("SELECT * FROM {name}")).await {
+            Ok(got) if same_multiset(got.clone(), want.clone()) => {}
+            Ok(got) => failures.push(format!(
+                "seed {seed} after {at} statements: {name} differs\n  sabot ({} rows): {:?}\n  postgres ({} rows): {:?}",
+                got.len(),
+                got.iter().take(8).collect::<Vec<_>>(),
+                want.len(),
+                want.iter().take(8).collect::<Vec<_>>()
+            )),
+            Err(e) => failures.push(format!("seed {seed} after {at} statements: {name}: {e}")),
+        }
+    }
+    counts
+}
+
+/// Returns the failures and the final row count of each shape.
+async fn run_seed(seed: u64, statements: usize, check_every: usize, restart_at: Option<usize>) -> (Vec<String>, Vec<usize>) {
+    let pg_server = Postgres::start();
+    let pg = pg_server.connect().await;
+    pg.batch_execute(SCHEMA).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let mut sabot = server.connect().await;
+    sabot.batch_execute(SCHEMA).await.unwrap();
+    for (name, query) in SHAPES {
+        sabot
+            .batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {query}"))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    }
+    let mut work = Workload {
+        rng: Lcg(seed),
+        a_ids: Vec::new(),
+        b_ids: Vec::new(),
+        next_id: 0,
+        last_insert: None,
+    };
+    let mut failures = Vec::new();
+    let mut counts = Vec::new();
+    for i in 1..=statements {
+        let stmt = work.statement();
+        let p = pg.batch_execute(&stmt).await;
+        let s = sabot.batch_execute(&stmt).await;
+        assert_eq!(p.is_ok(), s.is_ok(), "statement {i} `{stmt}`: postgres {p:?}, sabot {s:?}");
+        if stmt.starts_with("DELETE FROM a WHERE v <") {
+            work.a_ids = rows(&pg, "SELECT id FROM a")
+                .await
+                .unwrap()
+                .into_iter()
+                .filter_map(|r| r[0].as_ref().and_then(|v| v.parse().ok()))
+                .collect();
+        }
+        if i % check_every == 0 || i == statements {
+            sabot.batch_execute("FLUSH").await.unwrap();
+            counts = compare(&sabot, &pg, seed, i, &mut failures).await;
+        }
+        if restart_at == Some(i) {
+            sabot.batch_execute("FLUSH").await.unwrap();
+            server.kill();
+            server = Server::start(dir.path());
+            sabot = server.connect().await;
+            compare(&sabot, &pg, seed, i, &mut failures).await;
+        }
+    }
+    (failures, counts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_match_postgres() {
+    let seeds: u64 = std::env::var("SABOT_ORACLE_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let statements: usize = std::env::var("SABOT_ORACLE_STATEMENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    let mut failed = 0;
+    let mut passed = 0;
+    for seed in 1..=seeds {
+        let (failures, counts) = run_seed(seed, statements, 200, (seed == 1).then_some(statements / 2)).await;
+        let bad: std::collections::BTreeSet<&str> = SHAPES
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| failures.iter().any(|f| f.contains(&format!(" {n}"))))
+            .collect();
+        for (i, (name, _)) in SHAPES.iter().enumerate() {
+            let ok = !bad.contains(name);
+            let rows = counts.get(i).copied().unwrap_or(0);
+            eprintln!("seed {seed} {name}: {} ({rows} rows)", if ok { "ok" } else { "FAILED" });
+            if ok {
+                passed += 1;
+            } else {
+                failed += 1;
+            }
+        }
+        for f in &failures {
+            eprintln!("{f}");
+        }
+    }
+    eprintln!("oracle: {passed} passed, {failed} failed");
+    assert_eq!(failed, 0, "views differ from PostgreSQL");
+}
