@@ -32,9 +32,15 @@ use crate::row::{Partitioner, RowCodec};
 #[derive(Debug, Clone)]
 pub enum NodeKind {
     /// The changelog of a table or view.
-    Source { relation: String },
-    Filter { predicate: Arc<dyn PhysicalExpr> },
-    Project { exprs: Vec<Arc<dyn PhysicalExpr>> },
+    Source {
+        relation: String,
+    },
+    Filter {
+        predicate: Arc<dyn PhysicalExpr>,
+    },
+    Project {
+        exprs: Vec<Arc<dyn PhysicalExpr>>,
+    },
     Aggregate(AggregateSpec),
     Join(JoinSpec),
     Union,
@@ -74,7 +80,10 @@ impl StreamPlan {
 
     /// Every state table of the plan.
     pub fn state_tables(&self) -> Vec<StateTableId> {
-        self.nodes.iter().flat_map(|n| n.state_tables.iter().copied()).collect()
+        self.nodes
+            .iter()
+            .flat_map(|n| n.state_tables.iter().copied())
+            .collect()
     }
 
     /// A readable tree of the dataflow, root first.
@@ -94,7 +103,11 @@ impl StreamPlan {
             NodeKind::Filter { predicate } => format!("Filter: {predicate}"),
             NodeKind::Project { exprs } => format!(
                 "Project: {}",
-                exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
+                exprs
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             NodeKind::Aggregate(spec) => {
                 let groups: Vec<&str> = spec.input_schema.fields()[..spec.group_count]
@@ -115,7 +128,11 @@ impl StreamPlan {
                         format!("{f}({})", spec.input_schema.field(c.arg).name())
                     })
                     .collect();
-                format!("HashAggregate: group=[{}], aggs=[{}]", groups.join(", "), calls.join(", "))
+                format!(
+                    "HashAggregate: group=[{}], aggs=[{}]",
+                    groups.join(", "),
+                    calls.join(", ")
+                )
             }
             NodeKind::Join(spec) => {
                 let on: Vec<String> = spec
@@ -124,7 +141,7 @@ impl StreamPlan {
                     .zip(&spec.right_keys)
                     .map(|(l, r)| format!("{l} = {r}"))
                     .collect();
-                format!("HashJoin: inner, on=[{}]", on.join(", "))
+                format!("HashJoin: {:?}, on=[{}]", spec.kind, on.join(", "))
             }
             NodeKind::Union => "Union".to_string(),
             NodeKind::Materialize => "Materialize".to_string(),
@@ -139,7 +156,11 @@ impl StreamPlan {
         } else {
             format!(
                 " state=[{}]",
-                n.state_tables.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+                n.state_tables
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         };
         let _ = writeln!(s, "{indent}{detail}{exchange}{state}");
@@ -163,7 +184,12 @@ impl Operator for SourceOp {
     fn name(&self) -> &'static str {
         "Source"
     }
-    fn on_data(&mut self, _port: usize, batch: ChangeBatch, out: &mut Vec<ChangeBatch>) -> Result<()> {
+    fn on_data(
+        &mut self,
+        _port: usize,
+        batch: ChangeBatch,
+        out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
         out.push(batch);
         Ok(())
     }
@@ -179,11 +205,17 @@ fn instantiate(node: &PlanNode, partitioner: Partitioner) -> Result<Box<dyn Oper
     Ok(match &node.kind {
         NodeKind::Source { .. } => Box::new(SourceOp),
         NodeKind::Filter { predicate } => Box::new(FilterOp::new(Arc::clone(predicate))),
-        NodeKind::Project { exprs } => Box::new(ProjectOp::new(exprs.clone(), Arc::clone(&node.schema))),
-        NodeKind::Aggregate(spec) => Box::new(AggregateOp::try_new(spec.clone(), table(0)?, partitioner)?),
+        NodeKind::Project { exprs } => {
+            Box::new(ProjectOp::new(exprs.clone(), Arc::clone(&node.schema)))
+        }
+        NodeKind::Aggregate(spec) => {
+            Box::new(AggregateOp::try_new(spec.clone(), table(0)?, partitioner)?)
+        }
         NodeKind::Join(spec) => Box::new(JoinOp::try_new(spec.clone(), [table(0)?, table(1)?])?),
         NodeKind::Union => Box::new(UnionOp::new(Arc::clone(&node.schema))),
-        NodeKind::Materialize => Box::new(MaterializeOp::try_new(Arc::clone(&node.schema), table(0)?)?),
+        NodeKind::Materialize => {
+            Box::new(MaterializeOp::try_new(Arc::clone(&node.schema), table(0)?)?)
+        }
     })
 }
 
@@ -204,7 +236,10 @@ fn exchange_for(node: &PlanNode, input_schemas: &[SchemaRef]) -> Result<Exchange
     Ok(match &node.kind {
         NodeKind::Aggregate(spec) => {
             let g = spec.group_count;
-            let types = spec.input_schema.fields()[..g].iter().map(|f| f.data_type().clone()).collect();
+            let types = spec.input_schema.fields()[..g]
+                .iter()
+                .map(|f| f.data_type().clone())
+                .collect();
             Exchange::Hash(
                 Box::new(move |_, b: &RecordBatch| Ok(b.columns()[..g].to_vec())),
                 vec![RowCodec::new(types)?],
@@ -245,13 +280,23 @@ impl Dataflow {
                 .map(|worker| instantiate(node, Partitioner { worker, workers }))
                 .collect::<Result<Vec<_>>>()?;
             instances.push(per_worker);
-            let input_schemas: Vec<SchemaRef> =
-                node.inputs.iter().map(|i| Arc::clone(&plan.nodes[*i].schema)).collect();
+            let input_schemas: Vec<SchemaRef> = node
+                .inputs
+                .iter()
+                .map(|i| Arc::clone(&plan.nodes[*i].schema))
+                .collect();
             exchanges.push(exchange_for(node, &input_schemas)?);
         }
         match plan.nodes.last() {
-            Some(PlanNode { kind: NodeKind::Materialize, .. }) => {}
-            _ => return Err(DataflowError::Internal("a stream plan must end in Materialize".into())),
+            Some(PlanNode {
+                kind: NodeKind::Materialize,
+                ..
+            }) => {}
+            _ => {
+                return Err(DataflowError::Internal(
+                    "a stream plan must end in Materialize".into(),
+                ))
+            }
         }
         Ok(Self {
             plan,
@@ -275,7 +320,14 @@ impl Dataflow {
             for table in &self.plan.nodes[node].state_tables {
                 let entries = store.scan(*table)?;
                 for (worker, op) in per_worker.iter_mut().enumerate() {
-                    op.restore(*table, &entries, Partitioner { worker, workers: self.workers })?;
+                    op.restore(
+                        *table,
+                        &entries,
+                        Partitioner {
+                            worker,
+                            workers: self.workers,
+                        },
+                    )?;
                 }
             }
         }
@@ -295,7 +347,8 @@ impl Dataflow {
         let mut outputs: Vec<Vec<Vec<ChangeBatch>>> = Vec::with_capacity(self.plan.nodes.len());
         for (i, node) in self.plan.nodes.iter().enumerate() {
             // inputs[worker][port] = messages
-            let mut inputs: Vec<Vec<Vec<Message>>> = vec![vec![Vec::new(); node.inputs.len().max(1)]; w];
+            let mut inputs: Vec<Vec<Vec<Message>>> =
+                vec![vec![Vec::new(); node.inputs.len().max(1)]; w];
             if let NodeKind::Source { relation } = &node.kind {
                 for (k, b) in deltas.get(relation).into_iter().flatten().enumerate() {
                     if !b.is_empty() {
@@ -306,7 +359,9 @@ impl Dataflow {
                 for (port, input) in node.inputs.iter().enumerate() {
                     // Plans are trees: this node is the only consumer, so the input's
                     // output is freed as it is routed.
-                    for (from, batches) in std::mem::take(&mut outputs[*input]).into_iter().enumerate() {
+                    for (from, batches) in
+                        std::mem::take(&mut outputs[*input]).into_iter().enumerate()
+                    {
                         for b in batches {
                             self.route(i, port, &b, from, &mut inputs)?;
                         }
@@ -320,7 +375,10 @@ impl Dataflow {
             }
             let results: Vec<Result<(Vec<ChangeBatch>, StateWriter)>> = if w == 1 {
                 let op = &mut self.instances[i][0];
-                inputs.into_iter().map(|msgs| run_instance(op.as_mut(), msgs)).collect()
+                inputs
+                    .into_iter()
+                    .map(|msgs| run_instance(op.as_mut(), msgs))
+                    .collect()
             } else {
                 std::thread::scope(|s| {
                     let handles: Vec<_> = self.instances[i]
@@ -346,7 +404,10 @@ impl Dataflow {
             }
             outputs.push(node_out);
         }
-        Ok(outputs.pop().map(|o| o.into_iter().flatten().collect()).unwrap_or_default())
+        Ok(outputs
+            .pop()
+            .map(|o| o.into_iter().flatten().collect())
+            .unwrap_or_default())
     }
 
     /// Sends batch `b`, produced on worker `from`, to node `node`'s input `port`.
@@ -404,19 +465,28 @@ impl Dataflow {
 
 /// Runs one worker's instance over its messages of the epoch, port by port. A panic
 /// inside an operator (or a kernel it calls) becomes an error of this dataflow.
-fn run_instance(op: &mut dyn Operator, ports: Vec<Vec<Message>>) -> Result<(Vec<ChangeBatch>, StateWriter)> {
+fn run_instance(
+    op: &mut dyn Operator,
+    ports: Vec<Vec<Message>>,
+) -> Result<(Vec<ChangeBatch>, StateWriter)> {
     let name = op.name();
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_messages(op, ports))).unwrap_or_else(|payload| {
-        let msg = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        Err(DataflowError::Internal(format!("operator {name} panicked: {msg}")))
-    })
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_messages(op, ports)))
+        .unwrap_or_else(|payload| {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(DataflowError::Internal(format!(
+                "operator {name} panicked: {msg}"
+            )))
+        })
 }
 
-fn run_messages(op: &mut dyn Operator, ports: Vec<Vec<Message>>) -> Result<(Vec<ChangeBatch>, StateWriter)> {
+fn run_messages(
+    op: &mut dyn Operator,
+    ports: Vec<Vec<Message>>,
+) -> Result<(Vec<ChangeBatch>, StateWriter)> {
     let mut out = Vec::new();
     let mut writer = StateWriter::default();
     let mut barrier = None;

@@ -28,8 +28,12 @@ pub trait Operator: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Handles one batch from input `port`, appending output batches to `out`.
-    fn on_data(&mut self, port: usize, batch: ChangeBatch, out: &mut Vec<ChangeBatch>)
-        -> Result<()>;
+    fn on_data(
+        &mut self,
+        port: usize,
+        batch: ChangeBatch,
+        out: &mut Vec<ChangeBatch>,
+    ) -> Result<()>;
 
     /// Handles the barrier of `epoch`.
     fn on_barrier(

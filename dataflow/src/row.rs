@@ -28,7 +28,13 @@ impl RowCodec {
     }
 
     pub fn for_schema(schema: &SchemaRef) -> Result<Self> {
-        Self::new(schema.fields().iter().map(|f| f.data_type().clone()).collect())
+        Self::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.data_type().clone())
+                .collect(),
+        )
     }
 
     pub fn types(&self) -> &[DataType] {
@@ -48,7 +54,9 @@ impl RowCodec {
     /// Decodes rows encoded by this codec back into columns.
     pub fn decode<'a>(&self, rows: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
         let parser = self.converter.parser();
-        Ok(self.converter.convert_rows(rows.into_iter().map(|r| parser.parse(r)))?)
+        Ok(self
+            .converter
+            .convert_rows(rows.into_iter().map(|r| parser.parse(r)))?)
     }
 }
 

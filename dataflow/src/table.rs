@@ -34,7 +34,12 @@ pub struct TableState {
 }
 
 impl TableState {
-    pub fn try_new(name: &str, schema: SchemaRef, pk: Vec<usize>, table: StateTableId) -> Result<Self> {
+    pub fn try_new(
+        name: &str,
+        schema: SchemaRef,
+        pk: Vec<usize>,
+        table: StateTableId,
+    ) -> Result<Self> {
         let pk_types = pk
             .iter()
             .map(|i| schema.field(*i).data_type().clone())
@@ -66,7 +71,10 @@ impl TableState {
     }
 
     fn pk_columns(&self, data: &RecordBatch) -> Vec<ArrayRef> {
-        self.pk.iter().map(|i| Arc::clone(data.column(*i))).collect()
+        self.pk
+            .iter()
+            .map(|i| Arc::clone(data.column(*i)))
+            .collect()
     }
 
     fn check_not_null(&self, data: &RecordBatch) -> Result<()> {
@@ -93,7 +101,11 @@ impl TableState {
     }
 
     fn duplicate_key(&self, data: &RecordBatch, row: usize) -> DataflowError {
-        let names: Vec<&str> = self.pk.iter().map(|i| self.schema.field(*i).name().as_str()).collect();
+        let names: Vec<&str> = self
+            .pk
+            .iter()
+            .map(|i| self.schema.field(*i).name().as_str())
+            .collect();
         let values: Vec<String> = self
             .pk
             .iter()
@@ -126,7 +138,9 @@ impl TableState {
             for r in rows.iter() {
                 let c = self.multiset.get(r.data()).copied().unwrap_or(0);
                 if c <= 0 {
-                    return Err(DataflowError::Internal("deleting a row that is not there".into()));
+                    return Err(DataflowError::Internal(
+                        "deleting a row that is not there".into(),
+                    ));
                 }
             }
             for r in rows.iter() {
@@ -201,7 +215,10 @@ impl TableState {
     /// The table as it is now, including changes not yet committed.
     pub fn contents(&self) -> Result<RecordBatch> {
         let (rows, counts): (Vec<&[u8]>, Vec<i64>) = if self.pk.is_empty() {
-            self.multiset.iter().map(|(r, c)| (r.as_slice(), *c)).unzip()
+            self.multiset
+                .iter()
+                .map(|(r, c)| (r.as_slice(), *c))
+                .unzip()
         } else {
             self.by_key.values().map(|r| (r.as_slice(), 1)).unzip()
         };
@@ -219,7 +236,10 @@ impl TableState {
                 idx.push(i as u32);
             }
         }
-        Ok(arrow::compute::take_record_batch(&data, &UInt32Array::from(idx))?)
+        Ok(arrow::compute::take_record_batch(
+            &data,
+            &UInt32Array::from(idx),
+        )?)
     }
 
     /// Whether changes wait for the next epoch.
@@ -267,7 +287,10 @@ impl TableState {
 
     pub fn num_rows(&self) -> usize {
         if self.pk.is_empty() {
-            self.multiset.values().map(|c| usize::try_from(*c).unwrap_or(0)).sum()
+            self.multiset
+                .values()
+                .map(|c| usize::try_from(*c).unwrap_or(0))
+                .sum()
         } else {
             self.by_key.len()
         }

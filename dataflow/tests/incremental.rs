@@ -14,7 +14,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::scalar::ScalarValue;
 use proptest::prelude::*;
 use sabot_dataflow::ops::aggregate::{AggCall, AggKind, AggregateSpec};
-use sabot_dataflow::ops::join::JoinSpec;
+use sabot_dataflow::ops::join::{JoinKind, JoinSpec};
 use sabot_dataflow::{ChangeBatch, Dataflow, NodeKind, PlanNode, StreamPlan};
 use sabot_storage::{EpochBatch, Store};
 
@@ -22,7 +22,10 @@ type Row = Vec<Option<i64>>;
 
 fn schema(names: &[&str]) -> SchemaRef {
     Arc::new(Schema::new(
-        names.iter().map(|n| Field::new(*n, DataType::Int64, true)).collect::<Vec<_>>(),
+        names
+            .iter()
+            .map(|n| Field::new(*n, DataType::Int64, true))
+            .collect::<Vec<_>>(),
     ))
 }
 
@@ -42,7 +45,10 @@ fn rows_of(b: &RecordBatch) -> Vec<Row> {
         .map(|r| {
             b.columns()
                 .iter()
-                .map(|c| c.is_valid(r).then(|| c.as_primitive::<Int64Type>().value(r)))
+                .map(|c| {
+                    c.is_valid(r)
+                        .then(|| c.as_primitive::<Int64Type>().value(r))
+                })
                 .collect()
         })
         .collect();
@@ -62,7 +68,13 @@ fn op_strategy(inputs: usize) -> impl Strategy<Value = Op> {
     (
         0..inputs,
         0i64..12,
-        proptest::option::weighted(0.75, (proptest::option::weighted(0.9, 0i64..4), proptest::option::weighted(0.85, -5i64..20))),
+        proptest::option::weighted(
+            0.75,
+            (
+                proptest::option::weighted(0.9, 0i64..4),
+                proptest::option::weighted(0.85, -5i64..20),
+            ),
+        ),
     )
         .prop_map(|(input, id, row)| Op { input, id, row })
 }
@@ -91,11 +103,17 @@ impl Inputs {
             let st = &mut self.state[op.input];
             let old = st.get(&op.id).copied();
             if let Some((k, v)) = old {
-                out[op.input].push(ChangeBatch::deletes(batch(&self.schema, &[vec![Some(op.id), k, v]])));
+                out[op.input].push(ChangeBatch::deletes(batch(
+                    &self.schema,
+                    &[vec![Some(op.id), k, v]],
+                )));
                 st.remove(&op.id);
             }
             if let Some((k, v)) = op.row {
-                out[op.input].push(ChangeBatch::inserts(batch(&self.schema, &[vec![Some(op.id), k, v]])));
+                out[op.input].push(ChangeBatch::inserts(batch(
+                    &self.schema,
+                    &[vec![Some(op.id), k, v]],
+                )));
                 st.insert(op.id, (k, v));
             }
         }
@@ -103,7 +121,10 @@ impl Inputs {
     }
 
     fn rows(&self, input: usize) -> Vec<Row> {
-        self.state[input].iter().map(|(id, (k, v))| vec![Some(*id), *k, *v]).collect()
+        self.state[input]
+            .iter()
+            .map(|(id, (k, v))| vec![Some(*id), *k, *v])
+            .collect()
     }
 }
 
@@ -147,7 +168,9 @@ fn check(
 
 fn source(i: usize) -> PlanNode {
     PlanNode {
-        kind: NodeKind::Source { relation: format!("in{i}") },
+        kind: NodeKind::Source {
+            relation: format!("in{i}"),
+        },
         inputs: vec![],
         schema: schema(&["id", "k", "v"]),
         state_tables: vec![],
@@ -165,7 +188,6 @@ fn materialize(input: usize, schema: SchemaRef, table: u32) -> PlanNode {
 
 /// SELECT k, count(*), count(v), sum(v), min(v), max(v) FROM in0 GROUP BY k
 fn aggregate_plan(global: bool) -> StreamPlan {
-
     let (group_count, out) = if global {
         (0, schema(&["c", "cv", "s", "mn", "mx"]))
     } else {
@@ -175,17 +197,35 @@ fn aggregate_plan(global: bool) -> StreamPlan {
     let (pre_exprs, pre_schema) = if global {
         (vec![col("v", 2), one], schema(&["v", "one"]))
     } else {
-        (vec![col("k", 1), col("v", 2), one], schema(&["k", "v", "one"]))
+        (
+            vec![col("k", 1), col("v", 2), one],
+            schema(&["k", "v", "one"]),
+        )
     };
     let v = group_count;
     let spec = AggregateSpec {
         group_count,
         calls: vec![
-            AggCall { kind: AggKind::Count, arg: v + 1 },
-            AggCall { kind: AggKind::Count, arg: v },
-            AggCall { kind: AggKind::Sum, arg: v },
-            AggCall { kind: AggKind::Min, arg: v },
-            AggCall { kind: AggKind::Max, arg: v },
+            AggCall {
+                kind: AggKind::Count,
+                arg: v + 1,
+            },
+            AggCall {
+                kind: AggKind::Count,
+                arg: v,
+            },
+            AggCall {
+                kind: AggKind::Sum,
+                arg: v,
+            },
+            AggCall {
+                kind: AggKind::Min,
+                arg: v,
+            },
+            AggCall {
+                kind: AggKind::Max,
+                arg: v,
+            },
         ],
         input_schema: Arc::clone(&pre_schema),
         output_schema: Arc::clone(&out),
@@ -214,7 +254,10 @@ fn aggregate_recompute(global: bool) -> impl Fn(&Inputs) -> Vec<Row> {
     move |d: &Inputs| {
         let mut groups: BTreeMap<Option<i64>, Vec<Option<i64>>> = BTreeMap::new();
         for r in d.rows(0) {
-            groups.entry(if global { None } else { r[1] }).or_default().push(r[2]);
+            groups
+                .entry(if global { None } else { r[1] })
+                .or_default()
+                .push(r[2]);
         }
         if global && groups.is_empty() {
             groups.insert(None, vec![]);
@@ -240,22 +283,36 @@ fn join_plan() -> StreamPlan {
     let side = schema(&["id", "k", "v"]);
     let out = schema(&["id", "k", "v", "id2", "k2", "v2"]);
     let spec = JoinSpec {
+        kind: JoinKind::Inner,
         left_keys: vec![col("k", 1)],
         right_keys: vec![col("k", 1)],
         left_schema: Arc::clone(&side),
         right_schema: side,
         output_schema: Arc::clone(&out),
     };
-    let pred: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(col("v", 2), BinOp::Lt, col("v2", 5)));
+    let pred: Arc<dyn PhysicalExpr> =
+        Arc::new(BinaryExpr::new(col("v", 2), BinOp::Lt, col("v2", 5)));
     let proj = schema(&["id", "v", "id2", "v2"]);
     StreamPlan {
         nodes: vec![
             source(0),
             source(1),
-            PlanNode { kind: NodeKind::Join(spec), inputs: vec![0, 1], schema: Arc::clone(&out), state_tables: vec![1, 2] },
-            PlanNode { kind: NodeKind::Filter { predicate: pred }, inputs: vec![2], schema: out, state_tables: vec![] },
             PlanNode {
-                kind: NodeKind::Project { exprs: vec![col("id", 0), col("v", 2), col("id2", 3), col("v2", 5)] },
+                kind: NodeKind::Join(spec),
+                inputs: vec![0, 1],
+                schema: Arc::clone(&out),
+                state_tables: vec![1, 2],
+            },
+            PlanNode {
+                kind: NodeKind::Filter { predicate: pred },
+                inputs: vec![2],
+                schema: out,
+                state_tables: vec![],
+            },
+            PlanNode {
+                kind: NodeKind::Project {
+                    exprs: vec![col("id", 0), col("v", 2), col("id2", 3), col("v2", 5)],
+                },
                 inputs: vec![3],
                 schema: Arc::clone(&proj),
                 state_tables: vec![],
@@ -279,6 +336,98 @@ fn join_recompute(d: &Inputs) -> Vec<Row> {
     out
 }
 
+/// `in0 <kind> JOIN in1 ON in0.k = in1.k`, all columns of the sides it outputs.
+fn kind_join_plan(kind: JoinKind) -> StreamPlan {
+    let side = schema(&["id", "k", "v"]);
+    let out = match kind {
+        JoinKind::LeftSemi | JoinKind::LeftAnti | JoinKind::RightSemi | JoinKind::RightAnti => {
+            Arc::clone(&side)
+        }
+        _ => schema(&["id", "k", "v", "id2", "k2", "v2"]),
+    };
+    let spec = JoinSpec {
+        kind,
+        left_keys: vec![col("k", 1)],
+        right_keys: vec![col("k", 1)],
+        left_schema: Arc::clone(&side),
+        right_schema: side,
+        output_schema: Arc::clone(&out),
+    };
+    StreamPlan {
+        nodes: vec![
+            source(0),
+            source(1),
+            PlanNode {
+                kind: NodeKind::Join(spec),
+                inputs: vec![0, 1],
+                schema: Arc::clone(&out),
+                state_tables: vec![1, 2],
+            },
+            materialize(2, out, 3),
+        ],
+    }
+}
+
+/// Nested-loop evaluation of `kind_join_plan` from scratch, with SQL's NULL semantics.
+fn kind_join_recompute(kind: JoinKind) -> impl Fn(&Inputs) -> Vec<Row> {
+    move |d: &Inputs| {
+        let (l, r) = (d.rows(0), d.rows(1));
+        let matches = |a: &Row, b: &Row| matches!((a[1], b[1]), (Some(x), Some(y)) if x == y);
+        let nulls: Row = vec![None; 3];
+        let mut out = Vec::new();
+        match kind {
+            JoinKind::LeftSemi | JoinKind::LeftAnti => {
+                let semi = kind == JoinKind::LeftSemi;
+                out.extend(
+                    l.iter()
+                        .filter(|a| r.iter().any(|b| matches(a, b)) == semi)
+                        .cloned(),
+                );
+            }
+            JoinKind::RightSemi | JoinKind::RightAnti => {
+                let semi = kind == JoinKind::RightSemi;
+                out.extend(
+                    r.iter()
+                        .filter(|b| l.iter().any(|a| matches(a, b)) == semi)
+                        .cloned(),
+                );
+            }
+            _ => {
+                for a in &l {
+                    for b in &r {
+                        if matches(a, b) {
+                            out.push([a.clone(), b.clone()].concat());
+                        }
+                    }
+                }
+                if matches!(kind, JoinKind::Left | JoinKind::Full) {
+                    for a in l.iter().filter(|a| !r.iter().any(|b| matches(a, b))) {
+                        out.push([a.clone(), nulls.clone()].concat());
+                    }
+                }
+                if matches!(kind, JoinKind::Right | JoinKind::Full) {
+                    for b in r.iter().filter(|b| !l.iter().any(|a| matches(a, b))) {
+                        out.push([nulls.clone(), b.clone()].concat());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn join_kind() -> impl Strategy<Value = JoinKind> {
+    prop_oneof![
+        Just(JoinKind::Left),
+        Just(JoinKind::Right),
+        Just(JoinKind::Full),
+        Just(JoinKind::LeftSemi),
+        Just(JoinKind::LeftAnti),
+        Just(JoinKind::RightSemi),
+        Just(JoinKind::RightAnti),
+    ]
+}
+
 /// SELECT k, v + 1 FROM in0 WHERE v > 3 (duplicates kept)
 fn filter_plan() -> StreamPlan {
     let out = schema(&["k", "v1"]);
@@ -295,8 +444,20 @@ fn filter_plan() -> StreamPlan {
     StreamPlan {
         nodes: vec![
             source(0),
-            PlanNode { kind: NodeKind::Filter { predicate: gt }, inputs: vec![0], schema: schema(&["id", "k", "v"]), state_tables: vec![] },
-            PlanNode { kind: NodeKind::Project { exprs: vec![col("k", 1), plus] }, inputs: vec![1], schema: Arc::clone(&out), state_tables: vec![] },
+            PlanNode {
+                kind: NodeKind::Filter { predicate: gt },
+                inputs: vec![0],
+                schema: schema(&["id", "k", "v"]),
+                state_tables: vec![],
+            },
+            PlanNode {
+                kind: NodeKind::Project {
+                    exprs: vec![col("k", 1), plus],
+                },
+                inputs: vec![1],
+                schema: Arc::clone(&out),
+                state_tables: vec![],
+            },
             materialize(2, out, 1),
         ],
     }
@@ -330,6 +491,11 @@ proptest! {
     #[test]
     fn join_with_residual_filter(e in epochs(2), workers in 1usize..=2, restart in 0usize..12) {
         check(join_plan(), 2, e, workers, restart, join_recompute)?;
+    }
+
+    #[test]
+    fn outer_semi_anti_joins(kind in join_kind(), e in epochs(2), workers in 1usize..=2, restart in 0usize..12) {
+        check(kind_join_plan(kind), 2, e, workers, restart, kind_join_recompute(kind))?;
     }
 
     #[test]

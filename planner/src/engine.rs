@@ -21,10 +21,10 @@ use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::util::display::FormatOptions;
+use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
-use datafusion::common::TableReference;
 use parking_lot::RwLock;
 use sabot_dataflow::{ChangeBatch, Dataflow, TableState};
 use sabot_sql::sqlparser::ast;
@@ -54,7 +54,10 @@ pub struct DbConfig {
 /// The result of a statement.
 #[derive(Debug)]
 pub enum Output {
-    Rows { schema: SchemaRef, batches: Vec<RecordBatch> },
+    Rows {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    },
     /// A command tag (`INSERT 0 3` is `("INSERT", Some(3))`).
     Command { tag: String, rows: Option<usize> },
     /// Done, with a notice for the client (e.g. `IF NOT EXISTS` on an existing object).
@@ -149,7 +152,12 @@ impl Inner {
         let mut affected: HashSet<String> = HashSet::from([name.to_string()]);
         let mut out = Vec::new();
         for v in &self.views {
-            if v.dataflow.plan().sources().iter().any(|s| affected.contains(*s)) {
+            if v.dataflow
+                .plan()
+                .sources()
+                .iter()
+                .any(|s| affected.contains(*s))
+            {
                 affected.insert(v.meta.name.clone());
                 out.push(v.meta.name.clone());
             }
@@ -168,7 +176,9 @@ pub struct Database {
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Database").field("config", &self.config).finish()
+        f.debug_struct("Database")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -232,22 +242,33 @@ impl Database {
             match entry {
                 CatalogEntry::Table(meta) => {
                     let parsed = sabot_sql::parse(&meta.sql)?;
-                    let Some(Statement::CreateTable(ct)) = parsed.into_iter().next().map(|p| p.statement) else {
-                        return Err(PlanError::Internal(format!("catalog entry of {} is not CREATE TABLE", meta.name)));
+                    let Some(Statement::CreateTable(ct)) =
+                        parsed.into_iter().next().map(|p| p.statement)
+                    else {
+                        return Err(PlanError::Internal(format!(
+                            "catalog entry of {} is not CREATE TABLE",
+                            meta.name
+                        )));
                     };
                     let (schema, pk) = table_schema(&ct)?;
                     let mut state = TableState::try_new(&meta.name, schema, pk, meta.state_table)?;
                     state.restore(self.store.scan(meta.state_table)?)?;
                     inner.next_order = inner.next_order.max(meta.order + 1);
                     changed.insert(meta.name.clone());
-                    inner.tables.insert(meta.name.clone(), TableEntry { meta, state });
+                    inner
+                        .tables
+                        .insert(meta.name.clone(), TableEntry { meta, state });
                 }
                 CatalogEntry::View(meta) => {
                     // Plan against the relations recovered so far (all it can read).
                     self.publish(&inner, &changed, &[])?;
                     let parsed = sabot_sql::parse(&meta.sql)?;
-                    let Some(Statement::Query(q)) = parsed.into_iter().next().map(|p| p.statement) else {
-                        return Err(PlanError::Internal(format!("catalog entry of {} is not a query", meta.name)));
+                    let Some(Statement::Query(q)) = parsed.into_iter().next().map(|p| p.statement)
+                    else {
+                        return Err(PlanError::Internal(format!(
+                            "catalog entry of {} is not a query",
+                            meta.name
+                        )));
                     };
                     let (mut dataflow, _) = self.plan_view(&q, meta.first_state_table).await?;
                     dataflow.restore(&self.store)?;
@@ -326,12 +347,18 @@ impl Database {
                 Err(e) => {
                     tracing::error!(view = %view.meta.name, error = %e, "view stopped");
                     view.meta.error = Some(e.to_string());
-                    batch.put_catalog(&view.meta.name, catalog_bytes(&CatalogEntry::View(view.meta.clone()))?);
+                    batch.put_catalog(
+                        &view.meta.name,
+                        catalog_bytes(&CatalogEntry::View(view.meta.clone()))?,
+                    );
                     changed.insert(view.meta.name.clone());
                 }
             }
         }
-        batch.put_meta(NEXT_STATE_TABLE, inner.next_state_table.to_le_bytes().to_vec());
+        batch.put_meta(
+            NEXT_STATE_TABLE,
+            inner.next_state_table.to_le_bytes().to_vec(),
+        );
         self.store.commit(batch)?;
         inner.epoch = epoch;
         self.publish(inner, &changed, removed)?;
@@ -353,7 +380,12 @@ impl Database {
                     Relation {
                         kind: RelationKind::Table,
                         data: t.state.contents()?,
-                        primary_key: t.state.primary_key().iter().map(|i| schema.field(*i).name().clone()).collect(),
+                        primary_key: t
+                            .state
+                            .primary_key()
+                            .iter()
+                            .map(|i| schema.field(*i).name().clone())
+                            .collect(),
                         schema,
                         error: None,
                     },
@@ -380,7 +412,11 @@ impl Database {
     }
 
     /// A DataFusion context over `snapshot`, with `overlay` replacing one relation's data.
-    fn context(&self, snapshot: &Snapshot, overlay: Option<(&str, RecordBatch)>) -> Result<SessionContext> {
+    fn context(
+        &self,
+        snapshot: &Snapshot,
+        overlay: Option<(&str, RecordBatch)>,
+    ) -> Result<SessionContext> {
         let config = SessionConfig::new()
             .with_target_partitions(self.config.workers.max(1))
             .with_information_schema(true);
@@ -396,7 +432,11 @@ impl Database {
         Ok(ctx)
     }
 
-    async fn logical_plan(&self, ctx: &SessionContext, query: &ast::Query) -> Result<datafusion::logical_expr::LogicalPlan> {
+    async fn logical_plan(
+        &self,
+        ctx: &SessionContext,
+        query: &ast::Query,
+    ) -> Result<datafusion::logical_expr::LogicalPlan> {
         let stmt = DfStatement::Statement(Box::new(ast::Statement::Query(Box::new(query.clone()))));
         Ok(ctx.state().statement_to_plan(stmt).await?)
     }
@@ -428,7 +468,11 @@ impl Database {
 
     /// Plans a view's query into a dataflow whose state tables start at `first_table`.
     /// Returns the dataflow and the first state table id it left unused.
-    async fn plan_view(&self, query: &ast::Query, first_table: StateTableId) -> Result<(Dataflow, StateTableId)> {
+    async fn plan_view(
+        &self,
+        query: &ast::Query,
+        first_table: StateTableId,
+    ) -> Result<(Dataflow, StateTableId)> {
         let snapshot = self.snapshot();
         let ctx = self.context(&snapshot, None)?;
         let plan = self.logical_plan(&ctx, query).await?;
@@ -448,7 +492,10 @@ impl Database {
                 if_not_exists,
                 query,
                 query_text,
-            } => self.create_view(name, *if_not_exists, query, query_text).await,
+            } => {
+                self.create_view(name, *if_not_exists, query, query_text)
+                    .await
+            }
             Statement::Insert(i) => self.insert(i).await,
             Statement::Update(u) => self.update(u).await,
             Statement::Delete(d) => self.delete(d).await,
@@ -496,7 +543,9 @@ impl Database {
         batch.put_catalog(&name, catalog_bytes(&CatalogEntry::Table(meta.clone()))?);
         inner.next_state_table += 1;
         inner.next_order += 1;
-        inner.tables.insert(name.clone(), TableEntry { meta, state });
+        inner
+            .tables
+            .insert(name.clone(), TableEntry { meta, state });
         self.run_epoch(&mut inner, batch, HashSet::from([name]), &[])?;
         Ok(command("CREATE TABLE"))
     }
@@ -559,18 +608,33 @@ impl Database {
         Ok(command("CREATE MATERIALIZED VIEW"))
     }
 
-    async fn drop(&self, kind: ObjectKind, names: &[ast::ObjectName], if_exists: bool, cascade: bool) -> Result<Output> {
+    async fn drop(
+        &self,
+        kind: ObjectKind,
+        names: &[ast::ObjectName],
+        if_exists: bool,
+        cascade: bool,
+    ) -> Result<Output> {
         let mut inner = self.inner.lock().await;
         let (want, what, tag) = match kind {
             ObjectKind::Table => (RelationKind::Table, "table", "DROP TABLE"),
-            ObjectKind::MaterializedView => (RelationKind::MaterializedView, "materialized view", "DROP MATERIALIZED VIEW"),
+            ObjectKind::MaterializedView => (
+                RelationKind::MaterializedView,
+                "materialized view",
+                "DROP MATERIALIZED VIEW",
+            ),
         };
         let mut to_drop: Vec<String> = Vec::new();
         for n in names {
             let name = normalize_name(n)?;
             match inner.exists(&name) {
                 None if if_exists => continue,
-                None => return Err(PlanError::user("42P01", format!("{what} \"{name}\" does not exist"))),
+                None => {
+                    return Err(PlanError::user(
+                        "42P01",
+                        format!("{what} \"{name}\" does not exist"),
+                    ))
+                }
                 Some(k) if k != want => {
                     return Err(PlanError::user(
                         "42809",
@@ -626,22 +690,37 @@ impl Database {
                 "42809",
                 format!("cannot change materialized view \"{name}\": write to the tables it reads"),
             )),
-            None => Err(PlanError::user("42P01", format!("relation \"{name}\" does not exist"))),
+            None => Err(PlanError::user(
+                "42P01",
+                format!("relation \"{name}\" does not exist"),
+            )),
         }
     }
 
     async fn insert(&self, insert: &ast::Insert) -> Result<Output> {
         if insert.on.is_some() {
-            return Err(PlanError::user("0A000", "INSERT ... ON CONFLICT is not supported yet"));
+            return Err(PlanError::user(
+                "0A000",
+                "INSERT ... ON CONFLICT is not supported yet",
+            ));
         }
         if insert.returning.is_some() {
-            return Err(PlanError::user("0A000", "INSERT ... RETURNING is not supported yet"));
+            return Err(PlanError::user(
+                "0A000",
+                "INSERT ... RETURNING is not supported yet",
+            ));
         }
         let ast::TableObject::TableName(table_name) = &insert.table else {
-            return Err(PlanError::user("0A000", "INSERT into a table function is not supported"));
+            return Err(PlanError::user(
+                "0A000",
+                "INSERT into a table function is not supported",
+            ));
         };
         let Some(source) = &insert.source else {
-            return Err(PlanError::user("0A000", "INSERT without VALUES or SELECT is not supported"));
+            return Err(PlanError::user(
+                "0A000",
+                "INSERT without VALUES or SELECT is not supported",
+            ));
         };
         let mut inner = self.inner.lock().await;
         let name = Self::dml_target(&inner, table_name)?;
@@ -654,14 +733,16 @@ impl Database {
                 .columns
                 .iter()
                 .map(|c| {
-                    let col = c
-                        .0
-                        .last()
-                        .and_then(|p| p.as_ident())
-                        .map(normalize_ident)
-                        .unwrap_or_default();
+                    let col =
+                        c.0.last()
+                            .and_then(|p| p.as_ident())
+                            .map(normalize_ident)
+                            .unwrap_or_default();
                     schema.index_of(&col).map_err(|_| {
-                        PlanError::user("42703", format!("column \"{col}\" of relation \"{name}\" does not exist"))
+                        PlanError::user(
+                            "42703",
+                            format!("column \"{col}\" of relation \"{name}\" does not exist"),
+                        )
                     })
                 })
                 .collect::<Result<_>>()?
@@ -671,10 +752,16 @@ impl Database {
         let plan = self.logical_plan(&ctx, source).await?;
         let produced = plan.schema().fields().len();
         if produced > targets.len() {
-            return Err(PlanError::user("42601", "INSERT has more expressions than target columns"));
+            return Err(PlanError::user(
+                "42601",
+                "INSERT has more expressions than target columns",
+            ));
         }
         if produced < targets.len() {
-            return Err(PlanError::user("42601", "INSERT has more target columns than expressions"));
+            return Err(PlanError::user(
+                "42601",
+                "INSERT has more target columns than expressions",
+            ));
         }
         let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
         let mut rows = 0;
@@ -709,13 +796,20 @@ impl Database {
         let current = table.state.contents()?;
         let snapshot = self.snapshot();
         let ctx = self.context(&snapshot, Some((name, current)))?;
-        let qualifier = alias.map(|a| quote_ident(&a.name.value)).unwrap_or_else(|| quote_ident(name));
+        let qualifier = alias
+            .map(|a| quote_ident(&a.name.value))
+            .unwrap_or_else(|| quote_ident(name));
         let mut items: Vec<String> = schema
             .fields()
             .iter()
             .map(|f| format!("{qualifier}.{}", quote_ident(f.name())))
             .collect();
-        items.extend(extra.iter().enumerate().map(|(i, e)| format!("{e} AS \"__sabot_set_{i}\"")));
+        items.extend(
+            extra
+                .iter()
+                .enumerate()
+                .map(|(i, e)| format!("{e} AS \"__sabot_set_{i}\"")),
+        );
         let from = match alias {
             Some(a) => format!("{} AS {}", quote_ident(name), quote_ident(&a.name.value)),
             None => quote_ident(name),
@@ -736,13 +830,27 @@ impl Database {
 
     async fn update(&self, update: &ast::Update) -> Result<Output> {
         if update.from.is_some() || !update.table.joins.is_empty() {
-            return Err(PlanError::user("0A000", "UPDATE ... FROM is not supported yet"));
+            return Err(PlanError::user(
+                "0A000",
+                "UPDATE ... FROM is not supported yet",
+            ));
         }
         if update.returning.is_some() {
-            return Err(PlanError::user("0A000", "UPDATE ... RETURNING is not supported yet"));
+            return Err(PlanError::user(
+                "0A000",
+                "UPDATE ... RETURNING is not supported yet",
+            ));
         }
-        let ast::TableFactor::Table { name: table_name, alias, .. } = &update.table.relation else {
-            return Err(PlanError::user("0A000", "UPDATE of this relation is not supported"));
+        let ast::TableFactor::Table {
+            name: table_name,
+            alias,
+            ..
+        } = &update.table.relation
+        else {
+            return Err(PlanError::user(
+                "0A000",
+                "UPDATE of this relation is not supported",
+            ));
         };
         let mut inner = self.inner.lock().await;
         let name = Self::dml_target(&inner, table_name)?;
@@ -751,20 +859,40 @@ impl Database {
         let mut exprs = Vec::new();
         for a in &update.assignments {
             let ast::AssignmentTarget::ColumnName(col) = &a.target else {
-                return Err(PlanError::user("0A000", "UPDATE of a column tuple is not supported"));
+                return Err(PlanError::user(
+                    "0A000",
+                    "UPDATE of a column tuple is not supported",
+                ));
             };
-            let col = col.0.last().and_then(|p| p.as_ident()).map(normalize_ident).unwrap_or_default();
+            let col = col
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .map(normalize_ident)
+                .unwrap_or_default();
             let idx = schema.index_of(&col).map_err(|_| {
-                PlanError::user("42703", format!("column \"{col}\" of relation \"{name}\" does not exist"))
+                PlanError::user(
+                    "42703",
+                    format!("column \"{col}\" of relation \"{name}\" does not exist"),
+                )
             })?;
             if set_cols.contains(&idx) {
-                return Err(PlanError::user("42601", format!("multiple assignments to same column \"{col}\"")));
+                return Err(PlanError::user(
+                    "42601",
+                    format!("multiple assignments to same column \"{col}\""),
+                ));
             }
             set_cols.push(idx);
             exprs.push(a.value.clone());
         }
         let found = self
-            .select_current(&inner, &name, alias.as_ref(), update.selection.as_ref(), &exprs)
+            .select_current(
+                &inner,
+                &name,
+                alias.as_ref(),
+                update.selection.as_ref(),
+                &exprs,
+            )
             .await?;
         let n = schema.fields().len();
         let old = RecordBatch::try_new(Arc::clone(&schema), found.columns()[..n].to_vec())?;
@@ -787,24 +915,47 @@ impl Database {
 
     async fn delete(&self, delete: &ast::Delete) -> Result<Output> {
         if delete.using.is_some() || !delete.tables.is_empty() {
-            return Err(PlanError::user("0A000", "DELETE ... USING is not supported yet"));
+            return Err(PlanError::user(
+                "0A000",
+                "DELETE ... USING is not supported yet",
+            ));
         }
         if delete.returning.is_some() {
-            return Err(PlanError::user("0A000", "DELETE ... RETURNING is not supported yet"));
+            return Err(PlanError::user(
+                "0A000",
+                "DELETE ... RETURNING is not supported yet",
+            ));
         }
         let from = match &delete.from {
             ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
         };
         let [twj] = from.as_slice() else {
-            return Err(PlanError::user("0A000", "DELETE from several tables is not supported"));
+            return Err(PlanError::user(
+                "0A000",
+                "DELETE from several tables is not supported",
+            ));
         };
-        let ast::TableFactor::Table { name: table_name, alias, .. } = &twj.relation else {
-            return Err(PlanError::user("0A000", "DELETE from this relation is not supported"));
+        let ast::TableFactor::Table {
+            name: table_name,
+            alias,
+            ..
+        } = &twj.relation
+        else {
+            return Err(PlanError::user(
+                "0A000",
+                "DELETE from this relation is not supported",
+            ));
         };
         let mut inner = self.inner.lock().await;
         let name = Self::dml_target(&inner, table_name)?;
         let found = self
-            .select_current(&inner, &name, alias.as_ref(), delete.selection.as_ref(), &[])
+            .select_current(
+                &inner,
+                &name,
+                alias.as_ref(),
+                delete.selection.as_ref(),
+                &[],
+            )
             .await?;
         let schema = Arc::clone(inner.tables[&name].state.schema());
         let old = RecordBatch::try_new(schema, found.columns().to_vec())?;
@@ -828,7 +979,10 @@ impl Database {
             .map(|(n, _)| n.as_str())
             .collect();
         let schema = Arc::new(Schema::new(vec![Field::new("Name", DataType::Utf8, false)]));
-        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(StringArray::from(names))]);
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(StringArray::from(names))],
+        );
         match batch {
             Ok(b) => Output::Rows {
                 schema,
@@ -844,10 +998,9 @@ impl Database {
     fn describe(&self, name: &ast::ObjectName) -> Result<Output> {
         let name = normalize_name(name)?;
         let snapshot = self.snapshot();
-        let rel = snapshot
-            .relations
-            .get(&name)
-            .ok_or_else(|| PlanError::user("42P01", format!("relation \"{name}\" does not exist")))?;
+        let rel = snapshot.relations.get(&name).ok_or_else(|| {
+            PlanError::user("42P01", format!("relation \"{name}\" does not exist"))
+        })?;
         let mut names = Vec::new();
         let mut types = Vec::new();
         let mut nullable = Vec::new();
@@ -856,7 +1009,11 @@ impl Database {
             names.push(f.name().clone());
             types.push(sql_type_name(f));
             let is_key = rel.primary_key.contains(f.name());
-            nullable.push(if f.is_nullable() && !is_key { "YES" } else { "NO" });
+            nullable.push(if f.is_nullable() && !is_key {
+                "YES"
+            } else {
+                "NO"
+            });
             key.push(if is_key { "YES" } else { "NO" });
         }
         let schema = Arc::new(Schema::new(vec![
@@ -894,11 +1051,23 @@ impl Database {
                 let optimized = ctx.state().optimize(&plan)?;
                 format!("{}", optimized.display_indent())
             }
-            _ => return Err(PlanError::user("0A000", "EXPLAIN of this statement is not supported")),
+            _ => {
+                return Err(PlanError::user(
+                    "0A000",
+                    "EXPLAIN of this statement is not supported",
+                ))
+            }
         };
         let lines: Vec<&str> = text.lines().collect();
-        let schema = Arc::new(Schema::new(vec![Field::new("QUERY PLAN", DataType::Utf8, false)]));
-        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(StringArray::from(lines))])?;
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "QUERY PLAN",
+            DataType::Utf8,
+            false,
+        )]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(StringArray::from(lines))],
+        )?;
         Ok(Output::Rows {
             schema,
             batches: vec![batch],
@@ -913,7 +1082,12 @@ fn command(tag: &str) -> Output {
     }
 }
 
-fn already_exists(name: &str, kind: RelationKind, if_not_exists: bool, tag: &str) -> Result<Output> {
+fn already_exists(
+    name: &str,
+    kind: RelationKind,
+    if_not_exists: bool,
+    tag: &str,
+) -> Result<Output> {
     let what = match kind {
         RelationKind::Table => "table",
         RelationKind::MaterializedView => "materialized view",
@@ -924,7 +1098,10 @@ fn already_exists(name: &str, kind: RelationKind, if_not_exists: bool, tag: &str
             notice: format!("relation \"{name}\" already exists, skipping"),
         });
     }
-    Err(PlanError::user("42P07", format!("relation \"{name}\" already exists (a {what})")))
+    Err(PlanError::user(
+        "42P07",
+        format!("relation \"{name}\" already exists (a {what})"),
+    ))
 }
 
 fn catalog_bytes(entry: &CatalogEntry) -> Result<Vec<u8>> {
@@ -938,14 +1115,20 @@ fn quote_ident(s: &str) -> String {
 /// The schema and primary key columns of a `CREATE TABLE`.
 fn table_schema(ct: &ast::CreateTable) -> Result<(SchemaRef, Vec<usize>)> {
     if ct.columns.is_empty() {
-        return Err(PlanError::user("42601", "a table needs at least one column"));
+        return Err(PlanError::user(
+            "42601",
+            "a table needs at least one column",
+        ));
     }
     let mut pk_names: Vec<String> = Vec::new();
     let mut fields = Vec::new();
     for c in &ct.columns {
         let name = normalize_ident(&c.name);
         if fields.iter().any(|f: &Field| f.name() == &name) {
-            return Err(PlanError::user("42701", format!("column \"{name}\" specified more than once")));
+            return Err(PlanError::user(
+                "42701",
+                format!("column \"{name}\" specified more than once"),
+            ));
         }
         let mut nullable = true;
         for opt in &c.options {
@@ -970,31 +1153,56 @@ fn table_schema(ct: &ast::CreateTable) -> Result<(SchemaRef, Vec<usize>)> {
         match con {
             ast::TableConstraint::PrimaryKey(pk) => {
                 if !pk_names.is_empty() {
-                    return Err(PlanError::user("42P16", "multiple primary keys are not allowed"));
+                    return Err(PlanError::user(
+                        "42P16",
+                        "multiple primary keys are not allowed",
+                    ));
                 }
                 for col in &pk.columns {
                     match &col.column.expr {
                         ast::Expr::Identifier(id) => pk_names.push(normalize_ident(id)),
                         other => {
-                            return Err(PlanError::user("42601", format!("invalid primary key column {other}")))
+                            return Err(PlanError::user(
+                                "42601",
+                                format!("invalid primary key column {other}"),
+                            ))
                         }
                     }
                 }
             }
             other => {
-                return Err(PlanError::user("0A000", format!("table constraint {other} is not supported yet")))
+                return Err(PlanError::user(
+                    "0A000",
+                    format!("table constraint {other} is not supported yet"),
+                ))
             }
         }
     }
-    if pk_names.len() > 1 && ct.columns.iter().filter(|c| c.options.iter().any(|o| matches!(o.option, ast::ColumnOption::PrimaryKey(_)))).count() > 1 {
-        return Err(PlanError::user("42P16", "multiple primary keys are not allowed"));
+    if pk_names.len() > 1
+        && ct
+            .columns
+            .iter()
+            .filter(|c| {
+                c.options
+                    .iter()
+                    .any(|o| matches!(o.option, ast::ColumnOption::PrimaryKey(_)))
+            })
+            .count()
+            > 1
+    {
+        return Err(PlanError::user(
+            "42P16",
+            "multiple primary keys are not allowed",
+        ));
     }
     let mut pk = Vec::new();
     for n in &pk_names {
-        let idx = fields
-            .iter()
-            .position(|f| f.name() == n)
-            .ok_or_else(|| PlanError::user("42703", format!("column \"{n}\" named in key does not exist")))?;
+        let idx = fields.iter().position(|f| f.name() == n).ok_or_else(|| {
+            PlanError::user(
+                "42703",
+                format!("column \"{n}\" named in key does not exist"),
+            )
+        })?;
         fields[idx] = fields[idx].clone().with_nullable(false);
         pk.push(idx);
     }
@@ -1047,16 +1255,27 @@ fn bytea_from_text(a: &ArrayRef) -> Result<ArrayRef> {
         out.push(match v {
             None => None,
             Some(t) if t.starts_with("\\x") => {
-                let hex: Vec<u8> = t[2..].bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+                let hex: Vec<u8> = t[2..]
+                    .bytes()
+                    .filter(|b| !b.is_ascii_whitespace())
+                    .collect();
                 if !hex.len().is_multiple_of(2) {
-                    return Err(PlanError::user("22P02", "invalid hexadecimal data: odd number of digits"));
+                    return Err(PlanError::user(
+                        "22P02",
+                        "invalid hexadecimal data: odd number of digits",
+                    ));
                 }
                 let mut bytes = Vec::with_capacity(hex.len() / 2);
                 for pair in hex.chunks(2) {
                     let digit = |c: u8| (c as char).to_digit(16);
                     match (digit(pair[0]), digit(pair[1])) {
                         (Some(h), Some(l)) => bytes.push((h * 16 + l) as u8),
-                        _ => return Err(PlanError::user("22P02", format!("invalid hexadecimal digit in \"{t}\""))),
+                        _ => {
+                            return Err(PlanError::user(
+                                "22P02",
+                                format!("invalid hexadecimal digit in \"{t}\""),
+                            ))
+                        }
                     }
                 }
                 Some(bytes)
@@ -1075,7 +1294,12 @@ fn parse_timestamps_leniently(a: &ArrayRef, to: &DataType) -> Option<ArrayRef> {
         return None;
     };
     let strings = a.as_any().downcast_ref::<StringArray>()?;
-    const NAIVE: [&str; 4] = ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"];
+    const NAIVE: [&str; 4] = [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ];
     let mut out = Vec::with_capacity(strings.len());
     for v in strings.iter() {
         let Some(text) = v else {
@@ -1099,7 +1323,12 @@ fn parse_timestamps_leniently(a: &ArrayRef, to: &DataType) -> Option<ArrayRef> {
 
 /// Lays out an INSERT's rows as the table's columns: `targets[i]` is the table column
 /// of produced column i; other columns are NULL.
-fn conform(batch: &RecordBatch, targets: &[usize], schema: &SchemaRef, table: &TableState) -> Result<RecordBatch> {
+fn conform(
+    batch: &RecordBatch,
+    targets: &[usize],
+    schema: &SchemaRef,
+    table: &TableState,
+) -> Result<RecordBatch> {
     let n = batch.num_rows();
     let mut columns: Vec<ArrayRef> = schema
         .fields()
@@ -1111,11 +1340,18 @@ fn conform(batch: &RecordBatch, targets: &[usize], schema: &SchemaRef, table: &T
     }
     table.check_columns(&columns)?;
     let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(n));
-    Ok(RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)?)
+    Ok(RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        columns,
+        &options,
+    )?)
 }
 
 /// Refuses reads of views that stopped updating, naming the failure.
-fn check_view_errors(snapshot: &Snapshot, plan: &datafusion::logical_expr::LogicalPlan) -> Result<()> {
+fn check_view_errors(
+    snapshot: &Snapshot,
+    plan: &datafusion::logical_expr::LogicalPlan,
+) -> Result<()> {
     use datafusion::common::tree_node::TreeNodeRecursion;
     let mut failed = None;
     plan.apply_with_subqueries(|node| {

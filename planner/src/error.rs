@@ -54,7 +54,9 @@ impl PlanError {
             PlanError::DataFusion(e) => datafusion_sqlstate(e),
             PlanError::Dataflow(DataflowError::User { code, .. }) => code,
             PlanError::Dataflow(DataflowError::DataFusion(e)) => datafusion_sqlstate(e),
-            PlanError::Dataflow(DataflowError::Arrow(e)) | PlanError::Arrow(e) => arrow_sqlstate(&e.to_string()),
+            PlanError::Dataflow(DataflowError::Arrow(e)) | PlanError::Arrow(e) => {
+                arrow_sqlstate(&e.to_string())
+            }
             PlanError::Dataflow(_) | PlanError::Storage(_) | PlanError::Internal(_) => "XX000",
         }
     }
@@ -81,7 +83,9 @@ impl PlanError {
 fn clean_datafusion_message(e: &DataFusionError) -> String {
     let e = e.find_root();
     let s = match e {
-        DataFusionError::Plan(m) | DataFusionError::Execution(m) | DataFusionError::NotImplemented(m) => m.clone(),
+        DataFusionError::Plan(m)
+        | DataFusionError::Execution(m)
+        | DataFusionError::NotImplemented(m) => m.clone(),
         DataFusionError::SchemaError(se, _) => se.to_string(),
         DataFusionError::ArrowError(ae, _) => ae.to_string(),
         other => other.to_string(),
@@ -120,9 +124,13 @@ fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {
 fn arrow_sqlstate(msg: &str) -> &'static str {
     if msg.contains("Divide by zero") {
         "22012"
-    } else if msg.contains("overflow") || msg.contains("too large") || msg.contains("out of range") {
+    } else if msg.contains("overflow") || msg.contains("too large") || msg.contains("out of range")
+    {
         "22003"
-    } else if msg.contains("Cast error") || msg.contains("Parser error") || msg.contains("Cannot cast") {
+    } else if msg.contains("Cast error")
+        || msg.contains("Parser error")
+        || msg.contains("Cannot cast")
+    {
         "22P02"
     } else {
         "XX000"

@@ -13,7 +13,7 @@ use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use sabot_dataflow::ops::aggregate::{AggCall, AggKind, AggregateSpec};
-use sabot_dataflow::ops::join::JoinSpec;
+use sabot_dataflow::ops::join::{JoinKind, JoinSpec};
 use sabot_dataflow::{NodeKind, PlanNode, StreamPlan};
 use sabot_storage::StateTableId;
 
@@ -58,7 +58,13 @@ impl<'a> StreamPlanner<'a> {
         out
     }
 
-    fn push(&mut self, kind: NodeKind, inputs: Vec<usize>, schema: SchemaRef, state_tables: Vec<StateTableId>) -> usize {
+    fn push(
+        &mut self,
+        kind: NodeKind,
+        inputs: Vec<usize>,
+        schema: SchemaRef,
+        state_tables: Vec<StateTableId>,
+    ) -> usize {
         self.nodes.push(PlanNode {
             kind,
             inputs,
@@ -93,7 +99,8 @@ impl<'a> StreamPlanner<'a> {
                     vec![],
                 );
                 if !scan.filters.is_empty() {
-                    let df = DFSchema::try_from_qualified_schema(scan.table_name.clone(), &full_schema)?;
+                    let df =
+                        DFSchema::try_from_qualified_schema(scan.table_name.clone(), &full_schema)?;
                     let predicate = scan
                         .filters
                         .iter()
@@ -101,7 +108,12 @@ impl<'a> StreamPlanner<'a> {
                         .reduce(|a, b| a.and(b))
                         .ok_or_else(|| PlanError::Internal("empty filter list".into()))?;
                     let predicate = self.physical(&predicate, &df)?;
-                    id = self.push(NodeKind::Filter { predicate }, vec![id], nullable_schema(&full_schema), vec![]);
+                    id = self.push(
+                        NodeKind::Filter { predicate },
+                        vec![id],
+                        nullable_schema(&full_schema),
+                        vec![],
+                    );
                 }
                 if let Some(projection) = &scan.projection {
                     let exprs: Vec<Arc<dyn PhysicalExpr>> = projection
@@ -161,14 +173,25 @@ impl<'a> StreamPlanner<'a> {
             LogicalPlan::Aggregate(agg) => self.aggregate(agg),
             LogicalPlan::Join(join) => self.join(join),
             LogicalPlan::Union(u) => {
-                let inputs = u.inputs.iter().map(|i| self.node(i)).collect::<Result<Vec<_>>>()?;
-                Ok(self.push(NodeKind::Union, inputs, nullable_schema(u.schema.as_arrow()), vec![]))
+                let inputs = u
+                    .inputs
+                    .iter()
+                    .map(|i| self.node(i))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(self.push(
+                    NodeKind::Union,
+                    inputs,
+                    nullable_schema(u.schema.as_arrow()),
+                    vec![],
+                ))
             }
             LogicalPlan::Distinct(_) => Err(PlanError::not_incremental("DISTINCT ON")),
             LogicalPlan::Window(_) => Err(PlanError::not_incremental("window functions (OVER)")),
-            LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => Err(PlanError::not_incremental(
-                "a query that reads no table or view (VALUES or SELECT without FROM)",
-            )),
+            LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => {
+                Err(PlanError::not_incremental(
+                    "a query that reads no table or view (VALUES or SELECT without FROM)",
+                ))
+            }
             LogicalPlan::Subquery(_) => Err(PlanError::not_incremental("this subquery")),
             LogicalPlan::Unnest(_) => Err(PlanError::not_incremental("UNNEST")),
             LogicalPlan::RecursiveQuery(_) => Err(PlanError::not_incremental("WITH RECURSIVE")),
@@ -190,7 +213,11 @@ impl<'a> StreamPlanner<'a> {
                 return Err(PlanError::not_incremental("GROUPING SETS / ROLLUP / CUBE"));
             }
             let p = self.physical(g, in_schema)?;
-            fields.push(Field::new(g.schema_name().to_string(), p.data_type(in_schema.as_arrow())?, true));
+            fields.push(Field::new(
+                g.schema_name().to_string(),
+                p.data_type(in_schema.as_arrow())?,
+                true,
+            ));
             exprs.push(p);
         }
         let mut calls = Vec::new();
@@ -200,15 +227,22 @@ impl<'a> StreamPlanner<'a> {
                 other => other,
             };
             let Expr::AggregateFunction(f) = inner else {
-                return Err(PlanError::not_incremental(format!("the aggregate expression {a}")));
+                return Err(PlanError::not_incremental(format!(
+                    "the aggregate expression {a}"
+                )));
             };
             let name = f.func.name().to_lowercase();
             let params = &f.params;
             if params.distinct {
-                return Err(PlanError::not_incremental(format!("{}(DISTINCT ...)", name.to_uppercase())));
+                return Err(PlanError::not_incremental(format!(
+                    "{}(DISTINCT ...)",
+                    name.to_uppercase()
+                )));
             }
             if params.filter.is_some() {
-                return Err(PlanError::not_incremental("FILTER (WHERE ...) on aggregates"));
+                return Err(PlanError::not_incremental(
+                    "FILTER (WHERE ...) on aggregates",
+                ));
             }
             if !params.order_by.is_empty() {
                 return Err(PlanError::not_incremental("ORDER BY inside an aggregate"));
@@ -219,23 +253,41 @@ impl<'a> StreamPlanner<'a> {
                 "avg" | "mean" => AggKind::Avg,
                 "min" => AggKind::Min,
                 "max" => AggKind::Max,
-                other => return Err(PlanError::not_incremental(format!("the aggregate function {}", other.to_uppercase()))),
+                other => {
+                    return Err(PlanError::not_incremental(format!(
+                        "the aggregate function {}",
+                        other.to_uppercase()
+                    )))
+                }
             };
             let arg = match params.args.as_slice() {
                 [arg] => arg.clone(),
-                [] if kind == AggKind::Count => Expr::Literal(datafusion::common::ScalarValue::Int64(Some(1)), None),
-                _ => return Err(PlanError::not_incremental(format!("{name} with {} arguments", params.args.len()))),
+                [] if kind == AggKind::Count => {
+                    Expr::Literal(datafusion::common::ScalarValue::Int64(Some(1)), None)
+                }
+                _ => {
+                    return Err(PlanError::not_incremental(format!(
+                        "{name} with {} arguments",
+                        params.args.len()
+                    )))
+                }
             };
             let arg = match (kind, &arg) {
                 // DataFusion casts AVG's integer argument to a float; summing the integers
                 // exactly (as PostgreSQL does) and dividing at the end keeps precision.
-                (AggKind::Avg, Expr::Cast(c)) if c.expr.get_type(in_schema).is_ok_and(|t| t.is_integer()) => {
+                (AggKind::Avg, Expr::Cast(c))
+                    if c.expr.get_type(in_schema).is_ok_and(|t| t.is_integer()) =>
+                {
                     c.expr.as_ref().clone()
                 }
                 _ => arg,
             };
             let p = self.physical(&arg, in_schema)?;
-            fields.push(Field::new(arg.schema_name().to_string(), p.data_type(in_schema.as_arrow())?, true));
+            fields.push(Field::new(
+                arg.schema_name().to_string(),
+                p.data_type(in_schema.as_arrow())?,
+                true,
+            ));
             calls.push(AggCall {
                 kind,
                 arg: exprs.len(),
@@ -243,7 +295,12 @@ impl<'a> StreamPlanner<'a> {
             exprs.push(p);
         }
         let pre_schema: SchemaRef = Arc::new(Schema::new(fields));
-        let pre = self.push(NodeKind::Project { exprs }, vec![input], Arc::clone(&pre_schema), vec![]);
+        let pre = self.push(
+            NodeKind::Project { exprs },
+            vec![input],
+            Arc::clone(&pre_schema),
+            vec![],
+        );
         let output_schema = nullable_schema(agg.schema.as_arrow());
         let spec = AggregateSpec {
             group_count: agg.group_expr.len(),
@@ -256,8 +313,32 @@ impl<'a> StreamPlanner<'a> {
     }
 
     fn join(&mut self, join: &datafusion::logical_expr::Join) -> Result<usize> {
-        if join.join_type != JoinType::Inner {
-            return Err(PlanError::not_incremental(format!("{} JOIN", join.join_type.to_string().to_uppercase())));
+        let kind = match join.join_type {
+            JoinType::Inner => JoinKind::Inner,
+            JoinType::Left => JoinKind::Left,
+            JoinType::Right => JoinKind::Right,
+            JoinType::Full => JoinKind::Full,
+            JoinType::LeftSemi => JoinKind::LeftSemi,
+            JoinType::LeftAnti => JoinKind::LeftAnti,
+            JoinType::RightSemi => JoinKind::RightSemi,
+            JoinType::RightAnti => JoinKind::RightAnti,
+            other => {
+                return Err(PlanError::not_incremental(format!(
+                    "{} JOIN",
+                    other.to_string().to_uppercase()
+                )))
+            }
+        };
+        if join.null_aware {
+            return Err(PlanError::not_incremental(
+                "NOT IN (subquery) (use NOT EXISTS)",
+            ));
+        }
+        if kind != JoinKind::Inner && join.filter.is_some() {
+            return Err(PlanError::not_incremental(format!(
+                "a non-equality condition in a {} join",
+                join.join_type.to_string().to_uppercase()
+            )));
         }
         if join.on.is_empty() {
             return Err(PlanError::not_incremental(
@@ -278,6 +359,7 @@ impl<'a> StreamPlanner<'a> {
             .collect::<Result<Vec<_>>>()?;
         let output_schema = nullable_schema(join.schema.as_arrow());
         let spec = JoinSpec {
+            kind,
             left_keys,
             right_keys,
             left_schema: nullable_schema(join.left.schema().as_arrow()),
@@ -285,10 +367,20 @@ impl<'a> StreamPlanner<'a> {
             output_schema: Arc::clone(&output_schema),
         };
         let tables = self.tables(2);
-        let mut id = self.push(NodeKind::Join(spec), vec![left, right], Arc::clone(&output_schema), tables);
+        let mut id = self.push(
+            NodeKind::Join(spec),
+            vec![left, right],
+            Arc::clone(&output_schema),
+            tables,
+        );
         if let Some(filter) = &join.filter {
             let predicate = self.physical(filter, &join.schema)?;
-            id = self.push(NodeKind::Filter { predicate }, vec![id], output_schema, vec![]);
+            id = self.push(
+                NodeKind::Filter { predicate },
+                vec![id],
+                output_schema,
+                vec![],
+            );
         }
         Ok(id)
     }

@@ -26,7 +26,9 @@ pub fn arrow_type(dt: &ast::DataType) -> Result<DataType> {
                 ast::DataType::Numeric(info) | ast::DataType::Decimal(info) => match info {
                     ast::ExactNumberInfo::None => (38, 10),
                     ast::ExactNumberInfo::Precision(p) => (*p, 0),
-                    ast::ExactNumberInfo::PrecisionAndScale(p, s) => (*p, u64::try_from(*s).unwrap_or(0)),
+                    ast::ExactNumberInfo::PrecisionAndScale(p, s) => {
+                        (*p, u64::try_from(*s).unwrap_or(0))
+                    }
                 },
                 _ => (38, 10),
             };
@@ -38,12 +40,13 @@ pub fn arrow_type(dt: &ast::DataType) -> Result<DataType> {
             }
             DataType::Decimal128(p as u8, s as i8)
         }
-        "TEXT" | "VARCHAR" | "CHARACTER VARYING" | "STRING" | "CHAR" | "CHARACTER" | "JSON" | "JSONB" | "UUID" => {
-            DataType::Utf8
-        }
+        "TEXT" | "VARCHAR" | "CHARACTER VARYING" | "STRING" | "CHAR" | "CHARACTER" | "JSON"
+        | "JSONB" | "UUID" => DataType::Utf8,
         "DATE" => DataType::Date32,
         "TIME" | "TIME WITHOUT TIME ZONE" => DataType::Time64(TimeUnit::Microsecond),
-        "TIMESTAMP" | "TIMESTAMP WITHOUT TIME ZONE" => DataType::Timestamp(TimeUnit::Microsecond, None),
+        "TIMESTAMP" | "TIMESTAMP WITHOUT TIME ZONE" => {
+            DataType::Timestamp(TimeUnit::Microsecond, None)
+        }
         "TIMESTAMPTZ" | "TIMESTAMP WITH TIME ZONE" => {
             DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
         }
@@ -57,8 +60,12 @@ pub fn arrow_type(dt: &ast::DataType) -> Result<DataType> {
         }
     };
     // TIME WITH TIME ZONE parses as TIME(...) WITH TIME ZONE: refuse rather than drop the zone.
-    if base.starts_with("TIME") && !base.starts_with("TIMESTAMP") && text.contains("WITH TIME ZONE") {
-        return Err(PlanError::user("0A000", "TIME WITH TIME ZONE is not supported"));
+    if base.starts_with("TIME") && !base.starts_with("TIMESTAMP") && text.contains("WITH TIME ZONE")
+    {
+        return Err(PlanError::user(
+            "0A000",
+            "TIME WITH TIME ZONE is not supported",
+        ));
     }
     Ok(ty)
 }
@@ -116,12 +123,18 @@ pub fn sql_type_name(field: &Field) -> String {
 pub fn normalize_name(name: &ast::ObjectName) -> Result<String> {
     let parts: Vec<&ast::Ident> = name.0.iter().filter_map(|p| p.as_ident()).collect();
     if parts.len() != name.0.len() || parts.is_empty() || parts.len() > 2 {
-        return Err(PlanError::user("42601", format!("invalid object name \"{name}\"")));
+        return Err(PlanError::user(
+            "42601",
+            format!("invalid object name \"{name}\""),
+        ));
     }
     if parts.len() == 2 {
         let schema = normalize_ident(parts[0]);
         if schema != "public" {
-            return Err(PlanError::user("3F000", format!("schema \"{schema}\" does not exist")));
+            return Err(PlanError::user(
+                "3F000",
+                format!("schema \"{schema}\" does not exist"),
+            ));
         }
     }
     Ok(normalize_ident(parts[parts.len() - 1]))

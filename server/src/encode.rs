@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{
-    DataType, Date32Type, Date64Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type,
-    Int64Type, Int8Type, IntervalMonthDayNanoType, IntervalUnit, Schema, Time32MillisecondType,
-    Time32SecondType, Time64MicrosecondType, Time64NanosecondType, TimeUnit, TimestampMicrosecondType,
-    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type,
-    UInt64Type, UInt8Type,
+    DataType, Date32Type, Date64Type, Decimal128Type, Float32Type, Float64Type, Int16Type,
+    Int32Type, Int64Type, Int8Type, IntervalMonthDayNanoType, IntervalUnit, Schema,
+    Time32MillisecondType, Time32SecondType, Time64MicrosecondType, Time64NanosecondType, TimeUnit,
+    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Timelike, Utc};
@@ -67,7 +67,11 @@ struct PgInterval {
 }
 
 impl ToSql for PgInterval {
-    fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
         out.put_i64(self.micros);
         out.put_i32(self.days);
         out.put_i32(self.months);
@@ -111,7 +115,12 @@ fn format_interval(months: i32, days: i32, micros: i64) -> String {
         let m = micros.unsigned_abs();
         let secs = m / 1_000_000;
         let frac = m % 1_000_000;
-        let mut t = format!("{sign}{:02}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60);
+        let mut t = format!(
+            "{sign}{:02}:{:02}:{:02}",
+            secs / 3600,
+            (secs / 60) % 60,
+            secs % 60
+        );
         if frac != 0 {
             let f = format!("{frac:06}");
             t.push('.');
@@ -134,7 +143,11 @@ enum PgText {
 }
 
 impl ToSql for PgText {
-    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
         match self {
             PgText::Float4(v) => v.to_sql(ty, out),
             PgText::Float8(v) => v.to_sql(ty, out),
@@ -144,7 +157,10 @@ impl ToSql for PgText {
         }
     }
     fn accepts(ty: &Type) -> bool {
-        matches!(*ty, Type::FLOAT4 | Type::FLOAT8 | Type::TIMESTAMP | Type::TIMESTAMPTZ | Type::TIME)
+        matches!(
+            *ty,
+            Type::FLOAT4 | Type::FLOAT8 | Type::TIMESTAMP | Type::TIMESTAMPTZ | Type::TIME
+        )
     }
     to_sql_checked!();
 }
@@ -159,13 +175,21 @@ impl ToSqlText for PgText {
         let text = match self {
             PgText::Float4(v) => format_float(f64::from(*v), format!("{:e}", v), 6),
             PgText::Float8(v) => format_float(*v, format!("{v:e}"), 15),
-            PgText::Timestamp(v) => format!("{}{}", v.format("%Y-%m-%d %H:%M:%S"), fraction(v.and_utc().timestamp_subsec_micros())),
+            PgText::Timestamp(v) => format!(
+                "{}{}",
+                v.format("%Y-%m-%d %H:%M:%S"),
+                fraction(v.and_utc().timestamp_subsec_micros())
+            ),
             PgText::TimestampTz(v) => format!(
                 "{}{}+00",
                 v.format("%Y-%m-%d %H:%M:%S"),
                 fraction(v.timestamp_subsec_micros())
             ),
-            PgText::Time(v) => format!("{}{}", v.format("%H:%M:%S"), fraction(v.nanosecond() / 1000)),
+            PgText::Time(v) => format!(
+                "{}{}",
+                v.format("%H:%M:%S"),
+                fraction(v.nanosecond() / 1000)
+            ),
         };
         out.put_slice(text.as_bytes());
         Ok(IsNull::No)
@@ -189,7 +213,11 @@ fn format_float(v: f64, sci: String, max_exp: i32) -> String {
         return "NaN".into();
     }
     if v.is_infinite() {
-        return if v > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if v > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
@@ -236,10 +264,17 @@ fn encode<T: ToSql + ToSqlText>(
 fn jsonb_text(v: &serde_json::Value) -> String {
     use serde_json::Value;
     match v {
-        Value::Array(items) => format!("[{}]", items.iter().map(jsonb_text).collect::<Vec<_>>().join(", ")),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(jsonb_text).collect::<Vec<_>>().join(", ")
+        ),
         Value::Object(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.0.as_bytes().cmp(b.0.as_bytes())));
+            entries.sort_by(|a, b| {
+                a.0.len()
+                    .cmp(&b.0.len())
+                    .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
+            });
             let parts: Vec<String> = entries
                 .into_iter()
                 .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), jsonb_text(v)))
@@ -292,8 +327,9 @@ fn encode_value(
                 let raw = col.as_primitive::<Decimal128Type>().value(row);
                 let scale = u32::try_from(*scale).unwrap_or(0);
                 Some(
-                    rust_decimal::Decimal::try_from_i128_with_scale(raw, scale)
-                        .map_err(|e| bad(format!("numeric value out of range for the wire: {e}")))?,
+                    rust_decimal::Decimal::try_from_i128_with_scale(raw, scale).map_err(|e| {
+                        bad(format!("numeric value out of range for the wire: {e}"))
+                    })?,
                 )
             } else {
                 None
@@ -314,18 +350,20 @@ fn encode_value(
                 // jsonb's canonical text, as PostgreSQL prints it.
                 let v = match s {
                     Some(s) => Some(jsonb_text(
-                        &serde_json::from_str::<serde_json::Value>(s)
-                            .map_err(|e| bad(format!("invalid JSON stored in a jsonb column: {e}")))?,
+                        &serde_json::from_str::<serde_json::Value>(s).map_err(|e| {
+                            bad(format!("invalid JSON stored in a jsonb column: {e}"))
+                        })?,
                     )),
                     None => None,
                 };
                 encode(enc, &v, &Type::TEXT, fmt, opts)
             } else if *ty == Type::JSONB || *ty == Type::JSON {
                 let v = match s {
-                    Some(s) => Some(
-                        serde_json::from_str::<serde_json::Value>(s)
-                            .map_err(|e| bad(format!("invalid JSON stored in a JSON column: {e}")))?,
-                    ),
+                    Some(s) => {
+                        Some(serde_json::from_str::<serde_json::Value>(s).map_err(|e| {
+                            bad(format!("invalid JSON stored in a JSON column: {e}"))
+                        })?)
+                    }
                     None => None,
                 };
                 encode(enc, &v, ty, fmt, opts)
@@ -341,26 +379,47 @@ fn encode_value(
             });
             encode(enc, &v, ty, fmt, opts)
         }
-        DataType::Date32 => prim!(Date32Type, |d: i32| NaiveDate::from_num_days_from_ce_opt(d + 719_163)
-            .unwrap_or_default()),
+        DataType::Date32 => prim!(Date32Type, |d: i32| NaiveDate::from_num_days_from_ce_opt(
+            d + 719_163
+        )
+        .unwrap_or_default()),
         DataType::Date64 => prim!(Date64Type, |ms: i64| DateTime::from_timestamp_millis(ms)
             .map(|t| t.date_naive())
             .unwrap_or_default()),
-        DataType::Time64(TimeUnit::Microsecond) => prim!(Time64MicrosecondType, |us: i64| PgText::Time(time_of(us * 1000))),
+        DataType::Time64(TimeUnit::Microsecond) => {
+            prim!(Time64MicrosecondType, |us: i64| PgText::Time(time_of(
+                us * 1000
+            )))
+        }
         DataType::Time64(_) => prim!(Time64NanosecondType, |ns: i64| PgText::Time(time_of(ns))),
         DataType::Time32(TimeUnit::Second) => {
-            prim!(Time32SecondType, |s: i32| PgText::Time(time_of(i64::from(s) * 1_000_000_000)))
+            prim!(Time32SecondType, |s: i32| PgText::Time(time_of(
+                i64::from(s) * 1_000_000_000
+            )))
         }
-        DataType::Time32(_) => prim!(Time32MillisecondType, |ms: i32| PgText::Time(time_of(i64::from(ms) * 1_000_000))),
+        DataType::Time32(_) => prim!(Time32MillisecondType, |ms: i32| PgText::Time(time_of(
+            i64::from(ms) * 1_000_000
+        ))),
         DataType::Timestamp(unit, tz) => {
             let nanos: Option<i64> = if !valid {
                 None
             } else {
                 Some(match unit {
-                    TimeUnit::Second => col.as_primitive::<TimestampSecondType>().value(row).saturating_mul(1_000_000_000),
-                    TimeUnit::Millisecond => col.as_primitive::<TimestampMillisecondType>().value(row).saturating_mul(1_000_000),
-                    TimeUnit::Microsecond => col.as_primitive::<TimestampMicrosecondType>().value(row).saturating_mul(1000),
-                    TimeUnit::Nanosecond => col.as_primitive::<TimestampNanosecondType>().value(row),
+                    TimeUnit::Second => col
+                        .as_primitive::<TimestampSecondType>()
+                        .value(row)
+                        .saturating_mul(1_000_000_000),
+                    TimeUnit::Millisecond => col
+                        .as_primitive::<TimestampMillisecondType>()
+                        .value(row)
+                        .saturating_mul(1_000_000),
+                    TimeUnit::Microsecond => col
+                        .as_primitive::<TimestampMicrosecondType>()
+                        .value(row)
+                        .saturating_mul(1000),
+                    TimeUnit::Nanosecond => {
+                        col.as_primitive::<TimestampNanosecondType>().value(row)
+                    }
                 })
             };
             let utc = nanos.map(DateTime::<Utc>::from_timestamp_nanos);
@@ -385,8 +444,11 @@ fn encode_value(
         _ => {
             // Everything else travels as text.
             let v = if valid {
-                let f = arrow::util::display::ArrayFormatter::try_new(col.as_ref(), &Default::default())
-                    .map_err(|e| bad(e.to_string()))?;
+                let f = arrow::util::display::ArrayFormatter::try_new(
+                    col.as_ref(),
+                    &Default::default(),
+                )
+                .map_err(|e| bad(e.to_string()))?;
                 Some(f.value(row).to_string())
             } else {
                 None
@@ -407,7 +469,10 @@ fn time_of(nanos: i64) -> NaiveTime {
 }
 
 /// Encodes every row of `batches`.
-pub fn encode_rows(batches: &[RecordBatch], fields: &Arc<Vec<FieldInfo>>) -> PgWireResult<Vec<DataRow>> {
+pub fn encode_rows(
+    batches: &[RecordBatch],
+    fields: &Arc<Vec<FieldInfo>>,
+) -> PgWireResult<Vec<DataRow>> {
     let opts = FormatOptions::default();
     let mut enc = DataRowEncoder::new(Arc::clone(fields));
     let mut rows = Vec::new();
@@ -443,19 +508,30 @@ mod tests {
         assert_eq!(f8(0.1 + 0.2), "0.30000000000000004");
         assert_eq!(f8(0.0), "0");
         assert_eq!(f8(f64::NAN), "NaN");
-        assert_eq!(format_float(1234567.0, format!("{:e}", 1234567.0f32), 6), "1.234567e+06");
+        assert_eq!(
+            format_float(1234567.0, format!("{:e}", 1234567.0f32), 6),
+            "1.234567e+06"
+        );
     }
 
     #[test]
     fn jsonb_text_matches_postgres() {
-        let v: serde_json::Value = serde_json::from_str(r#"{"bb": [1, {"z":null,"a":true}], "a": "x\"y", "c": 1.5}"#).unwrap();
-        assert_eq!(super::jsonb_text(&v), r#"{"a": "x\"y", "c": 1.5, "bb": [1, {"a": true, "z": null}]}"#);
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"bb": [1, {"z":null,"a":true}], "a": "x\"y", "c": 1.5}"#)
+                .unwrap();
+        assert_eq!(
+            super::jsonb_text(&v),
+            r#"{"a": "x\"y", "c": 1.5, "bb": [1, {"a": true, "z": null}]}"#
+        );
     }
 
     #[test]
     fn interval_text_matches_postgres() {
         assert_eq!(format_interval(0, 0, 0), "00:00:00");
-        assert_eq!(format_interval(14, 3, 3_600_000_000 + 500_000), "1 year 2 mons 3 days 01:00:00.5");
+        assert_eq!(
+            format_interval(14, 3, 3_600_000_000 + 500_000),
+            "1 year 2 mons 3 days 01:00:00.5"
+        );
         assert_eq!(format_interval(0, 1, 0), "1 day");
         assert_eq!(format_interval(0, 0, -90_000_000), "-00:01:30");
     }

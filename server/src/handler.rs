@@ -59,19 +59,28 @@ pub struct SabotHandler {
 impl SabotHandler {
     pub fn new(db: Arc<Database>) -> Self {
         Self {
-            parser: Arc::new(SabotParser { db: Arc::clone(&db) }),
+            parser: Arc::new(SabotParser {
+                db: Arc::clone(&db),
+            }),
             db,
         }
     }
 
     /// Runs one statement and turns its output into a wire response.
-    async fn run<C>(&self, client: &mut C, parsed: &Parsed, format: &Format) -> PgWireResult<Response>
+    async fn run<C>(
+        &self,
+        client: &mut C,
+        parsed: &Parsed,
+        format: &Format,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let settings = client.session_extensions().get_or_insert_with(Settings::default);
+        let settings = client
+            .session_extensions()
+            .get_or_insert_with(Settings::default);
         let output = match &parsed.statement {
             Statement::SetVariable { name, value } => {
                 settings.0.lock().insert(name.clone(), value.clone());
@@ -97,7 +106,9 @@ impl SabotHandler {
             Ok(Output::Notice { tag, notice }) => {
                 let info = ErrorInfo::new("NOTICE".into(), "42P07".into(), notice);
                 client
-                    .feed(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(info)))
+                    .feed(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(
+                        info,
+                    )))
                     .await?;
                 Ok(Response::Execution(Tag::new(&tag)))
             }
@@ -115,18 +126,31 @@ fn show_variable(settings: &Settings, name: &str, db: &Database) -> sabot_planne
             .or_else(|| default_setting(name).map(str::to_string))
             .or_else(|| match name {
                 "workers" => Some(db.config().workers.to_string()),
-                "checkpoint_interval" => Some(format!("{}ms", db.config().checkpoint_interval.as_millis())),
+                "checkpoint_interval" => {
+                    Some(format!("{}ms", db.config().checkpoint_interval.as_millis()))
+                }
                 _ => None,
             })
-            .ok_or_else(|| PlanError::user("42704", format!("unrecognized configuration parameter \"{name}\"")))?;
+            .ok_or_else(|| {
+                PlanError::user(
+                    "42704",
+                    format!("unrecognized configuration parameter \"{name}\""),
+                )
+            })?;
         Some(value)
     };
     let (names, values): (Vec<String>, Vec<String>) = match value {
         Some(v) => (vec![name.to_string()], vec![v]),
         None => {
             let mut all: BTreeMap<String, String> = [
-                "server_version", "server_encoding", "client_encoding", "datestyle", "timezone",
-                "standard_conforming_strings", "search_path", "transaction_isolation",
+                "server_version",
+                "server_encoding",
+                "client_encoding",
+                "datestyle",
+                "timezone",
+                "standard_conforming_strings",
+                "search_path",
+                "transaction_isolation",
             ]
             .iter()
             .filter_map(|n| default_setting(n).map(|v| (n.to_string(), v.to_string())))
@@ -146,7 +170,10 @@ fn show_variable(settings: &Settings, name: &str, db: &Database) -> sabot_planne
     let columns: Vec<arrow::array::ArrayRef> = if schema.fields().len() == 1 {
         vec![Arc::new(StringArray::from(values))]
     } else {
-        vec![Arc::new(StringArray::from(names)), Arc::new(StringArray::from(values))]
+        vec![
+            Arc::new(StringArray::from(names)),
+            Arc::new(StringArray::from(values)),
+        ]
     };
     let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
     Ok(Output::Rows {
@@ -178,7 +205,12 @@ impl SimpleQueryHandler for SabotHandler {
     {
         let statements = match sabot_sql::parse(query) {
             Ok(s) => s,
-            Err(e) => return Ok(vec![Response::Error(Box::new(error_info(&PlanError::Sql(e), 0)))]),
+            Err(e) => {
+                return Ok(vec![Response::Error(Box::new(error_info(
+                    &PlanError::Sql(e),
+                    0,
+                )))])
+            }
         };
         let mut responses = Vec::with_capacity(statements.len());
         for parsed in &statements {
@@ -202,7 +234,12 @@ pub struct SabotParser {
 impl QueryParser for SabotParser {
     type Statement = SabotStatement;
 
-    async fn parse_sql<C>(&self, _client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<SabotStatement>>
+    async fn parse_sql<C>(
+        &self,
+        _client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<SabotStatement>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
@@ -234,7 +271,11 @@ impl QueryParser for SabotParser {
         Ok(stmt.param_types.clone())
     }
 
-    fn get_result_schema(&self, _stmt: &SabotStatement, _column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+    fn get_result_schema(
+        &self,
+        _stmt: &SabotStatement,
+        _column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
         // Answered by `do_describe_*`, which can plan asynchronously.
         Ok(vec![])
     }
@@ -242,7 +283,11 @@ impl QueryParser for SabotParser {
 
 impl SabotHandler {
     /// The columns a statement returns (empty for commands).
-    async fn result_fields(&self, stmt: &SabotStatement, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+    async fn result_fields(
+        &self,
+        stmt: &SabotStatement,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
         let Some(parsed) = &stmt.parsed else {
             return Ok(vec![]);
         };
@@ -251,13 +296,17 @@ impl SabotHandler {
                 Ok((schema, _)) => schema,
                 Err(e) => return Err(PgWireError::UserError(Box::new(error_info(&e, 0)))),
             },
-            Statement::ShowVariable(name) => Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)])),
+            Statement::ShowVariable(name) => {
+                Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]))
+            }
             Statement::ShowTables | Statement::ShowMaterializedViews => {
                 Arc::new(Schema::new(vec![Field::new("Name", DataType::Utf8, false)]))
             }
             _ => return Ok(vec![]),
         };
-        Ok(fields(&schema, |i| format.map(|f| f.format_for(i)).unwrap_or(FieldFormat::Text)))
+        Ok(fields(&schema, |i| {
+            format.map(|f| f.format_for(i)).unwrap_or(FieldFormat::Text)
+        }))
     }
 }
 
@@ -295,7 +344,9 @@ impl ExtendedQueryHandler for SabotHandler {
             })
             .collect();
         let fields = self.result_fields(stmt, None).await?;
-        Ok(pgwire::api::results::DescribeStatementResponse::new(params, fields))
+        Ok(pgwire::api::results::DescribeStatementResponse::new(
+            params, fields,
+        ))
     }
 
     async fn do_describe_portal<C>(
@@ -310,12 +361,20 @@ impl ExtendedQueryHandler for SabotHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let fields = self
-            .result_fields(&portal.statement.statement, Some(&portal.result_column_format))
+            .result_fields(
+                &portal.statement.statement,
+                Some(&portal.result_column_format),
+            )
             .await?;
         Ok(pgwire::api::results::DescribePortalResponse::new(fields))
     }
 
-    async fn do_query<C>(&self, client: &mut C, portal: &Portal<SabotStatement>, _max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<SabotStatement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = SabotStatement>,
@@ -324,7 +383,10 @@ impl ExtendedQueryHandler for SabotHandler {
     {
         match bind(portal)? {
             None => Ok(Response::EmptyQuery),
-            Some(parsed) => self.run(client, &parsed, &portal.result_column_format).await,
+            Some(parsed) => {
+                self.run(client, &parsed, &portal.result_column_format)
+                    .await
+            }
         }
     }
 }

@@ -15,7 +15,12 @@ pub async fn serve(listener: TcpListener, db: Arc<Database>) {
         let db = Arc::clone(&db);
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
-            let n = match tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut buf)).await {
+            let n = match tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                socket.read(&mut buf),
+            )
+            .await
+            {
                 Ok(Ok(n)) => n,
                 _ => return,
             };
@@ -41,14 +46,21 @@ fn metrics(db: &Database) -> String {
     let _ = writeln!(s, "# HELP sabot_committed_epoch The last committed epoch.");
     let _ = writeln!(s, "# TYPE sabot_committed_epoch gauge");
     let _ = writeln!(s, "sabot_committed_epoch {}", snap.epoch);
-    let _ = writeln!(s, "# HELP sabot_relation_rows Rows in each table and view as of the last committed epoch.");
+    let _ = writeln!(
+        s,
+        "# HELP sabot_relation_rows Rows in each table and view as of the last committed epoch."
+    );
     let _ = writeln!(s, "# TYPE sabot_relation_rows gauge");
     for (name, rel) in &snap.relations {
         let kind = match rel.kind {
             RelationKind::Table => "table",
             RelationKind::MaterializedView => "materialized_view",
         };
-        let _ = writeln!(s, "sabot_relation_rows{{name=\"{name}\",kind=\"{kind}\"}} {}", rel.data.num_rows());
+        let _ = writeln!(
+            s,
+            "sabot_relation_rows{{name=\"{name}\",kind=\"{kind}\"}} {}",
+            rel.data.num_rows()
+        );
     }
     s
 }

@@ -41,10 +41,16 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let db = Database::open(config.db.clone()).await?;
     let pg = TcpListener::bind(config.pg_listen)
         .await
-        .map_err(|source| ServeError::Listen { addr: config.pg_listen, source })?;
+        .map_err(|source| ServeError::Listen {
+            addr: config.pg_listen,
+            source,
+        })?;
     let http = TcpListener::bind(config.http_listen)
         .await
-        .map_err(|source| ServeError::Listen { addr: config.http_listen, source })?;
+        .map_err(|source| ServeError::Listen {
+            addr: config.http_listen,
+            source,
+        })?;
     tracing::info!(pg = %config.pg_listen, http = %config.http_listen, data_dir = %config.db.data_dir.display(), "sabot is ready");
 
     tokio::spawn(checkpoint_loop(Arc::clone(&db)));

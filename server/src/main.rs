@@ -10,7 +10,11 @@ use sabot_planner::DbConfig;
 use sabot_server::{serve, ServeConfig};
 
 #[derive(Parser)]
-#[command(name = "sabot", version, about = "Sabot: a streaming SQL database that speaks the PostgreSQL protocol")]
+#[command(
+    name = "sabot",
+    version,
+    about = "Sabot: a streaming SQL database that speaks the PostgreSQL protocol"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,7 +45,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SABOT_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SABOT_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -55,7 +60,11 @@ fn main() -> ExitCode {
             checkpoint_interval,
         } => {
             let workers = workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+                .unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                })
                 .max(1);
             let config = ServeConfig {
                 db: DbConfig {
@@ -66,7 +75,10 @@ fn main() -> ExitCode {
                 pg_listen,
                 http_listen,
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the runtime");
@@ -91,7 +103,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .map(|i| s.split_at(i))
         .unwrap_or((s, "ms"));
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 1s or 250ms"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 1s or 250ms"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),

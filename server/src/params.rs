@@ -96,14 +96,20 @@ pub async fn infer_types(db: &Database, parsed: &Parsed) -> Vec<Type> {
     };
     let snapshot = db.snapshot();
     let table_schema = |name: &ast::ObjectName| {
-        normalize_name(name)
-            .ok()
-            .and_then(|n| snapshot.relations.get(&n).map(|r| (n, Arc::clone(&r.schema))))
+        normalize_name(name).ok().and_then(|n| {
+            snapshot
+                .relations
+                .get(&n)
+                .map(|r| (n, Arc::clone(&r.schema)))
+        })
     };
     let where_query = |table: &str, selection: &Option<Expr>| {
-        selection
-            .as_ref()
-            .and_then(|s| parse_query(&format!("SELECT * FROM \"{}\" WHERE {s}", table.replace('"', "\"\""))))
+        selection.as_ref().and_then(|s| {
+            parse_query(&format!(
+                "SELECT * FROM \"{}\" WHERE {s}",
+                table.replace('"', "\"\"")
+            ))
+        })
     };
     let mut queries: Vec<Box<ast::Query>> = Vec::new();
     match &parsed.statement {
@@ -118,7 +124,9 @@ pub async fn infer_types(db: &Database, parsed: &Parsed) -> Vec<Type> {
                             .iter()
                             .filter_map(|c| {
                                 let id = c.0.last()?.as_ident()?;
-                                schema.index_of(&sabot_planner::types::normalize_ident(id)).ok()
+                                schema
+                                    .index_of(&sabot_planner::types::normalize_ident(id))
+                                    .ok()
                             })
                             .collect()
                     };
@@ -140,8 +148,13 @@ pub async fn infer_types(db: &Database, parsed: &Parsed) -> Vec<Type> {
             if let ast::TableFactor::Table { name, .. } = &u.table.relation {
                 if let Some((tname, schema)) = table_schema(name) {
                     for a in &u.assignments {
-                        if let (ast::AssignmentTarget::ColumnName(c), Some(p)) = (&a.target, placeholder_name(&a.value)) {
-                            let col = c.0.last().and_then(|p| p.as_ident()).map(sabot_planner::types::normalize_ident);
+                        if let (ast::AssignmentTarget::ColumnName(c), Some(p)) =
+                            (&a.target, placeholder_name(&a.value))
+                        {
+                            let col =
+                                c.0.last()
+                                    .and_then(|p| p.as_ident())
+                                    .map(sabot_planner::types::normalize_ident);
                             if let Some(idx) = col.and_then(|c| schema.index_of(&c).ok()) {
                                 set(&p, pg_type(schema.field(idx)));
                             }
@@ -180,7 +193,11 @@ fn placeholder_name(e: &Expr) -> Option<String> {
 }
 
 fn user_error(code: &str, message: String) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), message)))
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".into(),
+        code.into(),
+        message,
+    )))
 }
 
 fn literal(sql: &str) -> PgWireResult<Expr> {
@@ -209,13 +226,23 @@ fn param_literal(portal: &Portal<SabotStatement>, idx: usize, ty: &Type) -> PgWi
         Type::INT8 => get!(i64)?.map(|v| v.to_string()),
         Type::FLOAT4 => get!(f32)?.map(|v| float_literal(f64::from(v))),
         Type::FLOAT8 => get!(f64)?.map(float_literal),
-        Type::NUMERIC => get!(rust_decimal::Decimal)?.map(|v| format!("CAST({} AS NUMERIC(38, {}))", quote(&v.to_string()), v.scale().min(37))),
+        Type::NUMERIC => get!(rust_decimal::Decimal)?.map(|v| {
+            format!(
+                "CAST({} AS NUMERIC(38, {}))",
+                quote(&v.to_string()),
+                v.scale().min(37)
+            )
+        }),
         Type::DATE => get!(NaiveDate)?.map(|v| format!("DATE {}", quote(&v.to_string()))),
         Type::TIME => get!(NaiveTime)?.map(|v| format!("CAST({} AS TIME)", quote(&v.to_string()))),
-        Type::TIMESTAMP => get!(NaiveDateTime)?.map(|v| format!("TIMESTAMP {}", quote(&v.format("%Y-%m-%d %H:%M:%S%.f").to_string()))),
-        Type::TIMESTAMPTZ => get!(DateTime<FixedOffset>)?.map(|v| {
-            format!("CAST({} AS TIMESTAMPTZ)", quote(&v.to_rfc3339()))
+        Type::TIMESTAMP => get!(NaiveDateTime)?.map(|v| {
+            format!(
+                "TIMESTAMP {}",
+                quote(&v.format("%Y-%m-%d %H:%M:%S%.f").to_string())
+            )
         }),
+        Type::TIMESTAMPTZ => get!(DateTime<FixedOffset>)?
+            .map(|v| format!("CAST({} AS TIMESTAMPTZ)", quote(&v.to_rfc3339()))),
         Type::BYTEA => get!(Vec<u8>)?.map(|v| {
             let hex: String = v.iter().map(|b| format!("{b:02x}")).collect();
             format!("X'{hex}'")

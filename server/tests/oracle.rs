@@ -47,6 +47,13 @@ const SHAPES: &[(&str, &str)] = &[
     ("q19_two_keys", "SELECT a.k, sum(b.w) AS sw FROM a JOIN b ON a.k = b.a_k AND a.v = b.w GROUP BY a.k"),
     ("q20_where_join", "SELECT a.id, c.label FROM a, c WHERE a.k = c.k AND c.label <> 'x'"),
     ("q21_agg_of_join_agg", "SELECT n, count(*) AS groups FROM (SELECT a.k, count(*) AS n FROM a JOIN c ON a.k = c.k GROUP BY a.k) t GROUP BY n"),
+    ("q23_left", "SELECT a.id, b.id AS bid FROM a LEFT JOIN b ON a.k = b.a_k"),
+    ("q24_right", "SELECT a.id, b.id AS bid, b.w FROM a RIGHT JOIN b ON a.k = b.a_k"),
+    ("q25_full", "SELECT a.id, c.label FROM a FULL JOIN c ON a.k = c.k"),
+    ("q26_in", "SELECT id, v FROM a WHERE k IN (SELECT a_k FROM b)"),
+    ("q27_exists", "SELECT id FROM a WHERE EXISTS (SELECT 1 FROM b WHERE b.a_k = a.k AND b.w > 50)"),
+    ("q28_not_exists", "SELECT id, k FROM a WHERE NOT EXISTS (SELECT 1 FROM c WHERE c.k = a.k)"),
+    ("q29_left_group", "SELECT a.k, count(b.id) AS n, count(*) AS c FROM a LEFT JOIN b ON a.k = b.a_k GROUP BY a.k"),
     ("q22_cte", "WITH big AS (SELECT id, k FROM a WHERE v >= 40) SELECT big.k, count(*) AS n FROM big JOIN b ON big.k = b.a_k GROUP BY big.k"),
 ];
 
@@ -89,28 +96,76 @@ impl Postgres {
         bins.sort();
         let bin = bins.pop().expect("initdb under /usr/lib/postgresql/*/bin");
         let dir = tempfile::tempdir().unwrap();
-        let status = Command::new("chown").args(["-R", "postgres"]).arg(dir.path()).status();
+        let status = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(dir.path())
+            .status();
         assert!(status.is_ok());
         let data = dir.path().join("data");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let initdb = bin.join("initdb");
-        let out = as_postgres_user(&[initdb.to_str().unwrap(), "-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync", "--locale=C", "-E", "UTF8"])
-            .output()
-            .expect("initdb");
-        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let out = as_postgres_user(&[
+            initdb.to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "--locale=C",
+            "-E",
+            "UTF8",
+        ])
+        .output()
+        .expect("initdb");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let pg_ctl = bin.join("pg_ctl");
-        let opts = format!("-p {port} -k {} -c fsync=off -c listen_addresses=127.0.0.1", dir.path().display());
+        let opts = format!(
+            "-p {port} -k {} -c fsync=off -c listen_addresses=127.0.0.1",
+            dir.path().display()
+        );
         let log = dir.path().join("pg.log");
-        let out = as_postgres_user(&[pg_ctl.to_str().unwrap(), "-D", data.to_str().unwrap(), "-o", &opts, "-l", log.to_str().unwrap(), "-w", "start"])
-            .output()
-            .expect("pg_ctl start");
-        assert!(out.status.success(), "pg_ctl: {}", String::from_utf8_lossy(&out.stderr));
-        Postgres { bin, data, port, _dir: dir }
+        let out = as_postgres_user(&[
+            pg_ctl.to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-o",
+            &opts,
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "start",
+        ])
+        .output()
+        .expect("pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Postgres {
+            bin,
+            data,
+            port,
+            _dir: dir,
+        }
     }
 
     async fn connect(&self) -> Client {
         let (client, conn) = tokio_postgres::connect(
-            &format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port),
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                self.port
+            ),
             NoTls,
         )
         .await
@@ -125,7 +180,15 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         let pg_ctl = self.bin.join("pg_ctl");
-        let _ = as_postgres_user(&[pg_ctl.to_str().unwrap_or("pg_ctl"), "-D", self.data.to_str().unwrap_or(""), "-m", "immediate", "stop"]).output();
+        let _ = as_postgres_user(&[
+            pg_ctl.to_str().unwrap_or("pg_ctl"),
+            "-D",
+            self.data.to_str().unwrap_or(""),
+            "-m",
+            "immediate",
+            "stop",
+        ])
+        .output();
     }
 }
 
@@ -133,7 +196,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     fn below(&mut self, n: u64) -> u64 {
@@ -189,24 +255,41 @@ impl Workload {
                 let id = self.next_id;
                 self.a_ids.push(id);
                 self.last_insert = Some(format!("DELETE FROM a WHERE id = {id}"));
-                format!("INSERT INTO a VALUES ({id}, {}, {}, {})", self.rng.key(), self.rng.value(), self.rng.text())
+                format!(
+                    "INSERT INTO a VALUES ({id}, {}, {}, {})",
+                    self.rng.key(),
+                    self.rng.value(),
+                    self.rng.text()
+                )
             }
             30..=44 => {
                 self.next_id += 1;
                 let id = self.next_id;
                 self.b_ids.push(id);
                 self.last_insert = Some(format!("DELETE FROM b WHERE id = {id}"));
-                format!("INSERT INTO b VALUES ({id}, {}, {})", self.rng.key(), self.rng.value())
+                format!(
+                    "INSERT INTO b VALUES ({id}, {}, {})",
+                    self.rng.key(),
+                    self.rng.value()
+                )
             }
             45..=59 => {
                 let labels = ["'x'", "'y'", "'z'", "NULL"];
                 let label = labels[self.rng.below(4) as usize];
                 // Duplicates on purpose: c has no key.
-                format!("INSERT INTO c VALUES ({}, {label}), ({}, {label})", self.rng.key(), self.rng.key())
+                format!(
+                    "INSERT INTO c VALUES ({}, {label}), ({}, {label})",
+                    self.rng.key(),
+                    self.rng.key()
+                )
             }
             60..=74 if !self.a_ids.is_empty() => {
                 let id = self.a_ids[self.rng.below(self.a_ids.len() as u64) as usize];
-                format!("UPDATE a SET k = {}, v = {} WHERE id = {id}", self.rng.key(), self.rng.value())
+                format!(
+                    "UPDATE a SET k = {}, v = {} WHERE id = {id}",
+                    self.rng.key(),
+                    self.rng.value()
+                )
             }
             75..=81 if !self.b_ids.is_empty() => {
                 let id = self.b_ids[self.rng.below(self.b_ids.len() as u64) as usize];
@@ -217,7 +300,10 @@ impl Workload {
                 let id = self.a_ids.swap_remove(i);
                 format!("DELETE FROM a WHERE id = {id}")
             }
-            90..=93 => format!("DELETE FROM c WHERE k = {} AND label = 'y'", self.rng.below(4)),
+            90..=93 => format!(
+                "DELETE FROM c WHERE k = {} AND label = 'y'",
+                self.rng.below(4)
+            ),
             94..=96 => {
                 let cut = self.rng.below(15);
                 self.a_ids.clear(); // refreshed below from the database
@@ -229,11 +315,16 @@ impl Workload {
 }
 
 async fn rows(client: &Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
-    let msgs = client.simple_query(sql).await.map_err(|e| format!("{sql}: {e:?}"))?;
+    let msgs = client
+        .simple_query(sql)
+        .await
+        .map_err(|e| format!("{sql}: {e:?}"))?;
     Ok(msgs
         .into_iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
             _ => None,
         })
         .collect())
@@ -260,7 +351,13 @@ fn same_multiset(mut x: Vec<Vec<Option<String>>>, mut y: Vec<Vec<Option<String>>
 }
 
 /// Compares every shape; returns PostgreSQL's row count per shape.
-async fn compare(sabot: &Client, pg: &Client, seed: u64, at: usize, failures: &mut Vec<String>) -> Vec<usize> {
+async fn compare(
+    sabot: &Client,
+    pg: &Client,
+    seed: u64,
+    at: usize,
+    failures: &mut Vec<String>,
+) -> Vec<usize> {
     let mut counts = Vec::new();
     for (name, query) in SHAPES {
         let want = rows(pg, query).await.expect("PostgreSQL query");
@@ -281,7 +378,12 @@ async fn compare(sabot: &Client, pg: &Client, seed: u64, at: usize, failures: &m
 }
 
 /// Returns the failures and the final row count of each shape.
-async fn run_seed(seed: u64, statements: usize, check_every: usize, restart_at: Option<usize>) -> (Vec<String>, Vec<usize>) {
+async fn run_seed(
+    seed: u64,
+    statements: usize,
+    check_every: usize,
+    restart_at: Option<usize>,
+) -> (Vec<String>, Vec<usize>) {
     let pg_server = Postgres::start();
     let pg = pg_server.connect().await;
     pg.batch_execute(SCHEMA).await.unwrap();
@@ -308,7 +410,11 @@ async fn run_seed(seed: u64, statements: usize, check_every: usize, restart_at: 
         let stmt = work.statement();
         let p = pg.batch_execute(&stmt).await;
         let s = sabot.batch_execute(&stmt).await;
-        assert_eq!(p.is_ok(), s.is_ok(), "statement {i} `{stmt}`: postgres {p:?}, sabot {s:?}");
+        assert_eq!(
+            p.is_ok(),
+            s.is_ok(),
+            "statement {i} `{stmt}`: postgres {p:?}, sabot {s:?}"
+        );
         if stmt.starts_with("DELETE FROM a WHERE v <") {
             work.a_ids = rows(&pg, "SELECT id FROM a")
                 .await
@@ -334,12 +440,19 @@ async fn run_seed(seed: u64, statements: usize, check_every: usize, restart_at: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_match_postgres() {
-    let seeds: u64 = std::env::var("SABOT_ORACLE_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let statements: usize = std::env::var("SABOT_ORACLE_STATEMENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    let seeds: u64 = std::env::var("SABOT_ORACLE_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let statements: usize = std::env::var("SABOT_ORACLE_STATEMENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
     let mut failed = 0;
     let mut passed = 0;
     for seed in 1..=seeds {
-        let (failures, counts) = run_seed(seed, statements, 200, (seed == 1).then_some(statements / 2)).await;
+        let (failures, counts) =
+            run_seed(seed, statements, 200, (seed == 1).then_some(statements / 2)).await;
         let bad: std::collections::BTreeSet<&str> = SHAPES
             .iter()
             .map(|(n, _)| *n)
@@ -348,7 +461,10 @@ async fn views_match_postgres() {
         for (i, (name, _)) in SHAPES.iter().enumerate() {
             let ok = !bad.contains(name);
             let rows = counts.get(i).copied().unwrap_or(0);
-            eprintln!("seed {seed} {name}: {} ({rows} rows)", if ok { "ok" } else { "FAILED" });
+            eprintln!(
+                "seed {seed} {name}: {} ({rows} rows)",
+                if ok { "ok" } else { "FAILED" }
+            );
             if ok {
                 passed += 1;
             } else {

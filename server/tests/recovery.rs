@@ -23,7 +23,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     fn below(&mut self, n: u64) -> u64 {
@@ -72,7 +75,10 @@ fn s(v: impl ToString) -> Option<String> {
 }
 
 fn table_rows(t: &Table) -> Vec<Vec<Option<String>>> {
-    let mut r: Vec<_> = t.iter().map(|(id, (k, v))| vec![s(id), s(k), s(v)]).collect();
+    let mut r: Vec<_> = t
+        .iter()
+        .map(|(id, (k, v))| vec![s(id), s(k), s(v)])
+        .collect();
     r.sort();
     r
 }
@@ -128,8 +134,16 @@ async fn check_recovered(client: &Client, states: &[Table], from: usize) -> usiz
             )
         });
     let t = &states[idx];
-    assert_eq!(rows(client, "SELECT * FROM agg").await, agg_rows(t), "agg after recovery");
-    assert_eq!(rows(client, "SELECT * FROM pairs").await, join_rows(t), "join after recovery");
+    assert_eq!(
+        rows(client, "SELECT * FROM agg").await,
+        agg_rows(t),
+        "agg after recovery"
+    );
+    assert_eq!(
+        rows(client, "SELECT * FROM pairs").await,
+        join_rows(t),
+        "join after recovery"
+    );
     assert_eq!(
         rows(client, "SELECT * FROM agg_total").await,
         vec![vec![s(t.len())]],
@@ -184,8 +198,9 @@ async fn survives_sigkill_at_any_point() {
             _ => {
                 // A large statement whose checkpoint is cut short.
                 let base = 1000 + round as i64 * 100_000;
-                let values: Vec<String> =
-                    (0..20_000).map(|i| format!("({}, 'k{}', {})", base + i, i % 5, i % 997)).collect();
+                let values: Vec<String> = (0..20_000)
+                    .map(|i| format!("({}, 'k{}', {})", base + i, i % 5, i % 997))
+                    .collect();
                 client
                     .batch_execute(&format!("INSERT INTO t VALUES {}", values.join(",")))
                     .await

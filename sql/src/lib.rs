@@ -50,7 +50,10 @@ pub enum Statement {
     /// `SHOW name` / `SHOW ALL` for session settings.
     ShowVariable(String),
     /// `SET name = value` / `SET name TO value`.
-    SetVariable { name: String, value: String },
+    SetVariable {
+        name: String,
+        value: String,
+    },
     /// `DESCRIBE name`: the columns of a table or view.
     Describe(ast::ObjectName),
     /// `BEGIN`, `START TRANSACTION`, `COMMIT`, `ROLLBACK`: accepted; every statement is
@@ -131,7 +134,12 @@ fn split_statements(sql: &str) -> Result<Vec<(usize, &str)>, SqlError> {
     let mut start = 0usize;
     for tok in &tokens {
         if tok.token == Token::SemiColon {
-            let end = byte_offset(sql, &line_starts, tok.span.start.line, tok.span.start.column);
+            let end = byte_offset(
+                sql,
+                &line_starts,
+                tok.span.start.line,
+                tok.span.start.column,
+            );
             pieces.push((start, end));
             start = end + 1;
         }
@@ -288,7 +296,9 @@ fn convert(stmt: ast::Statement, text: &str) -> Result<Statement, SqlError> {
                 ));
             }
             if cv.or_replace {
-                return Err(SqlError::Unsupported("CREATE OR REPLACE MATERIALIZED VIEW".into()));
+                return Err(SqlError::Unsupported(
+                    "CREATE OR REPLACE MATERIALIZED VIEW".into(),
+                ));
             }
             let query_text = query_text_after_as(text).unwrap_or_else(|| cv.query.to_string());
             Statement::CreateMaterializedView {
@@ -380,7 +390,9 @@ fn convert_set(set: ast::Set) -> Result<Statement, SqlError> {
 /// The text after the first top-level `AS` keyword of a `CREATE MATERIALIZED VIEW`.
 fn query_text_after_as(text: &str) -> Option<String> {
     let dialect = PostgreSqlDialect {};
-    let tokens = Tokenizer::new(&dialect, text).tokenize_with_location().ok()?;
+    let tokens = Tokenizer::new(&dialect, text)
+        .tokenize_with_location()
+        .ok()?;
     let starts = line_starts(text);
     for t in &tokens {
         if let Token::Word(w) = &t.token {
@@ -409,7 +421,8 @@ mod tests {
 
     #[test]
     fn materialized_view_keeps_query_text() {
-        let p = parse("CREATE MATERIALIZED VIEW mv AS SELECT k, count(*) FROM t GROUP BY k").unwrap();
+        let p =
+            parse("CREATE MATERIALIZED VIEW mv AS SELECT k, count(*) FROM t GROUP BY k").unwrap();
         match &p[0].statement {
             Statement::CreateMaterializedView { query_text, .. } => {
                 assert_eq!(query_text, "SELECT k, count(*) FROM t GROUP BY k")
@@ -426,17 +439,40 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         let err = parse("SELECT * FROM t WHERE").unwrap_err();
-        assert!(matches!(err, SqlError::Syntax { position: Some(_), .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                SqlError::Syntax {
+                    position: Some(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn sabot_statements() {
-        assert_eq!(parse("SHOW MATERIALIZED VIEWS").unwrap()[0].statement, Statement::ShowMaterializedViews);
-        assert_eq!(parse("show tables").unwrap()[0].statement, Statement::ShowTables);
-        assert!(matches!(parse("DESCRIBE t").unwrap()[0].statement, Statement::Describe(_)));
+        assert_eq!(
+            parse("SHOW MATERIALIZED VIEWS").unwrap()[0].statement,
+            Statement::ShowMaterializedViews
+        );
+        assert_eq!(
+            parse("show tables").unwrap()[0].statement,
+            Statement::ShowTables
+        );
+        assert!(matches!(
+            parse("DESCRIBE t").unwrap()[0].statement,
+            Statement::Describe(_)
+        ));
         assert!(matches!(
             parse("DROP MATERIALIZED VIEW IF EXISTS a, b CASCADE").unwrap()[0].statement,
-            Statement::Drop { kind: ObjectKind::MaterializedView, if_exists: true, cascade: true, .. }
+            Statement::Drop {
+                kind: ObjectKind::MaterializedView,
+                if_exists: true,
+                cascade: true,
+                ..
+            }
         ));
     }
 }

@@ -194,9 +194,17 @@ async fn run_file(url: &str, file: &Path) -> Result<usize, String> {
     let records = sqllogictest::parse_file::<DefaultColumnType>(file).map_err(|e| e.to_string())?;
     let count = records
         .iter()
-        .filter(|r| matches!(r, sqllogictest::Record::Statement { .. } | sqllogictest::Record::Query { .. }))
+        .filter(|r| {
+            matches!(
+                r,
+                sqllogictest::Record::Statement { .. } | sqllogictest::Record::Query { .. }
+            )
+        })
         .count();
-    runner.run_file_async(file).await.map_err(|e| e.display(true).to_string())?;
+    runner
+        .run_file_async(file)
+        .await
+        .map_err(|e| e.display(true).to_string())?;
     Ok(count)
 }
 
@@ -228,12 +236,20 @@ async fn main() -> ExitCode {
                 }
             },
         };
-        let url = args.url.clone().or_else(|| server.as_ref().map(|s| s.url.clone())).unwrap_or_default();
+        let url = args
+            .url
+            .clone()
+            .or_else(|| server.as_ref().map(|s| s.url.clone()))
+            .unwrap_or_default();
         match run_file(&url, file).await {
             Ok(n) => {
                 passed += 1;
                 records += n;
-                println!("ok   {} ({n} records, {:.1}s)", file.display(), started.elapsed().as_secs_f64());
+                println!(
+                    "ok   {} ({n} records, {:.1}s)",
+                    file.display(),
+                    started.elapsed().as_secs_f64()
+                );
             }
             Err(e) => {
                 failed += 1;

@@ -45,7 +45,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.db.path()).finish()
+        f.debug_struct("Store")
+            .field("path", &self.db.path())
+            .finish()
     }
 }
 
@@ -76,7 +78,10 @@ impl Store {
     /// All catalog entries, ordered by name.
     pub fn catalog(&self) -> Result<Vec<(String, Vec<u8>)>> {
         let mut out = Vec::new();
-        for item in self.db.iterator(IteratorMode::From(&[CATALOG], Direction::Forward)) {
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&[CATALOG], Direction::Forward))
+        {
             let (k, v) = item?;
             if k.first() != Some(&CATALOG) {
                 break;
@@ -151,7 +156,8 @@ pub struct StateWriter {
 
 impl StateWriter {
     pub fn put(&mut self, table: StateTableId, key: &[u8], value: &[u8]) {
-        self.ops.push(Op::Put(state_key(table, key), value.to_vec()));
+        self.ops
+            .push(Op::Put(state_key(table, key), value.to_vec()));
     }
 
     pub fn delete(&mut self, table: StateTableId, key: &[u8]) {
@@ -264,9 +270,15 @@ mod tests {
         assert_eq!(store.committed_epoch().unwrap(), 1);
         assert_eq!(
             store.scan(7).unwrap(),
-            vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]
+            vec![
+                (b"a".to_vec(), b"1".to_vec()),
+                (b"b".to_vec(), b"2".to_vec())
+            ]
         );
-        assert_eq!(store.catalog().unwrap(), vec![("t".to_string(), b"{}".to_vec())]);
+        assert_eq!(
+            store.catalog().unwrap(),
+            vec![("t".to_string(), b"{}".to_vec())]
+        );
 
         let mut batch = EpochBatch::new(2);
         batch.drop_state_table(7);

@@ -56,11 +56,20 @@ pub struct AggregateSpec {
 enum Method {
     Count,
     /// SUM/AVG over integers, exact in i128.
-    IntSum { avg: bool },
-    FloatSum { avg: bool },
+    IntSum {
+        avg: bool,
+    },
+    FloatSum {
+        avg: bool,
+    },
     /// SUM/AVG over decimals of `scale`, exact in i128.
-    DecSum { avg: bool, scale: i8 },
-    Ordered { max: bool },
+    DecSum {
+        avg: bool,
+        scale: i8,
+    },
+    Ordered {
+        max: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -101,7 +110,11 @@ pub struct AggregateOp {
 }
 
 impl AggregateOp {
-    pub fn try_new(spec: AggregateSpec, table: StateTableId, partitioner: Partitioner) -> Result<Self> {
+    pub fn try_new(
+        spec: AggregateSpec,
+        table: StateTableId,
+        partitioner: Partitioner,
+    ) -> Result<Self> {
         let input = &spec.input_schema;
         let key_types = input.fields()[..spec.group_count]
             .iter()
@@ -161,18 +174,24 @@ impl AggregateOp {
             .zip(&self.methods)
             .map(|(acc, m)| match (acc, m) {
                 (Acc::Count(c), _) => OutVal::Int(Some(i128::from(*c))),
-                (Acc::Int { sum, n }, Method::IntSum { avg: false } | Method::DecSum { avg: false, .. }) => {
-                    OutVal::Int((*n > 0).then_some(*sum))
-                }
+                (
+                    Acc::Int { sum, n },
+                    Method::IntSum { avg: false } | Method::DecSum { avg: false, .. },
+                ) => OutVal::Int((*n > 0).then_some(*sum)),
                 (Acc::Int { sum, n }, Method::IntSum { avg: true }) => {
                     OutVal::Float((*n > 0).then(|| *sum as f64 / *n as f64))
                 }
-                (Acc::Int { sum, n }, Method::DecSum { avg: true, .. }) => OutVal::Int(
-                    (*n > 0).then(|| div_round(sum.saturating_mul(10i128.pow(AVG_DEC_EXTRA_SCALE as u32)), i128::from(*n))),
-                ),
-                (Acc::Float { sum, n }, Method::FloatSum { avg }) => OutVal::Float(
-                    (*n > 0).then(|| if *avg { *sum / *n as f64 } else { *sum }),
-                ),
+                (Acc::Int { sum, n }, Method::DecSum { avg: true, .. }) => {
+                    OutVal::Int((*n > 0).then(|| {
+                        div_round(
+                            sum.saturating_mul(10i128.pow(AVG_DEC_EXTRA_SCALE as u32)),
+                            i128::from(*n),
+                        )
+                    }))
+                }
+                (Acc::Float { sum, n }, Method::FloatSum { avg }) => {
+                    OutVal::Float((*n > 0).then(|| if *avg { *sum / *n as f64 } else { *sum }))
+                }
                 (Acc::Ordered(values), Method::Ordered { max }) => OutVal::Bytes(if *max {
                     values.keys().next_back().cloned()
                 } else {
@@ -203,7 +222,10 @@ impl AggregateOp {
                         let codec = codec
                             .as_ref()
                             .ok_or_else(|| DataflowError::Internal("missing value codec".into()))?;
-                        PreparedArg::Ordered(Arc::clone(col), codec.encode(std::slice::from_ref(col))?)
+                        PreparedArg::Ordered(
+                            Arc::clone(col),
+                            codec.encode(std::slice::from_ref(col))?,
+                        )
                     }
                 })
             })
@@ -259,7 +281,11 @@ impl AggregateOp {
                     }
                     Acc::Ordered(values)
                 }
-                t => return Err(DataflowError::Corrupt(format!("unknown accumulator tag {t}"))),
+                t => {
+                    return Err(DataflowError::Corrupt(format!(
+                        "unknown accumulator tag {t}"
+                    )))
+                }
             });
         }
         Ok(Group { rows, accs })
@@ -291,7 +317,11 @@ impl AggregateOp {
                     .collect::<Float64Array>(),
                 ),
                 Method::DecSum { avg, scale } => {
-                    let scale = if *avg { scale + AVG_DEC_EXTRA_SCALE } else { *scale };
+                    let scale = if *avg {
+                        scale + AVG_DEC_EXTRA_SCALE
+                    } else {
+                        *scale
+                    };
                     Arc::new(
                         vals.map(|v| match v {
                             OutVal::Int(x) => *x,
@@ -361,7 +391,10 @@ enum PreparedArg {
 
 fn method_for(kind: AggKind, ty: &DataType) -> Result<Method> {
     use DataType::*;
-    let numeric_int = matches!(ty, Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64);
+    let numeric_int = matches!(
+        ty,
+        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64
+    );
     let float = matches!(ty, Float16 | Float32 | Float64);
     Ok(match kind {
         AggKind::Count => Method::Count,
@@ -378,7 +411,10 @@ fn method_for(kind: AggKind, ty: &DataType) -> Result<Method> {
             } else {
                 return Err(DataflowError::user(
                     "42883",
-                    format!("function {}({ty}) does not exist", if avg { "avg" } else { "sum" }),
+                    format!(
+                        "function {}({ty}) does not exist",
+                        if avg { "avg" } else { "sum" }
+                    ),
                 ));
             }
         }
@@ -401,7 +437,12 @@ impl Operator for AggregateOp {
         "HashAggregate"
     }
 
-    fn on_data(&mut self, _port: usize, batch: ChangeBatch, _out: &mut Vec<ChangeBatch>) -> Result<()> {
+    fn on_data(
+        &mut self,
+        _port: usize,
+        batch: ChangeBatch,
+        _out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
         let data = batch.data();
         let weights = batch.weights().values();
         let keys = if self.is_global() {
@@ -445,13 +486,17 @@ impl Operator for AggregateOp {
                     }
                     (Acc::Int { sum, n }, PreparedArg::Int(a)) => {
                         if a.is_valid(i) {
-                            *sum = sum.saturating_add(i128::from(a.as_primitive::<Int64Type>().value(i)) * i128::from(w));
+                            *sum = sum.saturating_add(
+                                i128::from(a.as_primitive::<Int64Type>().value(i)) * i128::from(w),
+                            );
                             *n += w;
                         }
                     }
                     (Acc::Int { sum, n }, PreparedArg::Dec(a)) => {
                         if a.is_valid(i) {
-                            let v = a.as_primitive::<arrow::datatypes::Decimal128Type>().value(i);
+                            let v = a
+                                .as_primitive::<arrow::datatypes::Decimal128Type>()
+                                .value(i);
                             *sum = sum.saturating_add(v.saturating_mul(i128::from(w)));
                             *n += w;
                         }
@@ -481,14 +526,23 @@ impl Operator for AggregateOp {
                             }
                         }
                     }
-                    _ => return Err(DataflowError::Internal("accumulator/argument mismatch".into())),
+                    _ => {
+                        return Err(DataflowError::Internal(
+                            "accumulator/argument mismatch".into(),
+                        ))
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    fn on_barrier(&mut self, _epoch: u64, state: &mut StateWriter, out: &mut Vec<ChangeBatch>) -> Result<()> {
+    fn on_barrier(
+        &mut self,
+        _epoch: u64,
+        state: &mut StateWriter,
+        out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
         // A global aggregate has a result row even over no input: emit it once.
         if self.is_global() && self.partitioner.owns(&[]) && !self.groups.contains_key(&[][..]) {
             let g = self.new_group();

@@ -24,7 +24,12 @@ impl Operator for FilterOp {
         "Filter"
     }
 
-    fn on_data(&mut self, _port: usize, batch: ChangeBatch, out: &mut Vec<ChangeBatch>) -> Result<()> {
+    fn on_data(
+        &mut self,
+        _port: usize,
+        batch: ChangeBatch,
+        out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
         let mask = self
             .predicate
             .evaluate(batch.data())?

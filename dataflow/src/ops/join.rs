@@ -1,16 +1,24 @@
-//! Inner equi-join of two changelogs.
+//! Equi-joins of two changelogs: inner, left/right/full outer, semi and anti.
 //!
-//! Each side keeps the multiset of its rows indexed by join key. A change ΔA on the left
-//! is joined with the right side's current rows, then added to the left state; a change
-//! ΔB on the right is joined with the (already updated) left rows. Processed in that
-//! order within an epoch this yields ΔA⋈B + A⋈ΔB + ΔA⋈ΔB, the exact change of A⋈B.
-//! Rows with a NULL in any key column never match and are not kept.
+//! Each side keeps the multiset of its rows indexed by join key, and per key the total
+//! multiplicity. A change ΔA on the left is joined with the right side's current rows,
+//! then added to the left state; a change ΔB on the right is joined with the (already
+//! updated) left rows. Processed in that order this yields ΔA⋈B + A⋈ΔB + ΔA⋈ΔB, the
+//! exact change of A⋈B.
+//!
+//! A preserved side (the left of a LEFT join, both of a FULL join) also produces its rows
+//! padded with NULLs while their key has no match; semi and anti joins produce the
+//! preserved side's rows while their key has (semi) or lacks (anti) a match. Both are
+//! driven by the other side's per-key total crossing zero: when it goes 0 → n every
+//! preserved row at the key retracts its padded (or anti) row, n → 0 brings it back.
+//! Rows with a NULL in a key column never match: kept only if their side is preserved,
+//! and then always padded (or anti).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
-use arrow::compute::cast;
+use arrow::compute::{cast, take_record_batch};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::physical_expr::PhysicalExpr;
 use sabot_storage::{StateTableId, StateWriter};
@@ -21,14 +29,53 @@ use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
 use crate::row::{Partitioner, RowCodec};
 
+/// Which rows a join produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    Inner,
+    /// Left rows without a match, padded with NULLs, as well.
+    Left,
+    Right,
+    Full,
+    /// Left rows with at least one match, once each; left columns only.
+    LeftSemi,
+    /// Left rows without a match; left columns only.
+    LeftAnti,
+    RightSemi,
+    RightAnti,
+}
+
+impl JoinKind {
+    /// Whether unmatched rows of side `side` (0 left, 1 right) are output padded.
+    fn pads(self, side: usize) -> bool {
+        matches!(
+            (self, side),
+            (JoinKind::Left | JoinKind::Full, 0) | (JoinKind::Right | JoinKind::Full, 1)
+        )
+    }
+
+    /// For semi and anti joins: the side whose rows are output, and whether rows with a
+    /// match (semi) or without (anti) are.
+    fn filtering(self) -> Option<(usize, bool)> {
+        match self {
+            JoinKind::LeftSemi => Some((0, true)),
+            JoinKind::LeftAnti => Some((0, false)),
+            JoinKind::RightSemi => Some((1, true)),
+            JoinKind::RightAnti => Some((1, false)),
+            _ => None,
+        }
+    }
+}
+
 /// The fixed settings of a join.
 #[derive(Debug, Clone)]
 pub struct JoinSpec {
+    pub kind: JoinKind,
     pub left_keys: Vec<Arc<dyn PhysicalExpr>>,
     pub right_keys: Vec<Arc<dyn PhysicalExpr>>,
     pub left_schema: SchemaRef,
     pub right_schema: SchemaRef,
-    /// Left columns followed by right columns.
+    /// Left columns followed by right columns (semi/anti: the output side's columns).
     pub output_schema: SchemaRef,
 }
 
@@ -43,14 +90,22 @@ impl JoinSpec {
 
     /// Evaluates the key columns of a batch arriving on `port`, cast to the key types.
     pub fn key_columns(&self, port: usize, data: &RecordBatch) -> Result<Vec<ArrayRef>> {
-        let exprs = if port == 0 { &self.left_keys } else { &self.right_keys };
+        let exprs = if port == 0 {
+            &self.left_keys
+        } else {
+            &self.right_keys
+        };
         let types = self.key_types()?;
         exprs
             .iter()
             .zip(types)
             .map(|(e, t)| {
                 let a = e.evaluate(data)?.into_array(data.num_rows())?;
-                Ok(if a.data_type() == &t { a } else { cast(&a, &t)? })
+                Ok(if a.data_type() == &t {
+                    a
+                } else {
+                    cast(&a, &t)?
+                })
             })
             .collect()
     }
@@ -60,7 +115,58 @@ impl JoinSpec {
 struct Side {
     /// Join key → row → multiplicity.
     rows: HashMap<Vec<u8>, HashMap<Vec<u8>, i64>>,
+    /// Join key → total multiplicity of its rows.
+    totals: HashMap<Vec<u8>, i64>,
     dirty: HashSet<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Side {
+    fn total(&self, key: &[u8]) -> i64 {
+        self.totals.get(key).copied().unwrap_or(0)
+    }
+
+    /// Adds `w` copies of `row` at `key`; returns the key's total before the change.
+    fn add(&mut self, key: &[u8], row: &[u8], w: i64) -> i64 {
+        let bucket = match self.rows.get_mut(key) {
+            Some(b) => b,
+            None => self.rows.entry(key.to_vec()).or_default(),
+        };
+        let now = match bucket.get_mut(row) {
+            Some(c) => {
+                *c += w;
+                *c
+            }
+            None => {
+                bucket.insert(row.to_vec(), w);
+                w
+            }
+        };
+        if now == 0 {
+            bucket.remove(row);
+            if bucket.is_empty() {
+                self.rows.remove(key);
+            }
+        }
+        self.dirty.insert((key.to_vec(), row.to_vec()));
+        let before = self.total(key);
+        if before + w == 0 {
+            self.totals.remove(key);
+        } else {
+            self.totals.insert(key.to_vec(), before + w);
+        }
+        before
+    }
+}
+
+/// Output rows of one epoch step, gathered by shape and built column-wise at the end.
+#[derive(Default)]
+struct Pending<'a> {
+    /// (row of the batch, stored row of the other side, weight)
+    matched: (Vec<u32>, Vec<&'a [u8]>, Vec<i64>),
+    /// Rows of the batch alone (padded, or semi/anti output).
+    batch_alone: (Vec<u32>, Vec<i64>),
+    /// Stored rows of the other side alone (their padding or semi/anti state flipped).
+    stored_alone: (Vec<Vec<u8>>, Vec<i64>),
 }
 
 pub struct JoinOp {
@@ -86,87 +192,207 @@ impl JoinOp {
     }
 }
 
+/// Builds the output batches of one step.
+fn emit(
+    spec: &JoinSpec,
+    row_codecs: &[RowCodec; 2],
+    port: usize,
+    data: &RecordBatch,
+    p: Pending<'_>,
+    out: &mut Vec<ChangeBatch>,
+) -> Result<()> {
+    let other_port = 1 - port;
+    let schema = &spec.output_schema;
+    let side_schema = |s: usize| {
+        if s == 0 {
+            &spec.left_schema
+        } else {
+            &spec.right_schema
+        }
+    };
+    let nulls = |s: usize, n: usize| -> Vec<ArrayRef> {
+        side_schema(s)
+            .fields()
+            .iter()
+            .map(|f| arrow::array::new_null_array(f.data_type(), n))
+            .collect()
+    };
+    // Puts the two sides' columns in output order (semi/anti: only the output side).
+    let assemble = |cols: [Vec<ArrayRef>; 2]| -> Vec<ArrayRef> {
+        match spec.kind.filtering() {
+            Some((side, _)) => cols[side].clone(),
+            None => {
+                let [l, r] = cols;
+                l.into_iter().chain(r).collect()
+            }
+        }
+    };
+    let (idx, matched, w) = p.matched;
+    if !idx.is_empty() {
+        let mine = take_record_batch(data, &UInt32Array::from(idx))?
+            .columns()
+            .to_vec();
+        let theirs = row_codecs[other_port].decode(matched)?;
+        let cols = if port == 0 {
+            [mine, theirs]
+        } else {
+            [theirs, mine]
+        };
+        out.push(ChangeBatch::try_new(
+            RecordBatch::try_new(Arc::clone(schema), assemble(cols))?,
+            w.into(),
+        )?);
+    }
+    let (idx, w) = p.batch_alone;
+    if !idx.is_empty() {
+        let n = idx.len();
+        let mine = take_record_batch(data, &UInt32Array::from(idx))?
+            .columns()
+            .to_vec();
+        let pad = nulls(other_port, n);
+        let cols = if port == 0 { [mine, pad] } else { [pad, mine] };
+        out.push(ChangeBatch::try_new(
+            RecordBatch::try_new(Arc::clone(schema), assemble(cols))?,
+            w.into(),
+        )?);
+    }
+    let (stored, w) = p.stored_alone;
+    if !stored.is_empty() {
+        let n = stored.len();
+        let theirs = row_codecs[other_port].decode(stored.iter().map(Vec::as_slice))?;
+        let pad = nulls(port, n);
+        let cols = if port == 0 {
+            [pad, theirs]
+        } else {
+            [theirs, pad]
+        };
+        out.push(ChangeBatch::try_new(
+            RecordBatch::try_new(Arc::clone(schema), assemble(cols))?,
+            w.into(),
+        )?);
+    }
+    Ok(())
+}
+
 impl Operator for JoinOp {
     fn name(&self) -> &'static str {
         "HashJoin"
     }
 
-    fn on_data(&mut self, port: usize, batch: ChangeBatch, out: &mut Vec<ChangeBatch>) -> Result<()> {
+    fn on_data(
+        &mut self,
+        port: usize,
+        batch: ChangeBatch,
+        out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
         if port > 1 {
             return Err(DataflowError::Internal(format!("join has no port {port}")));
         }
+        let kind = self.spec.kind;
         let data = batch.data();
         let key_cols = self.spec.key_columns(port, data)?;
         let keys = self.key_codec.encode(&key_cols)?;
         let rows = self.row_codecs[port].encode(data.columns())?;
         let weights = batch.weights().values();
+        let other_port = 1 - port;
         let (left, right) = self.sides.split_at_mut(1);
         let (mine, other) = if port == 0 {
-            (&mut left[0], &right[0])
+            (&mut left[0], &mut right[0])
         } else {
-            (&mut right[0], &left[0])
+            (&mut right[0], &mut left[0])
         };
+        let filtering = kind.filtering();
+        let mut p = Pending::default();
 
-        let mut idx: Vec<u32> = Vec::new();
-        let mut matched: Vec<&[u8]> = Vec::new();
-        let mut out_weights: Vec<i64> = Vec::new();
         for (i, &w) in weights.iter().enumerate() {
-            if w == 0 || key_cols.iter().any(|c| c.is_null(i)) {
+            if w == 0 {
                 continue;
             }
-            let key = keys.row(i);
-            if let Some(others) = other.rows.get(key.data()) {
-                for (r, c) in others {
-                    idx.push(i as u32);
-                    matched.push(r.as_slice());
-                    out_weights.push(w * c);
+            let null_key = key_cols.iter().any(|c| c.is_null(i));
+            let key = keys.row(i).data();
+            let matches = if null_key { 0 } else { other.total(key) };
+            match filtering {
+                // Semi/anti: rows of the output side come out per their match state.
+                Some((side, want_match)) if side == port => {
+                    if (matches > 0) == want_match {
+                        p.batch_alone.0.push(i as u32);
+                        p.batch_alone.1.push(w);
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    if let Some(others) = (!null_key).then(|| other.rows.get(key)).flatten() {
+                        for (r, c) in others {
+                            p.matched.0.push(i as u32);
+                            p.matched.1.push(r.as_slice());
+                            p.matched.2.push(w * c);
+                        }
+                    }
+                    if kind.pads(port) && matches == 0 {
+                        p.batch_alone.0.push(i as u32);
+                        p.batch_alone.1.push(w);
+                    }
                 }
             }
         }
-        if !idx.is_empty() {
-            let mine_cols = arrow::compute::take_record_batch(data, &UInt32Array::from(idx))?;
-            let other_cols = self.row_codecs[1 - port].decode(matched)?;
-            let columns: Vec<ArrayRef> = if port == 0 {
-                mine_cols.columns().iter().cloned().chain(other_cols).collect()
-            } else {
-                other_cols.into_iter().chain(mine_cols.columns().iter().cloned()).collect()
-            };
-            let data = RecordBatch::try_new(Arc::clone(&self.spec.output_schema), columns)?;
-            out.push(ChangeBatch::try_new(data, out_weights.into())?);
-        }
-
+        // The other side's rows at keys whose total crosses zero flip their padded or
+        // semi/anti row. Totals change as the batch is applied row by row.
+        let flips_other = match filtering {
+            Some((side, _)) => side == other_port,
+            None => kind.pads(other_port),
+        };
+        let mut flips: Vec<(Vec<u8>, i64)> = Vec::new();
         for (i, &w) in weights.iter().enumerate() {
-            if w == 0 || key_cols.iter().any(|c| c.is_null(i)) {
+            if w == 0 {
+                continue;
+            }
+            let null_key = key_cols.iter().any(|c| c.is_null(i));
+            if null_key {
                 continue;
             }
             let key = keys.row(i).data();
             let row = rows.row(i).data();
-            let bucket = match mine.rows.get_mut(key) {
-                Some(b) => b,
-                None => mine.rows.entry(key.to_vec()).or_default(),
-            };
-            let now = match bucket.get_mut(row) {
-                Some(c) => {
-                    *c += w;
-                    *c
-                }
-                None => {
-                    bucket.insert(row.to_vec(), w);
-                    w
-                }
-            };
-            if now == 0 {
-                bucket.remove(row);
-                if bucket.is_empty() {
-                    mine.rows.remove(key);
+            let before = mine.add(key, row, w);
+            let after = before + w;
+            if flips_other && ((before == 0) != (after == 0)) {
+                // 0 → n: the other side's rows gained a match; n → 0: they lost it.
+                let gained = before == 0;
+                let sign = match filtering {
+                    Some((_, true)) => {
+                        if gained {
+                            1
+                        } else {
+                            -1
+                        }
+                    }
+                    _ => {
+                        if gained {
+                            -1
+                        } else {
+                            1
+                        }
+                    }
+                };
+                if let Some(others) = other.rows.get(key) {
+                    for (r, c) in others {
+                        flips.push((r.clone(), sign * c));
+                    }
                 }
             }
-            mine.dirty.insert((key.to_vec(), row.to_vec()));
         }
-        Ok(())
+        for (r, w) in flips {
+            p.stored_alone.0.push(r);
+            p.stored_alone.1.push(w);
+        }
+        emit(&self.spec, &self.row_codecs, port, data, p, out)
     }
 
-    fn on_barrier(&mut self, _epoch: u64, state: &mut StateWriter, _out: &mut Vec<ChangeBatch>) -> Result<()> {
+    fn on_barrier(
+        &mut self,
+        _epoch: u64,
+        state: &mut StateWriter,
+        _out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
         for (side, table) in self.sides.iter_mut().zip(self.tables) {
             for (key, row) in side.dirty.drain() {
                 let count = side.rows.get(&key).and_then(|b| b.get(&row)).copied();
@@ -206,10 +432,12 @@ impl Operator for JoinOp {
                 .as_slice()
                 .try_into()
                 .map_err(|_| DataflowError::Corrupt("join row count is not 8 bytes".into()))?;
+            let count = i64::from_le_bytes(bytes);
             s.rows
                 .entry(key.to_vec())
                 .or_default()
-                .insert(row.to_vec(), i64::from_le_bytes(bytes));
+                .insert(row.to_vec(), count);
+            *s.totals.entry(key.to_vec()).or_insert(0) += count;
         }
         Ok(())
     }

@@ -44,7 +44,10 @@ impl MaterializeOp {
             ));
         }
         let columns = self.codec.decode(rows.iter().map(|(r, _)| *r))?;
-        Ok((RecordBatch::try_new(Arc::clone(&self.schema), columns)?, weights))
+        Ok((
+            RecordBatch::try_new(Arc::clone(&self.schema), columns)?,
+            weights,
+        ))
     }
 }
 
@@ -53,7 +56,12 @@ impl Operator for MaterializeOp {
         "Materialize"
     }
 
-    fn on_data(&mut self, _port: usize, batch: ChangeBatch, _out: &mut Vec<ChangeBatch>) -> Result<()> {
+    fn on_data(
+        &mut self,
+        _port: usize,
+        batch: ChangeBatch,
+        _out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
         let weights = batch.weights().values();
         if self.codec.is_empty() {
             for w in weights.iter() {
@@ -77,7 +85,12 @@ impl Operator for MaterializeOp {
         Ok(())
     }
 
-    fn on_barrier(&mut self, _epoch: u64, state: &mut StateWriter, out: &mut Vec<ChangeBatch>) -> Result<()> {
+    fn on_barrier(
+        &mut self,
+        _epoch: u64,
+        state: &mut StateWriter,
+        out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
         let delta = std::mem::take(&mut self.delta);
         let mut changed: Vec<(&[u8], i64)> = Vec::new();
         for (row, d) in &delta {
@@ -146,7 +159,11 @@ impl Operator for MaterializeOp {
         let idx = UInt32Array::from(idx);
         if data.num_columns() == 0 {
             let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(idx.len()));
-            return Ok(Some(RecordBatch::try_new_with_options(Arc::clone(&self.schema), vec![], &options)?));
+            return Ok(Some(RecordBatch::try_new_with_options(
+                Arc::clone(&self.schema),
+                vec![],
+                &options,
+            )?));
         }
         Ok(Some(arrow::compute::take_record_batch(&data, &idx)?))
     }

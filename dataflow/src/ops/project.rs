@@ -26,7 +26,12 @@ impl Operator for ProjectOp {
         "Project"
     }
 
-    fn on_data(&mut self, _port: usize, batch: ChangeBatch, out: &mut Vec<ChangeBatch>) -> Result<()> {
+    fn on_data(
+        &mut self,
+        _port: usize,
+        batch: ChangeBatch,
+        out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
         let n = batch.num_rows();
         let columns = self
             .exprs

@@ -25,7 +25,12 @@ impl Operator for UnionOp {
         "Union"
     }
 
-    fn on_data(&mut self, _port: usize, batch: ChangeBatch, out: &mut Vec<ChangeBatch>) -> Result<()> {
+    fn on_data(
+        &mut self,
+        _port: usize,
+        batch: ChangeBatch,
+        out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
         let columns = batch
             .data()
             .columns()
@@ -39,7 +44,8 @@ impl Operator for UnionOp {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        let options =
+            arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
         let data = RecordBatch::try_new_with_options(Arc::clone(&self.schema), columns, &options)?;
         out.push(batch.with_data(data)?);
         Ok(())
