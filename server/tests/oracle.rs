@@ -334,12 +334,10 @@ async fn rows(client: &Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, St
 fn same_multiset(mut x: Vec<Vec<Option<String>>>, mut y: Vec<Vec<Option<String>>>) -> bool {
     let norm = |v: &mut Vec<Vec<Option<String>>>| {
         for row in v.iter_mut() {
-            for cell in row.iter_mut() {
-                if let Some(s) = cell {
-                    if let Ok(f) = s.parse::<f64>() {
-                        // Round to 9 significant digits so 2.3333333333333335 == 2.3333333333333333.
-                        *s = format!("{:.9e}", f);
-                    }
+            for s in row.iter_mut().flatten() {
+                if let Ok(f) = s.parse::<f64>() {
+                    // Round to 9 significant digits so 2.3333333333333335 == 2.3333333333333333.
+                    *s = format!("{:.9e}", f);
                 }
             }
         }
