@@ -124,6 +124,8 @@ impl StreamPlan {
                             AggKind::Avg => "avg",
                             AggKind::Min => "min",
                             AggKind::Max => "max",
+                            AggKind::BoolAnd => "bool_and",
+                            AggKind::BoolOr => "bool_or",
                         };
                         format!("{f}({})", spec.input_schema.field(c.arg).name())
                     })

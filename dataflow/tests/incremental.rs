@@ -189,19 +189,31 @@ fn materialize(input: usize, schema: SchemaRef, table: u32) -> PlanNode {
 /// SELECT k, count(*), count(v), sum(v), min(v), max(v) FROM in0 GROUP BY k
 fn aggregate_plan(global: bool) -> StreamPlan {
     let (group_count, out) = if global {
-        (0, schema(&["c", "cv", "s", "mn", "mx"]))
+        (0, schema(&["c", "cv", "s", "mn", "mx", "sf", "ba"]))
     } else {
-        (1, schema(&["k", "c", "cv", "s", "mn", "mx"]))
+        (1, schema(&["k", "c", "cv", "s", "mn", "mx", "sf", "ba"]))
     };
     let one: Arc<dyn PhysicalExpr> = Arc::new(Literal::new(ScalarValue::Int64(Some(1))));
-    let (pre_exprs, pre_schema) = if global {
-        (vec![col("v", 2), one], schema(&["v", "one"]))
-    } else {
-        (
-            vec![col("k", 1), col("v", 2), one],
-            schema(&["k", "v", "one"]),
-        )
+    let gt = |n: i64| -> Arc<dyn PhysicalExpr> {
+        Arc::new(BinaryExpr::new(
+            col("v", 2),
+            BinOp::Gt,
+            Arc::new(Literal::new(ScalarValue::Int64(Some(n)))),
+        ))
     };
+    // [k,] v, 1, v > 5 (a FILTER), v > 10 (a BOOL_AND argument)
+    let mut pre_exprs = vec![col("v", 2), one, gt(5), gt(10)];
+    let mut pre_fields = vec![
+        Field::new("v", DataType::Int64, true),
+        Field::new("one", DataType::Int64, true),
+        Field::new("v_gt_5", DataType::Boolean, true),
+        Field::new("v_gt_10", DataType::Boolean, true),
+    ];
+    if !global {
+        pre_exprs.insert(0, col("k", 1));
+        pre_fields.insert(0, Field::new("k", DataType::Int64, true));
+    }
+    let pre_schema: SchemaRef = Arc::new(Schema::new(pre_fields));
     let v = group_count;
     let spec = AggregateSpec {
         group_count,
@@ -209,22 +221,37 @@ fn aggregate_plan(global: bool) -> StreamPlan {
             AggCall {
                 kind: AggKind::Count,
                 arg: v + 1,
+                filter: None,
             },
             AggCall {
                 kind: AggKind::Count,
                 arg: v,
+                filter: None,
             },
             AggCall {
                 kind: AggKind::Sum,
                 arg: v,
+                filter: None,
             },
             AggCall {
                 kind: AggKind::Min,
                 arg: v,
+                filter: None,
             },
             AggCall {
                 kind: AggKind::Max,
                 arg: v,
+                filter: None,
+            },
+            AggCall {
+                kind: AggKind::Sum,
+                arg: v,
+                filter: Some(v + 2),
+            },
+            AggCall {
+                kind: AggKind::BoolAnd,
+                arg: v + 3,
+                filter: None,
             },
         ],
         input_schema: Arc::clone(&pre_schema),
@@ -272,6 +299,9 @@ fn aggregate_recompute(global: bool) -> impl Fn(&Inputs) -> Vec<Row> {
                 row.push((!nn.is_empty()).then(|| nn.iter().sum()));
                 row.push(nn.iter().min().copied());
                 row.push(nn.iter().max().copied());
+                let filtered: Vec<i64> = nn.iter().copied().filter(|x| *x > 5).collect();
+                row.push((!filtered.is_empty()).then(|| filtered.iter().sum()));
+                row.push((!nn.is_empty()).then(|| i64::from(nn.iter().all(|x| *x > 10))));
                 row
             })
             .collect()

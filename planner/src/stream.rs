@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{DFSchema, JoinType};
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan};
@@ -239,11 +239,6 @@ impl<'a> StreamPlanner<'a> {
                     name.to_uppercase()
                 )));
             }
-            if params.filter.is_some() {
-                return Err(PlanError::not_incremental(
-                    "FILTER (WHERE ...) on aggregates",
-                ));
-            }
             if !params.order_by.is_empty() {
                 return Err(PlanError::not_incremental("ORDER BY inside an aggregate"));
             }
@@ -253,6 +248,8 @@ impl<'a> StreamPlanner<'a> {
                 "avg" | "mean" => AggKind::Avg,
                 "min" => AggKind::Min,
                 "max" => AggKind::Max,
+                "bool_and" => AggKind::BoolAnd,
+                "bool_or" => AggKind::BoolOr,
                 other => {
                     return Err(PlanError::not_incremental(format!(
                         "the aggregate function {}",
@@ -288,11 +285,26 @@ impl<'a> StreamPlanner<'a> {
                 p.data_type(in_schema.as_arrow())?,
                 true,
             ));
+            let arg_col = exprs.len();
+            exprs.push(p);
+            let filter = match &params.filter {
+                Some(f) => {
+                    let pf = self.physical(f, in_schema)?;
+                    fields.push(Field::new(
+                        f.schema_name().to_string(),
+                        DataType::Boolean,
+                        true,
+                    ));
+                    exprs.push(pf);
+                    Some(exprs.len() - 1)
+                }
+                None => None,
+            };
             calls.push(AggCall {
                 kind,
-                arg: exprs.len(),
+                arg: arg_col,
+                filter,
             });
-            exprs.push(p);
         }
         let pre_schema: SchemaRef = Arc::new(Schema::new(fields));
         let pre = self.push(

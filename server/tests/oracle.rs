@@ -12,7 +12,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::Server;
+use common::{Lcg, Server};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 /// (name, query). In Sabot each becomes `CREATE MATERIALIZED VIEW name AS query`.
@@ -54,6 +54,8 @@ const SHAPES: &[(&str, &str)] = &[
     ("q27_exists", "SELECT id FROM a WHERE EXISTS (SELECT 1 FROM b WHERE b.a_k = a.k AND b.w > 50)"),
     ("q28_not_exists", "SELECT id, k FROM a WHERE NOT EXISTS (SELECT 1 FROM c WHERE c.k = a.k)"),
     ("q29_left_group", "SELECT a.k, count(b.id) AS n, count(*) AS c FROM a LEFT JOIN b ON a.k = b.a_k GROUP BY a.k"),
+    ("q30_filter", "SELECT k, count(*) FILTER (WHERE v > 50) AS hi, sum(v) FILTER (WHERE s = 's1') AS s1, count(*) AS n FROM a GROUP BY k"),
+    ("q31_bool", "SELECT k, bool_and(v > 10) AS all_big, bool_or(s IS NULL) AS any_null FROM a GROUP BY k"),
     ("q22_cte", "WITH big AS (SELECT id, k FROM a WHERE v >= 40) SELECT big.k, count(*) AS n FROM big JOIN b ON big.k = b.a_k GROUP BY big.k"),
 ];
 
@@ -192,19 +194,7 @@ impl Drop for Postgres {
     }
 }
 
-struct Lcg(u64);
-
 impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
     /// Skewed small keys: 0 and 1 are common, NULL sometimes.
     fn key(&mut self) -> String {
         match self.below(20) {

@@ -13,26 +13,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::Server;
+use common::{Lcg, Server};
 use tokio_postgres::Client;
 
 type Table = BTreeMap<i64, (String, i64)>;
-
-/// A small deterministic generator (no extra dependency, same run every time).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// One DML statement and its effect on the model.
 fn random_statement(rng: &mut Lcg, table: &mut Table) -> String {

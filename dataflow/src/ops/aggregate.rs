@@ -31,13 +31,18 @@ pub enum AggKind {
     Avg,
     Min,
     Max,
+    BoolAnd,
+    BoolOr,
 }
 
-/// One aggregate call: its function and the input column of its argument.
+/// One aggregate call: its function, the input column of its argument, and the input
+/// column of its `FILTER (WHERE ...)` condition, if any (rows where it is not true are
+/// skipped by this call only).
 #[derive(Debug, Clone)]
 pub struct AggCall {
     pub kind: AggKind,
     pub arg: usize,
+    pub filter: Option<usize>,
 }
 
 /// The fixed settings of an aggregate.
@@ -70,6 +75,9 @@ enum Method {
     Ordered {
         max: bool,
     },
+    Bool {
+        and: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +86,7 @@ enum Acc {
     Int { sum: i128, n: i64 },
     Float { sum: f64, n: i64 },
     Ordered(BTreeMap<Vec<u8>, i64>),
+    Bools { trues: i64, falses: i64 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +94,7 @@ enum OutVal {
     Int(Option<i128>),
     Float(Option<f64>),
     Bytes(Option<Vec<u8>>),
+    Bool(Option<bool>),
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +173,10 @@ impl AggregateOp {
                     Method::IntSum { .. } | Method::DecSum { .. } => Acc::Int { sum: 0, n: 0 },
                     Method::FloatSum { .. } => Acc::Float { sum: 0.0, n: 0 },
                     Method::Ordered { .. } => Acc::Ordered(BTreeMap::new()),
+                    Method::Bool { .. } => Acc::Bools {
+                        trues: 0,
+                        falses: 0,
+                    },
                 })
                 .collect(),
         }
@@ -192,6 +206,13 @@ impl AggregateOp {
                 (Acc::Float { sum, n }, Method::FloatSum { avg }) => {
                     OutVal::Float((*n > 0).then(|| if *avg { *sum / *n as f64 } else { *sum }))
                 }
+                (Acc::Bools { trues, falses }, Method::Bool { and }) => {
+                    OutVal::Bool((trues + falses > 0).then_some(if *and {
+                        *falses == 0
+                    } else {
+                        *trues > 0
+                    }))
+                }
                 (Acc::Ordered(values), Method::Ordered { max }) => OutVal::Bytes(if *max {
                     values.keys().next_back().cloned()
                 } else {
@@ -218,6 +239,7 @@ impl AggregateOp {
                     Method::IntSum { .. } => PreparedArg::Int(cast(col, &DataType::Int64)?),
                     Method::FloatSum { .. } => PreparedArg::Float(cast(col, &DataType::Float64)?),
                     Method::DecSum { .. } => PreparedArg::Dec(Arc::clone(col)),
+                    Method::Bool { .. } => PreparedArg::Bool(cast(col, &DataType::Boolean)?),
                     Method::Ordered { .. } => {
                         let codec = codec
                             .as_ref()
@@ -252,6 +274,9 @@ impl AggregateOp {
                         w.bytes(v).i64(*c);
                     }
                 }
+                Acc::Bools { trues, falses } => {
+                    w.u8(4).i64(*trues).i64(*falses);
+                }
             }
         }
         w.finish()
@@ -281,6 +306,10 @@ impl AggregateOp {
                     }
                     Acc::Ordered(values)
                 }
+                4 => Acc::Bools {
+                    trues: r.i64()?,
+                    falses: r.i64()?,
+                },
                 t => {
                     return Err(DataflowError::Corrupt(format!(
                         "unknown accumulator tag {t}"
@@ -331,6 +360,13 @@ impl AggregateOp {
                         .with_precision_and_scale(38, scale)?,
                     )
                 }
+                Method::Bool { .. } => Arc::new(
+                    vals.map(|v| match v {
+                        OutVal::Bool(x) => *x,
+                        _ => None,
+                    })
+                    .collect::<arrow::array::BooleanArray>(),
+                ),
                 Method::Ordered { .. } => {
                     let codec = self.value_codecs[c]
                         .as_ref()
@@ -383,6 +419,7 @@ impl AggregateOp {
 
 enum PreparedArg {
     Nulls(ArrayRef),
+    Bool(ArrayRef),
     Int(ArrayRef),
     Float(ArrayRef),
     Dec(ArrayRef),
@@ -400,6 +437,17 @@ fn method_for(kind: AggKind, ty: &DataType) -> Result<Method> {
         AggKind::Count => Method::Count,
         AggKind::Min => Method::Ordered { max: false },
         AggKind::Max => Method::Ordered { max: true },
+        AggKind::BoolAnd | AggKind::BoolOr if matches!(ty, DataType::Boolean | DataType::Null) => {
+            Method::Bool {
+                and: kind == AggKind::BoolAnd,
+            }
+        }
+        AggKind::BoolAnd | AggKind::BoolOr => {
+            return Err(DataflowError::user(
+                "42883",
+                format!("function bool_and/bool_or({ty}) does not exist"),
+            ))
+        }
         AggKind::Sum | AggKind::Avg => {
             let avg = kind == AggKind::Avg;
             if numeric_int {
@@ -452,6 +500,12 @@ impl Operator for AggregateOp {
             Some(self.key_codec.encode(&cols)?)
         };
         let args = self.prepare_args(data)?;
+        let filters: Vec<Option<arrow::array::BooleanArray>> = self
+            .spec
+            .calls
+            .iter()
+            .map(|c| c.filter.map(|f| data.column(f).as_boolean().clone()))
+            .collect();
         let empty: &[u8] = &[];
         for (i, &w) in weights.iter().enumerate() {
             if w == 0 {
@@ -477,7 +531,12 @@ impl Operator for AggregateOp {
                 .get_mut(key)
                 .ok_or_else(|| DataflowError::Internal("group vanished".into()))?;
             group.rows += w;
-            for (acc, arg) in group.accs.iter_mut().zip(&args) {
+            for ((acc, arg), filter) in group.accs.iter_mut().zip(&args).zip(&filters) {
+                if let Some(f) = filter {
+                    if !f.is_valid(i) || !f.value(i) {
+                        continue;
+                    }
+                }
                 match (acc, arg) {
                     (Acc::Count(c), PreparedArg::Nulls(a)) => {
                         if a.is_valid(i) {
@@ -505,6 +564,15 @@ impl Operator for AggregateOp {
                         if a.is_valid(i) {
                             *sum += a.as_primitive::<Float64Type>().value(i) * w as f64;
                             *n += w;
+                        }
+                    }
+                    (Acc::Bools { trues, falses }, PreparedArg::Bool(a)) => {
+                        if a.is_valid(i) {
+                            if a.as_boolean().value(i) {
+                                *trues += w;
+                            } else {
+                                *falses += w;
+                            }
                         }
                     }
                     (Acc::Ordered(values), PreparedArg::Ordered(a, rows)) => {

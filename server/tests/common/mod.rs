@@ -72,3 +72,20 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A small deterministic generator (no extra dependency, the same run every time).
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
