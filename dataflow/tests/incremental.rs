@@ -314,6 +314,7 @@ fn join_plan() -> StreamPlan {
     let out = schema(&["id", "k", "v", "id2", "k2", "v2"]);
     let spec = JoinSpec {
         kind: JoinKind::Inner,
+        nulls_equal: false,
         left_keys: vec![col("k", 1)],
         right_keys: vec![col("k", 1)],
         left_schema: Arc::clone(&side),
@@ -367,7 +368,7 @@ fn join_recompute(d: &Inputs) -> Vec<Row> {
 }
 
 /// `in0 <kind> JOIN in1 ON in0.k = in1.k`, all columns of the sides it outputs.
-fn kind_join_plan(kind: JoinKind) -> StreamPlan {
+fn kind_join_plan(kind: JoinKind, nulls_equal: bool) -> StreamPlan {
     let side = schema(&["id", "k", "v"]);
     let out = match kind {
         JoinKind::LeftSemi | JoinKind::LeftAnti | JoinKind::RightSemi | JoinKind::RightAnti => {
@@ -377,6 +378,7 @@ fn kind_join_plan(kind: JoinKind) -> StreamPlan {
     };
     let spec = JoinSpec {
         kind,
+        nulls_equal,
         left_keys: vec![col("k", 1)],
         right_keys: vec![col("k", 1)],
         left_schema: Arc::clone(&side),
@@ -399,10 +401,14 @@ fn kind_join_plan(kind: JoinKind) -> StreamPlan {
 }
 
 /// Nested-loop evaluation of `kind_join_plan` from scratch, with SQL's NULL semantics.
-fn kind_join_recompute(kind: JoinKind) -> impl Fn(&Inputs) -> Vec<Row> {
+fn kind_join_recompute(kind: JoinKind, nulls_equal: bool) -> impl Fn(&Inputs) -> Vec<Row> {
     move |d: &Inputs| {
         let (l, r) = (d.rows(0), d.rows(1));
-        let matches = |a: &Row, b: &Row| matches!((a[1], b[1]), (Some(x), Some(y)) if x == y);
+        let matches = |a: &Row, b: &Row| match (a[1], b[1]) {
+            (Some(x), Some(y)) => x == y,
+            (None, None) => nulls_equal,
+            _ => false,
+        };
         let nulls: Row = vec![None; 3];
         let mut out = Vec::new();
         match kind {
@@ -524,8 +530,8 @@ proptest! {
     }
 
     #[test]
-    fn outer_semi_anti_joins(kind in join_kind(), e in epochs(2), workers in 1usize..=2, restart in 0usize..12) {
-        check(kind_join_plan(kind), 2, e, workers, restart, kind_join_recompute(kind))?;
+    fn outer_semi_anti_joins(kind in join_kind(), nulls_equal in any::<bool>(), e in epochs(2), workers in 1usize..=2, restart in 0usize..12) {
+        check(kind_join_plan(kind, nulls_equal), 2, e, workers, restart, kind_join_recompute(kind, nulls_equal))?;
     }
 
     #[test]

@@ -372,6 +372,7 @@ impl<'a> StreamPlanner<'a> {
         let output_schema = nullable_schema(join.schema.as_arrow());
         let spec = JoinSpec {
             kind,
+            nulls_equal: join.null_equality == datafusion::common::NullEquality::NullEqualsNull,
             left_keys,
             right_keys,
             left_schema: nullable_schema(join.left.schema().as_arrow()),

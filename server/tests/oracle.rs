@@ -56,6 +56,9 @@ const SHAPES: &[(&str, &str)] = &[
     ("q29_left_group", "SELECT a.k, count(b.id) AS n, count(*) AS c FROM a LEFT JOIN b ON a.k = b.a_k GROUP BY a.k"),
     ("q30_filter", "SELECT k, count(*) FILTER (WHERE v > 50) AS hi, sum(v) FILTER (WHERE s = 's1') AS s1, count(*) AS n FROM a GROUP BY k"),
     ("q31_bool", "SELECT k, bool_and(v > 10) AS all_big, bool_or(s IS NULL) AS any_null FROM a GROUP BY k"),
+    ("q32_union", "SELECT k FROM a UNION SELECT k FROM c"),
+    ("q33_intersect", "SELECT k, v FROM a INTERSECT SELECT a_k, w FROM b"),
+    ("q34_except", "SELECT k, label FROM c EXCEPT SELECT k, s FROM a"),
     ("q22_cte", "WITH big AS (SELECT id, k FROM a WHERE v >= 40) SELECT big.k, count(*) AS n FROM big JOIN b ON big.k = b.a_k GROUP BY big.k"),
 ];
 

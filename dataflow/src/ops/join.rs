@@ -71,6 +71,9 @@ impl JoinKind {
 #[derive(Debug, Clone)]
 pub struct JoinSpec {
     pub kind: JoinKind,
+    /// Whether NULL keys match each other (INTERSECT / EXCEPT); otherwise a row with a
+    /// NULL in a key column matches nothing, as in SQL's `=`.
+    pub nulls_equal: bool,
     pub left_keys: Vec<Arc<dyn PhysicalExpr>>,
     pub right_keys: Vec<Arc<dyn PhysicalExpr>>,
     pub left_schema: SchemaRef,
@@ -289,6 +292,7 @@ impl Operator for JoinOp {
             return Err(DataflowError::Internal(format!("join has no port {port}")));
         }
         let kind = self.spec.kind;
+        let self_nulls_equal = self.spec.nulls_equal;
         let data = batch.data();
         let key_cols = self.spec.key_columns(port, data)?;
         let keys = self.key_codec.encode(&key_cols)?;
@@ -308,7 +312,7 @@ impl Operator for JoinOp {
             if w == 0 {
                 continue;
             }
-            let null_key = key_cols.iter().any(|c| c.is_null(i));
+            let null_key = !self_nulls_equal && key_cols.iter().any(|c| c.is_null(i));
             let key = keys.row(i).data();
             let matches = if null_key { 0 } else { other.total(key) };
             match filtering {
@@ -346,7 +350,7 @@ impl Operator for JoinOp {
             if w == 0 {
                 continue;
             }
-            let null_key = key_cols.iter().any(|c| c.is_null(i));
+            let null_key = !self_nulls_equal && key_cols.iter().any(|c| c.is_null(i));
             if null_key {
                 continue;
             }
