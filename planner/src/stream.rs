@@ -75,6 +75,18 @@ impl<'a> StreamPlanner<'a> {
     }
 
     fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+        use datafusion::common::tree_node::TreeNode;
+        let subquery = expr.exists(|e| {
+            Ok(matches!(
+                e,
+                Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_)
+            ))
+        })?;
+        if subquery {
+            return Err(PlanError::not_incremental(
+                "a subquery that is not correlated with the outer query (e.g. `v > (SELECT avg(v) FROM t)`)",
+            ));
+        }
         if expr.is_volatile() {
             return Err(PlanError::not_incremental(format!(
                 "the volatile expression {expr}"
@@ -351,11 +363,6 @@ impl<'a> StreamPlanner<'a> {
                 "a non-equality condition in a {} join",
                 join.join_type.to_string().to_uppercase()
             )));
-        }
-        if join.on.is_empty() {
-            return Err(PlanError::not_incremental(
-                "a join without an equality condition (cross join)",
-            ));
         }
         let left = self.node(&join.left)?;
         let right = self.node(&join.right)?;

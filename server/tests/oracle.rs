@@ -59,6 +59,8 @@ const SHAPES: &[(&str, &str)] = &[
     ("q32_union", "SELECT k FROM a UNION SELECT k FROM c"),
     ("q33_intersect", "SELECT k, v FROM a INTERSECT SELECT a_k, w FROM b"),
     ("q34_except", "SELECT k, label FROM c EXCEPT SELECT k, s FROM a"),
+    ("q36_correlated_scalar", "SELECT a.id, (SELECT count(*) FROM b WHERE b.a_k = a.k) AS n FROM a"),
+    ("q37_cross_small", "SELECT x.k, y.label FROM (SELECT DISTINCT k FROM a) x, (SELECT DISTINCT label FROM c) y"),
     ("q22_cte", "WITH big AS (SELECT id, k FROM a WHERE v >= 40) SELECT big.k, count(*) AS n FROM big JOIN b ON big.k = b.a_k GROUP BY big.k"),
 ];
 

@@ -295,7 +295,13 @@ impl Operator for JoinOp {
         let self_nulls_equal = self.spec.nulls_equal;
         let data = batch.data();
         let key_cols = self.spec.key_columns(port, data)?;
-        let keys = self.key_codec.encode(&key_cols)?;
+        // A join without equality keys (a cross join) has one empty key for every row.
+        let keys = if self.key_codec.is_empty() {
+            None
+        } else {
+            Some(self.key_codec.encode(&key_cols)?)
+        };
+        let key_of = |i: usize| -> &[u8] { keys.as_ref().map(|k| k.row(i).data()).unwrap_or(&[]) };
         let rows = self.row_codecs[port].encode(data.columns())?;
         let weights = batch.weights().values();
         let other_port = 1 - port;
@@ -313,7 +319,7 @@ impl Operator for JoinOp {
                 continue;
             }
             let null_key = !self_nulls_equal && key_cols.iter().any(|c| c.is_null(i));
-            let key = keys.row(i).data();
+            let key = key_of(i);
             let matches = if null_key { 0 } else { other.total(key) };
             match filtering {
                 // Semi/anti: rows of the output side come out per their match state.
@@ -354,7 +360,7 @@ impl Operator for JoinOp {
             if null_key {
                 continue;
             }
-            let key = keys.row(i).data();
+            let key = key_of(i);
             let row = rows.row(i).data();
             let before = mine.add(key, row, w);
             let after = before + w;
