@@ -112,7 +112,7 @@ impl SabotHandler {
                     .await?;
                 Ok(Response::Execution(Tag::new(&tag)))
             }
-            Err(e) => Ok(Response::Error(Box::new(error_info(&e, parsed.offset)))),
+            Err(e) => Ok(Response::Error(Box::new(error_info(&e)))),
         }
     }
 }
@@ -182,15 +182,11 @@ fn show_variable(settings: &Settings, name: &str, db: &Database) -> sabot_planne
     })
 }
 
-/// Maps an error to the client's error response. `offset` is the statement's character
-/// offset within the query string (for positions).
-fn error_info(e: &PlanError, offset: usize) -> ErrorInfo {
+/// Maps an error to the client's error response. Syntax error positions from the parser
+/// are already relative to the whole query string.
+fn error_info(e: &PlanError) -> ErrorInfo {
     let mut info = ErrorInfo::new("ERROR".into(), e.sqlstate().into(), e.client_message());
-    if let Some(p) = e.position() {
-        // Positions from the parser are relative to the whole query string already.
-        let _ = offset;
-        info.position = Some(p.to_string());
-    }
+    info.position = e.position().map(|p| p.to_string());
     info
 }
 
@@ -208,7 +204,6 @@ impl SimpleQueryHandler for SabotHandler {
             Err(e) => {
                 return Ok(vec![Response::Error(Box::new(error_info(
                     &PlanError::Sql(e),
-                    0,
                 )))])
             }
         };
@@ -245,7 +240,7 @@ impl QueryParser for SabotParser {
     {
         let mut parsed = sabot_sql::parse(sql).map_err(|e| {
             let err = PlanError::Sql(e);
-            PgWireError::UserError(Box::new(error_info(&err, 0)))
+            PgWireError::UserError(Box::new(error_info(&err)))
         })?;
         if parsed.len() > 1 {
             return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
@@ -294,7 +289,7 @@ impl SabotHandler {
         let schema = match &parsed.statement {
             Statement::Query(q) => match self.db.infer_query(q).await {
                 Ok((schema, _)) => schema,
-                Err(e) => return Err(PgWireError::UserError(Box::new(error_info(&e, 0)))),
+                Err(e) => return Err(PgWireError::UserError(Box::new(error_info(&e)))),
             },
             Statement::ShowVariable(name) => {
                 Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]))
