@@ -369,6 +369,11 @@ fn join_recompute(d: &Inputs) -> Vec<Row> {
 
 /// `in0 <kind> JOIN in1 ON in0.k = in1.k`, all columns of the sides it outputs.
 fn kind_join_plan(kind: JoinKind, nulls_equal: bool) -> StreamPlan {
+    keyed_join_plan(kind, nulls_equal, true)
+}
+
+/// As `kind_join_plan`; without keys (`keyed == false`) every pair of rows matches.
+fn keyed_join_plan(kind: JoinKind, nulls_equal: bool, keyed: bool) -> StreamPlan {
     let side = schema(&["id", "k", "v"]);
     let out = match kind {
         JoinKind::LeftSemi | JoinKind::LeftAnti | JoinKind::RightSemi | JoinKind::RightAnti => {
@@ -379,8 +384,8 @@ fn kind_join_plan(kind: JoinKind, nulls_equal: bool) -> StreamPlan {
     let spec = JoinSpec {
         kind,
         nulls_equal,
-        left_keys: vec![col("k", 1)],
-        right_keys: vec![col("k", 1)],
+        left_keys: if keyed { vec![col("k", 1)] } else { vec![] },
+        right_keys: if keyed { vec![col("k", 1)] } else { vec![] },
         left_schema: Arc::clone(&side),
         right_schema: side,
         output_schema: Arc::clone(&out),
@@ -402,12 +407,23 @@ fn kind_join_plan(kind: JoinKind, nulls_equal: bool) -> StreamPlan {
 
 /// Nested-loop evaluation of `kind_join_plan` from scratch, with SQL's NULL semantics.
 fn kind_join_recompute(kind: JoinKind, nulls_equal: bool) -> impl Fn(&Inputs) -> Vec<Row> {
+    keyed_join_recompute(kind, nulls_equal, true)
+}
+
+fn keyed_join_recompute(
+    kind: JoinKind,
+    nulls_equal: bool,
+    keyed: bool,
+) -> impl Fn(&Inputs) -> Vec<Row> {
     move |d: &Inputs| {
         let (l, r) = (d.rows(0), d.rows(1));
-        let matches = |a: &Row, b: &Row| match (a[1], b[1]) {
-            (Some(x), Some(y)) => x == y,
-            (None, None) => nulls_equal,
-            _ => false,
+        let matches = |a: &Row, b: &Row| {
+            !keyed
+                || match (a[1], b[1]) {
+                    (Some(x), Some(y)) => x == y,
+                    (None, None) => nulls_equal,
+                    _ => false,
+                }
         };
         let nulls: Row = vec![None; 3];
         let mut out = Vec::new();
@@ -532,6 +548,11 @@ proptest! {
     #[test]
     fn outer_semi_anti_joins(kind in join_kind(), nulls_equal in any::<bool>(), e in epochs(2), workers in 1usize..=2, restart in 0usize..12) {
         check(kind_join_plan(kind, nulls_equal), 2, e, workers, restart, kind_join_recompute(kind, nulls_equal))?;
+    }
+
+    #[test]
+    fn joins_without_keys(kind in prop_oneof![Just(JoinKind::Inner), Just(JoinKind::Left), Just(JoinKind::Full), Just(JoinKind::LeftAnti)], e in epochs(2), workers in 1usize..=2, restart in 0usize..12) {
+        check(keyed_join_plan(kind, false, false), 2, e, workers, restart, keyed_join_recompute(kind, false, false))?;
     }
 
     #[test]
