@@ -101,6 +101,32 @@ impl ChangeBatch {
     }
 }
 
+/// A batch of `rows` rows under `schema`, casting each column whose type differs from its
+/// field's (a union's inputs, an aggregate's natural result types). Works for zero columns.
+pub fn batch_with_schema(
+    schema: &SchemaRef,
+    columns: Vec<ArrayRef>,
+    rows: usize,
+) -> Result<RecordBatch> {
+    let columns = columns
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c)
+            } else {
+                arrow::compute::cast(&c, f.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
+    Ok(RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        columns,
+        &options,
+    )?)
+}
+
 fn downcast_weights(a: &ArrayRef) -> Result<Int64Array> {
     a.as_any()
         .downcast_ref::<Int64Array>()

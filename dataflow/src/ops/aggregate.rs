@@ -17,7 +17,7 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
 use arrow::row::Rows;
 use sabot_storage::{StateTableId, StateWriter};
 
-use crate::batch::ChangeBatch;
+use crate::batch::{batch_with_schema, ChangeBatch};
 use crate::codec::{Reader, Writer};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
@@ -400,19 +400,7 @@ impl AggregateOp {
             };
             columns.push(array);
         }
-        let columns = columns
-            .into_iter()
-            .zip(out_schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    cast(&c, f.data_type())
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len()));
-        let data = RecordBatch::try_new_with_options(Arc::clone(out_schema), columns, &options)?;
+        let data = batch_with_schema(out_schema, columns, rows.len())?;
         ChangeBatch::try_new(data, rows.iter().map(|(_, _, w)| *w).collect())
     }
 }

@@ -2,11 +2,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::PhysicalExpr;
 
-use crate::batch::ChangeBatch;
+use crate::batch::{batch_with_schema, ChangeBatch};
 use crate::error::Result;
 use crate::operator::Operator;
 
@@ -38,8 +37,7 @@ impl Operator for ProjectOp {
             .iter()
             .map(|e| e.evaluate(batch.data())?.into_array(n))
             .collect::<Result<Vec<_>, _>>()?;
-        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(n));
-        let data = RecordBatch::try_new_with_options(Arc::clone(&self.schema), columns, &options)?;
+        let data = batch_with_schema(&self.schema, columns, n)?;
         out.push(batch.with_data(data)?);
         Ok(())
     }
