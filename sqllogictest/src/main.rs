@@ -133,7 +133,23 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Starts `sabot serve` on free loopback ports. A port picked free can be taken by another
+/// process before the server binds it; the server then exits at once, and this starts it
+/// again on other ports.
 fn start_server(bin: &Path, workers: usize) -> Result<Server, String> {
+    const ATTEMPTS: usize = 5;
+    let mut last = String::new();
+    for _ in 0..ATTEMPTS {
+        match try_start_server(bin, workers)? {
+            Some(server) => return Ok(server),
+            None => last = "server exited before listening (port taken?)".into(),
+        }
+    }
+    Err(format!("{last}; gave up after {ATTEMPTS} attempts"))
+}
+
+/// One start: `Ok(None)` when the server exited before it listened.
+fn try_start_server(bin: &Path, workers: usize) -> Result<Option<Server>, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let pg = free_port().map_err(|e| e.to_string())?;
     let http = free_port().map_err(|e| e.to_string())?;
@@ -148,15 +164,23 @@ fn start_server(bin: &Path, workers: usize) -> Result<Server, String> {
         .env("SABOT_LOG", "warn")
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-    let server = Server {
+    let mut server = Server {
         child,
         url: format!("host=127.0.0.1 port={pg} user=slt dbname=sabot"),
         _dir: dir,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
+        if server.child.try_wait().map_err(|e| e.to_string())?.is_some() {
+            return Ok(None);
+        }
         if std::net::TcpStream::connect(("127.0.0.1", pg)).is_ok() {
-            return Ok(server);
+            // Something listens there; make sure it is this server, not whoever took the port.
+            std::thread::sleep(Duration::from_millis(100));
+            if server.child.try_wait().map_err(|e| e.to_string())?.is_some() {
+                return Ok(None);
+            }
+            return Ok(Some(server));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
