@@ -20,11 +20,13 @@ use sabot_storage::{EpochBatch, StateTableId, StateWriter, Store};
 use crate::batch::ChangeBatch;
 use crate::error::{DataflowError, Result};
 use crate::operator::{Message, Operator};
-use crate::ops::aggregate::{AggKind, AggregateOp, AggregateSpec};
+use crate::ops::aggregate::{AggregateOp, AggregateSpec};
+use crate::ops::connector::{ConnectorOp, SourceFactory};
 use crate::ops::filter::FilterOp;
-use crate::ops::join::{JoinOp, JoinSpec};
+use crate::ops::join::{JoinKind, JoinOp, JoinSpec};
 use crate::ops::materialize::MaterializeOp;
 use crate::ops::project::ProjectOp;
+use crate::ops::topn::{TopNOp, TopNSpec};
 use crate::ops::union::UnionOp;
 use crate::row::{Partitioner, RowCodec};
 
@@ -35,6 +37,12 @@ pub enum NodeKind {
     Source {
         relation: String,
     },
+    /// A reader of an external source (each view reads a source on its own, from its
+    /// start), with one state table for the splits' offsets.
+    Connector {
+        relation: String,
+        factory: Arc<dyn SourceFactory>,
+    },
     Filter {
         predicate: Arc<dyn PhysicalExpr>,
     },
@@ -43,6 +51,7 @@ pub enum NodeKind {
     },
     Aggregate(AggregateSpec),
     Join(JoinSpec),
+    TopN(TopNSpec),
     Union,
     /// Keeps the result rows of the view.
     Materialize,
@@ -69,13 +78,46 @@ impl StreamPlan {
     pub fn sources(&self) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
         for n in &self.nodes {
-            if let NodeKind::Source { relation } = &n.kind {
+            if let NodeKind::Source { relation } | NodeKind::Connector { relation, .. } = &n.kind {
                 if !out.contains(&relation.as_str()) {
                     out.push(relation);
                 }
             }
         }
         out
+    }
+
+    /// Whether the plan reads an external source itself.
+    pub fn reads_connectors(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| matches!(n.kind, NodeKind::Connector { .. }))
+    }
+
+    /// Whether the plan's output only ever grows (never retracts a row), given which of
+    /// the relations it reads are append-only. Filters, projections, unions and inner
+    /// joins of append-only inputs are; aggregates, top-N and outer/semi/anti joins
+    /// revise earlier output.
+    pub fn append_only(&self, relation_append_only: &dyn Fn(&str) -> bool) -> bool {
+        let mut memo: Vec<bool> = Vec::with_capacity(self.nodes.len());
+        for n in &self.nodes {
+            let inputs = n
+                .inputs
+                .iter()
+                .all(|i| memo.get(*i).copied().unwrap_or(false));
+            let here = match &n.kind {
+                NodeKind::Source { relation } => relation_append_only(relation),
+                NodeKind::Connector { .. } => true,
+                NodeKind::Filter { .. }
+                | NodeKind::Project { .. }
+                | NodeKind::Union
+                | NodeKind::Materialize => inputs,
+                NodeKind::Join(spec) => inputs && matches!(spec.kind, JoinKind::Inner),
+                NodeKind::Aggregate(_) | NodeKind::TopN(_) => false,
+            };
+            memo.push(here);
+        }
+        memo.last().copied().unwrap_or(true)
     }
 
     /// Every state table of the plan.
@@ -100,6 +142,9 @@ impl StreamPlan {
         let indent = "  ".repeat(depth);
         let detail = match &n.kind {
             NodeKind::Source { relation } => format!("Source: {relation}"),
+            NodeKind::Connector { relation, factory } => {
+                format!("SourceReader: {relation} ({})", factory.describe())
+            }
             NodeKind::Filter { predicate } => format!("Filter: {predicate}"),
             NodeKind::Project { exprs } => format!(
                 "Project: {}",
@@ -118,16 +163,9 @@ impl StreamPlan {
                     .calls
                     .iter()
                     .map(|c| {
-                        let f = match c.kind {
-                            AggKind::Count => "count",
-                            AggKind::Sum => "sum",
-                            AggKind::Avg => "avg",
-                            AggKind::Min => "min",
-                            AggKind::Max => "max",
-                            AggKind::BoolAnd => "bool_and",
-                            AggKind::BoolOr => "bool_or",
-                        };
-                        format!("{f}({})", spec.input_schema.field(c.arg).name())
+                        let f = c.kind.name();
+                        let distinct = if c.distinct { "DISTINCT " } else { "" };
+                        format!("{f}({distinct}{})", spec.input_schema.field(c.arg).name())
                     })
                     .collect();
                 format!(
@@ -143,7 +181,23 @@ impl StreamPlan {
                     .zip(&spec.right_keys)
                     .map(|(l, r)| format!("{l} = {r}"))
                     .collect();
-                format!("HashJoin: {:?}, on=[{}]", spec.kind, on.join(", "))
+                let filter = spec
+                    .filter
+                    .as_ref()
+                    .map(|f| format!(", filter={f}"))
+                    .unwrap_or_default();
+                format!("HashJoin: {:?}, on=[{}]{filter}", spec.kind, on.join(", "))
+            }
+            NodeKind::TopN(spec) => {
+                let list = |v: Vec<String>| v.join(", ");
+                format!(
+                    "TopN: partition=[{}], order=[{}], offset={}, limit={}{}",
+                    list(spec.partition.iter().map(|e| e.to_string()).collect()),
+                    list(spec.order.iter().map(|(e, o)| format!("{e} {o}")).collect()),
+                    spec.offset,
+                    spec.limit,
+                    if spec.row_number { ", row_number" } else { "" }
+                )
             }
             NodeKind::Union => "Union".to_string(),
             NodeKind::Materialize => "Materialize".to_string(),
@@ -175,7 +229,7 @@ impl StreamPlan {
 fn is_keyed(kind: &NodeKind) -> bool {
     matches!(
         kind,
-        NodeKind::Aggregate(_) | NodeKind::Join(_) | NodeKind::Materialize
+        NodeKind::Aggregate(_) | NodeKind::Join(_) | NodeKind::TopN(_) | NodeKind::Materialize
     )
 }
 
@@ -206,6 +260,12 @@ fn instantiate(node: &PlanNode, partitioner: Partitioner) -> Result<Box<dyn Oper
     };
     Ok(match &node.kind {
         NodeKind::Source { .. } => Box::new(SourceOp),
+        NodeKind::Connector { factory, .. } => Box::new(ConnectorOp::try_new(
+            factory,
+            Arc::clone(&node.schema),
+            table(0)?,
+            partitioner,
+        )?),
         NodeKind::Filter { predicate } => Box::new(FilterOp::new(Arc::clone(predicate))),
         NodeKind::Project { exprs } => {
             Box::new(ProjectOp::new(exprs.clone(), Arc::clone(&node.schema)))
@@ -214,6 +274,7 @@ fn instantiate(node: &PlanNode, partitioner: Partitioner) -> Result<Box<dyn Oper
             Box::new(AggregateOp::try_new(spec.clone(), table(0)?, partitioner)?)
         }
         NodeKind::Join(spec) => Box::new(JoinOp::try_new(spec.clone(), [table(0)?, table(1)?])?),
+        NodeKind::TopN(spec) => Box::new(TopNOp::try_new(spec.clone(), table(0)?)?),
         NodeKind::Union => Box::new(UnionOp::new(Arc::clone(&node.schema))),
         NodeKind::Materialize => {
             Box::new(MaterializeOp::try_new(Arc::clone(&node.schema), table(0)?)?)
@@ -253,6 +314,13 @@ fn exchange_for(node: &PlanNode, input_schemas: &[SchemaRef]) -> Result<Exchange
             Exchange::Hash(
                 Box::new(move |port, b: &RecordBatch| s.key_columns(port, b)),
                 vec![RowCodec::new(types.clone())?, RowCodec::new(types)?],
+            )
+        }
+        NodeKind::TopN(spec) => {
+            let s = spec.clone();
+            Exchange::Hash(
+                Box::new(move |_, b: &RecordBatch| s.partition_columns(b)),
+                vec![spec.partition_codec()?],
             )
         }
         NodeKind::Materialize => Exchange::Hash(
@@ -446,6 +514,16 @@ impl Dataflow {
             _ => inputs[from][port].push(Message::Data(b.clone())),
         }
         Ok(())
+    }
+
+    /// Whether a source reader of this dataflow still has rows to read.
+    pub fn sources_active(&self) -> bool {
+        self.instances.iter().flatten().any(|op| op.source_active())
+    }
+
+    /// Whether a source reader has rows ready now beyond what the last epoch took.
+    pub fn wants_more(&self) -> bool {
+        self.instances.iter().flatten().any(|op| op.wants_more())
     }
 
     /// The view's current contents.

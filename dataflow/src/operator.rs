@@ -61,6 +61,17 @@ pub trait Operator: Send + Sync {
         Ok(())
     }
 
+    /// Whether the operator has input ready beyond what the last epoch took (a source
+    /// reader that is behind): the runtime should run the next epoch soon.
+    fn wants_more(&self) -> bool {
+        false
+    }
+
+    /// Whether this is a source reader with rows still to read.
+    fn source_active(&self) -> bool {
+        false
+    }
+
     /// The current contents, for operators that hold a materialized result.
     fn snapshot(&self) -> Result<Option<RecordBatch>> {
         Ok(None)

@@ -27,6 +27,23 @@ impl RowCodec {
         })
     }
 
+    /// A codec whose byte order follows the given direction and NULL placement per column.
+    pub fn with_options(
+        types: Vec<DataType>,
+        options: Vec<arrow::compute::SortOptions>,
+    ) -> Result<Self> {
+        let fields = types
+            .iter()
+            .cloned()
+            .zip(options)
+            .map(|(t, o)| SortField::new_with_options(t, o))
+            .collect();
+        Ok(Self {
+            converter: RowConverter::new(fields)?,
+            types,
+        })
+    }
+
     pub fn for_schema(schema: &SchemaRef) -> Result<Self> {
         Self::new(
             schema

@@ -212,6 +212,84 @@ impl TableState {
         Ok(n)
     }
 
+    /// Inserts rows or replaces the rows with the same primary key (a connector's
+    /// upserts). Within the batch the last row of a key wins; rows with a NULL key are
+    /// left out and counted in the result. Needs a primary key.
+    pub fn upsert(&mut self, new: RecordBatch) -> Result<usize> {
+        if self.pk.is_empty() {
+            return Err(DataflowError::Internal(
+                "upsert into a table without a key".into(),
+            ));
+        }
+        let pk_columns = self.pk_columns(&new);
+        let null_key = |i: usize| pk_columns.iter().any(|c| c.is_null(i));
+        let keys = self.pk_codec.encode(&pk_columns)?;
+        let rows = self.row_codec.encode(new.columns())?;
+        let mut last: HashMap<&[u8], usize> = HashMap::new();
+        let mut skipped = 0;
+        for i in 0..new.num_rows() {
+            if null_key(i) {
+                skipped += 1;
+            } else {
+                last.insert(keys.row(i).data(), i);
+            }
+        }
+        let mut old_rows: Vec<Vec<u8>> = Vec::new();
+        let mut inserted: Vec<u32> = Vec::new();
+        for i in 0..new.num_rows() {
+            let k = keys.row(i).data();
+            if last.get(k) != Some(&i) {
+                continue;
+            }
+            let row = rows.row(i).data();
+            match self.by_key.get(k) {
+                Some(old) if old.as_slice() == row => continue,
+                Some(old) => old_rows.push(old.clone()),
+                None => {}
+            }
+            self.by_key.insert(k.to_vec(), row.to_vec());
+            self.dirty.insert(k.to_vec());
+            inserted.push(i as u32);
+        }
+        self.push_replaced(old_rows, &new, inserted)?;
+        Ok(skipped)
+    }
+
+    /// Deletes the rows whose primary key is in `keys` (the key columns, in key order);
+    /// keys that are not there are ignored.
+    pub fn delete_keys(&mut self, keys: &[ArrayRef]) -> Result<()> {
+        let encoded = self.pk_codec.encode(keys)?;
+        let mut old_rows = Vec::new();
+        for k in encoded.iter() {
+            if let Some(old) = self.by_key.remove(k.data()) {
+                self.dirty.insert(k.data().to_vec());
+                old_rows.push(old);
+            }
+        }
+        let empty = RecordBatch::new_empty(Arc::clone(&self.schema));
+        self.push_replaced(old_rows, &empty, Vec::new())
+    }
+
+    /// Adds the retraction of `old_rows` (encoded) and the insertion of `new[inserted]`
+    /// to the pending changelog.
+    fn push_replaced(
+        &mut self,
+        old_rows: Vec<Vec<u8>>,
+        new: &RecordBatch,
+        inserted: Vec<u32>,
+    ) -> Result<()> {
+        if !old_rows.is_empty() {
+            let columns = self.row_codec.decode(old_rows.iter().map(Vec::as_slice))?;
+            let old = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+            self.pending.push(ChangeBatch::deletes(old));
+        }
+        if !inserted.is_empty() {
+            let rows = arrow::compute::take_record_batch(new, &UInt32Array::from(inserted))?;
+            self.pending.push(ChangeBatch::inserts(rows));
+        }
+        Ok(())
+    }
+
     /// The table as it is now, including changes not yet committed.
     pub fn contents(&self) -> Result<RecordBatch> {
         let (rows, counts): (Vec<&[u8]>, Vec<i64>) = if self.pk.is_empty() {
@@ -293,6 +371,77 @@ impl TableState {
                 .sum()
         } else {
             self.by_key.len()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use arrow::array::{AsArray, Int64Array};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+
+    use super::*;
+
+    fn batch(schema: &SchemaRef, rows: &[(i64, i64)]) -> RecordBatch {
+        RecordBatch::try_new(
+            Arc::clone(schema),
+            vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Upserts and key deletes against a map: the table and the sum of its changelog
+    /// both end as the map, whatever the order and duplicates.
+    #[test]
+    fn upserts_and_key_deletes_match_a_map() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Int64, true),
+        ]));
+        let mut t = TableState::try_new("t", Arc::clone(&schema), vec![0], 1).unwrap();
+        let mut model: BTreeMap<i64, i64> = BTreeMap::new();
+        let mut changes: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for _ in 0..300 {
+            let rows: Vec<(i64, i64)> = (0..next(6))
+                .map(|_| (next(12) as i64, next(4) as i64))
+                .collect();
+            if next(3) == 0 {
+                let keys: Vec<i64> = rows.iter().map(|r| r.0).collect();
+                t.delete_keys(&[Arc::new(Int64Array::from(keys.clone())) as ArrayRef])
+                    .unwrap();
+                for k in keys {
+                    model.remove(&k);
+                }
+            } else {
+                assert_eq!(t.upsert(batch(&schema, &rows)).unwrap(), 0);
+                for (k, v) in rows {
+                    model.insert(k, v);
+                }
+            }
+            for c in t.take_pending() {
+                let k = c.data().column(0).as_primitive::<Int64Type>();
+                let v = c.data().column(1).as_primitive::<Int64Type>();
+                for i in 0..c.data().num_rows() {
+                    *changes.entry((k.value(i), v.value(i))).or_default() += c.weights().value(i);
+                }
+            }
+            changes.retain(|_, w| *w != 0);
+            let want: BTreeMap<(i64, i64), i64> =
+                model.iter().map(|(k, v)| ((*k, *v), 1)).collect();
+            assert_eq!(changes, want);
+            assert_eq!(t.num_rows(), model.len());
         }
     }
 }

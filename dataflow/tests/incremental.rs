@@ -15,6 +15,7 @@ use datafusion::scalar::ScalarValue;
 use proptest::prelude::*;
 use sabot_dataflow::ops::aggregate::{AggCall, AggKind, AggregateSpec};
 use sabot_dataflow::ops::join::{JoinKind, JoinSpec};
+use sabot_dataflow::ops::topn::TopNSpec;
 use sabot_dataflow::{ChangeBatch, Dataflow, NodeKind, PlanNode, StreamPlan};
 use sabot_storage::{EpochBatch, Store};
 
@@ -45,6 +46,7 @@ fn rows_of(b: &RecordBatch) -> Vec<Row> {
         .map(|r| {
             b.columns()
                 .iter()
+                .map(|c| arrow::compute::cast(c, &DataType::Int64).unwrap())
                 .map(|c| {
                     c.is_valid(r)
                         .then(|| c.as_primitive::<Int64Type>().value(r))
@@ -186,12 +188,15 @@ fn materialize(input: usize, schema: SchemaRef, table: u32) -> PlanNode {
     }
 }
 
-/// SELECT k, count(*), count(v), sum(v), min(v), max(v) FROM in0 GROUP BY k
+/// SELECT k, count(*), count(v), sum(v), min(v), max(v), sum(v) FILTER (WHERE v > 5),
+/// bool_and(v > 10), count(DISTINCT v), sum(DISTINCT v) FILTER (WHERE v > 5)
+/// FROM in0 GROUP BY k
 fn aggregate_plan(global: bool) -> StreamPlan {
+    let cols = ["c", "cv", "s", "mn", "mx", "sf", "ba", "cd", "sdf"];
     let (group_count, out) = if global {
-        (0, schema(&["c", "cv", "s", "mn", "mx", "sf", "ba"]))
+        (0, schema(&cols))
     } else {
-        (1, schema(&["k", "c", "cv", "s", "mn", "mx", "sf", "ba"]))
+        (1, schema(&[&["k"][..], &cols[..]].concat()))
     };
     let one: Arc<dyn PhysicalExpr> = Arc::new(Literal::new(ScalarValue::Int64(Some(1))));
     let gt = |n: i64| -> Arc<dyn PhysicalExpr> {
@@ -218,40 +223,20 @@ fn aggregate_plan(global: bool) -> StreamPlan {
     let spec = AggregateSpec {
         group_count,
         calls: vec![
+            AggCall::new(AggKind::Count, v + 1, None),
+            AggCall::new(AggKind::Count, v, None),
+            AggCall::new(AggKind::Sum, v, None),
+            AggCall::new(AggKind::Min, v, None),
+            AggCall::new(AggKind::Max, v, None),
+            AggCall::new(AggKind::Sum, v, Some(v + 2)),
+            AggCall::new(AggKind::BoolAnd, v + 3, None),
             AggCall {
-                kind: AggKind::Count,
-                arg: v + 1,
-                filter: None,
+                distinct: true,
+                ..AggCall::new(AggKind::Count, v, None)
             },
             AggCall {
-                kind: AggKind::Count,
-                arg: v,
-                filter: None,
-            },
-            AggCall {
-                kind: AggKind::Sum,
-                arg: v,
-                filter: None,
-            },
-            AggCall {
-                kind: AggKind::Min,
-                arg: v,
-                filter: None,
-            },
-            AggCall {
-                kind: AggKind::Max,
-                arg: v,
-                filter: None,
-            },
-            AggCall {
-                kind: AggKind::Sum,
-                arg: v,
-                filter: Some(v + 2),
-            },
-            AggCall {
-                kind: AggKind::BoolAnd,
-                arg: v + 3,
-                filter: None,
+                distinct: true,
+                ..AggCall::new(AggKind::Sum, v, Some(v + 2))
             },
         ],
         input_schema: Arc::clone(&pre_schema),
@@ -302,6 +287,10 @@ fn aggregate_recompute(global: bool) -> impl Fn(&Inputs) -> Vec<Row> {
                 let filtered: Vec<i64> = nn.iter().copied().filter(|x| *x > 5).collect();
                 row.push((!filtered.is_empty()).then(|| filtered.iter().sum()));
                 row.push((!nn.is_empty()).then(|| i64::from(nn.iter().all(|x| *x > 10))));
+                let distinct: std::collections::BTreeSet<i64> = nn.iter().copied().collect();
+                row.push(Some(distinct.len() as i64));
+                let big: Vec<i64> = distinct.into_iter().filter(|x| *x > 5).collect();
+                row.push((!big.is_empty()).then(|| big.iter().sum()));
                 row
             })
             .collect()
@@ -320,6 +309,7 @@ fn join_plan() -> StreamPlan {
         left_schema: Arc::clone(&side),
         right_schema: side,
         output_schema: Arc::clone(&out),
+        filter: None,
     };
     let pred: Arc<dyn PhysicalExpr> =
         Arc::new(BinaryExpr::new(col("v", 2), BinOp::Lt, col("v2", 5)));
@@ -369,11 +359,12 @@ fn join_recompute(d: &Inputs) -> Vec<Row> {
 
 /// `in0 <kind> JOIN in1 ON in0.k = in1.k`, all columns of the sides it outputs.
 fn kind_join_plan(kind: JoinKind, nulls_equal: bool) -> StreamPlan {
-    keyed_join_plan(kind, nulls_equal, true)
+    keyed_join_plan(kind, nulls_equal, true, false)
 }
 
-/// As `kind_join_plan`; without keys (`keyed == false`) every pair of rows matches.
-fn keyed_join_plan(kind: JoinKind, nulls_equal: bool, keyed: bool) -> StreamPlan {
+/// As `kind_join_plan`; without keys (`keyed == false`) every pair of rows matches;
+/// `filtered` adds `AND in0.v < in1.v` to the join condition.
+fn keyed_join_plan(kind: JoinKind, nulls_equal: bool, keyed: bool, filtered: bool) -> StreamPlan {
     let side = schema(&["id", "k", "v"]);
     let out = match kind {
         JoinKind::LeftSemi | JoinKind::LeftAnti | JoinKind::RightSemi | JoinKind::RightAnti => {
@@ -389,6 +380,9 @@ fn keyed_join_plan(kind: JoinKind, nulls_equal: bool, keyed: bool) -> StreamPlan
         left_schema: Arc::clone(&side),
         right_schema: side,
         output_schema: Arc::clone(&out),
+        filter: filtered.then(|| {
+            Arc::new(BinaryExpr::new(col("v", 2), BinOp::Lt, col("v2", 5))) as Arc<dyn PhysicalExpr>
+        }),
     };
     StreamPlan {
         nodes: vec![
@@ -407,23 +401,25 @@ fn keyed_join_plan(kind: JoinKind, nulls_equal: bool, keyed: bool) -> StreamPlan
 
 /// Nested-loop evaluation of `kind_join_plan` from scratch, with SQL's NULL semantics.
 fn kind_join_recompute(kind: JoinKind, nulls_equal: bool) -> impl Fn(&Inputs) -> Vec<Row> {
-    keyed_join_recompute(kind, nulls_equal, true)
+    keyed_join_recompute(kind, nulls_equal, true, false)
 }
 
 fn keyed_join_recompute(
     kind: JoinKind,
     nulls_equal: bool,
     keyed: bool,
+    filtered: bool,
 ) -> impl Fn(&Inputs) -> Vec<Row> {
     move |d: &Inputs| {
         let (l, r) = (d.rows(0), d.rows(1));
         let matches = |a: &Row, b: &Row| {
-            !keyed
+            let keys = !keyed
                 || match (a[1], b[1]) {
                     (Some(x), Some(y)) => x == y,
                     (None, None) => nulls_equal,
                     _ => false,
-                }
+                };
+            keys && (!filtered || matches!((a[2], b[2]), (Some(x), Some(y)) if x < y))
         };
         let nulls: Row = vec![None; 3];
         let mut out = Vec::new();
@@ -523,6 +519,81 @@ fn filter_recompute(d: &Inputs) -> Vec<Row> {
         .collect()
 }
 
+/// SELECT *, row_number() OVER (PARTITION BY k ORDER BY v DESC NULLS FIRST, id) FROM in0
+/// keeping positions offset+1 ..= offset+limit (without PARTITION BY when `partitioned` is
+/// false; without the row number column when `row_number` is false).
+fn topn_plan(partitioned: bool, row_number: bool, offset: usize, limit: usize) -> StreamPlan {
+    let input = schema(&["id", "k", "v"]);
+    let out = if row_number {
+        schema(&["id", "k", "v", "rn"])
+    } else {
+        Arc::clone(&input)
+    };
+    let desc = arrow::compute::SortOptions {
+        descending: true,
+        nulls_first: true,
+    };
+    let spec = TopNSpec {
+        partition: if partitioned {
+            vec![col("k", 1)]
+        } else {
+            vec![]
+        },
+        order: vec![(col("v", 2), desc), (col("id", 0), Default::default())],
+        offset,
+        limit,
+        row_number,
+        input_schema: input,
+        output_schema: Arc::clone(&out),
+    };
+    StreamPlan {
+        nodes: vec![
+            source(0),
+            PlanNode {
+                kind: NodeKind::TopN(spec),
+                inputs: vec![0],
+                schema: Arc::clone(&out),
+                state_tables: vec![1],
+            },
+            materialize(1, out, 2),
+        ],
+    }
+}
+
+fn topn_recompute(
+    partitioned: bool,
+    row_number: bool,
+    offset: usize,
+    limit: usize,
+) -> impl Fn(&Inputs) -> Vec<Row> {
+    move |d: &Inputs| {
+        let mut parts: BTreeMap<Option<i64>, Vec<Row>> = BTreeMap::new();
+        for r in d.rows(0) {
+            parts
+                .entry(if partitioned { r[1] } else { None })
+                .or_default()
+                .push(r);
+        }
+        let mut out = Vec::new();
+        for (_, mut rows) in parts {
+            // v DESC NULLS FIRST, then id ascending.
+            rows.sort_by(|a, b| match (a[2], b[2]) {
+                (None, None) => a[0].cmp(&b[0]),
+                (None, Some(_)) => std::cmp::Ordering::Less,
+                (Some(_), None) => std::cmp::Ordering::Greater,
+                (Some(x), Some(y)) => y.cmp(&x).then(a[0].cmp(&b[0])),
+            });
+            for (i, mut r) in rows.into_iter().enumerate().skip(offset).take(limit) {
+                if row_number {
+                    r.push(Some(i as i64 + 1));
+                }
+                out.push(r);
+            }
+        }
+        out
+    }
+}
+
 fn epochs(inputs: usize) -> impl Strategy<Value = Vec<Vec<Op>>> {
     proptest::collection::vec(proptest::collection::vec(op_strategy(inputs), 0..25), 1..12)
 }
@@ -552,7 +623,17 @@ proptest! {
 
     #[test]
     fn joins_without_keys(kind in prop_oneof![Just(JoinKind::Inner), Just(JoinKind::Left), Just(JoinKind::Full), Just(JoinKind::LeftAnti)], e in epochs(2), workers in 1usize..=2, restart in 0usize..12) {
-        check(keyed_join_plan(kind, false, false), 2, e, workers, restart, keyed_join_recompute(kind, false, false))?;
+        check(keyed_join_plan(kind, false, false, false), 2, e, workers, restart, keyed_join_recompute(kind, false, false, false))?;
+    }
+
+    #[test]
+    fn joins_with_a_condition_beyond_keys(kind in join_kind(), keyed in any::<bool>(), e in epochs(2), workers in 1usize..=2, restart in 0usize..12) {
+        check(keyed_join_plan(kind, false, keyed, true), 2, e, workers, restart, keyed_join_recompute(kind, false, keyed, true))?;
+    }
+
+    #[test]
+    fn top_n(partitioned in any::<bool>(), row_number in any::<bool>(), offset in 0usize..3, limit in 1usize..4, e in epochs(1), workers in 1usize..=2, restart in 0usize..12) {
+        check(topn_plan(partitioned, row_number, offset, limit), 1, e, workers, restart, topn_recompute(partitioned, row_number, offset, limit))?;
     }
 
     #[test]

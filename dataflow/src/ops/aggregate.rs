@@ -3,8 +3,12 @@
 //! Input columns are `[group columns..., argument columns...]` (a projection before the
 //! aggregate computes them). Each epoch the operator updates the groups touched by the
 //! epoch's changes and, at the barrier, emits for each group whose result changed a −1 of
-//! the old result row and a +1 of the new one. COUNT/SUM/AVG keep sums and counts; MIN and
-//! MAX keep the ordered multiset of values, so deleting the current minimum is exact.
+//! the old result row and a +1 of the new one. COUNT/SUM/AVG keep sums and counts;
+//! STDDEV/VARIANCE keep the count, sum and sum of squares (exact in i128 over integers);
+//! MIN and MAX keep the ordered multiset of values, so deleting the current minimum is
+//! exact; STRING_AGG and ARRAY_AGG keep the multiset of values ordered by their
+//! `ORDER BY` key. A `DISTINCT` call keeps per group how often each value occurs and
+//! feeds its accumulator only when a value appears or disappears.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -12,7 +16,7 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, RecordBatch,
 };
-use arrow::compute::cast;
+use arrow::compute::{cast, SortOptions};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
 use arrow::row::Rows;
 use sabot_storage::{StateTableId, StateWriter};
@@ -33,6 +37,33 @@ pub enum AggKind {
     Max,
     BoolAnd,
     BoolOr,
+    VarSamp,
+    VarPop,
+    StddevSamp,
+    StddevPop,
+    /// STRING_AGG(value, separator)
+    StringAgg,
+    ArrayAgg,
+}
+
+impl AggKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AggKind::Count => "count",
+            AggKind::Sum => "sum",
+            AggKind::Avg => "avg",
+            AggKind::Min => "min",
+            AggKind::Max => "max",
+            AggKind::BoolAnd => "bool_and",
+            AggKind::BoolOr => "bool_or",
+            AggKind::VarSamp => "var_samp",
+            AggKind::VarPop => "var_pop",
+            AggKind::StddevSamp => "stddev_samp",
+            AggKind::StddevPop => "stddev_pop",
+            AggKind::StringAgg => "string_agg",
+            AggKind::ArrayAgg => "array_agg",
+        }
+    }
 }
 
 /// One aggregate call: its function, the input column of its argument, and the input
@@ -43,6 +74,26 @@ pub struct AggCall {
     pub kind: AggKind,
     pub arg: usize,
     pub filter: Option<usize>,
+    /// `agg(DISTINCT ...)`: each distinct value counts once.
+    pub distinct: bool,
+    /// `ORDER BY` inside the call (STRING_AGG, ARRAY_AGG): input columns and directions.
+    pub order: Vec<(usize, SortOptions)>,
+    /// STRING_AGG's separator.
+    pub separator: String,
+}
+
+impl AggCall {
+    /// A call without DISTINCT, ORDER BY or separator.
+    pub fn new(kind: AggKind, arg: usize, filter: Option<usize>) -> Self {
+        Self {
+            kind,
+            arg,
+            filter,
+            distinct: false,
+            order: Vec::new(),
+            separator: String::new(),
+        }
+    }
 }
 
 /// The fixed settings of an aggregate.
@@ -78,15 +129,46 @@ enum Method {
     Bool {
         and: bool,
     },
+    /// Variance or standard deviation, sample or population.
+    Moments {
+        int: bool,
+        sample: bool,
+        sqrt: bool,
+    },
+    /// STRING_AGG (`string`) or ARRAY_AGG.
+    Collect {
+        string: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
 enum Acc {
     Count(i64),
-    Int { sum: i128, n: i64 },
-    Float { sum: f64, n: i64 },
+    Int {
+        sum: i128,
+        n: i64,
+    },
+    Float {
+        sum: f64,
+        n: i64,
+    },
     Ordered(BTreeMap<Vec<u8>, i64>),
-    Bools { trues: i64, falses: i64 },
+    Bools {
+        trues: i64,
+        falses: i64,
+    },
+    IntMoments {
+        n: i64,
+        sum: i128,
+        sumsq: i128,
+    },
+    FloatMoments {
+        n: i64,
+        sum: f64,
+        sumsq: f64,
+    },
+    /// (order key, value) → multiplicity.
+    Collect(BTreeMap<(Vec<u8>, Vec<u8>), i64>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,12 +177,16 @@ enum OutVal {
     Float(Option<f64>),
     Bytes(Option<Vec<u8>>),
     Bool(Option<bool>),
+    /// Encoded values in order (STRING_AGG, ARRAY_AGG); None over no values.
+    Seq(Option<Vec<Vec<u8>>>),
 }
 
 #[derive(Debug, Clone)]
 struct Group {
     rows: i64,
     accs: Vec<Acc>,
+    /// Per call: for DISTINCT calls, how often each value occurs.
+    distinct: Vec<Option<BTreeMap<Vec<u8>, i64>>>,
 }
 
 /// Extra digits DataFusion gives AVG over decimals.
@@ -110,8 +196,10 @@ pub struct AggregateOp {
     spec: AggregateSpec,
     methods: Vec<Method>,
     key_codec: RowCodec,
-    /// For MIN/MAX calls: the codec of the argument.
+    /// For MIN/MAX, STRING_AGG/ARRAY_AGG and DISTINCT calls: the codec of the argument.
     value_codecs: Vec<Option<RowCodec>>,
+    /// For calls with ORDER BY: the codec of their order key.
+    order_codecs: Vec<Option<RowCodec>>,
     table: StateTableId,
     partitioner: Partitioner,
     groups: HashMap<Vec<u8>, Group>,
@@ -132,6 +220,7 @@ impl AggregateOp {
             .collect();
         let mut methods = Vec::new();
         let mut value_codecs = Vec::new();
+        let mut order_codecs = Vec::new();
         for call in &spec.calls {
             let ty = input
                 .fields()
@@ -140,13 +229,40 @@ impl AggregateOp {
                 .data_type()
                 .clone();
             let method = method_for(call.kind, &ty)?;
-            value_codecs.push(match method {
-                Method::Ordered { .. } => Some(RowCodec::new(vec![ty])?),
-                _ => None,
+            let needs_codec =
+                call.distinct || matches!(method, Method::Ordered { .. } | Method::Collect { .. });
+            value_codecs.push(if needs_codec {
+                Some(RowCodec::new(vec![ty])?)
+            } else {
+                None
+            });
+            order_codecs.push(if call.order.is_empty() {
+                None
+            } else {
+                let types = call
+                    .order
+                    .iter()
+                    .map(|(c, _)| {
+                        input
+                            .fields()
+                            .get(*c)
+                            .map(|f| f.data_type().clone())
+                            .ok_or_else(|| {
+                                DataflowError::Internal(
+                                    "aggregate order column out of range".into(),
+                                )
+                            })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Some(RowCodec::with_options(
+                    types,
+                    call.order.iter().map(|(_, o)| *o).collect(),
+                )?)
             });
             methods.push(method);
         }
         Ok(Self {
+            order_codecs,
             key_codec: RowCodec::new(key_types)?,
             spec,
             methods,
@@ -177,7 +293,24 @@ impl AggregateOp {
                         trues: 0,
                         falses: 0,
                     },
+                    Method::Moments { int: true, .. } => Acc::IntMoments {
+                        n: 0,
+                        sum: 0,
+                        sumsq: 0,
+                    },
+                    Method::Moments { int: false, .. } => Acc::FloatMoments {
+                        n: 0,
+                        sum: 0.0,
+                        sumsq: 0.0,
+                    },
+                    Method::Collect { .. } => Acc::Collect(BTreeMap::new()),
                 })
+                .collect(),
+            distinct: self
+                .spec
+                .calls
+                .iter()
+                .map(|c| c.distinct.then(BTreeMap::new))
                 .collect(),
         }
     }
@@ -218,6 +351,22 @@ impl AggregateOp {
                 } else {
                     values.keys().next().cloned()
                 }),
+                (Acc::IntMoments { n, sum, sumsq }, Method::Moments { sample, sqrt, .. }) => {
+                    OutVal::Float(moments_int(*n, *sum, *sumsq, *sample, *sqrt))
+                }
+                (Acc::FloatMoments { n, sum, sumsq }, Method::Moments { sample, sqrt, .. }) => {
+                    OutVal::Float(moments_float(*n, *sum, *sumsq, *sample, *sqrt))
+                }
+                (Acc::Collect(values), Method::Collect { .. }) => {
+                    OutVal::Seq((!values.is_empty()).then(|| {
+                        values
+                            .iter()
+                            .flat_map(|((_, v), c)| {
+                                std::iter::repeat_n(v.clone(), usize::try_from(*c).unwrap_or(0))
+                            })
+                            .collect()
+                    }))
+                }
                 // Accumulators are built from their methods; any other pairing is a bug
                 // caught by the output builder as a type error.
                 _ => OutVal::Int(None),
@@ -227,29 +376,68 @@ impl AggregateOp {
 
     /// Per-call argument arrays prepared for accumulation.
     fn prepare_args(&self, data: &RecordBatch) -> Result<Vec<PreparedArg>> {
+        let missing = || DataflowError::Internal("missing value codec".into());
         self.spec
             .calls
             .iter()
             .zip(&self.methods)
-            .zip(&self.value_codecs)
-            .map(|((call, m), codec)| {
+            .enumerate()
+            .map(|(c, (call, m))| {
                 let col = data.column(call.arg);
                 Ok(match m {
                     Method::Count => PreparedArg::Nulls(Arc::clone(col)),
-                    Method::IntSum { .. } => PreparedArg::Int(cast(col, &DataType::Int64)?),
-                    Method::FloatSum { .. } => PreparedArg::Float(cast(col, &DataType::Float64)?),
+                    Method::IntSum { .. } | Method::Moments { int: true, .. } => {
+                        PreparedArg::Int(cast(col, &DataType::Int64)?)
+                    }
+                    Method::FloatSum { .. } | Method::Moments { int: false, .. } => {
+                        PreparedArg::Float(cast(col, &DataType::Float64)?)
+                    }
                     Method::DecSum { .. } => PreparedArg::Dec(Arc::clone(col)),
                     Method::Bool { .. } => PreparedArg::Bool(cast(col, &DataType::Boolean)?),
                     Method::Ordered { .. } => {
-                        let codec = codec
-                            .as_ref()
-                            .ok_or_else(|| DataflowError::Internal("missing value codec".into()))?;
+                        let codec = self.value_codecs[c].as_ref().ok_or_else(missing)?;
                         PreparedArg::Ordered(
                             Arc::clone(col),
                             codec.encode(std::slice::from_ref(col))?,
                         )
                     }
+                    Method::Collect { string } => {
+                        let codec = self.value_codecs[c].as_ref().ok_or_else(missing)?;
+                        let order = match &self.order_codecs[c] {
+                            Some(oc) => {
+                                let cols: Vec<ArrayRef> = call
+                                    .order
+                                    .iter()
+                                    .map(|(i, _)| Arc::clone(data.column(*i)))
+                                    .collect();
+                                Some(oc.encode(&cols)?)
+                            }
+                            None => None,
+                        };
+                        PreparedArg::Collect {
+                            values: Arc::clone(col),
+                            encoded: codec.encode(std::slice::from_ref(col))?,
+                            order,
+                            skip_nulls: *string,
+                        }
+                    }
                 })
+            })
+            .collect()
+    }
+
+    /// For DISTINCT calls: each row's encoded argument.
+    fn distinct_values(&self, data: &RecordBatch) -> Result<Vec<Option<Rows>>> {
+        self.spec
+            .calls
+            .iter()
+            .zip(&self.value_codecs)
+            .map(|(call, codec)| match (call.distinct, codec) {
+                (true, Some(codec)) => Ok(Some(
+                    codec.encode(std::slice::from_ref(data.column(call.arg)))?,
+                )),
+                (true, None) => Err(DataflowError::Internal("missing value codec".into())),
+                _ => Ok(None),
             })
             .collect()
     }
@@ -276,6 +464,31 @@ impl AggregateOp {
                 }
                 Acc::Bools { trues, falses } => {
                     w.u8(4).i64(*trues).i64(*falses);
+                }
+                Acc::IntMoments { n, sum, sumsq } => {
+                    w.u8(5).i64(*n).i128(*sum).i128(*sumsq);
+                }
+                Acc::FloatMoments { n, sum, sumsq } => {
+                    w.u8(6).i64(*n).f64(*sum).f64(*sumsq);
+                }
+                Acc::Collect(values) => {
+                    w.u8(7).i64(values.len() as i64);
+                    for ((o, v), c) in values {
+                        w.bytes(o).bytes(v).i64(*c);
+                    }
+                }
+            }
+        }
+        for d in &g.distinct {
+            match d {
+                Some(values) => {
+                    w.u8(1).i64(values.len() as i64);
+                    for (v, c) in values {
+                        w.bytes(v).i64(*c);
+                    }
+                }
+                None => {
+                    w.u8(0);
                 }
             }
         }
@@ -310,6 +523,26 @@ impl AggregateOp {
                     trues: r.i64()?,
                     falses: r.i64()?,
                 },
+                5 => Acc::IntMoments {
+                    n: r.i64()?,
+                    sum: r.i128()?,
+                    sumsq: r.i128()?,
+                },
+                6 => Acc::FloatMoments {
+                    n: r.i64()?,
+                    sum: r.f64()?,
+                    sumsq: r.f64()?,
+                },
+                7 => {
+                    let n = r.i64()?;
+                    let mut values = BTreeMap::new();
+                    for _ in 0..n {
+                        let o = r.bytes()?.to_vec();
+                        let v = r.bytes()?.to_vec();
+                        values.insert((o, v), r.i64()?);
+                    }
+                    Acc::Collect(values)
+                }
                 t => {
                     return Err(DataflowError::Corrupt(format!(
                         "unknown accumulator tag {t}"
@@ -317,7 +550,26 @@ impl AggregateOp {
                 }
             });
         }
-        Ok(Group { rows, accs })
+        let mut distinct = Vec::with_capacity(self.methods.len());
+        for _ in &self.methods {
+            distinct.push(match r.u8()? {
+                0 => None,
+                _ => {
+                    let n = r.i64()?;
+                    let mut values = BTreeMap::new();
+                    for _ in 0..n {
+                        let v = r.bytes()?.to_vec();
+                        values.insert(v, r.i64()?);
+                    }
+                    Some(values)
+                }
+            });
+        }
+        Ok(Group {
+            rows,
+            accs,
+            distinct,
+        })
     }
 
     /// Builds output rows `(group key, result values)` with their weights.
@@ -333,18 +585,30 @@ impl AggregateOp {
             let array: ArrayRef = match m {
                 Method::Count | Method::IntSum { avg: false } => Arc::new(
                     vals.map(|v| match v {
-                        OutVal::Int(x) => x.and_then(|x| i64::try_from(x).ok()),
-                        _ => None,
+                        OutVal::Int(Some(x)) => i64::try_from(*x)
+                            .map(Some)
+                            .map_err(|_| DataflowError::user("22003", "bigint out of range")),
+                        _ => Ok(None),
                     })
-                    .collect::<Int64Array>(),
+                    .collect::<Result<Int64Array>>()?,
                 ),
-                Method::IntSum { avg: true } | Method::FloatSum { .. } => Arc::new(
-                    vals.map(|v| match v {
-                        OutVal::Float(x) => *x,
-                        _ => None,
-                    })
-                    .collect::<Float64Array>(),
-                ),
+                Method::Collect { string } => {
+                    let codec = self.value_codecs[c]
+                        .as_ref()
+                        .ok_or_else(|| DataflowError::Internal("missing value codec".into()))?;
+                    let sep = self.spec.calls[c].separator.as_str();
+                    let field = self.spec.output_schema.field(self.spec.group_count + c);
+                    collect_output(codec, vals, *string, sep, field.data_type())?
+                }
+                Method::IntSum { avg: true } | Method::FloatSum { .. } | Method::Moments { .. } => {
+                    Arc::new(
+                        vals.map(|v| match v {
+                            OutVal::Float(x) => *x,
+                            _ => None,
+                        })
+                        .collect::<Float64Array>(),
+                    )
+                }
                 Method::DecSum { avg, scale } => {
                     let scale = if *avg {
                         scale + AVG_DEC_EXTRA_SCALE
@@ -412,6 +676,228 @@ enum PreparedArg {
     Float(ArrayRef),
     Dec(ArrayRef),
     Ordered(ArrayRef, Rows),
+    Collect {
+        values: ArrayRef,
+        encoded: Rows,
+        order: Option<Rows>,
+        skip_nulls: bool,
+    },
+}
+
+/// Adds `w` copies of row `i`'s argument to an accumulator.
+fn accumulate(acc: &mut Acc, arg: &PreparedArg, i: usize, w: i64) -> Result<()> {
+    match (acc, arg) {
+        (Acc::Count(c), PreparedArg::Nulls(a)) => {
+            if a.is_valid(i) {
+                *c += w;
+            }
+        }
+        (Acc::Int { sum, n }, PreparedArg::Int(a)) => {
+            if a.is_valid(i) {
+                *sum = sum.saturating_add(
+                    i128::from(a.as_primitive::<Int64Type>().value(i)) * i128::from(w),
+                );
+                *n += w;
+            }
+        }
+        (Acc::Int { sum, n }, PreparedArg::Dec(a)) => {
+            if a.is_valid(i) {
+                let v = a
+                    .as_primitive::<arrow::datatypes::Decimal128Type>()
+                    .value(i);
+                *sum = sum.saturating_add(v.saturating_mul(i128::from(w)));
+                *n += w;
+            }
+        }
+        (Acc::Float { sum, n }, PreparedArg::Float(a)) => {
+            if a.is_valid(i) {
+                *sum += a.as_primitive::<Float64Type>().value(i) * w as f64;
+                *n += w;
+            }
+        }
+        (Acc::IntMoments { n, sum, sumsq }, PreparedArg::Int(a)) => {
+            if a.is_valid(i) {
+                let v = i128::from(a.as_primitive::<Int64Type>().value(i));
+                *n += w;
+                *sum = sum.saturating_add(v * i128::from(w));
+                *sumsq = sumsq.saturating_add(v.saturating_mul(v).saturating_mul(i128::from(w)));
+            }
+        }
+        (Acc::FloatMoments { n, sum, sumsq }, PreparedArg::Float(a)) => {
+            if a.is_valid(i) {
+                let v = a.as_primitive::<Float64Type>().value(i);
+                *n += w;
+                *sum += v * w as f64;
+                *sumsq += v * v * w as f64;
+            }
+        }
+        (Acc::Bools { trues, falses }, PreparedArg::Bool(a)) => {
+            if a.is_valid(i) {
+                if a.as_boolean().value(i) {
+                    *trues += w;
+                } else {
+                    *falses += w;
+                }
+            }
+        }
+        (Acc::Ordered(values), PreparedArg::Ordered(a, rows)) => {
+            if a.is_valid(i) {
+                add_count(values, rows.row(i).data(), w);
+            }
+        }
+        (
+            Acc::Collect(values),
+            PreparedArg::Collect {
+                values: a,
+                encoded,
+                order,
+                skip_nulls,
+            },
+        ) => {
+            if a.is_valid(i) || !skip_nulls {
+                let o = order
+                    .as_ref()
+                    .map(|o| o.row(i).data().to_vec())
+                    .unwrap_or_default();
+                let key = (o, encoded.row(i).data().to_vec());
+                let c = values.entry(key.clone()).or_insert(0);
+                *c += w;
+                if *c == 0 {
+                    values.remove(&key);
+                }
+            }
+        }
+        _ => {
+            return Err(DataflowError::Internal(
+                "accumulator/argument mismatch".into(),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// Adds `w` to the count of `value`, removing it at zero; returns the count before.
+fn add_count(values: &mut BTreeMap<Vec<u8>, i64>, value: &[u8], w: i64) -> i64 {
+    match values.get_mut(value) {
+        Some(c) => {
+            let before = *c;
+            *c += w;
+            if *c == 0 {
+                values.remove(value);
+            }
+            before
+        }
+        None => {
+            values.insert(value.to_vec(), w);
+            0
+        }
+    }
+}
+
+/// Variance (or its square root) from exact integer moments.
+fn moments_int(n: i64, sum: i128, sumsq: i128, sample: bool, sqrt: bool) -> Option<f64> {
+    let n128 = i128::from(n);
+    let denominator = if sample {
+        n128 * (n128 - 1)
+    } else {
+        n128 * n128
+    };
+    if n <= 0 || denominator <= 0 {
+        return None;
+    }
+    let var = match n128
+        .checked_mul(sumsq)
+        .and_then(|a| sum.checked_mul(sum).and_then(|b| a.checked_sub(b)))
+    {
+        Some(numerator) => numerator as f64 / denominator as f64,
+        None => moments_float(n, sum as f64, sumsq as f64, sample, false)?,
+    };
+    Some(if sqrt {
+        var.max(0.0).sqrt()
+    } else {
+        var.max(0.0)
+    })
+}
+
+/// Variance (or its square root) from floating-point moments.
+fn moments_float(n: i64, sum: f64, sumsq: f64, sample: bool, sqrt: bool) -> Option<f64> {
+    let nf = n as f64;
+    let denominator = if sample { nf * (nf - 1.0) } else { nf * nf };
+    if n <= 0 || denominator <= 0.0 {
+        return None;
+    }
+    let var = ((nf * sumsq - sum * sum) / denominator).max(0.0);
+    Some(if sqrt { var.sqrt() } else { var })
+}
+
+/// STRING_AGG / ARRAY_AGG results from the encoded values of each row.
+fn collect_output<'a>(
+    codec: &RowCodec,
+    vals: impl Iterator<Item = &'a OutVal>,
+    string: bool,
+    separator: &str,
+    out_type: &DataType,
+) -> Result<ArrayRef> {
+    let seqs: Vec<Option<&Vec<Vec<u8>>>> = vals
+        .map(|v| match v {
+            OutVal::Seq(s) => s.as_ref(),
+            _ => None,
+        })
+        .collect();
+    let all: Vec<&[u8]> = seqs
+        .iter()
+        .flatten()
+        .flat_map(|s| s.iter().map(Vec::as_slice))
+        .collect();
+    let values = if all.is_empty() {
+        arrow::array::new_empty_array(&codec.types()[0])
+    } else {
+        codec.decode(all)?.remove(0)
+    };
+    if string {
+        let text = cast(&values, &DataType::Utf8)?;
+        let text = text.as_string::<i32>();
+        let mut next = 0usize;
+        let mut out = arrow::array::StringBuilder::new();
+        for seq in &seqs {
+            match seq {
+                Some(s) => {
+                    let mut joined = String::new();
+                    for k in 0..s.len() {
+                        if k > 0 {
+                            joined.push_str(separator);
+                        }
+                        joined.push_str(text.value(next + k));
+                    }
+                    next += s.len();
+                    out.append_value(joined);
+                }
+                None => out.append_null(),
+            }
+        }
+        return Ok(Arc::new(out.finish()));
+    }
+    let field = match out_type {
+        DataType::List(f) => Arc::clone(f),
+        _ => Arc::new(arrow::datatypes::Field::new_list_field(
+            values.data_type().clone(),
+            true,
+        )),
+    };
+    let values = if values.data_type() == field.data_type() {
+        values
+    } else {
+        cast(&values, field.data_type())?
+    };
+    let lengths = seqs.iter().map(|s| s.map_or(0, |s| s.len()));
+    let nulls =
+        arrow::buffer::NullBuffer::from(seqs.iter().map(Option::is_some).collect::<Vec<_>>());
+    Ok(Arc::new(arrow::array::ListArray::try_new(
+        field,
+        arrow::buffer::OffsetBuffer::from_lengths(lengths),
+        values,
+        Some(nulls),
+    )?))
 }
 
 fn method_for(kind: AggKind, ty: &DataType) -> Result<Method> {
@@ -436,6 +922,21 @@ fn method_for(kind: AggKind, ty: &DataType) -> Result<Method> {
                 format!("function bool_and/bool_or({ty}) does not exist"),
             ))
         }
+        AggKind::VarSamp | AggKind::VarPop | AggKind::StddevSamp | AggKind::StddevPop => {
+            if !(numeric_int || float || matches!(ty, Decimal128(..) | Null)) {
+                return Err(DataflowError::user(
+                    "42883",
+                    format!("function {}({ty}) does not exist", kind.name()),
+                ));
+            }
+            Method::Moments {
+                int: numeric_int,
+                sample: matches!(kind, AggKind::VarSamp | AggKind::StddevSamp),
+                sqrt: matches!(kind, AggKind::StddevSamp | AggKind::StddevPop),
+            }
+        }
+        AggKind::StringAgg => Method::Collect { string: true },
+        AggKind::ArrayAgg => Method::Collect { string: false },
         AggKind::Sum | AggKind::Avg => {
             let avg = kind == AggKind::Avg;
             if numeric_int {
@@ -488,6 +989,7 @@ impl Operator for AggregateOp {
             Some(self.key_codec.encode(&cols)?)
         };
         let args = self.prepare_args(data)?;
+        let distinct = self.distinct_values(data)?;
         let filters: Vec<Option<arrow::array::BooleanArray>> = self
             .spec
             .calls
@@ -519,75 +1021,28 @@ impl Operator for AggregateOp {
                 .get_mut(key)
                 .ok_or_else(|| DataflowError::Internal("group vanished".into()))?;
             group.rows += w;
-            for ((acc, arg), filter) in group.accs.iter_mut().zip(&args).zip(&filters) {
+            for (c, ((acc, arg), filter)) in
+                group.accs.iter_mut().zip(&args).zip(&filters).enumerate()
+            {
                 if let Some(f) = filter {
                     if !f.is_valid(i) || !f.value(i) {
                         continue;
                     }
                 }
-                match (acc, arg) {
-                    (Acc::Count(c), PreparedArg::Nulls(a)) => {
-                        if a.is_valid(i) {
-                            *c += w;
+                let w = match (&mut group.distinct[c], &distinct[c]) {
+                    (Some(seen), Some(values)) => {
+                        // A DISTINCT call sees a value when it first appears and when
+                        // its last copy goes.
+                        let before = add_count(seen, values.row(i).data(), w);
+                        match (before > 0, before + w > 0) {
+                            (false, true) => 1,
+                            (true, false) => -1,
+                            _ => continue,
                         }
                     }
-                    (Acc::Int { sum, n }, PreparedArg::Int(a)) => {
-                        if a.is_valid(i) {
-                            *sum = sum.saturating_add(
-                                i128::from(a.as_primitive::<Int64Type>().value(i)) * i128::from(w),
-                            );
-                            *n += w;
-                        }
-                    }
-                    (Acc::Int { sum, n }, PreparedArg::Dec(a)) => {
-                        if a.is_valid(i) {
-                            let v = a
-                                .as_primitive::<arrow::datatypes::Decimal128Type>()
-                                .value(i);
-                            *sum = sum.saturating_add(v.saturating_mul(i128::from(w)));
-                            *n += w;
-                        }
-                    }
-                    (Acc::Float { sum, n }, PreparedArg::Float(a)) => {
-                        if a.is_valid(i) {
-                            *sum += a.as_primitive::<Float64Type>().value(i) * w as f64;
-                            *n += w;
-                        }
-                    }
-                    (Acc::Bools { trues, falses }, PreparedArg::Bool(a)) => {
-                        if a.is_valid(i) {
-                            if a.as_boolean().value(i) {
-                                *trues += w;
-                            } else {
-                                *falses += w;
-                            }
-                        }
-                    }
-                    (Acc::Ordered(values), PreparedArg::Ordered(a, rows)) => {
-                        if a.is_valid(i) {
-                            let v = rows.row(i);
-                            let bytes = v.data();
-                            let remove = match values.get_mut(bytes) {
-                                Some(c) => {
-                                    *c += w;
-                                    *c == 0
-                                }
-                                None => {
-                                    values.insert(bytes.to_vec(), w);
-                                    false
-                                }
-                            };
-                            if remove {
-                                values.remove(bytes);
-                            }
-                        }
-                    }
-                    _ => {
-                        return Err(DataflowError::Internal(
-                            "accumulator/argument mismatch".into(),
-                        ))
-                    }
-                }
+                    _ => w,
+                };
+                accumulate(acc, arg, i, w)?;
             }
         }
         Ok(())

@@ -80,6 +80,10 @@ pub struct JoinSpec {
     pub right_schema: SchemaRef,
     /// Left columns followed by right columns (semi/anti: the output side's columns).
     pub output_schema: SchemaRef,
+    /// A further condition on pairs with equal keys (`ON a.k = b.k AND a.v < b.v`), over
+    /// the left columns followed by the right columns. Inner joins filter their output
+    /// instead; for the other kinds the condition decides what counts as a match.
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
 }
 
 impl JoinSpec {
@@ -120,12 +124,45 @@ struct Side {
     rows: HashMap<Vec<u8>, HashMap<Vec<u8>, i64>>,
     /// Join key → total multiplicity of its rows.
     totals: HashMap<Vec<u8>, i64>,
+    /// With a join filter: join key → row → how many rows of the other side it matches.
+    matched: HashMap<Vec<u8>, HashMap<Vec<u8>, i64>>,
     dirty: HashSet<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Side {
     fn total(&self, key: &[u8]) -> i64 {
         self.totals.get(key).copied().unwrap_or(0)
+    }
+
+    fn matched_count(&self, key: &[u8], row: &[u8]) -> i64 {
+        self.matched
+            .get(key)
+            .and_then(|m| m.get(row))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Sets a stored row's match count; forgets it once the row is gone.
+    fn set_matched(&mut self, key: &[u8], row: &[u8], count: i64) {
+        let stored = self.rows.get(key).is_some_and(|b| b.contains_key(row));
+        if stored && count != 0 {
+            match self.matched.get_mut(key) {
+                Some(m) => {
+                    m.insert(row.to_vec(), count);
+                }
+                None => {
+                    self.matched
+                        .entry(key.to_vec())
+                        .or_default()
+                        .insert(row.to_vec(), count);
+                }
+            }
+        } else if let Some(m) = self.matched.get_mut(key) {
+            m.remove(row);
+            if m.is_empty() {
+                self.matched.remove(key);
+            }
+        }
     }
 
     /// Adds `w` copies of `row` at `key`; returns the key's total before the change.
@@ -178,11 +215,22 @@ pub struct JoinOp {
     row_codecs: [RowCodec; 2],
     tables: [StateTableId; 2],
     sides: [Side; 2],
+    /// With a join filter: left columns followed by right columns.
+    pair_schema: SchemaRef,
 }
 
 impl JoinOp {
     pub fn try_new(spec: JoinSpec, tables: [StateTableId; 2]) -> Result<Self> {
+        let pair_schema = Arc::new(arrow::datatypes::Schema::new(
+            spec.left_schema
+                .fields()
+                .iter()
+                .chain(spec.right_schema.fields().iter())
+                .cloned()
+                .collect::<Vec<_>>(),
+        ));
         Ok(Self {
+            pair_schema,
             key_codec: RowCodec::new(spec.key_types()?)?,
             row_codecs: [
                 RowCodec::for_schema(&spec.left_schema)?,
@@ -192,6 +240,198 @@ impl JoinOp {
             tables,
             sides: [Side::default(), Side::default()],
         })
+    }
+}
+
+impl JoinOp {
+    /// The join with a filter. Each stored row also keeps how many rows of the other side
+    /// it matches (equal key and the filter true), counted with multiplicity. A change is
+    /// tested against the other side's rows at its key only: it produces its pairs, its
+    /// own padded (or semi/anti) row while it has no match, and flips the padded (or
+    /// semi/anti) row of each other-side row whose match count crosses zero. Rows with a
+    /// NULL key never match and are handled as without a filter.
+    fn on_data_filtered(
+        &mut self,
+        port: usize,
+        batch: ChangeBatch,
+        out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
+        let data = batch.data();
+        let key_cols = self.spec.key_columns(port, data)?;
+        let keys = if self.key_codec.is_empty() {
+            None
+        } else {
+            Some(self.key_codec.encode(&key_cols)?)
+        };
+        let rows = self.row_codecs[port].encode(data.columns())?;
+        let weights = batch.weights().values();
+        let other_port = 1 - port;
+        let kind = self.spec.kind;
+        // Whether this side's rows come out alone while unmatched (padded or anti) or
+        // while matched (semi); the same for the other side's rows.
+        let alone = |side: usize| -> Option<bool> {
+            match kind.filtering() {
+                Some((s, want_match)) if s == side => Some(want_match),
+                Some(_) => None,
+                None => kind.pads(side).then_some(false),
+            }
+        };
+        let (mine_alone, other_alone) = (alone(port), alone(other_port));
+        let pairs_out = kind.filtering().is_none();
+
+        // Batch rows by key, in batch order.
+        let mut by_key: HashMap<&[u8], Vec<usize>> = HashMap::new();
+        let mut p = Pending::default();
+        for (i, &w) in weights.iter().enumerate() {
+            if w == 0 {
+                continue;
+            }
+            if !self.spec.nulls_equal && key_cols.iter().any(|c| c.is_null(i)) {
+                if mine_alone == Some(false) {
+                    p.batch_alone.0.push(i as u32);
+                    p.batch_alone.1.push(w);
+                }
+                continue;
+            }
+            let key: &[u8] = keys.as_ref().map(|k| k.row(i).data()).unwrap_or(&[]);
+            by_key.entry(key).or_default().push(i);
+        }
+        let mut flips: Vec<(Vec<u8>, i64)> = Vec::new();
+        let mut pairs: (Vec<u32>, Vec<Vec<u8>>, Vec<i64>) = Default::default();
+        for (key, idx) in by_key {
+            let others: Vec<(Vec<u8>, i64)> = self.sides[other_port]
+                .rows
+                .get(key)
+                .map(|m| m.iter().map(|(r, c)| (r.clone(), *c)).collect())
+                .unwrap_or_default();
+            let mask = if others.is_empty() {
+                Vec::new()
+            } else {
+                let mine = take_record_batch(
+                    data,
+                    &UInt32Array::from_iter_values(idx.iter().map(|i| *i as u32)),
+                )?;
+                let theirs =
+                    self.row_codecs[other_port].decode(others.iter().map(|(r, _)| r.as_slice()))?;
+                self.pair_mask(port, mine.columns(), &theirs)?
+            };
+            for (n, &i) in idx.iter().enumerate() {
+                let w = weights[i];
+                let row = rows.row(i).data();
+                let mut matches = 0i64;
+                for (o, (r, c)) in others.iter().enumerate() {
+                    if !mask.get(n * others.len() + o).copied().unwrap_or(false) {
+                        continue;
+                    }
+                    matches += c;
+                    if pairs_out {
+                        pairs.0.push(i as u32);
+                        pairs.1.push(r.clone());
+                        pairs.2.push(w * c);
+                    }
+                    let count = self.sides[other_port].matched_count(key, r);
+                    let after = count + w;
+                    self.sides[other_port].set_matched(key, r, after);
+                    if let Some(want_match) = other_alone {
+                        if (count > 0) != (after > 0) {
+                            // Gained a match: a semi row appears, a padded or anti row goes.
+                            let gained = after > 0;
+                            flips.push((r.clone(), if gained == want_match { *c } else { -c }));
+                        }
+                    }
+                }
+                if mine_alone.is_some_and(|want_match| (matches > 0) == want_match) {
+                    p.batch_alone.0.push(i as u32);
+                    p.batch_alone.1.push(w);
+                }
+                self.sides[port].add(key, row, w);
+                self.sides[port].set_matched(key, row, matches);
+            }
+        }
+        p.matched = (
+            pairs.0,
+            pairs.1.iter().map(Vec::as_slice).collect(),
+            pairs.2,
+        );
+        let (rows_alone, w_alone): (Vec<Vec<u8>>, Vec<i64>) = flips.into_iter().unzip();
+        p.stored_alone = (rows_alone, w_alone);
+        emit(&self.spec, &self.row_codecs, port, data, p, out)
+    }
+
+    /// The filter over every pair of `mine` (rows on `port`) × `theirs` (the other
+    /// side), mine-major: entry `n * theirs.len() + o` is pair (n, o).
+    fn pair_mask(&self, port: usize, mine: &[ArrayRef], theirs: &[ArrayRef]) -> Result<Vec<bool>> {
+        let filter = self
+            .spec
+            .filter
+            .as_ref()
+            .ok_or_else(|| DataflowError::Internal("filtered join without a filter".into()))?;
+        let (m, t) = (
+            mine.first().map_or(0, |c| c.len()),
+            theirs.first().map_or(0, |c| c.len()),
+        );
+        let n = m * t;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mi: UInt32Array = (0..n).map(|p| (p / t) as u32).collect();
+        let ti: UInt32Array = (0..n).map(|p| (p % t) as u32).collect();
+        let spread = |cols: &[ArrayRef], idx: &UInt32Array| -> Result<Vec<ArrayRef>> {
+            cols.iter()
+                .map(|c| Ok(arrow::compute::take(c, idx, None)?))
+                .collect()
+        };
+        let (left, right) = if port == 0 {
+            (spread(mine, &mi)?, spread(theirs, &ti)?)
+        } else {
+            (spread(theirs, &ti)?, spread(mine, &mi)?)
+        };
+        let pairs = RecordBatch::try_new(
+            Arc::clone(&self.pair_schema),
+            left.into_iter().chain(right).collect(),
+        )?;
+        let mask = filter.evaluate(&pairs)?.into_array(n)?;
+        let mask = mask
+            .as_any()
+            .downcast_ref::<arrow::array::BooleanArray>()
+            .ok_or_else(|| DataflowError::Internal("join filter is not boolean".into()))?;
+        Ok((0..n).map(|p| mask.is_valid(p) && mask.value(p)).collect())
+    }
+
+    /// After a restart: every stored row's match count, from the restored rows.
+    fn rebuild_match_counts(&mut self) -> Result<()> {
+        let keys: Vec<Vec<u8>> = self.sides[0].rows.keys().cloned().collect();
+        for key in keys {
+            let side_rows = |s: &Side| -> Vec<(Vec<u8>, i64)> {
+                s.rows
+                    .get(&key)
+                    .map(|m| m.iter().map(|(r, c)| (r.clone(), *c)).collect())
+                    .unwrap_or_default()
+            };
+            let (left, right) = (side_rows(&self.sides[0]), side_rows(&self.sides[1]));
+            let mask = if right.is_empty() {
+                Vec::new()
+            } else {
+                let l = self.row_codecs[0].decode(left.iter().map(|(r, _)| r.as_slice()))?;
+                let r = self.row_codecs[1].decode(right.iter().map(|(r, _)| r.as_slice()))?;
+                self.pair_mask(0, &l, &r)?
+            };
+            let mut right_counts = vec![0i64; right.len()];
+            for (n, (lrow, lc)) in left.iter().enumerate() {
+                let mut count = 0;
+                for (o, (_, rc)) in right.iter().enumerate() {
+                    if mask.get(n * right.len() + o).copied().unwrap_or(false) {
+                        count += rc;
+                        right_counts[o] += lc;
+                    }
+                }
+                self.sides[0].set_matched(&key, lrow, count);
+            }
+            for ((rrow, _), count) in right.iter().zip(right_counts) {
+                self.sides[1].set_matched(&key, rrow, count);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -290,6 +530,9 @@ impl Operator for JoinOp {
     ) -> Result<()> {
         if port > 1 {
             return Err(DataflowError::Internal(format!("join has no port {port}")));
+        }
+        if self.spec.filter.is_some() {
+            return self.on_data_filtered(port, batch, out);
         }
         let kind = self.spec.kind;
         let self_nulls_equal = self.spec.nulls_equal;
@@ -448,6 +691,10 @@ impl Operator for JoinOp {
                 .or_default()
                 .insert(row.to_vec(), count);
             *s.totals.entry(key.to_vec()).or_insert(0) += count;
+        }
+        // Match counts are not stored: once both sides are back, they are recomputed.
+        if side == 1 && self.spec.filter.is_some() {
+            self.rebuild_match_counts()?;
         }
         Ok(())
     }

@@ -1,8 +1,10 @@
 //! The operators.
 
 pub mod aggregate;
+pub mod connector;
 pub mod filter;
 pub mod join;
 pub mod materialize;
 pub mod project;
+pub mod topn;
 pub mod union;

@@ -1,6 +1,5 @@
 //! Union all: passes every input through under the output schema. Linear, stateless.
 
-
 use arrow::datatypes::SchemaRef;
 
 use crate::batch::{batch_with_schema, ChangeBatch};

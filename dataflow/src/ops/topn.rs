@@ -1,0 +1,269 @@
+//! Top-N per partition over a changelog: `ORDER BY ... LIMIT n OFFSET m`,
+//! `ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...) ... WHERE rn <= n` and
+//! `DISTINCT ON`.
+//!
+//! Each partition keeps all its rows ordered by `(order key, row)`: the order key is the
+//! row's ORDER BY values in Arrow's order-preserving encoding (with each column's
+//! direction and NULL placement), and the whole row breaks ties, so the order is total
+//! and the same on every worker and after a restart. When a partition is first touched
+//! in an epoch its current output is noted; at the barrier the new output is compared
+//! with it and only the difference is emitted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, UInt64Array};
+use arrow::compute::SortOptions;
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::physical_expr::PhysicalExpr;
+use sabot_storage::{StateTableId, StateWriter};
+
+use crate::batch::{batch_with_schema, ChangeBatch};
+use crate::codec::{join_prefixed, split_prefixed};
+use crate::error::{DataflowError, Result};
+use crate::operator::Operator;
+use crate::row::{Partitioner, RowCodec};
+
+/// The fixed settings of a top-N.
+#[derive(Debug, Clone)]
+pub struct TopNSpec {
+    /// Partition expressions over the input (none: one partition).
+    pub partition: Vec<Arc<dyn PhysicalExpr>>,
+    /// Order expressions over the input, with direction and NULL placement.
+    pub order: Vec<(Arc<dyn PhysicalExpr>, SortOptions)>,
+    /// Rows skipped at the start of each partition.
+    pub offset: usize,
+    /// Rows kept per partition after the offset.
+    pub limit: usize,
+    /// Whether the output has one more column: the row's 1-based position in its
+    /// partition (`ROW_NUMBER()`, UInt64).
+    pub row_number: bool,
+    pub input_schema: SchemaRef,
+    /// The input columns, then the row number if `row_number`.
+    pub output_schema: SchemaRef,
+}
+
+impl TopNSpec {
+    fn types(
+        exprs: impl Iterator<Item = Arc<dyn PhysicalExpr>>,
+        schema: &SchemaRef,
+    ) -> Result<Vec<DataType>> {
+        exprs.map(|e| Ok(e.data_type(schema)?)).collect()
+    }
+
+    /// Evaluates the partition columns of a batch.
+    pub fn partition_columns(&self, data: &RecordBatch) -> Result<Vec<ArrayRef>> {
+        self.partition
+            .iter()
+            .map(|e| Ok(e.evaluate(data)?.into_array(data.num_rows())?))
+            .collect()
+    }
+
+    fn order_columns(&self, data: &RecordBatch) -> Result<Vec<ArrayRef>> {
+        self.order
+            .iter()
+            .map(|(e, _)| Ok(e.evaluate(data)?.into_array(data.num_rows())?))
+            .collect()
+    }
+
+    /// The codec of the partition key.
+    pub fn partition_codec(&self) -> Result<RowCodec> {
+        RowCodec::new(Self::types(
+            self.partition.iter().cloned(),
+            &self.input_schema,
+        )?)
+    }
+}
+
+/// A partition's rows: (order key, row) → multiplicity.
+type Rows = BTreeMap<(Vec<u8>, Vec<u8>), i64>;
+
+/// A partition's output: (row, row number or 0) → multiplicity.
+type Output = HashMap<(Vec<u8>, u64), i64>;
+
+pub struct TopNOp {
+    spec: TopNSpec,
+    partition_codec: RowCodec,
+    order_codec: RowCodec,
+    row_codec: RowCodec,
+    table: StateTableId,
+    partitions: HashMap<Vec<u8>, Rows>,
+    /// Partitions touched this epoch → their output before the epoch.
+    before: HashMap<Vec<u8>, Output>,
+    /// (partition, order key, row) entries changed this epoch.
+    dirty: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+}
+
+impl TopNOp {
+    pub fn try_new(spec: TopNSpec, table: StateTableId) -> Result<Self> {
+        let order_types = TopNSpec::types(
+            spec.order.iter().map(|(e, _)| Arc::clone(e)),
+            &spec.input_schema,
+        )?;
+        let options = spec.order.iter().map(|(_, o)| *o).collect();
+        Ok(Self {
+            partition_codec: spec.partition_codec()?,
+            order_codec: RowCodec::with_options(order_types, options)?,
+            row_codec: RowCodec::for_schema(&spec.input_schema)?,
+            spec,
+            table,
+            partitions: HashMap::new(),
+            before: HashMap::new(),
+            dirty: Vec::new(),
+        })
+    }
+
+    /// The rows a partition outputs now, with their row numbers (0 without them).
+    fn output(&self, partition: &[u8]) -> Output {
+        let mut out = Output::new();
+        let Some(rows) = self.partitions.get(partition) else {
+            return out;
+        };
+        let end = self.spec.offset.saturating_add(self.spec.limit);
+        let mut position = 0usize;
+        for ((_, row), &count) in rows {
+            if position >= end {
+                break;
+            }
+            let count = usize::try_from(count).unwrap_or(0);
+            let first = position.max(self.spec.offset);
+            let last = (position + count).min(end);
+            if last > first {
+                if self.spec.row_number {
+                    for p in first..last {
+                        out.insert((row.clone(), p as u64 + 1), 1);
+                    }
+                } else {
+                    *out.entry((row.clone(), 0)).or_insert(0) += (last - first) as i64;
+                }
+            }
+            position += count;
+        }
+        out
+    }
+}
+
+impl Operator for TopNOp {
+    fn name(&self) -> &'static str {
+        "TopN"
+    }
+
+    fn on_data(
+        &mut self,
+        _port: usize,
+        batch: ChangeBatch,
+        _out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
+        let data = batch.data();
+        let partitions = if self.partition_codec.is_empty() {
+            None
+        } else {
+            Some(
+                self.partition_codec
+                    .encode(&self.spec.partition_columns(data)?)?,
+            )
+        };
+        let orders = self.order_codec.encode(&self.spec.order_columns(data)?)?;
+        let rows = self.row_codec.encode(data.columns())?;
+        for (i, &w) in batch.weights().values().iter().enumerate() {
+            if w == 0 {
+                continue;
+            }
+            let partition: &[u8] = partitions.as_ref().map(|p| p.row(i).data()).unwrap_or(&[]);
+            if !self.before.contains_key(partition) {
+                let output = self.output(partition);
+                self.before.insert(partition.to_vec(), output);
+            }
+            let entry = (orders.row(i).data().to_vec(), rows.row(i).data().to_vec());
+            let bucket = self.partitions.entry(partition.to_vec()).or_default();
+            let count = bucket.entry(entry.clone()).or_insert(0);
+            *count += w;
+            if *count == 0 {
+                bucket.remove(&entry);
+                if bucket.is_empty() {
+                    self.partitions.remove(partition);
+                }
+            }
+            self.dirty.push((partition.to_vec(), entry.0, entry.1));
+        }
+        Ok(())
+    }
+
+    fn on_barrier(
+        &mut self,
+        _epoch: u64,
+        state: &mut StateWriter,
+        out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
+        for (partition, order, row) in std::mem::take(&mut self.dirty) {
+            let key = join_prefixed(&partition, &join_prefixed(&order, &row));
+            let entry = (order, row);
+            match self.partitions.get(&partition).and_then(|p| p.get(&entry)) {
+                Some(c) if *c < 0 => {
+                    return Err(DataflowError::Internal(format!(
+                        "top-N row multiplicity would become {c}"
+                    )))
+                }
+                Some(c) => state.put(self.table, &key, &c.to_le_bytes()),
+                None => state.delete(self.table, &key),
+            }
+        }
+        let mut diff: Output = HashMap::new();
+        for (partition, before) in std::mem::take(&mut self.before) {
+            for (k, w) in before {
+                *diff.entry(k).or_insert(0) -= w;
+            }
+            for (k, w) in self.output(&partition) {
+                *diff.entry(k).or_insert(0) += w;
+            }
+        }
+        diff.retain(|_, w| *w != 0);
+        if diff.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(Vec<u8>, u64, i64)> =
+            diff.into_iter().map(|((r, n), w)| (r, n, w)).collect();
+        let mut columns = self
+            .row_codec
+            .decode(rows.iter().map(|(r, _, _)| r.as_slice()))?;
+        if self.spec.row_number {
+            columns.push(Arc::new(
+                rows.iter().map(|(_, n, _)| *n).collect::<UInt64Array>(),
+            ));
+        }
+        let data = batch_with_schema(&self.spec.output_schema, columns, rows.len())?;
+        out.push(ChangeBatch::try_new(
+            data,
+            rows.iter().map(|(_, _, w)| *w).collect::<Vec<i64>>().into(),
+        )?);
+        Ok(())
+    }
+
+    fn state_tables(&self) -> Vec<StateTableId> {
+        vec![self.table]
+    }
+
+    fn restore(
+        &mut self,
+        _table: StateTableId,
+        entries: &[(Vec<u8>, Vec<u8>)],
+        partitioner: Partitioner,
+    ) -> Result<()> {
+        for (k, v) in entries {
+            let (partition, rest) = split_prefixed(k)?;
+            if !partitioner.owns(partition) {
+                continue;
+            }
+            let (order, row) = split_prefixed(rest)?;
+            let bytes: [u8; 8] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| DataflowError::Corrupt("top-N row count is not 8 bytes".into()))?;
+            self.partitions
+                .entry(partition.to_vec())
+                .or_default()
+                .insert((order.to_vec(), row.to_vec()), i64::from_le_bytes(bytes));
+        }
+        Ok(())
+    }
+}
