@@ -15,11 +15,20 @@ use sqlparser::tokenizer::{Token, Tokenizer};
 
 pub use sqlparser;
 
+mod sink;
+mod source;
+pub use sink::CreateSink;
+pub use source::{CreateSource, Format};
+
 /// A statement Sabot knows how to run, in the shape the planner wants.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Statement {
     /// `CREATE TABLE name (...)`: a table that accepts DML.
     CreateTable(Box<ast::CreateTable>),
+    /// `CREATE SOURCE ... WITH (connector = ...)` or `CREATE TABLE ... WITH (connector = ...)`.
+    CreateSource(Box<CreateSource>),
+    /// `CREATE SINK name FROM view WITH (connector = ...) [FORMAT ... ENCODE ...]`.
+    CreateSink(Box<CreateSink>),
     /// `CREATE MATERIALIZED VIEW name AS query`.
     CreateMaterializedView {
         name: ast::ObjectName,
@@ -45,8 +54,12 @@ pub enum Statement {
     Flush,
     /// `SHOW TABLES`.
     ShowTables,
+    /// `SHOW SOURCES`.
+    ShowSources,
     /// `SHOW MATERIALIZED VIEWS`.
     ShowMaterializedViews,
+    /// `SHOW SINKS`.
+    ShowSinks,
     /// `SHOW name` / `SHOW ALL` for session settings.
     ShowVariable(String),
     /// `SET name = value` / `SET name TO value`.
@@ -68,6 +81,8 @@ pub enum Statement {
 pub enum ObjectKind {
     Table,
     MaterializedView,
+    Source,
+    Sink,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,12 +249,76 @@ fn leading_words(text: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Whether the statement's last words are `words` (upper-case, ignoring comments).
+fn ends_with_words(text: &str, words: &[&str]) -> bool {
+    let dialect = PostgreSqlDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, text).tokenize() else {
+        return false;
+    };
+    let tail: Vec<String> = tokens
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_) | Token::EOF))
+        .map(|t| match t {
+            Token::Word(w) if w.quote_style.is_none() => w.value.to_uppercase(),
+            other => other.to_string(),
+        })
+        .collect();
+    tail.len() >= words.len()
+        && tail[tail.len() - words.len()..]
+            .iter()
+            .zip(words)
+            .all(|(a, b)| a == b)
+}
+
 fn parse_one(text: &str) -> Result<Statement, SqlError> {
     let words = leading_words(text, 4);
     let w: Vec<&str> = words.iter().map(String::as_str).collect();
     match w.as_slice() {
         ["FLUSH"] => return Ok(Statement::Flush),
         ["SHOW", "TABLES"] => return Ok(Statement::ShowTables),
+        ["SHOW", "SOURCES"] => return Ok(Statement::ShowSources),
+        ["SHOW", "SINKS"] => return Ok(Statement::ShowSinks),
+        ["DROP", kw @ ("SOURCE" | "SINK"), ..] => {
+            // DROP SOURCE|SINK [IF EXISTS] a, b [CASCADE]: parsed as a DROP TABLE.
+            let kind = if *kw == "SOURCE" {
+                ObjectKind::Source
+            } else {
+                ObjectKind::Sink
+            };
+            let rest = text.trim_start()["DROP".len()..].trim_start();
+            let rest = &rest[kw.len()..];
+            return match parse_one(&format!("DROP TABLE {rest}"))? {
+                Statement::Drop {
+                    names,
+                    if_exists,
+                    cascade,
+                    ..
+                } => Ok(Statement::Drop {
+                    kind,
+                    names,
+                    if_exists,
+                    cascade,
+                }),
+                _ => Err(SqlError::Unsupported(format!("this DROP {kw}"))),
+            };
+        }
+        ["CREATE", "SINK", ..] => {
+            return Ok(Statement::CreateSink(Box::new(sink::parse_create_sink(
+                text,
+            )?)))
+        }
+        ["CREATE", "MATERIALIZED", "VIEW", ..]
+            if ends_with_words(text, &["EMIT", "ON", "WINDOW", "CLOSE"]) =>
+        {
+            return Err(SqlError::Unsupported(
+                "EMIT ON WINDOW CLOSE (it needs watermarks, which are not built yet; without it a windowed view updates as rows arrive)".into(),
+            ));
+        }
+        ["CREATE", "SOURCE" | "TABLE", ..] => {
+            if let Some(s) = source::parse_create_source(text)? {
+                return Ok(Statement::CreateSource(Box::new(s)));
+            }
+        }
         ["SHOW", "MATERIALIZED", "VIEWS"] => return Ok(Statement::ShowMaterializedViews),
         ["DESCRIBE" | "DESC", ..] => {
             let rest = text
