@@ -17,28 +17,40 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
+use arrow::array::{
+    Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use arrow::compute::{cast_with_options, CastOptions};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::util::display::FormatOptions;
+use datafusion::catalog::MemorySchemaProvider;
 use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use parking_lot::RwLock;
+use sabot_connectors::failpoint::crash_point;
+use sabot_connectors::sink::SinkWriter;
+use sabot_connectors::source_errors::SourceErrors;
+use sabot_dataflow::ops::connector::SourceFactory;
 use sabot_dataflow::{ChangeBatch, Dataflow, TableState};
 use sabot_sql::sqlparser::ast;
-use sabot_sql::{ObjectKind, Parsed, Statement, TransactionKind};
+use sabot_sql::{CreateSink, CreateSource, ObjectKind, Parsed, Statement, TransactionKind};
 use sabot_storage::{EpochBatch, StateTableId, StateWriter, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PlanError, Result};
+use crate::ingest::Ingest;
+use crate::sinks::sink_spec;
+use crate::sources::SourceDef;
 use crate::stream::StreamPlanner;
 use crate::types::{column_field, normalize_ident, normalize_name, sql_type_name};
 
 /// Rows per batch when a new view is backfilled from existing data.
 const BACKFILL_BATCH_ROWS: usize = 8192;
 const NEXT_STATE_TABLE: &str = "next_state_table";
+/// The schema of Sabot's system tables.
+const SYSTEM_SCHEMA: &str = "sabot_catalog";
 
 /// Settings fixed when the database opens.
 #[derive(Debug, Clone)]
@@ -69,6 +81,10 @@ pub enum Output {
 pub enum RelationKind {
     Table,
     MaterializedView,
+    /// A `CREATE SOURCE`: readable only through views.
+    Source,
+    /// A `CREATE SINK`: shares the namespace, never in a snapshot.
+    Sink,
 }
 
 /// One relation as of a committed epoch.
@@ -88,6 +104,8 @@ pub struct Relation {
 pub struct Snapshot {
     pub epoch: u64,
     pub relations: BTreeMap<String, Relation>,
+    /// Each source's log of skipped records (sources whose connector decodes input).
+    pub source_errors: BTreeMap<String, Arc<SourceErrors>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +113,56 @@ pub struct Snapshot {
 enum CatalogEntry {
     Table(TableMeta),
     View(ViewMeta),
+    Source(SourceMeta),
+    Sink(SinkMeta),
+}
+
+impl CatalogEntry {
+    fn order(&self) -> u64 {
+        match self {
+            CatalogEntry::Table(t) => t.order,
+            CatalogEntry::View(v) => v.order,
+            CatalogEntry::Source(s) => s.order,
+            CatalogEntry::Sink(s) => s.order,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SourceMeta {
+    name: String,
+    order: u64,
+    /// The `CREATE SOURCE` statement, re-parsed on recovery.
+    sql: String,
+    /// When it was created (ms since the epoch): fixed, so regenerated data is the same.
+    created_ms: i64,
+}
+
+struct SourceEntry {
+    def: Arc<SourceDef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SinkMeta {
+    name: String,
+    order: u64,
+    /// The `CREATE SINK` statement, re-parsed on recovery.
+    sql: String,
+    /// The relation whose changes it writes.
+    from: String,
+    /// Output committed with an epoch and not yet delivered (the Kafka sink's outbox),
+    /// keyed by the epoch (big-endian).
+    state_table: StateTableId,
+    /// Set when writing failed; the sink then stops.
+    error: Option<String>,
+}
+
+struct SinkEntry {
+    meta: SinkMeta,
+    writer: Box<dyn SinkWriter>,
+    target: String,
+    /// The relation's contents when the sink was created, written with its first epoch.
+    initial: Vec<ChangeBatch>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +172,9 @@ struct TableMeta {
     /// The `CREATE TABLE` statement, re-parsed on recovery.
     sql: String,
     state_table: StateTableId,
+    /// A connector table's split offsets (split index → next offset).
+    #[serde(default)]
+    offsets_table: Option<StateTableId>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,6 +191,8 @@ struct ViewMeta {
 struct TableEntry {
     meta: TableMeta,
     state: TableState,
+    /// For `CREATE TABLE ... WITH (connector = ...)`: where its rows come from.
+    ingest: Option<Ingest>,
 }
 
 struct ViewEntry {
@@ -130,8 +203,10 @@ struct ViewEntry {
 struct Inner {
     epoch: u64,
     tables: BTreeMap<String, TableEntry>,
+    sources: BTreeMap<String, SourceEntry>,
     /// In creation order, so a view comes after everything it reads.
     views: Vec<ViewEntry>,
+    sinks: BTreeMap<String, SinkEntry>,
     next_state_table: StateTableId,
     next_order: u64,
 }
@@ -140,14 +215,57 @@ impl Inner {
     fn exists(&self, name: &str) -> Option<RelationKind> {
         if self.tables.contains_key(name) {
             Some(RelationKind::Table)
+        } else if self.sources.contains_key(name) {
+            Some(RelationKind::Source)
         } else if self.views.iter().any(|v| v.meta.name == name) {
             Some(RelationKind::MaterializedView)
+        } else if self.sinks.contains_key(name) {
+            Some(RelationKind::Sink)
         } else {
             None
         }
     }
 
-    /// Views that read `name`, directly or through other views, in creation order.
+    /// Every source, as the stream planner reads them.
+    fn source_factories(&self) -> HashMap<String, Arc<dyn SourceFactory>> {
+        self.sources
+            .iter()
+            .map(|(n, s)| (n.clone(), Arc::clone(&s.def) as Arc<dyn SourceFactory>))
+            .collect()
+    }
+
+    /// The columns of a table or view.
+    fn columns(&self, name: &str) -> Result<SchemaRef> {
+        if let Some(t) = self.tables.get(name) {
+            return Ok(Arc::clone(t.state.schema()));
+        }
+        self.views
+            .iter()
+            .find(|v| v.meta.name == name)
+            .and_then(|v| {
+                v.dataflow
+                    .plan()
+                    .nodes
+                    .last()
+                    .map(|n| Arc::clone(&n.schema))
+            })
+            .ok_or_else(|| PlanError::Internal(format!("relation {name} has no columns")))
+    }
+
+    /// Whether `name`'s rows are only ever added: sources are, tables are not (they take
+    /// UPDATE and DELETE), views are when their plan is.
+    fn append_only(&self, name: &str) -> bool {
+        if self.sources.contains_key(name) {
+            return true;
+        }
+        match self.views.iter().find(|v| v.meta.name == name) {
+            Some(v) => v.dataflow.plan().append_only(&|r| self.append_only(r)),
+            None => false,
+        }
+    }
+
+    /// Views that read `name`, directly or through other views, in creation order, then
+    /// the sinks that write any of them.
     fn dependents(&self, name: &str) -> Vec<String> {
         let mut affected: HashSet<String> = HashSet::from([name.to_string()]);
         let mut out = Vec::new();
@@ -160,6 +278,11 @@ impl Inner {
             {
                 affected.insert(v.meta.name.clone());
                 out.push(v.meta.name.clone());
+            }
+        }
+        for s in self.sinks.values() {
+            if affected.contains(&s.meta.from) {
+                out.push(s.meta.name.clone());
             }
         }
         out
@@ -203,13 +326,16 @@ impl Database {
             inner: tokio::sync::Mutex::new(Inner {
                 epoch,
                 tables: BTreeMap::new(),
+                sources: BTreeMap::new(),
                 views: Vec::new(),
+                sinks: BTreeMap::new(),
                 next_state_table,
                 next_order: 0,
             }),
             snapshot: RwLock::new(Arc::new(Snapshot {
                 epoch,
                 relations: BTreeMap::new(),
+                source_errors: BTreeMap::new(),
             })),
         });
         db.recover().await?;
@@ -232,32 +358,70 @@ impl Database {
                 .map_err(|e| PlanError::Internal(format!("catalog entry {name}: {e}")))?;
             entries.push(e);
         }
-        entries.sort_by_key(|e| match e {
-            CatalogEntry::Table(t) => t.order,
-            CatalogEntry::View(v) => v.order,
-        });
+        entries.sort_by_key(CatalogEntry::order);
         let mut inner = self.inner.lock().await;
         let mut changed = HashSet::new();
         for entry in entries {
             match entry {
                 CatalogEntry::Table(meta) => {
                     let parsed = sabot_sql::parse(&meta.sql)?;
-                    let Some(Statement::CreateTable(ct)) =
-                        parsed.into_iter().next().map(|p| p.statement)
-                    else {
-                        return Err(PlanError::Internal(format!(
-                            "catalog entry of {} is not CREATE TABLE",
-                            meta.name
-                        )));
+                    let (ct, connector) = match parsed.into_iter().next().map(|p| p.statement) {
+                        Some(Statement::CreateTable(ct)) => (*ct, None),
+                        Some(Statement::CreateSource(cs)) if cs.is_table => {
+                            let table = (*cs.table).clone();
+                            (table, Some(cs))
+                        }
+                        _ => {
+                            return Err(PlanError::Internal(format!(
+                                "catalog entry of {} is not CREATE TABLE",
+                                meta.name
+                            )))
+                        }
                     };
                     let (schema, pk) = table_schema(&ct)?;
+                    let ingest = match (connector, meta.offsets_table) {
+                        (Some(cs), Some(offsets)) => {
+                            let mut ingest = Ingest::try_new(
+                                &cs.options,
+                                cs.format.as_ref(),
+                                Arc::clone(&schema),
+                                &pk,
+                                offsets,
+                            )?;
+                            ingest.restore(self.store.scan(offsets)?)?;
+                            Some(ingest)
+                        }
+                        _ => None,
+                    };
                     let mut state = TableState::try_new(&meta.name, schema, pk, meta.state_table)?;
                     state.restore(self.store.scan(meta.state_table)?)?;
                     inner.next_order = inner.next_order.max(meta.order + 1);
                     changed.insert(meta.name.clone());
+                    inner.tables.insert(
+                        meta.name.clone(),
+                        TableEntry {
+                            meta,
+                            state,
+                            ingest,
+                        },
+                    );
+                }
+                CatalogEntry::Source(meta) => {
+                    let parsed = sabot_sql::parse(&meta.sql)?;
+                    let Some(Statement::CreateSource(cs)) =
+                        parsed.into_iter().next().map(|p| p.statement)
+                    else {
+                        return Err(PlanError::Internal(format!(
+                            "catalog entry of {} is not CREATE SOURCE",
+                            meta.name
+                        )));
+                    };
+                    let def = source_def(&meta.name, &cs, meta.created_ms)?;
+                    inner.next_order = inner.next_order.max(meta.order + 1);
+                    changed.insert(meta.name.clone());
                     inner
-                        .tables
-                        .insert(meta.name.clone(), TableEntry { meta, state });
+                        .sources
+                        .insert(meta.name.clone(), SourceEntry { def: Arc::new(def) });
                 }
                 CatalogEntry::View(meta) => {
                     // Plan against the relations recovered so far (all it can read).
@@ -270,11 +434,55 @@ impl Database {
                             meta.name
                         )));
                     };
-                    let (mut dataflow, _) = self.plan_view(&q, meta.first_state_table).await?;
+                    let (mut dataflow, _) = self
+                        .plan_view(&q, meta.first_state_table, inner.source_factories())
+                        .await?;
                     dataflow.restore(&self.store)?;
                     inner.next_order = inner.next_order.max(meta.order + 1);
                     changed.insert(meta.name.clone());
                     inner.views.push(ViewEntry { meta, dataflow });
+                }
+                CatalogEntry::Sink(meta) => {
+                    let parsed = sabot_sql::parse(&meta.sql)?;
+                    let Some(Statement::CreateSink(cs)) =
+                        parsed.into_iter().next().map(|p| p.statement)
+                    else {
+                        return Err(PlanError::Internal(format!(
+                            "catalog entry of {} is not CREATE SINK",
+                            meta.name
+                        )));
+                    };
+                    let append_only = inner.append_only(&meta.from);
+                    let columns = inner.columns(&meta.from)?;
+                    let mut spec = sink_spec(&cs, append_only, &columns)?;
+                    let mut outbox = Vec::new();
+                    for (key, value) in self.store.scan(meta.state_table)? {
+                        let epoch =
+                            key.as_slice()
+                                .try_into()
+                                .map(u64::from_be_bytes)
+                                .map_err(|_| {
+                                    PlanError::Internal(format!(
+                                        "sink {}: bad outbox key",
+                                        meta.name
+                                    ))
+                                })?;
+                        outbox.push((epoch, value));
+                    }
+                    // Publish what committed epochs prepared, drop the rest.
+                    spec.writer
+                        .recover(inner.epoch, outbox)
+                        .map_err(|e| PlanError::user("58030", e.to_string()))?;
+                    inner.next_order = inner.next_order.max(meta.order + 1);
+                    inner.sinks.insert(
+                        meta.name.clone(),
+                        SinkEntry {
+                            meta,
+                            writer: spec.writer,
+                            target: spec.target,
+                            initial: Vec::new(),
+                        },
+                    );
                 }
             }
         }
@@ -293,11 +501,39 @@ impl Database {
     /// holds everything written, so it is returned as is.
     pub async fn checkpoint(&self) -> Result<u64> {
         let mut inner = self.inner.lock().await;
-        if !inner.tables.values().any(|t| t.state.has_pending()) {
+        let committed = inner.epoch;
+        for (name, sink) in inner.sinks.iter_mut() {
+            if sink.meta.error.is_none() && sink.writer.undelivered() {
+                if let Err(e) = sink.writer.commit(committed) {
+                    tracing::error!(sink = %name, error = %e, "sink stopped");
+                    sink.meta.error = Some(e.to_string());
+                }
+            }
+        }
+        let reading = inner
+            .views
+            .iter()
+            .any(|v| v.meta.error.is_none() && v.dataflow.sources_active())
+            || inner.tables.values().any(|t| t.ingest.is_some());
+        if !reading && !inner.tables.values().any(|t| t.state.has_pending()) {
             return Ok(inner.epoch);
         }
         let next = inner.epoch + 1;
         self.run_epoch(&mut inner, EpochBatch::new(next), HashSet::new(), &[])
+    }
+
+    /// Whether a view's source reader has more rows ready than the last epoch took: the
+    /// next epoch should follow right away rather than at the next tick.
+    pub async fn wants_more(&self) -> bool {
+        let inner = self.inner.lock().await;
+        inner
+            .views
+            .iter()
+            .any(|v| v.meta.error.is_none() && v.dataflow.wants_more())
+            || inner
+                .tables
+                .values()
+                .any(|t| t.ingest.as_ref().is_some_and(Ingest::wants_more))
     }
 
     /// Runs an epoch whose batch already holds `batch`'s catalog changes; `changed` names
@@ -313,6 +549,18 @@ impl Database {
         let epoch = batch.epoch();
         let mut deltas: HashMap<String, Vec<ChangeBatch>> = HashMap::new();
         for (name, t) in inner.tables.iter_mut() {
+            if let Some(ingest) = &mut t.ingest {
+                let mut offsets = StateWriter::default();
+                match ingest.poll(&mut t.state, &mut offsets) {
+                    Ok(()) => batch.append(offsets),
+                    Err(e) => {
+                        // Only internal failures get here (bad records are skipped); what
+                        // was applied stays, without the offsets, and reading stops.
+                        tracing::error!(table = %name, error = %e, "connector table stopped reading");
+                        t.ingest = None;
+                    }
+                }
+            }
             let pending = t.state.take_pending();
             if !pending.is_empty() {
                 deltas.insert(name.clone(), pending);
@@ -331,7 +579,8 @@ impl Database {
                 .plan()
                 .sources()
                 .iter()
-                .any(|s| deltas.contains_key(*s));
+                .any(|s| deltas.contains_key(*s))
+                || view.dataflow.sources_active();
             if !reads_changes {
                 continue;
             }
@@ -355,14 +604,76 @@ impl Database {
                 }
             }
         }
+        let prepared = Self::prepare_sinks(inner, epoch, &deltas, &mut batch)?;
+        if !prepared.is_empty() {
+            crash_point("sink-prepared");
+        }
         batch.put_meta(
             NEXT_STATE_TABLE,
             inner.next_state_table.to_le_bytes().to_vec(),
         );
         self.store.commit(batch)?;
         inner.epoch = epoch;
+        if !prepared.is_empty() {
+            crash_point("sink-committed");
+        }
+        for name in prepared {
+            if let Some(sink) = inner.sinks.get_mut(&name) {
+                if let Err(e) = sink.writer.commit(epoch) {
+                    // The output stays prepared; recovery publishes it.
+                    tracing::error!(sink = %name, error = %e, "sink stopped");
+                    sink.meta.error = Some(e.to_string());
+                }
+            }
+        }
         self.publish(inner, &changed, removed)?;
         Ok(epoch)
+    }
+
+    /// Writes each sink's changes of this epoch, not yet visible (see
+    /// [`sabot_connectors::sink`]); returns the sinks that wrote something. A sink that
+    /// fails stops, its error kept in the catalog with this epoch.
+    fn prepare_sinks(
+        inner: &mut Inner,
+        epoch: u64,
+        deltas: &HashMap<String, Vec<ChangeBatch>>,
+        batch: &mut EpochBatch,
+    ) -> Result<Vec<String>> {
+        let mut prepared = Vec::new();
+        for (name, sink) in inner.sinks.iter_mut() {
+            if sink.meta.error.is_some() {
+                continue;
+            }
+            let mut outbox = StateWriter::default();
+            for done in sink.writer.delivered() {
+                outbox.delete(sink.meta.state_table, &done.to_be_bytes());
+            }
+            let initial = std::mem::take(&mut sink.initial);
+            let changes: Vec<(RecordBatch, Int64Array)> = initial
+                .iter()
+                .chain(deltas.get(&sink.meta.from).into_iter().flatten())
+                .map(|c| (c.data().clone(), c.weights().clone()))
+                .collect();
+            if changes.is_empty() {
+                batch.append(outbox);
+                continue;
+            }
+            match sink.writer.prepare(epoch, &changes) {
+                Ok(entry) => {
+                    if let Some(entry) = entry {
+                        outbox.put(sink.meta.state_table, &epoch.to_be_bytes(), &entry);
+                    }
+                    batch.append(outbox);
+                    prepared.push(name.clone());
+                }
+                Err(e) => {
+                    tracing::error!(sink = %name, error = %e, "sink stopped");
+                    sink.meta.error = Some(e.to_string());
+                    batch.put_catalog(name, catalog_bytes(&CatalogEntry::Sink(sink.meta.clone()))?);
+                }
+            }
+        }
+        Ok(prepared)
     }
 
     /// Swaps in a snapshot with `changed` relations rebuilt and `removed` ones gone.
@@ -390,6 +701,18 @@ impl Database {
                         error: None,
                     },
                 );
+            } else if let Some(src) = inner.sources.get(name) {
+                let schema = src.def.schema();
+                relations.insert(
+                    name.clone(),
+                    Relation {
+                        kind: RelationKind::Source,
+                        data: RecordBatch::new_empty(Arc::clone(&schema)),
+                        schema,
+                        primary_key: Vec::new(),
+                        error: None,
+                    },
+                );
             } else if let Some(v) = inner.views.iter().find(|v| &v.meta.name == name) {
                 let data = v.dataflow.snapshot()?;
                 relations.insert(
@@ -404,9 +727,21 @@ impl Database {
                 );
             }
         }
+        let source_errors = inner
+            .sources
+            .iter()
+            .filter_map(|(n, s)| s.def.errors().map(|e| (n.clone(), e)))
+            .chain(
+                inner
+                    .tables
+                    .iter()
+                    .filter_map(|(n, t)| t.ingest.as_ref().map(|i| (n.clone(), i.errors()))),
+            )
+            .collect();
         *self.snapshot.write() = Arc::new(Snapshot {
             epoch: inner.epoch,
             relations,
+            source_errors,
         });
         Ok(())
     }
@@ -421,6 +756,13 @@ impl Database {
             .with_target_partitions(self.config.workers.max(1))
             .with_information_schema(true);
         let ctx = SessionContext::new_with_config(config);
+        // PostgreSQL's name for the sample variance.
+        ctx.register_udaf(
+            datafusion::functions_aggregate::variance::var_samp_udaf()
+                .as_ref()
+                .clone()
+                .with_aliases(["variance"]),
+        );
         for (name, rel) in &snapshot.relations {
             let data = match &overlay {
                 Some((n, b)) if *n == name => b.clone(),
@@ -437,16 +779,33 @@ impl Database {
         ctx: &SessionContext,
         query: &ast::Query,
     ) -> Result<datafusion::logical_expr::LogicalPlan> {
-        let stmt = DfStatement::Statement(Box::new(ast::Statement::Query(Box::new(query.clone()))));
+        let mut query = query.clone();
+        crate::windows::rewrite_windows(&mut query)?;
+        let stmt = DfStatement::Statement(Box::new(ast::Statement::Query(Box::new(query))));
         Ok(ctx.state().statement_to_plan(stmt).await?)
+    }
+
+    /// A context for reads: [`Database::context`] plus the `sabot_catalog` system tables.
+    fn read_context(&self, snapshot: &Snapshot) -> Result<SessionContext> {
+        let ctx = self.context(snapshot, None)?;
+        let catalog = ctx
+            .catalog("datafusion")
+            .ok_or_else(|| PlanError::Internal("no default catalog".into()))?;
+        catalog.register_schema(SYSTEM_SCHEMA, Arc::new(MemorySchemaProvider::new()))?;
+        let errors = source_errors_batch(snapshot)?;
+        ctx.register_table(
+            TableReference::partial(SYSTEM_SCHEMA, "source_errors"),
+            Arc::new(MemTable::try_new(errors.schema(), vec![vec![errors]])?),
+        )?;
+        Ok(ctx)
     }
 
     /// Runs a read-only query against the last committed epoch.
     pub async fn query(&self, query: &ast::Query) -> Result<Output> {
         let snapshot = self.snapshot();
-        let ctx = self.context(&snapshot, None)?;
+        let ctx = self.read_context(&snapshot)?;
         let plan = self.logical_plan(&ctx, query).await?;
-        check_view_errors(&snapshot, &plan)?;
+        check_readable(&snapshot, &plan)?;
         let df = ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
@@ -460,7 +819,7 @@ impl Database {
         query: &ast::Query,
     ) -> Result<(SchemaRef, HashMap<String, Option<DataType>>)> {
         let snapshot = self.snapshot();
-        let ctx = self.context(&snapshot, None)?;
+        let ctx = self.read_context(&snapshot)?;
         let plan = self.logical_plan(&ctx, query).await?;
         let params = plan.get_parameter_types()?;
         Ok((Arc::new(plan.schema().as_arrow().clone()), params))
@@ -472,13 +831,25 @@ impl Database {
         &self,
         query: &ast::Query,
         first_table: StateTableId,
+        sources: HashMap<String, Arc<dyn SourceFactory>>,
     ) -> Result<(Dataflow, StateTableId)> {
         let snapshot = self.snapshot();
         let ctx = self.context(&snapshot, None)?;
         let plan = self.logical_plan(&ctx, query).await?;
-        let state = ctx.state();
+        // DISTINCT ON is planned as a top-N per group, so it must reach the stream
+        // planner as such rather than rewritten into FIRST_VALUE aggregates.
+        let base = ctx.state();
+        let rules = base
+            .optimizers()
+            .iter()
+            .filter(|r| r.name() != "replace_distinct_aggregate")
+            .cloned()
+            .collect();
+        let state = datafusion::execution::SessionStateBuilder::new_from_existing(base)
+            .with_optimizer_rules(rules)
+            .build();
         let optimized = state.optimize(&plan)?;
-        let (stream, next) = StreamPlanner::new(&state, first_table).plan(&optimized)?;
+        let (stream, next) = StreamPlanner::new(&state, first_table, sources).plan(&optimized)?;
         Ok((Dataflow::try_new(stream, self.config.workers)?, next))
     }
 
@@ -487,6 +858,8 @@ impl Database {
         match &parsed.statement {
             Statement::Query(q) => self.query(q).await,
             Statement::CreateTable(ct) => self.create_table(ct, &parsed.text).await,
+            Statement::CreateSource(cs) => self.create_source(cs, &parsed.text).await,
+            Statement::CreateSink(cs) => self.create_sink(cs, &parsed.text).await,
             Statement::CreateMaterializedView {
                 name,
                 if_not_exists,
@@ -510,7 +883,9 @@ impl Database {
                 Ok(command("FLUSH"))
             }
             Statement::ShowTables => Ok(self.show(RelationKind::Table)),
+            Statement::ShowSources => Ok(self.show(RelationKind::Source)),
             Statement::ShowMaterializedViews => Ok(self.show(RelationKind::MaterializedView)),
+            Statement::ShowSinks => self.show_sinks().await,
             Statement::Describe(name) => self.describe(name),
             Statement::Explain(inner) => self.explain(inner).await,
             Statement::Transaction(kind) => Ok(command(match kind {
@@ -527,27 +902,224 @@ impl Database {
     async fn create_table(&self, ct: &ast::CreateTable, sql: &str) -> Result<Output> {
         let name = normalize_name(&ct.name)?;
         let (schema, pk) = table_schema(ct)?;
+        self.add_table(name, ct.if_not_exists, sql, schema, pk, None)
+            .await
+    }
+
+    /// Registers a new table, fed by `connector` when it has one, and commits it.
+    async fn add_table(
+        &self,
+        name: String,
+        if_not_exists: bool,
+        sql: &str,
+        schema: SchemaRef,
+        pk: Vec<usize>,
+        connector: Option<&CreateSource>,
+    ) -> Result<Output> {
         let mut inner = self.inner.lock().await;
         if let Some(kind) = inner.exists(&name) {
-            return already_exists(&name, kind, ct.if_not_exists, "CREATE TABLE");
+            return already_exists(&name, kind, if_not_exists, "CREATE TABLE");
         }
         let state_table = inner.next_state_table;
+        // A connector table keeps its splits' offsets in the next state table.
+        let offsets_table = connector.map(|_| state_table + 1);
+        let ingest = match (connector, offsets_table) {
+            (Some(cs), Some(offsets)) => Some(Ingest::try_new(
+                &cs.options,
+                cs.format.as_ref(),
+                Arc::clone(&schema),
+                &pk,
+                offsets,
+            )?),
+            _ => None,
+        };
         let state = TableState::try_new(&name, schema, pk, state_table)?;
         let meta = TableMeta {
             name: name.clone(),
             order: inner.next_order,
             sql: sql.to_string(),
             state_table,
+            offsets_table,
         };
         let mut batch = EpochBatch::new(inner.epoch + 1);
         batch.put_catalog(&name, catalog_bytes(&CatalogEntry::Table(meta.clone()))?);
-        inner.next_state_table += 1;
+        inner.next_state_table += if ingest.is_some() { 2 } else { 1 };
         inner.next_order += 1;
-        inner
-            .tables
-            .insert(name.clone(), TableEntry { meta, state });
+        inner.tables.insert(
+            name.clone(),
+            TableEntry {
+                meta,
+                state,
+                ingest,
+            },
+        );
         self.run_epoch(&mut inner, batch, HashSet::from([name]), &[])?;
         Ok(command("CREATE TABLE"))
+    }
+
+    /// `CREATE TABLE ... WITH (connector = ...)`: a table whose rows come from a
+    /// connector (see [`crate::ingest`]).
+    async fn create_connector_table(&self, cs: &CreateSource, sql: &str) -> Result<Output> {
+        if cs.watermark.is_some() {
+            return Err(PlanError::user(
+                "0A000",
+                "WATERMARK FOR is not supported yet (event time and windows are the next step)",
+            ));
+        }
+        if !cs.include.is_empty() {
+            return Err(PlanError::user(
+                "0A000",
+                "INCLUDE is not supported for tables yet (it is for kafka sources)",
+            ));
+        }
+        let name = normalize_name(&cs.table.name)?;
+        let (schema, pk) = table_schema(&cs.table)?;
+        self.add_table(name, cs.table.if_not_exists, sql, schema, pk, Some(cs))
+            .await
+    }
+
+    async fn create_source(&self, cs: &CreateSource, sql: &str) -> Result<Output> {
+        if cs.is_table {
+            return self.create_connector_table(cs, sql).await;
+        }
+        let name = normalize_name(&cs.table.name)?;
+        let created_ms = chrono::Utc::now().timestamp_millis();
+        let def = source_def(&name, cs, created_ms)?;
+        let mut inner = self.inner.lock().await;
+        if let Some(kind) = inner.exists(&name) {
+            return already_exists(&name, kind, cs.table.if_not_exists, "CREATE SOURCE");
+        }
+        let meta = SourceMeta {
+            name: name.clone(),
+            order: inner.next_order,
+            sql: sql.to_string(),
+            created_ms,
+        };
+        let mut batch = EpochBatch::new(inner.epoch + 1);
+        batch.put_catalog(&name, catalog_bytes(&CatalogEntry::Source(meta.clone()))?);
+        inner.next_order += 1;
+        inner
+            .sources
+            .insert(name.clone(), SourceEntry { def: Arc::new(def) });
+        self.run_epoch(&mut inner, batch, HashSet::from([name]), &[])?;
+        Ok(command("CREATE SOURCE"))
+    }
+
+    async fn create_sink(&self, cs: &CreateSink, sql: &str) -> Result<Output> {
+        let name = normalize_name(&cs.name)?;
+        let from = normalize_name(&cs.from)?;
+        let mut inner = self.inner.lock().await;
+        if let Some(kind) = inner.exists(&name) {
+            return already_exists(&name, kind, cs.if_not_exists, "CREATE SINK");
+        }
+        match inner.exists(&from) {
+            Some(RelationKind::MaterializedView | RelationKind::Table) => {}
+            Some(RelationKind::Source) => {
+                return Err(PlanError::user(
+                    "42809",
+                    format!(
+                        "\"{from}\" is a source; create a materialized view over it and sink that"
+                    ),
+                ))
+            }
+            Some(RelationKind::Sink) => {
+                return Err(PlanError::user("42809", format!("\"{from}\" is a sink")))
+            }
+            None => {
+                return Err(PlanError::user(
+                    "42P01",
+                    format!("relation \"{from}\" does not exist"),
+                ))
+            }
+        }
+        let columns = inner.columns(&from)?;
+        let mut spec = sink_spec(cs, inner.append_only(&from), &columns)?;
+        if let Some(other) = inner.sinks.values().find(|s| s.target == spec.target) {
+            return Err(PlanError::user(
+                "42710",
+                format!(
+                    "sink \"{}\" already writes to {}",
+                    other.meta.name, spec.target
+                ),
+            ));
+        }
+        // Commit pending changes first: the sink starts with the relation's contents as of
+        // a committed epoch and every later change reaches it through the changelog.
+        let next = inner.epoch + 1;
+        self.run_epoch(&mut inner, EpochBatch::new(next), HashSet::new(), &[])?;
+        let snapshot = self.snapshot();
+        let rel = snapshot
+            .relations
+            .get(&from)
+            .ok_or_else(|| PlanError::Internal(format!("relation {from} vanished")))?;
+        if let Some(err) = &rel.error {
+            return Err(PlanError::user(
+                "55000",
+                format!("materialized view \"{from}\" has stopped updating: {err}"),
+            ));
+        }
+        spec.writer
+            .recover(0, Vec::new())
+            .map_err(|e| PlanError::user("58030", e.to_string()))?;
+        let mut initial = Vec::new();
+        let mut offset = 0;
+        while offset < rel.data.num_rows() {
+            let len = BACKFILL_BATCH_ROWS.min(rel.data.num_rows() - offset);
+            initial.push(ChangeBatch::inserts(rel.data.slice(offset, len)));
+            offset += len;
+        }
+        let meta = SinkMeta {
+            name: name.clone(),
+            order: inner.next_order,
+            sql: sql.to_string(),
+            from,
+            state_table: inner.next_state_table,
+            error: None,
+        };
+        let mut batch = EpochBatch::new(inner.epoch + 1);
+        batch.put_catalog(&name, catalog_bytes(&CatalogEntry::Sink(meta.clone()))?);
+        inner.next_state_table += 1;
+        inner.next_order += 1;
+        inner.sinks.insert(
+            name,
+            SinkEntry {
+                meta,
+                writer: spec.writer,
+                target: spec.target,
+                initial,
+            },
+        );
+        self.run_epoch(&mut inner, batch, HashSet::new(), &[])?;
+        Ok(command("CREATE SINK"))
+    }
+
+    async fn show_sinks(&self) -> Result<Output> {
+        let inner = self.inner.lock().await;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("Name", DataType::Utf8, false),
+            Field::new("From", DataType::Utf8, false),
+            Field::new("Target", DataType::Utf8, false),
+            Field::new("Error", DataType::Utf8, true),
+        ]));
+        let sinks: Vec<&SinkEntry> = inner.sinks.values().collect();
+        let column = |f: &dyn Fn(&SinkEntry) -> Option<String>| -> ArrayRef {
+            Arc::new(StringArray::from(
+                sinks.iter().map(|s| f(s)).collect::<Vec<Option<String>>>(),
+            ))
+        };
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                column(&|s| Some(s.meta.name.clone())),
+                column(&|s| Some(s.meta.from.clone())),
+                column(&|s| Some(s.target.clone())),
+                column(&|s| s.meta.error.clone()),
+            ],
+        )?;
+        Ok(Output::Rows {
+            schema,
+            batches: vec![batch],
+        })
     }
 
     async fn create_view(
@@ -567,10 +1139,16 @@ impl Database {
         let next = inner.epoch + 1;
         self.run_epoch(&mut inner, EpochBatch::new(next), HashSet::new(), &[])?;
         let first = inner.next_state_table;
-        let (mut dataflow, next) = self.plan_view(query, first).await?;
+        let (mut dataflow, next) = self
+            .plan_view(query, first, inner.source_factories())
+            .await?;
         let snapshot = self.snapshot();
         let mut deltas: HashMap<String, Vec<ChangeBatch>> = HashMap::new();
         for source in dataflow.plan().sources() {
+            if inner.sources.contains_key(source) {
+                // A source is read by the view itself, from its start.
+                continue;
+            }
             let rel = snapshot
                 .relations
                 .get(source)
@@ -623,6 +1201,8 @@ impl Database {
                 "materialized view",
                 "DROP MATERIALIZED VIEW",
             ),
+            ObjectKind::Source => (RelationKind::Source, "source", "DROP SOURCE"),
+            ObjectKind::Sink => (RelationKind::Sink, "sink", "DROP SINK"),
         };
         let mut to_drop: Vec<String> = Vec::new();
         for n in names {
@@ -648,8 +1228,15 @@ impl Database {
                 return Err(PlanError::user(
                     "2BP01",
                     format!(
-                        "cannot drop {what} {name} because other objects depend on it (materialized view {}); use DROP ... CASCADE to drop them too",
-                        deps.join(", ")
+                        "cannot drop {what} {name} because other objects depend on it ({}); use DROP ... CASCADE to drop them too",
+                        deps.iter()
+                            .map(|d| if inner.sinks.contains_key(d) {
+                                format!("sink {d}")
+                            } else {
+                                format!("materialized view {d}")
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }
@@ -670,6 +1257,14 @@ impl Database {
             batch.delete_catalog(name);
             if let Some(t) = inner.tables.remove(name) {
                 batch.drop_state_table(t.meta.state_table);
+                if let Some(offsets) = t.meta.offsets_table {
+                    batch.drop_state_table(offsets);
+                }
+            } else if let Some(sink) = inner.sinks.remove(name) {
+                // What it wrote stays where it wrote it; undelivered output is dropped.
+                batch.drop_state_table(sink.meta.state_table);
+            } else if inner.sources.remove(name).is_some() {
+                // A source keeps no state of its own: its readers live in the views.
             } else if let Some(pos) = inner.views.iter().position(|v| &v.meta.name == name) {
                 let v = inner.views.remove(pos);
                 for table in v.dataflow.plan().state_tables() {
@@ -685,10 +1280,29 @@ impl Database {
     fn dml_target(inner: &Inner, name: &ast::ObjectName) -> Result<String> {
         let name = normalize_name(name)?;
         match inner.exists(&name) {
+            Some(RelationKind::Table)
+                if inner
+                    .tables
+                    .get(&name)
+                    .is_some_and(|t| t.meta.offsets_table.is_some()) =>
+            {
+                Err(PlanError::user(
+                    "42809",
+                    format!("cannot change table \"{name}\": its rows come from its connector"),
+                ))
+            }
             Some(RelationKind::Table) => Ok(name),
             Some(RelationKind::MaterializedView) => Err(PlanError::user(
                 "42809",
                 format!("cannot change materialized view \"{name}\": write to the tables it reads"),
+            )),
+            Some(RelationKind::Source) => Err(PlanError::user(
+                "42809",
+                format!("cannot change source \"{name}\": its rows come from its connector"),
+            )),
+            Some(RelationKind::Sink) => Err(PlanError::user(
+                "42809",
+                format!("cannot change sink \"{name}\": it writes out a view's changes"),
             )),
             None => Err(PlanError::user(
                 "42P01",
@@ -1040,13 +1654,16 @@ impl Database {
     async fn explain(&self, stmt: &Statement) -> Result<Output> {
         let text = match stmt {
             Statement::CreateMaterializedView { query, .. } => {
-                let first = self.inner.lock().await.next_state_table;
-                let (dataflow, _) = self.plan_view(query, first).await?;
+                let (first, sources) = {
+                    let inner = self.inner.lock().await;
+                    (inner.next_state_table, inner.source_factories())
+                };
+                let (dataflow, _) = self.plan_view(query, first, sources).await?;
                 dataflow.plan().explain(self.config.workers)
             }
             Statement::Query(q) => {
                 let snapshot = self.snapshot();
-                let ctx = self.context(&snapshot, None)?;
+                let ctx = self.read_context(&snapshot)?;
                 let plan = self.logical_plan(&ctx, q).await?;
                 let optimized = ctx.state().optimize(&plan)?;
                 format!("{}", optimized.display_indent())
@@ -1091,6 +1708,8 @@ fn already_exists(
     let what = match kind {
         RelationKind::Table => "table",
         RelationKind::MaterializedView => "materialized view",
+        RelationKind::Source => "source",
+        RelationKind::Sink => "sink",
     };
     if if_not_exists {
         return Ok(Output::Notice {
@@ -1113,6 +1732,117 @@ fn quote_ident(s: &str) -> String {
 }
 
 /// The schema and primary key columns of a `CREATE TABLE`.
+/// The definition of a source from its statement.
+fn source_def(name: &str, cs: &CreateSource, created_ms: i64) -> Result<SourceDef> {
+    if cs.watermark.is_some() {
+        return Err(PlanError::user(
+            "0A000",
+            "WATERMARK FOR is not supported yet (event time and windows are the next step)",
+        ));
+    }
+    let declared = if cs.table.columns.is_empty() {
+        Arc::new(Schema::empty())
+    } else {
+        let (schema, pk) = table_schema(&cs.table)?;
+        if !pk.is_empty() {
+            return Err(PlanError::user(
+                "0A000",
+                "a source has no primary key (it is an append-only stream); use a materialized view to key it",
+            ));
+        }
+        schema
+    };
+    SourceDef::try_new(
+        name,
+        &cs.options,
+        cs.format.as_ref(),
+        &cs.include,
+        declared,
+        created_ms,
+    )
+}
+
+/// `sabot_catalog.source_errors`: the records each source skipped as malformed, the
+/// most recent ones per source (see [`SourceErrors`]).
+fn source_errors_batch(snapshot: &Snapshot) -> Result<RecordBatch> {
+    let mut source = Vec::new();
+    let mut at = Vec::new();
+    let mut split = Vec::new();
+    let mut offset = Vec::new();
+    let mut error = Vec::new();
+    let mut payload = Vec::new();
+    for (name, log) in &snapshot.source_errors {
+        for e in log.entries() {
+            source.push(name.clone());
+            at.push(e.at_ms.saturating_mul(1000));
+            split.push(e.split);
+            offset.push(i64::try_from(e.offset).unwrap_or(i64::MAX));
+            error.push(e.error);
+            payload.push(e.payload);
+        }
+    }
+    let utc: Arc<str> = Arc::from("+00:00");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("source", DataType::Utf8, false),
+        Field::new(
+            "at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::clone(&utc))),
+            false,
+        ),
+        Field::new("split", DataType::Utf8, false),
+        Field::new("record_offset", DataType::Int64, false),
+        Field::new("error", DataType::Utf8, false),
+        Field::new("payload", DataType::Utf8, false),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(source)),
+            Arc::new(TimestampMicrosecondArray::from(at).with_timezone(utc)),
+            Arc::new(StringArray::from(split)),
+            Arc::new(Int64Array::from(offset)),
+            Arc::new(StringArray::from(error)),
+            Arc::new(StringArray::from(payload)),
+        ],
+    )?)
+}
+
+/// Refuses a read of a source (its rows exist only inside the views that read it) and
+/// of a view that stopped updating (naming the failure).
+fn check_readable(snapshot: &Snapshot, plan: &datafusion::logical_expr::LogicalPlan) -> Result<()> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let mut problem = None;
+    plan.apply_with_subqueries(|p| {
+        if let datafusion::logical_expr::LogicalPlan::TableScan(scan) = p {
+            if scan.table_name.schema() == Some(SYSTEM_SCHEMA) {
+                return Ok(TreeNodeRecursion::Continue);
+            }
+            let name = scan.table_name.table();
+            let Some(rel) = snapshot.relations.get(name) else {
+                return Ok(TreeNodeRecursion::Continue);
+            };
+            if rel.kind == RelationKind::Source {
+                problem = Some(PlanError::user(
+                    "0A000",
+                    format!(
+                        "source \"{name}\" cannot be queried directly; create a materialized view over it"
+                    ),
+                ));
+            } else if let Some(err) = &rel.error {
+                problem = Some(PlanError::user(
+                    "55000",
+                    format!("materialized view \"{name}\" has stopped updating: {err}"),
+                ));
+            }
+            if problem.is_some() {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    problem.map_or(Ok(()), Err)
+}
+
 fn table_schema(ct: &ast::CreateTable) -> Result<(SchemaRef, Vec<usize>)> {
     if ct.columns.is_empty() {
         return Err(PlanError::user(
@@ -1345,30 +2075,4 @@ fn conform(
         columns,
         &options,
     )?)
-}
-
-/// Refuses reads of views that stopped updating, naming the failure.
-fn check_view_errors(
-    snapshot: &Snapshot,
-    plan: &datafusion::logical_expr::LogicalPlan,
-) -> Result<()> {
-    use datafusion::common::tree_node::TreeNodeRecursion;
-    let mut failed = None;
-    plan.apply_with_subqueries(|node| {
-        if let datafusion::logical_expr::LogicalPlan::TableScan(scan) = node {
-            let name = scan.table_name.table();
-            if let Some(err) = snapshot.relations.get(name).and_then(|r| r.error.as_ref()) {
-                failed = Some((name.to_string(), err.clone()));
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
-    })?;
-    match failed {
-        Some((name, err)) => Err(PlanError::user(
-            "55000",
-            format!("materialized view \"{name}\" has stopped updating: {err}"),
-        )),
-        None => Ok(()),
-    }
 }

@@ -9,8 +9,12 @@
 
 pub mod engine;
 pub mod error;
+pub mod ingest;
+pub mod sinks;
+pub mod sources;
 pub mod stream;
 pub mod types;
+pub mod windows;
 
 pub use engine::{Database, DbConfig, Output, Relation, RelationKind, Snapshot};
 pub use error::{PlanError, Result};

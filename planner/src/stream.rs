@@ -5,15 +5,22 @@
 //! one [`PlanNode`] per operator. Anything that cannot be maintained over a changelog is
 //! refused with an error that names the construct.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{DFSchema, JoinType};
 use datafusion::execution::context::SessionState;
-use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan};
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{
+    Distinct, Expr, ExprSchemable, FetchType, LogicalPlan, SkipType, SortExpr,
+};
 use datafusion::physical_expr::PhysicalExpr;
 use sabot_dataflow::ops::aggregate::{AggCall, AggKind, AggregateSpec};
+use sabot_dataflow::ops::connector::SourceFactory;
 use sabot_dataflow::ops::join::{JoinKind, JoinSpec};
+use sabot_dataflow::ops::topn::TopNSpec;
 use sabot_dataflow::{NodeKind, PlanNode, StreamPlan};
 use sabot_storage::StateTableId;
 
@@ -24,16 +31,23 @@ pub struct StreamPlanner<'a> {
     state: &'a SessionState,
     next_table: StateTableId,
     nodes: Vec<PlanNode>,
+    /// External sources by name: a scan of one becomes a reader of its own.
+    sources: HashMap<String, Arc<dyn SourceFactory>>,
 }
 
 impl<'a> StreamPlanner<'a> {
     /// `first_table` is the first state table id the plan may use; ids are given out in
     /// plan order, so planning the same query again yields the same ids.
-    pub fn new(state: &'a SessionState, first_table: StateTableId) -> Self {
+    pub fn new(
+        state: &'a SessionState,
+        first_table: StateTableId,
+        sources: HashMap<String, Arc<dyn SourceFactory>>,
+    ) -> Self {
         Self {
             state,
             next_table: first_table,
             nodes: Vec::new(),
+            sources,
         }
     }
 
@@ -84,7 +98,8 @@ impl<'a> StreamPlanner<'a> {
         })?;
         if subquery {
             return Err(PlanError::not_incremental(
-                "a subquery that is not correlated with the outer query (e.g. `v > (SELECT avg(v) FROM t)`)",
+                "a subquery in this position (scalar subqueries work in WHERE, HAVING and the \
+                 select list; IN and EXISTS in WHERE)",
             ));
         }
         if expr.is_volatile() {
@@ -92,7 +107,8 @@ impl<'a> StreamPlanner<'a> {
                 "the volatile expression {expr}"
             )));
         }
-        Ok(self.state.create_physical_expr(expr.clone(), schema)?)
+        let physical = self.state.create_physical_expr(expr.clone(), schema)?;
+        Ok(checked_arithmetic(physical)?)
     }
 
     fn node(&mut self, plan: &LogicalPlan) -> Result<usize> {
@@ -102,14 +118,25 @@ impl<'a> StreamPlanner<'a> {
                     return Err(PlanError::not_incremental("LIMIT"));
                 }
                 let full_schema = scan.source.schema();
-                let mut id = self.push(
-                    NodeKind::Source {
-                        relation: scan.table_name.table().to_string(),
-                    },
-                    vec![],
-                    nullable_schema(&full_schema),
-                    vec![],
-                );
+                let relation = scan.table_name.table().to_string();
+                let mut id = match self.sources.get(&relation) {
+                    Some(factory) => {
+                        let factory = Arc::clone(factory);
+                        let tables = self.tables(1);
+                        self.push(
+                            NodeKind::Connector { relation, factory },
+                            vec![],
+                            nullable_schema(&full_schema),
+                            tables,
+                        )
+                    }
+                    None => self.push(
+                        NodeKind::Source { relation },
+                        vec![],
+                        nullable_schema(&full_schema),
+                        vec![],
+                    ),
+                };
                 if !scan.filters.is_empty() {
                     let df =
                         DFSchema::try_from_qualified_schema(scan.table_name.clone(), &full_schema)?;
@@ -147,7 +174,31 @@ impl<'a> StreamPlanner<'a> {
                 Ok(id)
             }
             LogicalPlan::Filter(f) => {
+                if let Some(id) = self.row_number_top_n(f)? {
+                    return Ok(id);
+                }
                 let input = self.node(&f.input)?;
+                if let Some((joined, schema, exprs)) = self.scalar_subqueries(
+                    input,
+                    f.input.schema(),
+                    std::slice::from_ref(&f.predicate),
+                )? {
+                    let predicate = self.physical(&exprs[0], &schema)?;
+                    let filtered = self.push(
+                        NodeKind::Filter { predicate },
+                        vec![joined],
+                        nullable_schema(schema.as_arrow()),
+                        vec![],
+                    );
+                    let columns: Vec<Expr> = f
+                        .input
+                        .schema()
+                        .columns()
+                        .into_iter()
+                        .map(Expr::Column)
+                        .collect();
+                    return self.project(filtered, &columns, &schema, f.input.schema());
+                }
                 let predicate = self.physical(&f.predicate, f.input.schema())?;
                 Ok(self.push(
                     NodeKind::Filter { predicate },
@@ -158,30 +209,39 @@ impl<'a> StreamPlanner<'a> {
             }
             LogicalPlan::Projection(p) => {
                 let input = self.node(&p.input)?;
-                let exprs = p
-                    .expr
-                    .iter()
-                    .map(|e| self.physical(e, p.input.schema()))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(self.push(
-                    NodeKind::Project { exprs },
-                    vec![input],
-                    nullable_schema(p.schema.as_arrow()),
-                    vec![],
-                ))
+                match self.scalar_subqueries(input, p.input.schema(), &p.expr)? {
+                    Some((joined, schema, exprs)) => {
+                        self.project(joined, &exprs, &schema, &p.schema)
+                    }
+                    None => self.project(input, &p.expr, p.input.schema(), &p.schema),
+                }
             }
             LogicalPlan::SubqueryAlias(a) => self.node(&a.input),
-            LogicalPlan::Sort(s) => {
-                if s.fetch.is_some() {
-                    return Err(PlanError::not_incremental("ORDER BY ... LIMIT (top-N)"));
-                }
+            LogicalPlan::Sort(s) => match s.fetch {
+                Some(limit) => self.top_n(&s.input, &[], &s.expr, 0, limit, None),
                 // A view is a set: its ORDER BY has no effect (SELECT orders results).
-                self.node(&s.input)
+                None => self.node(&s.input),
+            },
+            LogicalPlan::Limit(l) => self.limit(l),
+            LogicalPlan::Distinct(Distinct::All(input)) => {
+                // DISTINCT: a group per distinct row, no aggregate calls.
+                let id = self.node(input)?;
+                let schema = nullable_schema(input.schema().as_arrow());
+                let spec = AggregateSpec {
+                    group_count: schema.fields().len(),
+                    calls: vec![],
+                    input_schema: Arc::clone(&schema),
+                    output_schema: Arc::clone(&schema),
+                };
+                let tables = self.tables(1);
+                Ok(self.push(NodeKind::Aggregate(spec), vec![id], schema, tables))
             }
-            LogicalPlan::Limit(l) if matches!(l.input.as_ref(), LogicalPlan::Sort(_)) => {
-                Err(PlanError::not_incremental("ORDER BY ... LIMIT (top-N)"))
+            LogicalPlan::Distinct(Distinct::On(d)) => {
+                // DISTINCT ON (on) ... ORDER BY sort: the first row of each `on` group.
+                let order = d.sort_expr.clone().unwrap_or_default();
+                let id = self.top_n(&d.input, &d.on_expr, &order, 0, 1, None)?;
+                self.project(id, &d.select_expr, d.input.schema(), &d.schema)
             }
-            LogicalPlan::Limit(_) => Err(PlanError::not_incremental("LIMIT / OFFSET")),
             LogicalPlan::Aggregate(agg) => self.aggregate(agg),
             LogicalPlan::Join(join) => self.join(join),
             LogicalPlan::Union(u) => {
@@ -197,8 +257,9 @@ impl<'a> StreamPlanner<'a> {
                     vec![],
                 ))
             }
-            LogicalPlan::Distinct(_) => Err(PlanError::not_incremental("DISTINCT ON")),
-            LogicalPlan::Window(_) => Err(PlanError::not_incremental("window functions (OVER)")),
+            LogicalPlan::Window(_) => Err(PlanError::not_incremental(
+                "window functions (OVER) other than ROW_NUMBER() filtered by `rn <= N`",
+            )),
             LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => {
                 Err(PlanError::not_incremental(
                     "a query that reads no table or view (VALUES or SELECT without FROM)",
@@ -213,6 +274,372 @@ impl<'a> StreamPlanner<'a> {
                 other.display()
             ))),
         }
+    }
+
+    /// Uncorrelated scalar subqueries in `exprs` (over node `input` with `schema`): each
+    /// is planned as its own dataflow branch and cross-joined onto the input as one more
+    /// column, and the expressions are rewritten to read that column. Returns `None`
+    /// when the expressions have no scalar subquery.
+    fn scalar_subqueries(
+        &mut self,
+        input: usize,
+        schema: &DFSchema,
+        exprs: &[Expr],
+    ) -> Result<Option<(usize, DFSchema, Vec<Expr>)>> {
+        use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+        let mut found: Vec<datafusion::logical_expr::Subquery> = Vec::new();
+        for e in exprs {
+            e.apply(|e| {
+                if let Expr::ScalarSubquery(sq) = e {
+                    if !found.contains(sq) {
+                        found.push(sq.clone());
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+        }
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let mut id = input;
+        let mut current = nullable_schema(schema.as_arrow());
+        let mut added = Vec::new();
+        for (n, sq) in found.iter().enumerate() {
+            if !sq.outer_ref_columns.is_empty() {
+                return Err(PlanError::not_incremental(
+                    "this correlated scalar subquery",
+                ));
+            }
+            if !returns_one_row(&sq.subquery) {
+                return Err(PlanError::not_incremental(
+                    "a scalar subquery other than an aggregate without GROUP BY (it could \
+                     return no row or several)",
+                ));
+            }
+            let sub = self.node(&sq.subquery)?;
+            let field = sq.subquery.schema().field(0);
+            let name = format!("__sabot_scalar_{n}");
+            let new_field = Field::new(&name, field.data_type().clone(), true);
+            let sub_schema = Arc::new(Schema::new(vec![new_field.clone()]));
+            let mut fields: Vec<Field> = current
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            fields.push(new_field.clone());
+            let joined = Arc::new(Schema::new(fields));
+            let spec = JoinSpec {
+                kind: JoinKind::Inner,
+                nulls_equal: false,
+                left_keys: vec![],
+                right_keys: vec![],
+                left_schema: Arc::clone(&current),
+                right_schema: sub_schema,
+                output_schema: Arc::clone(&joined),
+                filter: None,
+            };
+            let tables = self.tables(2);
+            id = self.push(
+                NodeKind::Join(spec),
+                vec![id, sub],
+                Arc::clone(&joined),
+                tables,
+            );
+            current = joined;
+            added.push(new_field);
+        }
+        let extended = schema.join(&DFSchema::from_unqualified_fields(
+            added.into(),
+            Default::default(),
+        )?)?;
+        let rewritten = exprs
+            .iter()
+            .map(|e| {
+                Ok(e.clone()
+                    .transform_up(|e| match e {
+                        Expr::ScalarSubquery(sq) => {
+                            let n = found.iter().position(|f| *f == sq).unwrap_or(0);
+                            Ok(Transformed::yes(Expr::Column(
+                                datafusion::common::Column::new_unqualified(format!(
+                                    "__sabot_scalar_{n}"
+                                )),
+                            )))
+                        }
+                        other => Ok(Transformed::no(other)),
+                    })?
+                    .data)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some((id, extended, rewritten)))
+    }
+
+    /// `x NOT IN (SELECT y ...)`: true when the subquery is empty; otherwise only for a
+    /// non-NULL `x` that matches no `y` while no `y` is NULL. Planned as the anti join on
+    /// `x = y`, cross-joined with the subquery's row count and NULL count, filtered by
+    /// that rule.
+    fn null_aware_anti_join(&mut self, join: &datafusion::logical_expr::Join) -> Result<usize> {
+        let ([(left_key, right_key)], None, JoinType::LeftAnti) =
+            (join.on.as_slice(), &join.filter, join.join_type)
+        else {
+            return Err(PlanError::not_incremental(
+                "this NOT IN (subquery) (use NOT EXISTS)",
+            ));
+        };
+        let mut plain = join.clone();
+        plain.null_aware = false;
+        let anti = self.join(&plain)?;
+        // The subquery's row count and NULL count, planned as a second branch.
+        let right = self.node(&join.right)?;
+        let is_null = self.physical(&right_key.clone().is_null(), join.right.schema())?;
+        let flag_schema = Arc::new(Schema::new(vec![Field::new(
+            "is_null",
+            DataType::Boolean,
+            true,
+        )]));
+        let flag = self.push(
+            NodeKind::Project {
+                exprs: vec![is_null],
+            },
+            vec![right],
+            Arc::clone(&flag_schema),
+            vec![],
+        );
+        let (n, nulls) = ("__sabot_rows", "__sabot_nulls");
+        let stats_fields = vec![
+            Field::new(n, DataType::Int64, true),
+            Field::new(nulls, DataType::Int64, true),
+        ];
+        let stats_schema = Arc::new(Schema::new(stats_fields.clone()));
+        let spec = AggregateSpec {
+            group_count: 0,
+            calls: vec![
+                AggCall::new(AggKind::Count, 0, None),
+                AggCall::new(AggKind::Count, 0, Some(0)),
+            ],
+            input_schema: flag_schema,
+            output_schema: Arc::clone(&stats_schema),
+        };
+        let tables = self.tables(1);
+        let stats = self.push(
+            NodeKind::Aggregate(spec),
+            vec![flag],
+            Arc::clone(&stats_schema),
+            tables,
+        );
+        let left_schema = nullable_schema(join.left.schema().as_arrow());
+        let mut fields: Vec<Field> = left_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.extend(stats_fields.iter().cloned());
+        let joined = Arc::new(Schema::new(fields));
+        let spec = JoinSpec {
+            kind: JoinKind::Inner,
+            nulls_equal: false,
+            left_keys: vec![],
+            right_keys: vec![],
+            left_schema: Arc::clone(&left_schema),
+            right_schema: stats_schema,
+            output_schema: Arc::clone(&joined),
+            filter: None,
+        };
+        let tables = self.tables(2);
+        let cross = self.push(
+            NodeKind::Join(spec),
+            vec![anti, stats],
+            Arc::clone(&joined),
+            tables,
+        );
+        let df = join.left.schema().join(&DFSchema::from_unqualified_fields(
+            stats_fields.into(),
+            Default::default(),
+        )?)?;
+        let col = |name: &str| Expr::Column(datafusion::common::Column::new_unqualified(name));
+        let zero = || Expr::Literal(datafusion::common::ScalarValue::Int64(Some(0)), None);
+        let keep = col(n)
+            .eq(zero())
+            .or(left_key.clone().is_not_null().and(col(nulls).eq(zero())));
+        let predicate = self.physical(&keep, &df)?;
+        let filtered = self.push(NodeKind::Filter { predicate }, vec![cross], joined, vec![]);
+        let back: Vec<Arc<dyn PhysicalExpr>> = left_schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                Arc::new(datafusion::physical_expr::expressions::Column::new(
+                    f.name(),
+                    i,
+                )) as Arc<dyn PhysicalExpr>
+            })
+            .collect();
+        Ok(self.push(
+            NodeKind::Project { exprs: back },
+            vec![filtered],
+            nullable_schema(join.schema.as_arrow()),
+            vec![],
+        ))
+    }
+
+    /// A projection of `exprs` (over `input_schema`) on top of node `input`.
+    fn project(
+        &mut self,
+        input: usize,
+        exprs: &[Expr],
+        input_schema: &DFSchema,
+        output: &DFSchema,
+    ) -> Result<usize> {
+        let exprs = exprs
+            .iter()
+            .map(|e| self.physical(e, input_schema))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.push(
+            NodeKind::Project { exprs },
+            vec![input],
+            nullable_schema(output.as_arrow()),
+            vec![],
+        ))
+    }
+
+    /// A top-N over `input`: per `partition`, the rows at positions offset+1 ..=
+    /// offset+limit in `order`. With `row_number_schema` (the input columns plus one)
+    /// each row also carries its position.
+    fn top_n(
+        &mut self,
+        input: &LogicalPlan,
+        partition: &[Expr],
+        order: &[SortExpr],
+        offset: usize,
+        limit: usize,
+        row_number_schema: Option<&DFSchema>,
+    ) -> Result<usize> {
+        let id = self.node(input)?;
+        let in_schema = input.schema();
+        let partition = partition
+            .iter()
+            .map(|e| self.physical(e, in_schema))
+            .collect::<Result<Vec<_>>>()?;
+        let order = order
+            .iter()
+            .map(|s| {
+                Ok((
+                    self.physical(&s.expr, in_schema)?,
+                    SortOptions {
+                        descending: !s.asc,
+                        nulls_first: s.nulls_first,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let input_schema = nullable_schema(in_schema.as_arrow());
+        let output_schema = match row_number_schema {
+            Some(s) => nullable_schema(s.as_arrow()),
+            None => Arc::clone(&input_schema),
+        };
+        let spec = TopNSpec {
+            partition,
+            order,
+            offset,
+            limit,
+            row_number: row_number_schema.is_some(),
+            input_schema,
+            output_schema: Arc::clone(&output_schema),
+        };
+        let tables = self.tables(1);
+        Ok(self.push(NodeKind::TopN(spec), vec![id], output_schema, tables))
+    }
+
+    /// `ORDER BY ... LIMIT n OFFSET m`, possibly with a projection between the two.
+    fn limit(&mut self, l: &datafusion::logical_expr::Limit) -> Result<usize> {
+        let offset = match l.get_skip_type()? {
+            SkipType::Literal(n) => n,
+            SkipType::UnsupportedExpr => {
+                return Err(PlanError::not_incremental(
+                    "an OFFSET that is not a constant",
+                ))
+            }
+        };
+        let limit = match l.get_fetch_type()? {
+            FetchType::Literal(n) => n.unwrap_or(usize::MAX),
+            FetchType::UnsupportedExpr => {
+                return Err(PlanError::not_incremental("a LIMIT that is not a constant"))
+            }
+        };
+        match l.input.as_ref() {
+            LogicalPlan::Sort(s) => self.top_n(&s.input, &[], &s.expr, offset, limit, None),
+            LogicalPlan::Projection(p) => match p.input.as_ref() {
+                LogicalPlan::Sort(s) => {
+                    let id = self.top_n(&s.input, &[], &s.expr, offset, limit, None)?;
+                    self.project(id, &p.expr, p.input.schema(), &p.schema)
+                }
+                _ => Err(PlanError::not_incremental(
+                    "LIMIT / OFFSET without ORDER BY (which rows it keeps is not defined)",
+                )),
+            },
+            _ => Err(PlanError::not_incremental(
+                "LIMIT / OFFSET without ORDER BY (which rows it keeps is not defined)",
+            )),
+        }
+    }
+
+    /// `SELECT ... FROM (SELECT ..., ROW_NUMBER() OVER (PARTITION BY p ORDER BY o) AS rn
+    /// FROM t) WHERE rn <= N`: a filter on a lone ROW_NUMBER() window with an upper bound
+    /// becomes a top-N that carries the row number. Other conditions of the filter are
+    /// applied after it.
+    fn row_number_top_n(&mut self, f: &datafusion::logical_expr::Filter) -> Result<Option<usize>> {
+        let (projection, window) = match f.input.as_ref() {
+            LogicalPlan::Window(w) => (None, w),
+            LogicalPlan::Projection(p) => match p.input.as_ref() {
+                LogicalPlan::Window(w) if p.expr.iter().all(|e| matches!(e, Expr::Column(_))) => {
+                    (Some(p), w)
+                }
+                _ => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        let [Expr::WindowFunction(wf)] = window.window_expr.as_slice() else {
+            return Ok(None);
+        };
+        if wf.fun.name() != "row_number" {
+            return Ok(None);
+        }
+        let rn_name = window
+            .schema
+            .field(window.input.schema().fields().len())
+            .name()
+            .clone();
+        let mut limit: Option<usize> = None;
+        let mut rest = Vec::new();
+        for conjunct in split_conjunction(&f.predicate) {
+            match row_number_bound(conjunct, &rn_name) {
+                Some(n) => limit = Some(limit.map_or(n, |l| l.min(n))),
+                None => rest.push(conjunct.clone()),
+            }
+        }
+        let Some(limit) = limit else {
+            return Ok(None);
+        };
+        let mut id = self.top_n(
+            &window.input,
+            &wf.params.partition_by,
+            &wf.params.order_by,
+            0,
+            limit,
+            Some(&window.schema),
+        )?;
+        if let Some(p) = projection {
+            id = self.project(id, &p.expr, p.input.schema(), &p.schema)?;
+        }
+        if let Some(predicate) = rest.into_iter().reduce(|a, b| a.and(b)) {
+            let predicate = self.physical(&predicate, f.input.schema())?;
+            id = self.push(
+                NodeKind::Filter { predicate },
+                vec![id],
+                nullable_schema(f.input.schema().as_arrow()),
+                vec![],
+            );
+        }
+        Ok(Some(id))
     }
 
     fn aggregate(&mut self, agg: &datafusion::logical_expr::Aggregate) -> Result<usize> {
@@ -245,15 +672,6 @@ impl<'a> StreamPlanner<'a> {
             };
             let name = f.func.name().to_lowercase();
             let params = &f.params;
-            if params.distinct {
-                return Err(PlanError::not_incremental(format!(
-                    "{}(DISTINCT ...)",
-                    name.to_uppercase()
-                )));
-            }
-            if !params.order_by.is_empty() {
-                return Err(PlanError::not_incremental("ORDER BY inside an aggregate"));
-            }
             let kind = match name.as_str() {
                 "count" => AggKind::Count,
                 "sum" => AggKind::Sum,
@@ -262,6 +680,12 @@ impl<'a> StreamPlanner<'a> {
                 "max" => AggKind::Max,
                 "bool_and" => AggKind::BoolAnd,
                 "bool_or" => AggKind::BoolOr,
+                "var_samp" | "var" | "variance" | "var_sample" => AggKind::VarSamp,
+                "var_pop" | "var_population" => AggKind::VarPop,
+                "stddev" | "stddev_samp" => AggKind::StddevSamp,
+                "stddev_pop" => AggKind::StddevPop,
+                "string_agg" => AggKind::StringAgg,
+                "array_agg" => AggKind::ArrayAgg,
                 other => {
                     return Err(PlanError::not_incremental(format!(
                         "the aggregate function {}",
@@ -269,10 +693,37 @@ impl<'a> StreamPlanner<'a> {
                     )))
                 }
             };
-            let arg = match params.args.as_slice() {
-                [arg] => arg.clone(),
-                [] if kind == AggKind::Count => {
+            if !params.order_by.is_empty()
+                && !matches!(kind, AggKind::StringAgg | AggKind::ArrayAgg)
+            {
+                return Err(PlanError::not_incremental(format!(
+                    "ORDER BY inside {}",
+                    name.to_uppercase()
+                )));
+            }
+            let mut separator = String::new();
+            let arg = match (kind, params.args.as_slice()) {
+                (_, [arg]) if kind != AggKind::StringAgg => arg.clone(),
+                (AggKind::Count, []) => {
                     Expr::Literal(datafusion::common::ScalarValue::Int64(Some(1)), None)
+                }
+                (AggKind::StringAgg, [arg, sep]) => {
+                    separator = match sep {
+                        Expr::Literal(v, _) if v.is_null() => String::new(),
+                        Expr::Literal(v, _) => v.to_string(),
+                        Expr::Cast(c) if matches!(c.expr.as_ref(), Expr::Literal(..)) => {
+                            match c.expr.as_ref() {
+                                Expr::Literal(v, _) if !v.is_null() => v.to_string(),
+                                _ => String::new(),
+                            }
+                        }
+                        _ => {
+                            return Err(PlanError::not_incremental(
+                                "STRING_AGG with a separator that is not a constant",
+                            ))
+                        }
+                    };
+                    arg.clone()
                 }
                 _ => {
                     return Err(PlanError::not_incremental(format!(
@@ -282,11 +733,17 @@ impl<'a> StreamPlanner<'a> {
                 }
             };
             let arg = match (kind, &arg) {
-                // DataFusion casts AVG's integer argument to a float; summing the integers
-                // exactly (as PostgreSQL does) and dividing at the end keeps precision.
-                (AggKind::Avg, Expr::Cast(c))
-                    if c.expr.get_type(in_schema).is_ok_and(|t| t.is_integer()) =>
-                {
+                // DataFusion casts an integer argument of AVG, VARIANCE and STDDEV to a
+                // float; accumulating the integers exactly (as PostgreSQL does) and
+                // dividing at the end keeps precision.
+                (
+                    AggKind::Avg
+                    | AggKind::VarSamp
+                    | AggKind::VarPop
+                    | AggKind::StddevSamp
+                    | AggKind::StddevPop,
+                    Expr::Cast(c),
+                ) if c.expr.get_type(in_schema).is_ok_and(|t| t.is_integer()) => {
                     c.expr.as_ref().clone()
                 }
                 _ => arg,
@@ -312,10 +769,30 @@ impl<'a> StreamPlanner<'a> {
                 }
                 None => None,
             };
+            let mut order = Vec::new();
+            for sort in &params.order_by {
+                let p = self.physical(&sort.expr, in_schema)?;
+                fields.push(Field::new(
+                    sort.expr.schema_name().to_string(),
+                    p.data_type(in_schema.as_arrow())?,
+                    true,
+                ));
+                exprs.push(p);
+                order.push((
+                    exprs.len() - 1,
+                    SortOptions {
+                        descending: !sort.asc,
+                        nulls_first: sort.nulls_first,
+                    },
+                ));
+            }
             calls.push(AggCall {
                 kind,
                 arg: arg_col,
                 filter,
+                distinct: params.distinct,
+                order,
+                separator,
             });
         }
         let pre_schema: SchemaRef = Arc::new(Schema::new(fields));
@@ -354,15 +831,7 @@ impl<'a> StreamPlanner<'a> {
             }
         };
         if join.null_aware {
-            return Err(PlanError::not_incremental(
-                "NOT IN (subquery) (use NOT EXISTS)",
-            ));
-        }
-        if kind != JoinKind::Inner && join.filter.is_some() {
-            return Err(PlanError::not_incremental(format!(
-                "a non-equality condition in a {} join",
-                join.join_type.to_string().to_uppercase()
-            )));
+            return self.null_aware_anti_join(join);
         }
         let left = self.node(&join.left)?;
         let right = self.node(&join.right)?;
@@ -377,7 +846,17 @@ impl<'a> StreamPlanner<'a> {
             .map(|(_, r)| self.physical(r, join.right.schema()))
             .collect::<Result<Vec<_>>>()?;
         let output_schema = nullable_schema(join.schema.as_arrow());
+        // Inner joins filter their output; for the other kinds the condition decides
+        // which pairs match, so the join evaluates it over both sides' columns.
+        let pair_filter = match &join.filter {
+            Some(f) if kind != JoinKind::Inner => {
+                let both = join.left.schema().join(join.right.schema())?;
+                Some(self.physical(f, &both)?)
+            }
+            _ => None,
+        };
         let spec = JoinSpec {
+            filter: pair_filter,
             kind,
             nulls_equal: join.null_equality == datafusion::common::NullEquality::NullEqualsNull,
             left_keys,
@@ -393,7 +872,7 @@ impl<'a> StreamPlanner<'a> {
             Arc::clone(&output_schema),
             tables,
         );
-        if let Some(filter) = &join.filter {
+        if let (Some(filter), JoinKind::Inner) = (&join.filter, kind) {
             let predicate = self.physical(filter, &join.schema)?;
             id = self.push(
                 NodeKind::Filter { predicate },
@@ -404,6 +883,80 @@ impl<'a> StreamPlanner<'a> {
         }
         Ok(id)
     }
+}
+
+/// The expression with integer `+`, `-` and `*` raising an error on overflow, as in
+/// PostgreSQL, instead of wrapping around (DataFusion's default).
+fn checked_arithmetic(
+    expr: Arc<dyn PhysicalExpr>,
+) -> datafusion::common::Result<Arc<dyn PhysicalExpr>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::logical_expr::Operator;
+    use datafusion::physical_expr::expressions::BinaryExpr;
+    Ok(expr
+        .transform_up(|e| {
+            let Some(b) = e.downcast_ref::<BinaryExpr>() else {
+                return Ok(Transformed::no(e));
+            };
+            if !matches!(
+                b.op(),
+                Operator::Plus | Operator::Minus | Operator::Multiply
+            ) {
+                return Ok(Transformed::no(e));
+            }
+            let checked = BinaryExpr::new(Arc::clone(b.left()), *b.op(), Arc::clone(b.right()))
+                .with_fail_on_overflow(true);
+            Ok(Transformed::yes(Arc::new(checked) as Arc<dyn PhysicalExpr>))
+        })?
+        .data)
+}
+
+/// Whether a plan yields exactly one row whatever its input: an aggregate without
+/// GROUP BY, under projections and aliases.
+fn returns_one_row(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Aggregate(a) => a.group_expr.is_empty(),
+        LogicalPlan::Projection(p) => returns_one_row(&p.input),
+        LogicalPlan::SubqueryAlias(a) => returns_one_row(&a.input),
+        _ => false,
+    }
+}
+
+/// The bound N of a conjunct `rn <= N`, `rn < N + 1`, `rn = 1` or `N >= rn` on the row
+/// number column `rn`.
+fn row_number_bound(e: &Expr, rn: &str) -> Option<usize> {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else {
+        return None;
+    };
+    let (op, value) = match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(c), Expr::Literal(v, _)) if c.name == rn => (*op, v),
+        (Expr::Literal(v, _), Expr::Column(c)) if c.name == rn => (op.swap()?, v),
+        _ => return None,
+    };
+    let n = i64::try_from(v_as_i128(value)?).ok()?;
+    let bound = match op {
+        Operator::LtEq => n,
+        Operator::Lt => n - 1,
+        Operator::Eq if n == 1 => 1,
+        _ => return None,
+    };
+    usize::try_from(bound.max(0)).ok()
+}
+
+fn v_as_i128(v: &datafusion::common::ScalarValue) -> Option<i128> {
+    use datafusion::common::ScalarValue::*;
+    Some(match v {
+        Int8(Some(x)) => i128::from(*x),
+        Int16(Some(x)) => i128::from(*x),
+        Int32(Some(x)) => i128::from(*x),
+        Int64(Some(x)) => i128::from(*x),
+        UInt8(Some(x)) => i128::from(*x),
+        UInt16(Some(x)) => i128::from(*x),
+        UInt32(Some(x)) => i128::from(*x),
+        UInt64(Some(x)) => i128::from(*x),
+        _ => return None,
+    })
 }
 
 /// The same schema with every field nullable: rows in a changelog may carry NULLs where

@@ -1,0 +1,140 @@
+//! Sinks declared with `CREATE SINK`: options and format checked, the writer built.
+
+use arrow::datatypes::SchemaRef;
+use sabot_connectors::sink::filesystem::FilesystemSink;
+use sabot_connectors::sink::kafka::KafkaSink;
+use sabot_connectors::sink::{SinkFormat, SinkWriter};
+use sabot_connectors::{ConnectorError, Options};
+use sabot_sql::CreateSink;
+
+use crate::error::{PlanError, Result};
+
+/// A sink's writer and what it writes.
+pub struct SinkSpec {
+    pub format: SinkFormat,
+    pub writer: Box<dyn SinkWriter>,
+    /// Where it writes, for `SHOW SINKS` and to keep two sinks off one target
+    /// (e.g. `filesystem:/data/out`).
+    pub target: String,
+}
+
+/// `primary_key = 'a, b'`: the key columns of an upsert sink, by position.
+fn upsert_key(options: &Options, columns: &SchemaRef) -> Result<Vec<usize>> {
+    let Some(list) = options.get("primary_key") else {
+        return Err(PlanError::user(
+            "42P16",
+            "FORMAT UPSERT needs primary_key = 'column, ...': the columns that identify a row",
+        ));
+    };
+    list.split(',')
+        .map(|c| {
+            let c = c.trim().to_lowercase();
+            columns.index_of(&c).map_err(|_| {
+                PlanError::user(
+                    "42703",
+                    format!("primary_key column \"{c}\" is not in the relation"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn options_error(e: ConnectorError) -> PlanError {
+    PlanError::user("22023", e.to_string())
+}
+
+/// Checks `cs`'s options and format and builds its writer. `append_only` tells whether
+/// the relation it reads never retracts rows (what `FORMAT PLAIN` needs).
+pub fn sink_spec(cs: &CreateSink, append_only: bool, columns: &SchemaRef) -> Result<SinkSpec> {
+    let Some(f) = &cs.format else {
+        return Err(PlanError::user(
+            "42601",
+            "CREATE SINK needs FORMAT PLAIN ENCODE JSON (append-only views) or FORMAT DEBEZIUM ENCODE JSON",
+        ));
+    };
+    if f.encode != "JSON" {
+        return Err(PlanError::user(
+            "0A000",
+            format!(
+                "ENCODE {} is not supported for sinks yet (ENCODE JSON is)",
+                f.encode
+            ),
+        ));
+    }
+    let mut options: Vec<(String, String)> = cs.options.clone();
+    options.extend(f.options.iter().cloned());
+    let options = Options::new(options);
+    let force_append_only = match options.get("force_append_only") {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(v) if v.eq_ignore_ascii_case("false") => false,
+        Some(v) => {
+            return Err(PlanError::user(
+                "22023",
+                format!("force_append_only must be 'true' or 'false', not '{v}'"),
+            ))
+        }
+    };
+    let format = match f.format.as_str() {
+        "PLAIN" => {
+            if !append_only && !force_append_only {
+                return Err(PlanError::user(
+                    "42P17",
+                    format!(
+                        "\"{}\" can delete or update rows, which FORMAT PLAIN cannot express; \
+                         use FORMAT DEBEZIUM, or force_append_only = 'true' to drop deletes",
+                        cs.from
+                    ),
+                ));
+            }
+            SinkFormat::Plain { force_append_only }
+        }
+        "DEBEZIUM" => SinkFormat::Debezium,
+        "UPSERT" => SinkFormat::Upsert,
+        other => {
+            return Err(PlanError::user(
+                "22023",
+                format!("unknown sink format {other} (PLAIN, DEBEZIUM, UPSERT)"),
+            ))
+        }
+    };
+    let connector = options
+        .get("connector")
+        .map(str::to_ascii_lowercase)
+        .ok_or_else(|| PlanError::user("22023", "a sink needs a connector option"))?;
+    let (writer, target): (Box<dyn SinkWriter>, String) = match connector.as_str() {
+        "filesystem" | "fs" if format == SinkFormat::Upsert => {
+            return Err(PlanError::user(
+                "0A000",
+                "FORMAT UPSERT needs keyed records: the kafka sink has them, files do not",
+            ))
+        }
+        "filesystem" | "fs" => {
+            let sink = FilesystemSink::try_new(&options, format).map_err(options_error)?;
+            let target = format!("filesystem:{}", sink.dir().display());
+            (Box::new(sink), target)
+        }
+        "kafka" => {
+            let key = if format == SinkFormat::Upsert {
+                upsert_key(&options, columns)?
+            } else {
+                Vec::new()
+            };
+            let sink = KafkaSink::try_new(&options, format, key).map_err(options_error)?;
+            let target = sink.target();
+            (Box::new(sink), target)
+        }
+        other => {
+            return Err(PlanError::user(
+                "22023",
+                format!("unknown sink connector '{other}' (filesystem, kafka)"),
+            ))
+        }
+    };
+    options.check_all_used().map_err(options_error)?;
+    Ok(SinkSpec {
+        format,
+        writer,
+        target,
+    })
+}
