@@ -44,8 +44,214 @@ pub fn pg_type(field: &arrow::datatypes::Field) -> Type {
         DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
         DataType::Interval(IntervalUnit::MonthDayNano) => Type::INTERVAL,
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => Type::BYTEA,
+        DataType::List(item) | DataType::LargeList(item) => match element_type(item) {
+            Type::BOOL => Type::BOOL_ARRAY,
+            Type::INT2 => Type::INT2_ARRAY,
+            Type::INT4 => Type::INT4_ARRAY,
+            Type::INT8 => Type::INT8_ARRAY,
+            Type::FLOAT4 => Type::FLOAT4_ARRAY,
+            Type::FLOAT8 => Type::FLOAT8_ARRAY,
+            Type::NUMERIC => Type::NUMERIC_ARRAY,
+            Type::VARCHAR => Type::VARCHAR_ARRAY,
+            _ => Type::TEXT_ARRAY,
+        },
         _ => Type::TEXT,
     }
+}
+
+/// The element type an array column is sent with: the element's own type where array
+/// elements of it are encoded natively, text otherwise.
+fn element_type(item: &arrow::datatypes::Field) -> Type {
+    match pg_type(item) {
+        t @ (Type::BOOL
+        | Type::INT2
+        | Type::INT4
+        | Type::INT8
+        | Type::FLOAT4
+        | Type::FLOAT8
+        | Type::NUMERIC
+        | Type::VARCHAR) => t,
+        _ => Type::TEXT,
+    }
+}
+
+/// One element of an array value.
+#[derive(Debug)]
+enum Elem {
+    Bool(bool),
+    I16(i16),
+    I32(i32),
+    I64(i64),
+    Float(PgText),
+    Dec(rust_decimal::Decimal),
+    Text(String),
+}
+
+impl Elem {
+    /// Element `i` of `values`, typed as `ty` (from [`element_type`]).
+    fn of(values: &ArrayRef, i: usize, ty: &Type) -> PgWireResult<Option<Elem>> {
+        if values.is_null(i) {
+            return Ok(None);
+        }
+        let as_i64 = || -> PgWireResult<i64> {
+            let c =
+                arrow::compute::cast(values, &DataType::Int64).map_err(|e| bad(e.to_string()))?;
+            Ok(c.as_primitive::<Int64Type>().value(i))
+        };
+        let narrow = |e: std::num::TryFromIntError| bad(e.to_string());
+        Ok(Some(match *ty {
+            Type::BOOL => Elem::Bool(values.as_boolean().value(i)),
+            Type::INT2 => Elem::I16(i16::try_from(as_i64()?).map_err(narrow)?),
+            Type::INT4 => Elem::I32(i32::try_from(as_i64()?).map_err(narrow)?),
+            Type::INT8 => Elem::I64(as_i64()?),
+            Type::FLOAT4 | Type::FLOAT8 => {
+                let c = arrow::compute::cast(values, &DataType::Float64)
+                    .map_err(|e| bad(e.to_string()))?;
+                let v = c.as_primitive::<Float64Type>().value(i);
+                Elem::Float(if *ty == Type::FLOAT4 {
+                    PgText::Float4(v as f32)
+                } else {
+                    PgText::Float8(v)
+                })
+            }
+            Type::NUMERIC => match values.data_type() {
+                DataType::Decimal128(_, scale) => Elem::Dec(
+                    rust_decimal::Decimal::try_from_i128_with_scale(
+                        values.as_primitive::<Decimal128Type>().value(i),
+                        u32::try_from(*scale).unwrap_or(0),
+                    )
+                    .map_err(|e| bad(format!("numeric value out of range for the wire: {e}")))?,
+                ),
+                _ => Elem::Text(display(values, i)?),
+            },
+            _ => Elem::Text(match values.data_type() {
+                DataType::Utf8 => values.as_string::<i32>().value(i).to_string(),
+                DataType::LargeUtf8 => values.as_string::<i64>().value(i).to_string(),
+                DataType::Utf8View => values.as_string_view().value(i).to_string(),
+                _ => display(values, i)?,
+            }),
+        }))
+    }
+
+    fn binary(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
+        match self {
+            Elem::Bool(v) => v.to_sql(ty, out),
+            Elem::I16(v) => v.to_sql(ty, out),
+            Elem::I32(v) => v.to_sql(ty, out),
+            Elem::I64(v) => v.to_sql(ty, out),
+            Elem::Float(v) => v.to_sql(ty, out),
+            Elem::Dec(v) => v.to_sql(ty, out),
+            Elem::Text(v) => v.to_sql(ty, out),
+        }
+    }
+
+    fn text(&self, ty: &Type, opts: &FormatOptions) -> Result<String, BoxError> {
+        let mut out = BytesMut::new();
+        match self {
+            Elem::Bool(v) => return Ok(if *v { "t" } else { "f" }.to_string()),
+            Elem::I16(v) => return Ok(v.to_string()),
+            Elem::I32(v) => return Ok(v.to_string()),
+            Elem::I64(v) => return Ok(v.to_string()),
+            Elem::Float(v) => v.to_sql_text(ty, &mut out, opts)?,
+            Elem::Dec(v) => v.to_sql_text(ty, &mut out, opts)?,
+            Elem::Text(v) => return Ok(v.clone()),
+        };
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+type BoxError = Box<dyn Error + Sync + Send>;
+
+/// Arrow's display of one value.
+fn display(values: &ArrayRef, i: usize) -> PgWireResult<String> {
+    let f = arrow::util::display::ArrayFormatter::try_new(values.as_ref(), &Default::default())
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(f.value(i).to_string())
+}
+
+/// A one-dimensional array value, sent as PostgreSQL sends arrays.
+#[derive(Debug)]
+struct PgArray {
+    elem: Type,
+    items: Vec<Option<Elem>>,
+}
+
+impl ToSql for PgArray {
+    fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
+        let dims = i32::from(!self.items.is_empty());
+        out.put_i32(dims);
+        out.put_i32(i32::from(self.items.iter().any(Option::is_none)));
+        out.put_u32(self.elem.oid());
+        if dims == 1 {
+            out.put_i32(i32::try_from(self.items.len())?);
+            out.put_i32(1);
+        }
+        for item in &self.items {
+            match item {
+                None => out.put_i32(-1),
+                Some(e) => {
+                    let mut buf = BytesMut::new();
+                    e.binary(&self.elem, &mut buf)?;
+                    out.put_i32(i32::try_from(buf.len())?);
+                    out.put_slice(&buf);
+                }
+            }
+        }
+        Ok(IsNull::No)
+    }
+    fn accepts(ty: &Type) -> bool {
+        matches!(ty.kind(), postgres_types::Kind::Array(_))
+    }
+    to_sql_checked!();
+}
+
+impl ToSqlText for PgArray {
+    fn to_sql_text(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+        opts: &FormatOptions,
+    ) -> Result<IsNull, BoxError> {
+        out.put_u8(b'{');
+        for (i, item) in self.items.iter().enumerate() {
+            if i > 0 {
+                out.put_u8(b',');
+            }
+            match item {
+                None => out.put_slice(b"NULL"),
+                Some(e) => {
+                    let text = e.text(&self.elem, opts)?;
+                    out.put_slice(quote_array_element(&text).as_bytes());
+                }
+            }
+        }
+        out.put_u8(b'}');
+        Ok(IsNull::No)
+    }
+}
+
+/// An array element as PostgreSQL's array output writes it: in double quotes (with `"`
+/// and `\` escaped) when empty, `NULL`, or containing a delimiter, brace, quote,
+/// backslash or white space.
+fn quote_array_element(text: &str) -> String {
+    let needs = text.is_empty()
+        || text.eq_ignore_ascii_case("null")
+        || text
+            .chars()
+            .any(|c| matches!(c, '{' | '}' | ',' | '"' | '\\') || c.is_ascii_whitespace());
+    if !needs {
+        return text.to_string();
+    }
+    let mut q = String::with_capacity(text.len() + 2);
+    q.push('"');
+    for c in text.chars() {
+        if c == '"' || c == '\\' {
+            q.push('\\');
+        }
+        q.push(c);
+    }
+    q.push('"');
+    q
 }
 
 /// Row descriptions for a schema, with one format per column.
@@ -441,6 +647,19 @@ fn encode_value(
             });
             encode(enc, &v, ty, fmt, opts)
         }
+        DataType::List(item) => {
+            let v = if valid {
+                let elem = element_type(item);
+                let values = col.as_list::<i32>().value(row);
+                let items = (0..values.len())
+                    .map(|i| Elem::of(&values, i, &elem))
+                    .collect::<PgWireResult<Vec<_>>>()?;
+                Some(PgArray { elem, items })
+            } else {
+                None
+            };
+            encode(enc, &v, ty, fmt, opts)
+        }
         _ => {
             // Everything else travels as text.
             let v = if valid {
@@ -523,6 +742,17 @@ mod tests {
             super::jsonb_text(&v),
             r#"{"a": "x\"y", "c": 1.5, "bb": [1, {"a": true, "z": null}]}"#
         );
+    }
+
+    #[test]
+    fn array_elements_quoted_as_postgres_does() {
+        use super::quote_array_element as q;
+        assert_eq!(q("abc"), "abc");
+        assert_eq!(q(""), r#""""#);
+        assert_eq!(q("NULL"), r#""NULL""#);
+        assert_eq!(q("a b"), r#""a b""#);
+        assert_eq!(q(r#"x"y\z"#), r#""x\"y\\z""#);
+        assert_eq!(q("{1,2}"), r#""{1,2}""#);
     }
 
     #[test]

@@ -55,11 +55,25 @@ fn metrics(db: &Database) -> String {
         let kind = match rel.kind {
             RelationKind::Table => "table",
             RelationKind::MaterializedView => "materialized_view",
+            // A source holds no rows of its own.
+            RelationKind::Source | RelationKind::Sink => continue,
         };
         let _ = writeln!(
             s,
             "sabot_relation_rows{{name=\"{name}\",kind=\"{kind}\"}} {}",
             rel.data.num_rows()
+        );
+    }
+    let _ = writeln!(
+        s,
+        "# HELP sabot_source_errors_total Records each source skipped as malformed since the server started."
+    );
+    let _ = writeln!(s, "# TYPE sabot_source_errors_total counter");
+    for (name, log) in &snap.source_errors {
+        let _ = writeln!(
+            s,
+            "sabot_source_errors_total{{source=\"{name}\"}} {}",
+            log.total()
         );
     }
     s

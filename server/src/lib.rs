@@ -78,14 +78,23 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     }
 }
 
-/// Commits an epoch every `checkpoint_interval`.
+/// Commits an epoch every `checkpoint_interval`, and back to back while a source reader
+/// has more rows ready than an epoch takes.
 async fn checkpoint_loop(db: Arc<Database>) {
     let mut tick = tokio::time::interval(db.config().checkpoint_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = db.checkpoint().await {
-            tracing::error!(error = %e, "checkpoint failed");
+        loop {
+            if let Err(e) = db.checkpoint().await {
+                tracing::error!(error = %e, "checkpoint failed");
+                break;
+            }
+            if !db.wants_more().await {
+                break;
+            }
+            // Let statements waiting for the engine lock in between epochs.
+            tokio::task::yield_now().await;
         }
     }
 }

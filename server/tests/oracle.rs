@@ -12,7 +12,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Lcg, Server};
+use common::{same_multiset, Lcg, Server};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 /// (name, query). In Sabot each becomes `CREATE MATERIALIZED VIEW name AS query`.
@@ -61,6 +61,22 @@ const SHAPES: &[(&str, &str)] = &[
     ("q34_except", "SELECT k, label FROM c EXCEPT SELECT k, s FROM a"),
     ("q36_correlated_scalar", "SELECT a.id, (SELECT count(*) FROM b WHERE b.a_k = a.k) AS n FROM a"),
     ("q37_cross_small", "SELECT x.k, y.label FROM (SELECT DISTINCT k FROM a) x, (SELECT DISTINCT label FROM c) y"),
+    ("q38_left_beyond_keys", "SELECT a.id, b.id AS bid FROM a LEFT JOIN b ON a.k = b.a_k AND b.w > a.v"),
+    ("q39_full_beyond_keys", "SELECT a.id, b.id AS bid FROM a FULL JOIN b ON a.k = b.a_k AND a.v < b.w"),
+    ("q40_exists_beyond_keys", "SELECT id FROM a WHERE EXISTS (SELECT 1 FROM b WHERE b.a_k = a.k AND b.w > a.v)"),
+    ("q41_not_exists_beyond_keys", "SELECT id, v FROM a WHERE NOT EXISTS (SELECT 1 FROM b WHERE b.a_k = a.k AND b.w < a.v)"),
+    ("q42_not_in", "SELECT id, k FROM a WHERE k NOT IN (SELECT a_k FROM b WHERE w > 95)"),
+    ("q43_not_in_filtered", "SELECT id, v FROM a WHERE v NOT IN (SELECT w FROM b WHERE w > 50)"),
+    ("q44_scalar_where", "SELECT id, v FROM a WHERE v > (SELECT avg(w) FROM b)"),
+    ("q45_scalar_select", "SELECT k, count(*) AS n, (SELECT count(*) FROM c) AS total FROM a GROUP BY k"),
+    ("q46_top_n", "SELECT id, v FROM a ORDER BY v DESC NULLS LAST, id LIMIT 5"),
+    ("q47_top_n_offset", "SELECT id, k FROM a ORDER BY k NULLS FIRST, id LIMIT 4 OFFSET 3"),
+    ("q48_row_number", "SELECT k, id, v, rn FROM (SELECT k, id, v, row_number() OVER (PARTITION BY k ORDER BY v DESC, id) AS rn FROM a) t WHERE rn <= 2"),
+    ("q49_distinct_on", "SELECT DISTINCT ON (a_k) a_k, id, w FROM b ORDER BY a_k, w DESC NULLS LAST, id"),
+    ("q50_dedup", "SELECT k, label FROM (SELECT k, label, row_number() OVER (PARTITION BY k ORDER BY label) AS rn FROM c) t WHERE rn = 1"),
+    ("q51_distinct_aggs", "SELECT k, count(DISTINCT v) AS dv, sum(DISTINCT v) AS sv, avg(DISTINCT v) AS av FROM a GROUP BY k"),
+    ("q52_string_array_agg", "SELECT k, string_agg(s, ',' ORDER BY s, id) AS ss, array_agg(v ORDER BY id) AS vs FROM a GROUP BY k"),
+    ("q53_stddev", "SELECT k, stddev(v) AS sd, var_pop(v) AS vp FROM b JOIN a ON a.k = b.a_k GROUP BY k"),
     ("q22_cte", "WITH big AS (SELECT id, k FROM a WHERE v >= 40) SELECT big.k, count(*) AS n FROM big JOIN b ON big.k = b.a_k GROUP BY big.k"),
 ];
 
@@ -225,6 +241,9 @@ impl Lcg {
     }
 }
 
+/// How far behind the newest id a row of a or b may be before a mass delete takes it.
+const WINDOW: i64 = 600;
+
 /// Generates statements valid in both systems, tracking the primary keys in use.
 struct Workload {
     rng: Lcg,
@@ -295,14 +314,36 @@ impl Workload {
                 let id = self.a_ids.swap_remove(i);
                 format!("DELETE FROM a WHERE id = {id}")
             }
-            90..=93 => format!(
-                "DELETE FROM c WHERE k = {} AND label = 'y'",
-                self.rng.below(4)
-            ),
-            94..=96 => {
+            90..=93 => {
+                let labels = ["'x'", "'y'", "'z'"];
+                format!(
+                    "DELETE FROM c WHERE k = {} AND label = {}",
+                    self.rng.below(4),
+                    labels[self.rng.below(3) as usize]
+                )
+            }
+            // Mass deletes. The oldest rows of a and b go (ids more than WINDOW behind the
+            // newest), and all of c's rows with one label: tables stay about as large on
+            // long runs as after a few thousand statements.
+            94 => {
+                self.a_ids.clear(); // refreshed below from the database
+                format!("DELETE FROM a WHERE id < {}", self.next_id - WINDOW)
+            }
+            95 => {
+                self.b_ids.clear(); // refreshed below from the database
+                format!("DELETE FROM b WHERE id < {}", self.next_id - WINDOW)
+            }
+            96 => {
                 let cut = self.rng.below(15);
                 self.a_ids.clear(); // refreshed below from the database
                 format!("DELETE FROM a WHERE v < {cut}")
+            }
+            97 => {
+                let labels = ["'x'", "'y'", "'z'"];
+                format!(
+                    "DELETE FROM c WHERE label = {}",
+                    labels[self.rng.below(3) as usize]
+                )
             }
             _ => format!("UPDATE c SET label = 'z' WHERE k = {}", self.rng.below(5)),
         }
@@ -323,24 +364,6 @@ async fn rows(client: &Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, St
             _ => None,
         })
         .collect())
-}
-
-/// Multiset equality with numbers compared as floats (relative tolerance 1e-9).
-fn same_multiset(mut x: Vec<Vec<Option<String>>>, mut y: Vec<Vec<Option<String>>>) -> bool {
-    let norm = |v: &mut Vec<Vec<Option<String>>>| {
-        for row in v.iter_mut() {
-            for s in row.iter_mut().flatten() {
-                if let Ok(f) = s.parse::<f64>() {
-                    // Round to 9 significant digits so 2.3333333333333335 == 2.3333333333333333.
-                    *s = format!("{:.9e}", f);
-                }
-            }
-        }
-        v.sort();
-    };
-    norm(&mut x);
-    norm(&mut y);
-    x == y
 }
 
 /// Compares every shape; returns PostgreSQL's row count per shape.
@@ -408,13 +431,24 @@ async fn run_seed(
             s.is_ok(),
             "statement {i} `{stmt}`: postgres {p:?}, sabot {s:?}"
         );
-        if stmt.starts_with("DELETE FROM a WHERE v <") {
-            work.a_ids = rows(&pg, "SELECT id FROM a")
-                .await
-                .unwrap()
-                .into_iter()
-                .filter_map(|r| r[0].as_ref().and_then(|v| v.parse().ok()))
-                .collect();
+        for (prefix, table) in [
+            ("DELETE FROM a WHERE v <", "a"),
+            ("DELETE FROM a WHERE id <", "a"),
+            ("DELETE FROM b WHERE id <", "b"),
+        ] {
+            if stmt.starts_with(prefix) {
+                let ids = rows(&pg, &format!("SELECT id FROM {table}"))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .filter_map(|r| r[0].as_ref().and_then(|v| v.parse().ok()))
+                    .collect();
+                if table == "a" {
+                    work.a_ids = ids;
+                } else {
+                    work.b_ids = ids;
+                }
+            }
         }
         if i % check_every == 0 || i == statements {
             sabot.batch_execute("FLUSH").await.unwrap();
@@ -428,6 +462,16 @@ async fn run_seed(
             compare(&sabot, &pg, seed, i, &mut failures).await;
         }
     }
+    let sizes = rows(
+        &pg,
+        "SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM b), (SELECT count(*) FROM c)",
+    )
+    .await
+    .unwrap_or_default();
+    eprintln!(
+        "seed {seed}: final table sizes (a, b, c) = {:?}",
+        sizes.first()
+    );
     (failures, counts)
 }
 
@@ -436,16 +480,30 @@ async fn views_match_postgres() {
     let seeds: u64 = std::env::var("SABOT_ORACLE_SEEDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     let statements: usize = std::env::var("SABOT_ORACLE_STATEMENTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(600);
+        .unwrap_or(3000);
+    let check_every: usize = std::env::var("SABOT_ORACLE_CHECK_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    // Seeds first..first+seeds-1 (several processes can share a long run).
+    let first: u64 = std::env::var("SABOT_ORACLE_FIRST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let mut failed = 0;
     let mut passed = 0;
-    for seed in 1..=seeds {
-        let (failures, counts) =
-            run_seed(seed, statements, 200, (seed == 1).then_some(statements / 2)).await;
+    for seed in first..first + seeds {
+        let (failures, counts) = run_seed(
+            seed,
+            statements,
+            check_every,
+            (seed == first).then_some(statements / 2),
+        )
+        .await;
         let bad: std::collections::BTreeSet<&str> = SHAPES
             .iter()
             .map(|(n, _)| *n)

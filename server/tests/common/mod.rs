@@ -13,30 +13,56 @@ use tokio_postgres::{Client, NoTls};
 pub struct Server {
     child: Child,
     port: u16,
+    http: u16,
 }
 
 impl Server {
     /// Starts `sabot serve` on `dir` (2 workers, 50 ms checkpoints) and waits for it.
+    ///
+    /// The ports come from the OS and are free when picked, but another process (a mock
+    /// Kafka broker, a client's outgoing connection) can take one before `sabot` binds it;
+    /// a server that exits before it listens is started again on fresh ports.
     pub fn start(dir: &Path) -> Server {
-        let port = free_port();
-        let http = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_sabot"))
-            .args(["serve", "--data-dir"])
-            .arg(dir)
-            .args(["--pg-listen", &format!("127.0.0.1:{port}")])
-            .args(["--http-listen", &format!("127.0.0.1:{http}")])
-            .args(["--workers", "2", "--checkpoint-interval", "50ms"])
-            .env("SABOT_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start sabot");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "sabot did not start listening");
-            std::thread::sleep(Duration::from_millis(20));
+        Self::start_with_env(dir, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables (e.g. `SABOT_FAILPOINTS`).
+    pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Server {
+        for _ in 0..5 {
+            let port = free_port();
+            let http = free_port();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_sabot"))
+                .args(["serve", "--data-dir"])
+                .arg(dir)
+                .args(["--pg-listen", &format!("127.0.0.1:{port}")])
+                .args(["--http-listen", &format!("127.0.0.1:{http}")])
+                .args(["--workers", "2", "--checkpoint-interval", "50ms"])
+                .env("SABOT_LOG", "warn")
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start sabot");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Some(status) = child.try_wait().expect("wait for sabot") {
+                    eprintln!("sabot exited before listening ({status}); trying other ports");
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    // Both listeners are bound before either serves; one that failed
+                    // makes the process exit at once, so a short wait tells them apart.
+                    std::thread::sleep(Duration::from_millis(100));
+                    if child.try_wait().expect("wait for sabot").is_none() {
+                        return Server { child, port, http };
+                    }
+                    continue;
+                }
+                assert!(Instant::now() < deadline, "sabot did not start listening");
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        Server { child, port }
+        panic!("sabot did not start in five tries");
     }
 
     pub async fn connect(&self) -> Client {
@@ -52,6 +78,30 @@ impl Server {
         client
     }
 
+    /// The body of an HTTP GET of `path` (e.g. `/metrics`).
+    pub fn http_get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).expect("http");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: sabot\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the server stops by itself (a failpoint), failing after `secs`.
+    pub fn wait_exit(mut self, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while self.child.try_wait().expect("wait for sabot").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "sabot did not stop at its failpoint"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: no shutdown code of the server runs.
     pub fn kill(self) {
         drop(self);
@@ -62,6 +112,45 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The first column of the first row of `sql`, as text (empty when there is none).
+pub async fn scalar(client: &Client, sql: &str) -> String {
+    let rows = client.simple_query(sql).await.expect(sql);
+    rows.into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Every row of `sql`, values as text, NULL as `NULL`.
+pub async fn rows(client: &Client, sql: &str) -> Vec<Vec<String>> {
+    let msgs = client.simple_query(sql).await.expect(sql);
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits until `sql` returns `want`, or fails after a minute.
+pub async fn wait_for(client: &Client, sql: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = scalar(client, sql).await;
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sql}: still {got}, want {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -88,4 +177,33 @@ impl Lcg {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// Multiset equality with numbers compared as floats (relative tolerance 1e-9).
+pub fn same_multiset(mut x: Vec<Vec<Option<String>>>, mut y: Vec<Vec<Option<String>>>) -> bool {
+    // Sort by values rounded to 9 significant digits, then compare row by row.
+    let key = |row: &Vec<Option<String>>| -> Vec<Option<String>> {
+        row.iter()
+            .map(|v| {
+                v.as_ref().map(|s| match s.parse::<f64>() {
+                    Ok(f) => format!("{f:.8e}"),
+                    Err(_) => s.clone(),
+                })
+            })
+            .collect()
+    };
+    x.sort_by_cached_key(key);
+    y.sort_by_cached_key(key);
+    let close = |a: &Option<String>, b: &Option<String>| match (a, b) {
+        (Some(a), Some(b)) => match (a.parse::<f64>(), b.parse::<f64>()) {
+            (Ok(p), Ok(q)) => p == q || (p - q).abs() <= 1e-9 * p.abs().max(q.abs()),
+            _ => a == b,
+        },
+        (None, None) => true,
+        _ => false,
+    };
+    x.len() == y.len()
+        && x.iter()
+            .zip(&y)
+            .all(|(r, s)| r.len() == s.len() && r.iter().zip(s).all(|(a, b)| close(a, b)))
 }
