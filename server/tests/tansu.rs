@@ -30,6 +30,47 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Starts tansu on a free port. The port can be taken between picking it and tansu binding
+/// it; tansu then exits, and it is started again on another.
+fn start_tansu(tansu: &str) -> (Broker, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut broker = Broker(
+            Command::new(tansu)
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", "memory://tansu/"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start tansu"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if broker.0.try_wait().expect("wait for tansu").is_some() {
+                eprintln!("tansu exited before listening on {port}; trying another port");
+                break;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                std::thread::sleep(Duration::from_millis(100));
+                if broker.0.try_wait().expect("wait for tansu").is_none() {
+                    return (broker, port);
+                }
+                break;
+            }
+            assert!(Instant::now() < deadline, "tansu did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("tansu did not start on any of 5 ports");
+}
+
 /// Runs a Python snippet with `confluent_kafka`; returns its stdout.
 fn python(py: &str, script: &str) -> String {
     let out = Command::new(py)
@@ -87,29 +128,9 @@ async fn tansu_broker_end_to_end_exactly_once() {
         eprintln!("skipped: SABOT_TANSU / SABOT_PYTHON not set");
         return;
     };
-    let port = free_port();
+    let (_broker, port) = start_tansu(&tansu);
     let url = format!("tcp://127.0.0.1:{port}");
     let bootstrap = format!("127.0.0.1:{port}");
-    let _broker = Broker(
-        Command::new(&tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "tansu did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     for (topic, partitions) in [("events", "3"), ("picked", "2")] {
         let ok = Command::new(&tansu)
             .args([
