@@ -97,6 +97,23 @@ pub struct Relation {
     pub primary_key: Vec<String>,
     /// The failure that stopped this view, if any.
     pub error: Option<String>,
+    /// Its object id in `pg_catalog`: fixed for the relation's lifetime.
+    pub oid: u32,
+    /// The statement that created it (for views, the query).
+    pub definition: String,
+}
+
+/// Object ids of user relations start here, as in PostgreSQL.
+pub const FIRST_USER_OID: u32 = 16384;
+
+/// A relation's OID: four per relation, so its primary key index and constraint can take
+/// the next two.
+fn user_oid(order: u64) -> u32 {
+    u32::try_from(order)
+        .ok()
+        .and_then(|o| o.checked_mul(4))
+        .and_then(|o| o.checked_add(FIRST_USER_OID))
+        .unwrap_or(u32::MAX - 3)
 }
 
 /// Every relation as of one committed epoch.
@@ -140,6 +157,7 @@ struct SourceMeta {
 
 struct SourceEntry {
     def: Arc<SourceDef>,
+    meta: SourceMeta,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -419,9 +437,13 @@ impl Database {
                     let def = source_def(&meta.name, &cs, meta.created_ms)?;
                     inner.next_order = inner.next_order.max(meta.order + 1);
                     changed.insert(meta.name.clone());
-                    inner
-                        .sources
-                        .insert(meta.name.clone(), SourceEntry { def: Arc::new(def) });
+                    inner.sources.insert(
+                        meta.name.clone(),
+                        SourceEntry {
+                            def: Arc::new(def),
+                            meta: meta.clone(),
+                        },
+                    );
                 }
                 CatalogEntry::View(meta) => {
                     // Plan against the relations recovered so far (all it can read).
@@ -699,6 +721,8 @@ impl Database {
                             .collect(),
                         schema,
                         error: None,
+                        oid: user_oid(t.meta.order),
+                        definition: t.meta.sql.clone(),
                     },
                 );
             } else if let Some(src) = inner.sources.get(name) {
@@ -711,6 +735,8 @@ impl Database {
                         schema,
                         primary_key: Vec::new(),
                         error: None,
+                        oid: user_oid(src.meta.order),
+                        definition: src.meta.sql.clone(),
                     },
                 );
             } else if let Some(v) = inner.views.iter().find(|v| &v.meta.name == name) {
@@ -723,6 +749,8 @@ impl Database {
                         data,
                         primary_key: Vec::new(),
                         error: v.meta.error.clone(),
+                        oid: user_oid(v.meta.order),
+                        definition: v.meta.sql.clone(),
                     },
                 );
             }
@@ -754,6 +782,7 @@ impl Database {
     ) -> Result<SessionContext> {
         let config = SessionConfig::new()
             .with_target_partitions(self.config.workers.max(1))
+            .with_default_catalog_and_schema(crate::pg_catalog::DATABASE, "public")
             .with_information_schema(true);
         let ctx = SessionContext::new_with_config(config);
         // PostgreSQL's name for the sample variance.
@@ -785,26 +814,38 @@ impl Database {
         Ok(ctx.state().statement_to_plan(stmt).await?)
     }
 
-    /// A context for reads: [`Database::context`] plus the `sabot_catalog` system tables.
-    fn read_context(&self, snapshot: &Snapshot) -> Result<SessionContext> {
+    /// A context for reads: [`Database::context`] plus the `sabot_catalog` system tables,
+    /// and `pg_catalog` when the query reads it (then with the query rewritten for it).
+    fn read_context(
+        &self,
+        snapshot: &Snapshot,
+        query: &ast::Query,
+    ) -> Result<(SessionContext, ast::Query)> {
         let ctx = self.context(snapshot, None)?;
         let catalog = ctx
-            .catalog("datafusion")
+            .catalog(crate::pg_catalog::DATABASE)
             .ok_or_else(|| PlanError::Internal("no default catalog".into()))?;
         catalog.register_schema(SYSTEM_SCHEMA, Arc::new(MemorySchemaProvider::new()))?;
         let errors = source_errors_batch(snapshot)?;
+        let system = [("source_errors", errors.schema())];
         ctx.register_table(
             TableReference::partial(SYSTEM_SCHEMA, "source_errors"),
             Arc::new(MemTable::try_new(errors.schema(), vec![vec![errors]])?),
         )?;
-        Ok(ctx)
+        let mut query = query.clone();
+        if crate::pg_catalog::mentions_catalog(&query) {
+            let names = snapshot.relations.keys().cloned().collect();
+            crate::pg_catalog::rewrite(&mut query, &names);
+            crate::pg_catalog::register(&ctx, snapshot, &system)?;
+        }
+        Ok((ctx, query))
     }
 
     /// Runs a read-only query against the last committed epoch.
     pub async fn query(&self, query: &ast::Query) -> Result<Output> {
         let snapshot = self.snapshot();
-        let ctx = self.read_context(&snapshot)?;
-        let plan = self.logical_plan(&ctx, query).await?;
+        let (ctx, query) = self.read_context(&snapshot, query)?;
+        let plan = self.logical_plan(&ctx, &query).await?;
         check_readable(&snapshot, &plan)?;
         let df = ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
@@ -819,8 +860,8 @@ impl Database {
         query: &ast::Query,
     ) -> Result<(SchemaRef, HashMap<String, Option<DataType>>)> {
         let snapshot = self.snapshot();
-        let ctx = self.read_context(&snapshot)?;
-        let plan = self.logical_plan(&ctx, query).await?;
+        let (ctx, query) = self.read_context(&snapshot, query)?;
+        let plan = self.logical_plan(&ctx, &query).await?;
         let params = plan.get_parameter_types()?;
         Ok((Arc::new(plan.schema().as_arrow().clone()), params))
     }
@@ -998,9 +1039,13 @@ impl Database {
         let mut batch = EpochBatch::new(inner.epoch + 1);
         batch.put_catalog(&name, catalog_bytes(&CatalogEntry::Source(meta.clone()))?);
         inner.next_order += 1;
-        inner
-            .sources
-            .insert(name.clone(), SourceEntry { def: Arc::new(def) });
+        inner.sources.insert(
+            name.clone(),
+            SourceEntry {
+                def: Arc::new(def),
+                meta: meta.clone(),
+            },
+        );
         self.run_epoch(&mut inner, batch, HashSet::from([name]), &[])?;
         Ok(command("CREATE SOURCE"))
     }
@@ -1663,8 +1708,8 @@ impl Database {
             }
             Statement::Query(q) => {
                 let snapshot = self.snapshot();
-                let ctx = self.read_context(&snapshot)?;
-                let plan = self.logical_plan(&ctx, q).await?;
+                let (ctx, q) = self.read_context(&snapshot, q)?;
+                let plan = self.logical_plan(&ctx, &q).await?;
                 let optimized = ctx.state().optimize(&plan)?;
                 format!("{}", optimized.display_indent())
             }

@@ -6,10 +6,12 @@
 //! - [`stream`] turns the DataFusion logical plan of a view's query into a
 //!   [`sabot_dataflow::StreamPlan`], or explains which construct cannot be incremental.
 //! - [`types`] maps SQL types to Arrow and back.
+//! - [`pg_catalog`] is PostgreSQL's system catalog over a snapshot, for clients.
 
 pub mod engine;
 pub mod error;
 pub mod ingest;
+pub mod pg_catalog;
 pub mod sinks;
 pub mod sources;
 pub mod stream;

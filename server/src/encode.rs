@@ -20,43 +20,11 @@ use pgwire::messages::data::DataRow;
 use pgwire::types::format::FormatOptions;
 use pgwire::types::ToSqlText;
 use postgres_types::{to_sql_checked, IsNull, ToSql};
-use sabot_planner::types::SQL_TYPE_KEY;
 
-/// The PostgreSQL type a column is reported as.
+/// The PostgreSQL type a column is reported as (the catalog's mapping, so `pg_attribute`
+/// and row descriptions agree).
 pub fn pg_type(field: &arrow::datatypes::Field) -> Type {
-    match field.metadata().get(SQL_TYPE_KEY).map(String::as_str) {
-        Some("jsonb") => return Type::JSONB,
-        Some("json") => return Type::JSON,
-        Some("varchar") => return Type::VARCHAR,
-        _ => {}
-    }
-    match field.data_type() {
-        DataType::Boolean => Type::BOOL,
-        DataType::Int8 | DataType::Int16 | DataType::UInt8 => Type::INT2,
-        DataType::Int32 | DataType::UInt16 => Type::INT4,
-        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => Type::INT8,
-        DataType::Float16 | DataType::Float32 => Type::FLOAT4,
-        DataType::Float64 => Type::FLOAT8,
-        DataType::Decimal128(..) | DataType::Decimal256(..) => Type::NUMERIC,
-        DataType::Date32 | DataType::Date64 => Type::DATE,
-        DataType::Time32(_) | DataType::Time64(_) => Type::TIME,
-        DataType::Timestamp(_, None) => Type::TIMESTAMP,
-        DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
-        DataType::Interval(IntervalUnit::MonthDayNano) => Type::INTERVAL,
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => Type::BYTEA,
-        DataType::List(item) | DataType::LargeList(item) => match element_type(item) {
-            Type::BOOL => Type::BOOL_ARRAY,
-            Type::INT2 => Type::INT2_ARRAY,
-            Type::INT4 => Type::INT4_ARRAY,
-            Type::INT8 => Type::INT8_ARRAY,
-            Type::FLOAT4 => Type::FLOAT4_ARRAY,
-            Type::FLOAT8 => Type::FLOAT8_ARRAY,
-            Type::NUMERIC => Type::NUMERIC_ARRAY,
-            Type::VARCHAR => Type::VARCHAR_ARRAY,
-            _ => Type::TEXT_ARRAY,
-        },
-        _ => Type::TEXT,
-    }
+    Type::from_oid(sabot_planner::pg_catalog::type_oid(field)).unwrap_or(Type::TEXT)
 }
 
 /// The element type an array column is sent with: the element's own type where array
@@ -524,6 +492,7 @@ fn encode_value(
         DataType::Int32 => prim!(Int32Type, |v: i32| v),
         DataType::UInt16 => prim!(UInt16Type, i32::from),
         DataType::Int64 => prim!(Int64Type, |v: i64| v),
+        DataType::UInt32 if *ty == Type::OID => prim!(UInt32Type, |v: u32| v),
         DataType::UInt32 => prim!(UInt32Type, i64::from),
         DataType::UInt64 => prim!(UInt64Type, |v: u64| i64::try_from(v).unwrap_or(i64::MAX)),
         DataType::Float32 => prim!(Float32Type, PgText::Float4),

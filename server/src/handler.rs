@@ -9,17 +9,20 @@ use arrow::datatypes::{DataType, Field, Schema};
 use async_trait::async_trait;
 use futures::{stream, Sink, SinkExt};
 use parking_lot::Mutex;
-use pgwire::api::auth::noop::NoopStartupHandler;
-use pgwire::api::auth::StartupHandler;
+use pgwire::api::auth::{self, StartupHandler};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{FieldFormat, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, PgWireServerHandlers, PidSecretKeyGenerator,
+    RandomPidSecretKeyGenerator, Type,
+};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::response::NoticeResponse;
-use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use sabot_planner::pg_catalog::{default_setting, DEFAULT_SETTINGS, SERVER_VERSION};
 use sabot_planner::{Database, Output, PlanError};
 use sabot_sql::{Parsed, Statement};
 
@@ -30,30 +33,12 @@ use crate::params::{bind, infer_types, SabotStatement};
 #[derive(Debug, Default)]
 struct Settings(Mutex<BTreeMap<String, String>>);
 
-fn default_setting(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "server_version" => "15.0 (Sabot)",
-        "server_version_num" => "150000",
-        "server_encoding" | "client_encoding" => "UTF8",
-        "datestyle" => "ISO, MDY",
-        "intervalstyle" => "postgres",
-        "timezone" => "UTC",
-        "standard_conforming_strings" => "on",
-        "integer_datetimes" => "on",
-        "search_path" => "public",
-        "transaction_isolation" | "default_transaction_isolation" => "serializable",
-        "transaction_read_only" => "off",
-        "application_name" => "",
-        "extra_float_digits" => "1",
-        "max_identifier_length" => "63",
-        _ => return None,
-    })
-}
-
 /// The handler shared by every connection.
 pub struct SabotHandler {
     db: Arc<Database>,
     parser: Arc<SabotParser>,
+    /// Process ids and cancel keys handed to connections.
+    pids: RandomPidSecretKeyGenerator,
 }
 
 impl SabotHandler {
@@ -63,6 +48,7 @@ impl SabotHandler {
                 db: Arc::clone(&db),
             }),
             db,
+            pids: RandomPidSecretKeyGenerator::default(),
         }
     }
 
@@ -118,6 +104,12 @@ impl SabotHandler {
 }
 
 fn show_variable(settings: &Settings, name: &str, db: &Database) -> sabot_planner::Result<Output> {
+    // PostgreSQL's spelled-out forms of some settings (`SHOW TRANSACTION ISOLATION LEVEL`).
+    let name = match name {
+        "transaction isolation level" => "transaction_isolation",
+        "time zone" => "timezone",
+        other => other,
+    };
     let value = if name == "all" {
         None
     } else {
@@ -142,19 +134,10 @@ fn show_variable(settings: &Settings, name: &str, db: &Database) -> sabot_planne
     let (names, values): (Vec<String>, Vec<String>) = match value {
         Some(v) => (vec![name.to_string()], vec![v]),
         None => {
-            let mut all: BTreeMap<String, String> = [
-                "server_version",
-                "server_encoding",
-                "client_encoding",
-                "datestyle",
-                "timezone",
-                "standard_conforming_strings",
-                "search_path",
-                "transaction_isolation",
-            ]
-            .iter()
-            .filter_map(|n| default_setting(n).map(|v| (n.to_string(), v.to_string())))
-            .collect();
+            let mut all: BTreeMap<String, String> = DEFAULT_SETTINGS
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
             all.extend(settings.0.lock().clone());
             all.into_iter().unzip()
         }
@@ -386,7 +369,34 @@ impl ExtendedQueryHandler for SabotHandler {
     }
 }
 
-impl NoopStartupHandler for SabotHandler {}
+#[async_trait]
+impl StartupHandler for SabotHandler {
+    /// No authentication yet: every startup is accepted, and the server's parameters say
+    /// PostgreSQL 15 (clients pick their introspection queries by it).
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let PgWireFrontendMessage::Startup(ref startup) = message {
+            auth::protocol_negotiation(client, startup).await?;
+            auth::save_startup_parameters_to_metadata(client, startup);
+            let (pid, key) = self.pids.generate(client);
+            client.set_pid_and_secret_key(pid, key);
+            let mut params = auth::DefaultServerParameterProvider::default();
+            params.server_version = SERVER_VERSION.to_string();
+            params.date_style = "ISO, MDY".to_string();
+            params.time_zone = "UTC".to_string();
+            auth::finish_authentication(client, &params).await?;
+        }
+        Ok(())
+    }
+}
 
 /// Hands the same handler to every connection.
 pub struct HandlerFactory {

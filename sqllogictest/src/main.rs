@@ -171,13 +171,23 @@ fn try_start_server(bin: &Path, workers: usize) -> Result<Option<Server>, String
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if server.child.try_wait().map_err(|e| e.to_string())?.is_some() {
+        if server
+            .child
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
             return Ok(None);
         }
         if std::net::TcpStream::connect(("127.0.0.1", pg)).is_ok() {
             // Something listens there; make sure it is this server, not whoever took the port.
             std::thread::sleep(Duration::from_millis(100));
-            if server.child.try_wait().map_err(|e| e.to_string())?.is_some() {
+            if server
+                .child
+                .try_wait()
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
                 return Ok(None);
             }
             return Ok(Some(server));

@@ -2,6 +2,8 @@
 
 //! Starting and stopping a real `sabot` process for integration tests.
 
+pub mod postgres;
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -79,6 +81,11 @@ impl Server {
     }
 
     /// The body of an HTTP GET of `path` (e.g. `/metrics`).
+    /// The pgwire port it listens on (for clients other than tokio-postgres).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     pub fn http_get(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).expect("http");

@@ -1,0 +1,2542 @@
+//! `pg_catalog`: PostgreSQL's system catalogs, built from a snapshot, for clients and BI
+//! tools that introspect the database (psql's `\d`, JDBC's `DatabaseMetaData`, ...).
+//!
+//! The catalogs are in-memory tables made at each read that mentions them; user relations
+//! appear with fixed OIDs derived from their creation order. Tables are `r`, materialized
+//! views `m`, sources `f` (foreign tables: their data lives elsewhere), and a table's
+//! primary key is an index `<table>_pkey` with its constraint. Catalogs that Sabot has no
+//! contents for (triggers, policies, ...) exist with PostgreSQL's columns and no rows, so
+//! the queries that read them work.
+//!
+//! [`rewrite`] turns PostgreSQL spellings that DataFusion does not know into ones it does:
+//! `pg_catalog.f(...)` → `f(...)`, `OPERATOR(pg_catalog.~)` → `~`, `COLLATE
+//! pg_catalog.default` dropped, casts to `regclass`/`regtype`/`oid`/`name`, and bare
+//! catalog names (`pg_class`) qualified with `pg_catalog`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Float32Builder, Int16Builder,
+    Int32Builder, Int64Array, Int64Builder, ListBuilder, RecordBatch, StringArray, StringBuilder,
+    UInt32Array, UInt32Builder,
+};
+use arrow::datatypes::{DataType, Field, IntervalUnit, Schema, SchemaRef};
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::common::TableReference;
+use datafusion::datasource::MemTable;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
+};
+use datafusion::prelude::SessionContext;
+use sabot_sql::sqlparser::ast::{
+    self, BinaryOperator, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList,
+    FunctionArguments, Ident, ObjectName, ObjectNamePart, Query, TableFactor, VisitMut, VisitorMut,
+};
+
+use crate::engine::{Relation, RelationKind, Snapshot};
+use crate::error::{PlanError, Result};
+use crate::types::SQL_TYPE_KEY;
+
+/// The database's one name, as `current_database()` and `pg_database` give it.
+pub const DATABASE: &str = "sabot";
+/// The owner of every object (the bootstrap superuser, OID 10 as in PostgreSQL).
+pub const OWNER: &str = "sabot";
+const OWNER_OID: u32 = 10;
+const DATABASE_OID: u32 = 16383;
+const PG_CATALOG_OID: u32 = 11;
+const PUBLIC_OID: u32 = 2200;
+const INFORMATION_SCHEMA_OID: u32 = 12000;
+const SABOT_CATALOG_OID: u32 = 12001;
+/// `pg_catalog`'s own tables get OIDs from here on, in the order of [`CATALOGS`].
+const FIRST_CATALOG_TABLE_OID: u32 = 12100;
+const HEAP_AM: u32 = 2;
+const BTREE_AM: u32 = 403;
+
+/// PostgreSQL's version as clients see it.
+pub const SERVER_VERSION: &str = "15.0 (Sabot)";
+
+/// Session settings and their defaults, as `SHOW` and `pg_settings` give them.
+pub const DEFAULT_SETTINGS: &[(&str, &str)] = &[
+    ("application_name", ""),
+    ("client_encoding", "UTF8"),
+    ("datestyle", "ISO, MDY"),
+    ("default_transaction_isolation", "serializable"),
+    ("extra_float_digits", "1"),
+    ("integer_datetimes", "on"),
+    ("intervalstyle", "postgres"),
+    ("max_identifier_length", "63"),
+    ("search_path", "public"),
+    ("server_encoding", "UTF8"),
+    ("server_version", SERVER_VERSION),
+    ("server_version_num", "150000"),
+    ("standard_conforming_strings", "on"),
+    ("timezone", "UTC"),
+    ("transaction_isolation", "serializable"),
+    ("transaction_read_only", "off"),
+];
+
+/// A setting's default, if Sabot knows the setting.
+pub fn default_setting(name: &str) -> Option<&'static str> {
+    DEFAULT_SETTINGS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
+}
+
+/// One PostgreSQL type Sabot can report: OID, name, length, category, array type, and
+/// the name `format_type` gives it.
+struct PgType {
+    oid: u32,
+    name: &'static str,
+    len: i16,
+    category: &'static str,
+    array: u32,
+    element: u32,
+    display: &'static str,
+}
+
+const fn ty(
+    oid: u32,
+    name: &'static str,
+    len: i16,
+    category: &'static str,
+    array: u32,
+    display: &'static str,
+) -> PgType {
+    PgType {
+        oid,
+        name,
+        len,
+        category,
+        array,
+        element: 0,
+        display,
+    }
+}
+
+const fn arr(oid: u32, name: &'static str, element: u32, display: &'static str) -> PgType {
+    PgType {
+        oid,
+        name,
+        len: -1,
+        category: "A",
+        array: 0,
+        element,
+        display,
+    }
+}
+
+const TYPES: &[PgType] = &[
+    ty(16, "bool", 1, "B", 1000, "boolean"),
+    ty(17, "bytea", -1, "U", 1001, "bytea"),
+    ty(18, "char", 1, "Z", 1002, "\"char\""),
+    ty(19, "name", 64, "S", 1003, "name"),
+    ty(20, "int8", 8, "N", 1016, "bigint"),
+    ty(21, "int2", 2, "N", 1005, "smallint"),
+    ty(23, "int4", 4, "N", 1007, "integer"),
+    ty(25, "text", -1, "S", 1009, "text"),
+    ty(26, "oid", 4, "N", 1028, "oid"),
+    ty(114, "json", -1, "U", 199, "json"),
+    ty(700, "float4", 4, "N", 1021, "real"),
+    ty(701, "float8", 8, "N", 1022, "double precision"),
+    ty(705, "unknown", -2, "X", 0, "unknown"),
+    ty(1043, "varchar", -1, "S", 1015, "character varying"),
+    ty(1082, "date", 4, "D", 1182, "date"),
+    ty(1083, "time", 8, "D", 1183, "time without time zone"),
+    ty(
+        1114,
+        "timestamp",
+        8,
+        "D",
+        1115,
+        "timestamp without time zone",
+    ),
+    ty(
+        1184,
+        "timestamptz",
+        8,
+        "D",
+        1185,
+        "timestamp with time zone",
+    ),
+    ty(1186, "interval", 16, "T", 1187, "interval"),
+    ty(1700, "numeric", -1, "N", 1231, "numeric"),
+    ty(2205, "regclass", 4, "N", 2210, "regclass"),
+    ty(2206, "regtype", 4, "N", 2211, "regtype"),
+    ty(2950, "uuid", 16, "U", 2951, "uuid"),
+    ty(3802, "jsonb", -1, "U", 3807, "jsonb"),
+    arr(1000, "_bool", 16, "boolean[]"),
+    arr(1001, "_bytea", 17, "bytea[]"),
+    arr(1002, "_char", 18, "\"char\"[]"),
+    arr(1003, "_name", 19, "name[]"),
+    arr(1005, "_int2", 21, "smallint[]"),
+    arr(1007, "_int4", 23, "integer[]"),
+    arr(1009, "_text", 25, "text[]"),
+    arr(1015, "_varchar", 1043, "character varying[]"),
+    arr(1016, "_int8", 20, "bigint[]"),
+    arr(1021, "_float4", 700, "real[]"),
+    arr(1022, "_float8", 701, "double precision[]"),
+    arr(1028, "_oid", 26, "oid[]"),
+    arr(1115, "_timestamp", 1114, "timestamp without time zone[]"),
+    arr(1182, "_date", 1082, "date[]"),
+    arr(1183, "_time", 1083, "time without time zone[]"),
+    arr(1185, "_timestamptz", 1184, "timestamp with time zone[]"),
+    arr(1187, "_interval", 1186, "interval[]"),
+    arr(1231, "_numeric", 1700, "numeric[]"),
+    arr(199, "_json", 114, "json[]"),
+    arr(2951, "_uuid", 2950, "uuid[]"),
+    arr(3807, "_jsonb", 3802, "jsonb[]"),
+];
+
+fn pg_type_by_oid(oid: u32) -> Option<&'static PgType> {
+    TYPES.iter().find(|t| t.oid == oid)
+}
+
+/// The OID of the PostgreSQL type a column is reported as to clients.
+pub fn type_oid(field: &Field) -> u32 {
+    match field.metadata().get(SQL_TYPE_KEY).map(String::as_str) {
+        Some("jsonb") => return 3802,
+        Some("json") => return 114,
+        Some("varchar") => return 1043,
+        Some("name") => return 19,
+        Some("oid") if *field.data_type() == DataType::UInt32 => return 26,
+        _ => {}
+    }
+    match field.data_type() {
+        DataType::Boolean => 16,
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => 21,
+        DataType::Int32 | DataType::UInt16 => 23,
+        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => 20,
+        DataType::Float16 | DataType::Float32 => 700,
+        DataType::Float64 => 701,
+        DataType::Decimal128(..) | DataType::Decimal256(..) => 1700,
+        DataType::Date32 | DataType::Date64 => 1082,
+        DataType::Time32(_) | DataType::Time64(_) => 1083,
+        DataType::Timestamp(_, None) => 1114,
+        DataType::Timestamp(_, Some(_)) => 1184,
+        DataType::Interval(IntervalUnit::MonthDayNano) => 1186,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => 17,
+        DataType::List(item) | DataType::LargeList(item) => match type_oid(item) {
+            16 => 1000,
+            21 => 1005,
+            23 => 1007,
+            20 => 1016,
+            700 => 1021,
+            701 => 1022,
+            1700 => 1231,
+            1043 => 1015,
+            _ => 1009,
+        },
+        _ => 25,
+    }
+}
+
+/// PostgreSQL's display name of a type (`format_type`), e.g. `integer`, `text[]`.
+fn type_display(oid: u32, typmod: Option<i32>) -> Option<String> {
+    let t = pg_type_by_oid(oid)?;
+    Some(match (t.oid, typmod) {
+        (1043, Some(m)) if m >= 4 => format!("character varying({})", m - 4),
+        (1700, Some(m)) if m >= 4 => {
+            let m = m - 4;
+            format!("numeric({},{})", (m >> 16) & 0xffff, m & 0xffff)
+        }
+        _ => t.display.to_string(),
+    })
+}
+
+/// PostgreSQL's storage strategy of a type: `numeric` is kept inline (`m`ain), other
+/// variable-length types `x` (extended), fixed-length ones `p`lain.
+fn storage(oid: u32, len: i16) -> &'static str {
+    match (oid, len) {
+        (1700, _) => "m",
+        (_, l) if l < 0 => "x",
+        _ => "p",
+    }
+}
+
+/// The `atttypmod` of a column: precision and scale of NUMERIC, else -1.
+fn typmod(field: &Field) -> i32 {
+    match field.data_type() {
+        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => {
+            ((i32::from(*p) << 16) | i32::from(*s)) + 4
+        }
+        _ => -1,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Catalog tables
+
+/// A column kind in a catalog table's spec: `o` oid, `n` name, `t` text, `c` "char",
+/// `b` bool, `s` int2, `i` int4, `l` int8, `f` float4, `a` text[], `S` int2[].
+#[derive(Debug, Clone)]
+enum V {
+    Null,
+    Oid(u32),
+    Str(String),
+    Bool(bool),
+    Int(i64),
+    Float(f32),
+    Ints(Vec<i16>),
+    Strs(Vec<String>),
+}
+
+fn s(v: impl Into<String>) -> V {
+    V::Str(v.into())
+}
+
+/// The catalog tables: name and columns (`name:kind ...`).
+const CATALOGS: &[(&str, &str)] = &[
+    ("pg_namespace", "oid:o nspname:n nspowner:o nspacl:a"),
+    (
+        "pg_class",
+        "oid:o relname:n relnamespace:o reltype:o reloftype:o relowner:o relam:o relfilenode:o \
+         reltablespace:o relpages:i reltuples:f relallvisible:i reltoastrelid:o relhasindex:b \
+         relisshared:b relpersistence:c relkind:c relnatts:s relchecks:s relhasrules:b \
+         relhastriggers:b relhassubclass:b relrowsecurity:b relforcerowsecurity:b \
+         relispopulated:b relreplident:c relispartition:b relrewrite:o relfrozenxid:l \
+         relminmxid:l relacl:a reloptions:a relpartbound:t",
+    ),
+    (
+        "pg_attribute",
+        "attrelid:o attname:n atttypid:o attstattarget:i attlen:s attnum:s attndims:i \
+         attcacheoff:i atttypmod:i attbyval:b attalign:c attstorage:c attcompression:c \
+         attnotnull:b atthasdef:b atthasmissing:b attidentity:c attgenerated:c attisdropped:b \
+         attislocal:b attinhcount:i attcollation:o attacl:a attoptions:a attfdwoptions:a",
+    ),
+    (
+        "pg_type",
+        "oid:o typname:n typnamespace:o typowner:o typlen:s typbyval:b typtype:c typcategory:c \
+         typispreferred:b typisdefined:b typdelim:c typrelid:o typsubscript:t typelem:o \
+         typarray:o typinput:t typoutput:t typreceive:t typsend:t typmodin:t typmodout:t \
+         typanalyze:t typalign:c typstorage:c typnotnull:b typbasetype:o typtypmod:i \
+         typndims:i typcollation:o typdefaultbin:t typdefault:t typacl:a",
+    ),
+    (
+        "pg_database",
+        "oid:o datname:n datdba:o encoding:i datlocprovider:c datistemplate:b datallowconn:b \
+         datconnlimit:i datfrozenxid:l datminmxid:l dattablespace:o datcollate:t datctype:t \
+         daticulocale:t datcollversion:t datacl:a",
+    ),
+    (
+        "pg_roles",
+        "rolname:n rolsuper:b rolinherit:b rolcreaterole:b rolcreatedb:b rolcanlogin:b \
+         rolreplication:b rolconnlimit:i rolpassword:t rolvaliduntil:t rolbypassrls:b \
+         rolconfig:a oid:o",
+    ),
+    (
+        "pg_user",
+        "usename:n usesysid:o usecreatedb:b usesuper:b userepl:b usebypassrls:b passwd:t \
+         valuntil:t useconfig:a",
+    ),
+    (
+        "pg_auth_members",
+        "oid:o roleid:o member:o grantor:o admin_option:b",
+    ),
+    (
+        "pg_settings",
+        "name:t setting:t unit:t category:t short_desc:t extra_desc:t context:t vartype:t \
+         source:t min_val:t max_val:t enumvals:a boot_val:t reset_val:t sourcefile:t \
+         sourceline:i pending_restart:b",
+    ),
+    (
+        "pg_description",
+        "objoid:o classoid:o objsubid:i description:t",
+    ),
+    ("pg_shdescription", "objoid:o classoid:o description:t"),
+    (
+        "pg_matviews",
+        "schemaname:n matviewname:n matviewowner:n tablespace:n hasindexes:b ispopulated:b \
+         definition:t",
+    ),
+    (
+        "pg_views",
+        "schemaname:n viewname:n viewowner:n definition:t",
+    ),
+    (
+        "pg_tables",
+        "schemaname:n tablename:n tableowner:n tablespace:n hasindexes:b hasrules:b \
+         hastriggers:b rowsecurity:b",
+    ),
+    ("pg_am", "oid:o amname:n amhandler:t amtype:c"),
+    (
+        "pg_index",
+        "indexrelid:o indrelid:o indnatts:s indnkeyatts:s indisunique:b \
+         indnullsnotdistinct:b indisprimary:b indisexclusion:b indimmediate:b \
+         indisclustered:b indisvalid:b indcheckxmin:b indisready:b indislive:b \
+         indisreplident:b indkey:S indcollation:a indclass:a indoption:S indexprs:t indpred:t",
+    ),
+    (
+        "pg_constraint",
+        "oid:o conname:n connamespace:o contype:c condeferrable:b condeferred:b convalidated:b \
+         conrelid:o contypid:o conindid:o conparentid:o confrelid:o confupdtype:c \
+         confdeltype:c confmatchtype:c conislocal:b coninhcount:i connoinherit:b conkey:S \
+         confkey:S conpfeqop:a conppeqop:a conffeqop:a confdelsetcols:S conexclop:a conbin:t",
+    ),
+    ("pg_attrdef", "oid:o adrelid:o adnum:s adbin:t"),
+    (
+        "pg_proc",
+        "oid:o proname:n pronamespace:o proowner:o prolang:o procost:f prorows:f \
+         provariadic:o prosupport:t prokind:c prosecdef:b proleakproof:b proisstrict:b \
+         proretset:b provolatile:c proparallel:c pronargs:s pronargdefaults:s prorettype:o \
+         proargtypes:t proallargtypes:a proargmodes:a proargnames:a proargdefaults:t \
+         protrftypes:a prosrc:t probin:t prosqlbody:t proconfig:a proacl:a",
+    ),
+    (
+        "pg_range",
+        "rngtypid:o rngsubtype:o rngmultitypid:o rngcollation:o rngsubopc:o rngcanonical:t \
+         rngsubdiff:t",
+    ),
+    ("pg_enum", "oid:o enumtypid:o enumsortorder:f enumlabel:n"),
+    (
+        "pg_sequence",
+        "seqrelid:o seqtypid:o seqstart:l seqincrement:l seqmax:l seqmin:l seqcache:l \
+         seqcycle:b",
+    ),
+    (
+        "pg_collation",
+        "oid:o collname:n collnamespace:o collowner:o collprovider:c collisdeterministic:b \
+         collencoding:i collcollate:t collctype:t colliculocale:t collversion:t",
+    ),
+    (
+        "pg_inherits",
+        "inhrelid:o inhparent:o inhseqno:i inhdetachpending:b",
+    ),
+    (
+        "pg_trigger",
+        "oid:o tgrelid:o tgparentid:o tgname:n tgfoid:o tgtype:s tgenabled:c tgisinternal:b \
+         tgconstrrelid:o tgconstrindid:o tgconstraint:o tgdeferrable:b tginitdeferred:b \
+         tgnargs:s tgattr:S tgargs:t tgqual:t tgoldtable:n tgnewtable:n",
+    ),
+    (
+        "pg_policy",
+        "oid:o polname:n polrelid:o polcmd:c polpermissive:b polroles:a polqual:t \
+         polwithcheck:t",
+    ),
+    (
+        "pg_statistic_ext",
+        "oid:o stxrelid:o stxname:n stxnamespace:o stxowner:o stxstattarget:i stxkeys:S \
+         stxkind:a stxexprs:t",
+    ),
+    (
+        "pg_publication",
+        "oid:o pubname:n pubowner:o puballtables:b pubinsert:b pubupdate:b pubdelete:b \
+         pubtruncate:b pubviaroot:b",
+    ),
+    (
+        "pg_publication_rel",
+        "oid:o prpubid:o prrelid:o prqual:t prattrs:S",
+    ),
+    ("pg_publication_namespace", "oid:o pnpubid:o pnnspid:o"),
+    (
+        "pg_rewrite",
+        "oid:o rulename:n ev_class:o ev_type:c ev_enabled:c is_instead:b ev_qual:t \
+         ev_action:t",
+    ),
+    (
+        "pg_depend",
+        "classid:o objid:o objsubid:i refclassid:o refobjid:o refobjsubid:i deptype:c",
+    ),
+    (
+        "pg_extension",
+        "oid:o extname:n extowner:o extnamespace:o extrelocatable:b extversion:t extconfig:a \
+         extcondition:a",
+    ),
+    (
+        "pg_tablespace",
+        "oid:o spcname:n spcowner:o spcacl:a spcoptions:a",
+    ),
+    ("pg_foreign_table", "ftrelid:o ftserver:o ftoptions:a"),
+    (
+        "pg_foreign_server",
+        "oid:o srvname:n srvowner:o srvfdw:o srvtype:t srvversion:t srvacl:a srvoptions:a",
+    ),
+    (
+        "pg_foreign_data_wrapper",
+        "oid:o fdwname:n fdwowner:o fdwhandler:o fdwvalidator:o fdwacl:a fdwoptions:a",
+    ),
+    (
+        "pg_partitioned_table",
+        "partrelid:o partstrat:c partnatts:s partdefid:o partattrs:S",
+    ),
+    (
+        "pg_event_trigger",
+        "oid:o evtname:n evtevent:n evtowner:o evtfoid:o evtenabled:c",
+    ),
+];
+
+/// Whether `name` is one of the catalog tables.
+pub fn is_catalog_table(name: &str) -> bool {
+    CATALOGS.iter().any(|(n, _)| *n == name)
+}
+
+fn column_type(kind: char) -> (DataType, Option<&'static str>) {
+    match kind {
+        'o' => (DataType::UInt32, Some("oid")),
+        'n' => (DataType::Utf8, Some("name")),
+        'b' => (DataType::Boolean, None),
+        's' => (DataType::Int16, None),
+        'i' => (DataType::Int32, None),
+        'l' => (DataType::Int64, None),
+        'f' => (DataType::Float32, None),
+        'a' => (
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            None,
+        ),
+        'S' => (
+            DataType::List(Arc::new(Field::new("item", DataType::Int16, true))),
+            None,
+        ),
+        _ => (DataType::Utf8, None),
+    }
+}
+
+fn catalog_schema(spec: &str) -> SchemaRef {
+    let fields: Vec<Field> = spec
+        .split_whitespace()
+        .map(|col| {
+            let (name, kind) = col.split_once(':').unwrap_or((col, "t"));
+            let (dt, tag) = column_type(kind.chars().next().unwrap_or('t'));
+            let f = Field::new(name, dt, true);
+            match tag {
+                Some(tag) => {
+                    f.with_metadata(HashMap::from([(SQL_TYPE_KEY.to_string(), tag.to_string())]))
+                }
+                None => f,
+            }
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// Builds a catalog table from rows given as `column → value` (absent columns are NULL).
+fn catalog_batch(spec: &str, rows: &[Vec<(&str, V)>]) -> Result<RecordBatch> {
+    let schema = catalog_schema(spec);
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let name = field.name().as_str();
+        let values = rows.iter().map(|r| {
+            r.iter()
+                .find(|(n, _)| *n == name)
+                .map_or(V::Null, |(_, v)| v.clone())
+        });
+        let array: ArrayRef = match field.data_type() {
+            DataType::UInt32 => {
+                let mut b = UInt32Builder::new();
+                for v in values {
+                    match v {
+                        V::Oid(o) => b.append_value(o),
+                        V::Int(i) => b.append_option(u32::try_from(i).ok()),
+                        _ => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            DataType::Boolean => {
+                let mut b = BooleanBuilder::new();
+                for v in values {
+                    match v {
+                        V::Bool(x) => b.append_value(x),
+                        _ => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            DataType::Int16 => {
+                let mut b = Int16Builder::new();
+                for v in values {
+                    match v {
+                        V::Int(i) => b.append_option(i16::try_from(i).ok()),
+                        _ => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            DataType::Int32 => {
+                let mut b = Int32Builder::new();
+                for v in values {
+                    match v {
+                        V::Int(i) => b.append_option(i32::try_from(i).ok()),
+                        _ => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            DataType::Int64 => {
+                let mut b = Int64Builder::new();
+                for v in values {
+                    match v {
+                        V::Int(i) => b.append_value(i),
+                        _ => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            DataType::Float32 => {
+                let mut b = Float32Builder::new();
+                for v in values {
+                    match v {
+                        V::Float(x) => b.append_value(x),
+                        _ => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            DataType::List(item) if *item.data_type() == DataType::Int16 => {
+                let mut b = ListBuilder::new(Int16Builder::new());
+                for v in values {
+                    match v {
+                        V::Ints(xs) => {
+                            for x in xs {
+                                b.values().append_value(x);
+                            }
+                            b.append(true);
+                        }
+                        _ => b.append(false),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            DataType::List(_) => {
+                let mut b = ListBuilder::new(StringBuilder::new());
+                for v in values {
+                    match v {
+                        V::Strs(xs) => {
+                            for x in xs {
+                                b.values().append_value(x);
+                            }
+                            b.append(true);
+                        }
+                        _ => b.append(false),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            _ => {
+                let mut b = StringBuilder::new();
+                for v in values {
+                    match v {
+                        V::Str(x) => b.append_value(x),
+                        _ => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+        };
+        // The builders make nullable fields without the catalog's metadata: cast into the
+        // schema's field as is (same type).
+        columns.push(array);
+    }
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// A relation as the catalog shows it.
+#[derive(Debug, Clone)]
+struct CatalogRel {
+    oid: u32,
+    name: String,
+    namespace: u32,
+    kind: char,
+    schema: SchemaRef,
+    primary_key: Vec<String>,
+    definition: String,
+    bytes: usize,
+}
+
+impl CatalogRel {
+    /// The primary key index's OID (and, +1, its constraint's).
+    fn pkey_oid(&self) -> u32 {
+        self.oid + 1
+    }
+
+    fn pkey_attnums(&self) -> Vec<i16> {
+        self.primary_key
+            .iter()
+            .filter_map(|k| self.schema.index_of(k).ok())
+            .map(|i| i16::try_from(i + 1).unwrap_or(i16::MAX))
+            .collect()
+    }
+}
+
+fn user_relations(snapshot: &Snapshot) -> Vec<CatalogRel> {
+    let mut rels: Vec<CatalogRel> = snapshot
+        .relations
+        .iter()
+        .filter_map(|(name, r): (&String, &Relation)| {
+            let kind = match r.kind {
+                RelationKind::Table => 'r',
+                RelationKind::MaterializedView => 'm',
+                RelationKind::Source => 'f',
+                RelationKind::Sink => return None,
+            };
+            Some(CatalogRel {
+                oid: r.oid,
+                name: name.clone(),
+                namespace: PUBLIC_OID,
+                kind,
+                schema: Arc::clone(&r.schema),
+                primary_key: r.primary_key.clone(),
+                definition: r.definition.clone(),
+                bytes: r.data.get_array_memory_size(),
+            })
+        })
+        .collect();
+    rels.sort_by_key(|r| r.oid);
+    rels
+}
+
+/// Everything the catalog functions look up, built once per read.
+#[derive(Debug, Default)]
+struct Lookup {
+    by_oid: HashMap<u32, CatalogRel>,
+    by_name: HashMap<String, u32>,
+}
+
+impl Lookup {
+    fn relation(&self, name: &str) -> Option<u32> {
+        let name = name.trim_matches('"');
+        let name = name
+            .strip_prefix("public.")
+            .or_else(|| name.strip_prefix("pg_catalog."))
+            .unwrap_or(name);
+        self.by_name.get(name).copied()
+    }
+
+    /// The primary key index or constraint with this OID: its table.
+    fn pkey_owner(&self, oid: u32) -> Option<&CatalogRel> {
+        let table = self.by_oid.get(&(oid.checked_sub(1)?))?;
+        (!table.primary_key.is_empty()).then_some(table)
+    }
+    fn constraint_owner(&self, oid: u32) -> Option<&CatalogRel> {
+        self.pkey_owner(oid.checked_sub(1)?)
+    }
+}
+
+/// Registers `pg_catalog` (tables and functions) on `ctx` over `snapshot`.
+pub fn register(
+    ctx: &SessionContext,
+    snapshot: &Snapshot,
+    system: &[(&str, SchemaRef)],
+) -> Result<()> {
+    let mut rels = user_relations(snapshot);
+    for (i, (name, schema)) in system.iter().enumerate() {
+        rels.push(CatalogRel {
+            oid: SABOT_CATALOG_OID + 1 + u32::try_from(i).unwrap_or(0),
+            name: (*name).to_string(),
+            namespace: SABOT_CATALOG_OID,
+            kind: 'v',
+            schema: Arc::clone(schema),
+            primary_key: Vec::new(),
+            definition: String::new(),
+            bytes: 0,
+        });
+    }
+    for (i, (name, spec)) in CATALOGS.iter().enumerate() {
+        rels.push(CatalogRel {
+            oid: FIRST_CATALOG_TABLE_OID + 2 * u32::try_from(i).unwrap_or(0),
+            name: (*name).to_string(),
+            namespace: PG_CATALOG_OID,
+            kind: 'r',
+            schema: catalog_schema(spec),
+            primary_key: Vec::new(),
+            definition: String::new(),
+            bytes: 0,
+        });
+    }
+    let tables = catalog_tables(&rels)?;
+    let catalog = ctx
+        .catalog(DATABASE)
+        .ok_or_else(|| PlanError::Internal("no default catalog".into()))?;
+    catalog.register_schema("pg_catalog", Arc::new(MemorySchemaProvider::new()))?;
+    for (name, batch) in tables {
+        ctx.register_table(
+            TableReference::partial("pg_catalog", name),
+            Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?),
+        )?;
+    }
+    let lookup = Arc::new(Lookup {
+        by_name: rels
+            .iter()
+            .filter(|r| {
+                r.namespace != PG_CATALOG_OID
+                    || !rels
+                        .iter()
+                        .any(|o| o.name == r.name && o.namespace != PG_CATALOG_OID)
+            })
+            .map(|r| (r.name.clone(), r.oid))
+            .collect(),
+        by_oid: rels.into_iter().map(|r| (r.oid, r)).collect(),
+    });
+    for f in functions(&lookup) {
+        ctx.register_udf(ScalarUDF::new_from_impl(f));
+    }
+    Ok(())
+}
+
+fn catalog_tables(rels: &[CatalogRel]) -> Result<Vec<(&'static str, RecordBatch)>> {
+    let mut rows: BTreeMap<&'static str, Vec<Vec<(&'static str, V)>>> = BTreeMap::new();
+    let mut add = |table: &'static str, row: Vec<(&'static str, V)>| {
+        rows.entry(table).or_default().push(row);
+    };
+    for (oid, name) in [
+        (PG_CATALOG_OID, "pg_catalog"),
+        (PUBLIC_OID, "public"),
+        (INFORMATION_SCHEMA_OID, "information_schema"),
+        (SABOT_CATALOG_OID, "sabot_catalog"),
+    ] {
+        add(
+            "pg_namespace",
+            vec![
+                ("oid", V::Oid(oid)),
+                ("nspname", s(name)),
+                ("nspowner", V::Oid(OWNER_OID)),
+            ],
+        );
+    }
+    add(
+        "pg_database",
+        vec![
+            ("oid", V::Oid(DATABASE_OID)),
+            ("datname", s(DATABASE)),
+            ("datdba", V::Oid(OWNER_OID)),
+            ("encoding", V::Int(6)),
+            ("datlocprovider", s("c")),
+            ("datistemplate", V::Bool(false)),
+            ("datallowconn", V::Bool(true)),
+            ("datconnlimit", V::Int(-1)),
+            ("dattablespace", V::Oid(1663)),
+            ("datcollate", s("C")),
+            ("datctype", s("C")),
+        ],
+    );
+    add(
+        "pg_roles",
+        vec![
+            ("rolname", s(OWNER)),
+            ("rolsuper", V::Bool(true)),
+            ("rolinherit", V::Bool(true)),
+            ("rolcreaterole", V::Bool(true)),
+            ("rolcreatedb", V::Bool(true)),
+            ("rolcanlogin", V::Bool(true)),
+            ("rolreplication", V::Bool(false)),
+            ("rolconnlimit", V::Int(-1)),
+            ("rolpassword", s("********")),
+            ("rolbypassrls", V::Bool(true)),
+            ("oid", V::Oid(OWNER_OID)),
+        ],
+    );
+    add(
+        "pg_user",
+        vec![
+            ("usename", s(OWNER)),
+            ("usesysid", V::Oid(OWNER_OID)),
+            ("usecreatedb", V::Bool(true)),
+            ("usesuper", V::Bool(true)),
+            ("userepl", V::Bool(false)),
+            ("usebypassrls", V::Bool(true)),
+            ("passwd", s("********")),
+        ],
+    );
+    for (name, value) in DEFAULT_SETTINGS {
+        add(
+            "pg_settings",
+            vec![
+                ("name", s(*name)),
+                ("setting", s(*value)),
+                ("category", s("Sabot")),
+                ("context", s("user")),
+                ("vartype", s("string")),
+                ("source", s("default")),
+                ("boot_val", s(*value)),
+                ("reset_val", s(*value)),
+                ("pending_restart", V::Bool(false)),
+            ],
+        );
+    }
+    for (oid, name, handler, kind) in [
+        (HEAP_AM, "heap", "heap_tableam_handler", "t"),
+        (BTREE_AM, "btree", "bthandler", "i"),
+    ] {
+        add(
+            "pg_am",
+            vec![
+                ("oid", V::Oid(oid)),
+                ("amname", s(name)),
+                ("amhandler", s(handler)),
+                ("amtype", s(kind)),
+            ],
+        );
+    }
+    add(
+        "pg_tablespace",
+        vec![
+            ("oid", V::Oid(1663)),
+            ("spcname", s("pg_default")),
+            ("spcowner", V::Oid(OWNER_OID)),
+        ],
+    );
+    for (oid, name) in [(100, "default"), (950, "C")] {
+        add(
+            "pg_collation",
+            vec![
+                ("oid", V::Oid(oid)),
+                ("collname", s(name)),
+                ("collnamespace", V::Oid(PG_CATALOG_OID)),
+                ("collowner", V::Oid(OWNER_OID)),
+                ("collprovider", s(if oid == 100 { "d" } else { "c" })),
+                ("collisdeterministic", V::Bool(true)),
+                ("collencoding", V::Int(-1)),
+            ],
+        );
+    }
+    add(
+        "pg_foreign_data_wrapper",
+        vec![
+            ("oid", V::Oid(12050)),
+            ("fdwname", s("sabot_connector")),
+            ("fdwowner", V::Oid(OWNER_OID)),
+        ],
+    );
+    add(
+        "pg_foreign_server",
+        vec![
+            ("oid", V::Oid(12051)),
+            ("srvname", s("sabot_source")),
+            ("srvowner", V::Oid(OWNER_OID)),
+            ("srvfdw", V::Oid(12050)),
+        ],
+    );
+    for t in TYPES {
+        add(
+            "pg_type",
+            vec![
+                ("oid", V::Oid(t.oid)),
+                ("typname", s(t.name)),
+                ("typnamespace", V::Oid(PG_CATALOG_OID)),
+                ("typowner", V::Oid(OWNER_OID)),
+                ("typlen", V::Int(i64::from(t.len))),
+                ("typbyval", V::Bool(matches!(t.len, 1 | 2 | 4 | 8))),
+                ("typtype", s(if t.oid == 705 { "p" } else { "b" })),
+                ("typcategory", s(t.category)),
+                (
+                    "typispreferred",
+                    V::Bool(matches!(t.oid, 16 | 25 | 701 | 1184 | 1186 | 26)),
+                ),
+                ("typisdefined", V::Bool(true)),
+                ("typdelim", s(",")),
+                ("typrelid", V::Oid(0)),
+                ("typelem", V::Oid(t.element)),
+                ("typarray", V::Oid(t.array)),
+                (
+                    "typinput",
+                    s(format!("{}in", t.name.trim_start_matches('_'))),
+                ),
+                (
+                    "typoutput",
+                    s(format!("{}out", t.name.trim_start_matches('_'))),
+                ),
+                ("typalign", s(if t.len == 8 { "d" } else { "i" })),
+                ("typstorage", s(storage(t.oid, t.len))),
+                ("typnotnull", V::Bool(false)),
+                ("typbasetype", V::Oid(0)),
+                ("typtypmod", V::Int(-1)),
+                ("typndims", V::Int(0)),
+                (
+                    "typcollation",
+                    V::Oid(if t.category == "S" { 100 } else { 0 }),
+                ),
+            ],
+        );
+    }
+    for r in rels {
+        let natts = i64::try_from(r.schema.fields().len()).unwrap_or(0);
+        let has_pkey = !r.primary_key.is_empty();
+        add(
+            "pg_class",
+            vec![
+                ("oid", V::Oid(r.oid)),
+                ("relname", s(r.name.clone())),
+                ("relnamespace", V::Oid(r.namespace)),
+                ("reltype", V::Oid(0)),
+                ("reloftype", V::Oid(0)),
+                ("relowner", V::Oid(OWNER_OID)),
+                (
+                    "relam",
+                    V::Oid(if matches!(r.kind, 'r' | 'm') {
+                        HEAP_AM
+                    } else {
+                        0
+                    }),
+                ),
+                ("relfilenode", V::Oid(r.oid)),
+                ("reltablespace", V::Oid(0)),
+                ("relpages", V::Int(0)),
+                ("reltuples", V::Float(-1.0)),
+                ("relallvisible", V::Int(0)),
+                ("reltoastrelid", V::Oid(0)),
+                ("relhasindex", V::Bool(has_pkey)),
+                ("relisshared", V::Bool(false)),
+                ("relpersistence", s("p")),
+                ("relkind", s(r.kind.to_string())),
+                ("relnatts", V::Int(natts)),
+                ("relchecks", V::Int(0)),
+                ("relhasrules", V::Bool(false)),
+                ("relhastriggers", V::Bool(false)),
+                ("relhassubclass", V::Bool(false)),
+                ("relrowsecurity", V::Bool(false)),
+                ("relforcerowsecurity", V::Bool(false)),
+                ("relispopulated", V::Bool(true)),
+                ("relreplident", s("d")),
+                ("relispartition", V::Bool(false)),
+                ("relrewrite", V::Oid(0)),
+            ],
+        );
+        for (i, f) in r.schema.fields().iter().enumerate() {
+            let typ = type_oid(f);
+            let len = pg_type_by_oid(typ).map_or(-1, |t| t.len);
+            add(
+                "pg_attribute",
+                vec![
+                    ("attrelid", V::Oid(r.oid)),
+                    ("attname", s(f.name().clone())),
+                    ("atttypid", V::Oid(typ)),
+                    ("attstattarget", V::Int(-1)),
+                    ("attlen", V::Int(i64::from(len))),
+                    ("attnum", V::Int(i64::try_from(i + 1).unwrap_or(0))),
+                    (
+                        "attndims",
+                        V::Int(i64::from(matches!(f.data_type(), DataType::List(_)))),
+                    ),
+                    ("attcacheoff", V::Int(-1)),
+                    ("atttypmod", V::Int(i64::from(typmod(f)))),
+                    ("attbyval", V::Bool(matches!(len, 1 | 2 | 4 | 8))),
+                    ("attalign", s("i")),
+                    ("attstorage", s(storage(typ, len))),
+                    ("attcompression", s("")),
+                    (
+                        "attnotnull",
+                        V::Bool(!f.is_nullable() || r.primary_key.contains(f.name())),
+                    ),
+                    ("atthasdef", V::Bool(false)),
+                    ("atthasmissing", V::Bool(false)),
+                    ("attidentity", s("")),
+                    ("attgenerated", s("")),
+                    ("attisdropped", V::Bool(false)),
+                    ("attislocal", V::Bool(true)),
+                    ("attinhcount", V::Int(0)),
+                    (
+                        "attcollation",
+                        V::Oid(if typ == 25 || typ == 1043 { 100 } else { 0 }),
+                    ),
+                ],
+            );
+        }
+        if r.namespace != PUBLIC_OID {
+            continue;
+        }
+        match r.kind {
+            'r' => add(
+                "pg_tables",
+                vec![
+                    ("schemaname", s("public")),
+                    ("tablename", s(r.name.clone())),
+                    ("tableowner", s(OWNER)),
+                    ("hasindexes", V::Bool(has_pkey)),
+                    ("hasrules", V::Bool(false)),
+                    ("hastriggers", V::Bool(false)),
+                    ("rowsecurity", V::Bool(false)),
+                ],
+            ),
+            'm' => add(
+                "pg_matviews",
+                vec![
+                    ("schemaname", s("public")),
+                    ("matviewname", s(r.name.clone())),
+                    ("matviewowner", s(OWNER)),
+                    ("hasindexes", V::Bool(false)),
+                    ("ispopulated", V::Bool(true)),
+                    ("definition", s(r.definition.clone())),
+                ],
+            ),
+            'f' => add(
+                "pg_foreign_table",
+                vec![
+                    ("ftrelid", V::Oid(r.oid)),
+                    ("ftserver", V::Oid(12051)),
+                    ("ftoptions", V::Strs(source_options(&r.definition))),
+                ],
+            ),
+            _ => {}
+        }
+        if has_pkey {
+            let keys = r.pkey_attnums();
+            let nkeys = i64::try_from(keys.len()).unwrap_or(0);
+            let index = format!("{}_pkey", r.name);
+            add(
+                "pg_class",
+                vec![
+                    ("oid", V::Oid(r.pkey_oid())),
+                    ("relname", s(index.clone())),
+                    ("relnamespace", V::Oid(PUBLIC_OID)),
+                    ("reltype", V::Oid(0)),
+                    ("reloftype", V::Oid(0)),
+                    ("relowner", V::Oid(OWNER_OID)),
+                    ("relam", V::Oid(BTREE_AM)),
+                    ("reltablespace", V::Oid(0)),
+                    ("reltoastrelid", V::Oid(0)),
+                    ("relhasindex", V::Bool(false)),
+                    ("relisshared", V::Bool(false)),
+                    ("relpersistence", s("p")),
+                    ("relkind", s("i")),
+                    ("relnatts", V::Int(nkeys)),
+                    ("relchecks", V::Int(0)),
+                    ("relhasrules", V::Bool(false)),
+                    ("relhastriggers", V::Bool(false)),
+                    ("relhassubclass", V::Bool(false)),
+                    ("relrowsecurity", V::Bool(false)),
+                    ("relforcerowsecurity", V::Bool(false)),
+                    ("relispopulated", V::Bool(true)),
+                    ("relreplident", s("n")),
+                    ("relispartition", V::Bool(false)),
+                ],
+            );
+            for (i, key) in r.primary_key.iter().enumerate() {
+                let Ok(field) = r.schema.field_with_name(key) else {
+                    continue;
+                };
+                let typ = type_oid(field);
+                add(
+                    "pg_attribute",
+                    vec![
+                        ("attrelid", V::Oid(r.pkey_oid())),
+                        ("attname", s(key.clone())),
+                        ("atttypid", V::Oid(typ)),
+                        (
+                            "attlen",
+                            V::Int(i64::from(pg_type_by_oid(typ).map_or(-1, |t| t.len))),
+                        ),
+                        ("attnum", V::Int(i64::try_from(i + 1).unwrap_or(0))),
+                        ("attndims", V::Int(0)),
+                        ("atttypmod", V::Int(i64::from(typmod(field)))),
+                        ("attnotnull", V::Bool(true)),
+                        ("atthasdef", V::Bool(false)),
+                        ("attidentity", s("")),
+                        ("attgenerated", s("")),
+                        ("attisdropped", V::Bool(false)),
+                        ("attislocal", V::Bool(true)),
+                        ("attinhcount", V::Int(0)),
+                        (
+                            "attcollation",
+                            V::Oid(if typ == 25 || typ == 1043 { 100 } else { 0 }),
+                        ),
+                    ],
+                );
+            }
+            add(
+                "pg_index",
+                vec![
+                    ("indexrelid", V::Oid(r.pkey_oid())),
+                    ("indrelid", V::Oid(r.oid)),
+                    ("indnatts", V::Int(nkeys)),
+                    ("indnkeyatts", V::Int(nkeys)),
+                    ("indisunique", V::Bool(true)),
+                    ("indnullsnotdistinct", V::Bool(false)),
+                    ("indisprimary", V::Bool(true)),
+                    ("indisexclusion", V::Bool(false)),
+                    ("indimmediate", V::Bool(true)),
+                    ("indisclustered", V::Bool(false)),
+                    ("indisvalid", V::Bool(true)),
+                    ("indcheckxmin", V::Bool(false)),
+                    ("indisready", V::Bool(true)),
+                    ("indislive", V::Bool(true)),
+                    ("indisreplident", V::Bool(false)),
+                    ("indkey", V::Ints(keys.clone())),
+                    ("indoption", V::Ints(vec![0; keys.len()])),
+                ],
+            );
+            add(
+                "pg_constraint",
+                vec![
+                    ("oid", V::Oid(r.pkey_oid() + 1)),
+                    ("conname", s(index)),
+                    ("connamespace", V::Oid(PUBLIC_OID)),
+                    ("contype", s("p")),
+                    ("condeferrable", V::Bool(false)),
+                    ("condeferred", V::Bool(false)),
+                    ("convalidated", V::Bool(true)),
+                    ("conrelid", V::Oid(r.oid)),
+                    ("contypid", V::Oid(0)),
+                    ("conindid", V::Oid(r.pkey_oid())),
+                    ("conparentid", V::Oid(0)),
+                    ("confrelid", V::Oid(0)),
+                    ("conislocal", V::Bool(true)),
+                    ("coninhcount", V::Int(0)),
+                    ("connoinherit", V::Bool(true)),
+                    ("conkey", V::Ints(keys)),
+                ],
+            );
+        }
+    }
+    CATALOGS
+        .iter()
+        .map(|(name, spec)| {
+            let table_rows = rows.get(name).map(Vec::as_slice).unwrap_or(&[]);
+            Ok((*name, catalog_batch(spec, table_rows)?))
+        })
+        .collect()
+}
+
+/// A source's `WITH` options as `key=value`, as PostgreSQL keeps a foreign table's
+/// options; values of keys that look secret are masked.
+fn source_options(create: &str) -> Vec<String> {
+    let Ok(parsed) = sabot_sql::parse(create) else {
+        return Vec::new();
+    };
+    let Some(sabot_sql::Statement::CreateSource(cs)) =
+        parsed.into_iter().next().map(|p| p.statement)
+    else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = cs
+        .options
+        .iter()
+        .map(|(k, v)| {
+            let secret = ["password", "secret", "token", "key.pem", "sasl.jaas"]
+                .iter()
+                .any(|w| k.to_ascii_lowercase().contains(w));
+            format!("{k}={}", if secret { "********" } else { v.as_str() })
+        })
+        .collect();
+    if let Some(f) = &cs.format {
+        out.push(format!("format={}", f.format.to_ascii_lowercase()));
+        out.push(format!("encode={}", f.encode.to_ascii_lowercase()));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Functions
+
+type Body = Box<dyn Fn(&[ArrayRef], usize) -> DfResult<ArrayRef> + Send + Sync>;
+
+/// A catalog function: a name, its arities (any argument types) and a vectorized body.
+struct CatalogFn {
+    name: &'static str,
+    signature: Signature,
+    ret: DataType,
+    body: Body,
+}
+
+impl std::fmt::Debug for CatalogFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CatalogFn")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl PartialEq for CatalogFn {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+impl Eq for CatalogFn {}
+impl Hash for CatalogFn {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for CatalogFn {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(self.ret.clone())
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let rows = args.number_rows;
+        let scalar = !args.args.is_empty()
+            && args
+                .args
+                .iter()
+                .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let n = if args.args.is_empty() {
+            rows
+        } else {
+            arrays.first().map_or(rows, |a| a.len())
+        };
+        let out = (self.body)(&arrays, n)?;
+        if scalar || args.args.is_empty() && rows == 1 {
+            Ok(ColumnarValue::Scalar(
+                datafusion::scalar::ScalarValue::try_from_array(&out, 0)?,
+            ))
+        } else {
+            Ok(ColumnarValue::Array(out))
+        }
+    }
+}
+
+fn catalog_fn(
+    name: &'static str,
+    arities: &[usize],
+    ret: DataType,
+    body: impl Fn(&[ArrayRef], usize) -> DfResult<ArrayRef> + Send + Sync + 'static,
+) -> CatalogFn {
+    let sigs = arities
+        .iter()
+        .map(|&n| {
+            if n == 0 {
+                TypeSignature::Nullary
+            } else {
+                TypeSignature::Any(n)
+            }
+        })
+        .collect();
+    CatalogFn {
+        name,
+        signature: Signature::one_of(sigs, Volatility::Stable),
+        ret,
+        body: Box::new(body),
+    }
+}
+
+/// An argument as OIDs (any integer or text type; NULL where not one).
+fn oids(a: &ArrayRef) -> DfResult<UInt32Array> {
+    let ints = arrow::compute::cast(a, &DataType::Int64)?;
+    let ints = ints.as_primitive::<arrow::datatypes::Int64Type>();
+    Ok(ints
+        .iter()
+        .map(|v| v.and_then(|v| u32::try_from(v).ok()))
+        .collect())
+}
+
+fn int64s(a: &ArrayRef) -> DfResult<Int64Array> {
+    Ok(arrow::compute::cast(a, &DataType::Int64)?
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .clone())
+}
+
+fn texts(a: &ArrayRef) -> DfResult<StringArray> {
+    Ok(arrow::compute::cast(a, &DataType::Utf8)?
+        .as_string::<i32>()
+        .clone())
+}
+
+fn constant_text(n: usize, v: Option<&str>) -> ArrayRef {
+    Arc::new(StringArray::from(vec![v; n]))
+}
+
+/// `true` for each row whose first argument is not NULL (privilege and visibility checks:
+/// everything is visible and allowed).
+fn all_true(args: &[ArrayRef], n: usize) -> DfResult<ArrayRef> {
+    Ok(Arc::new(match args.first() {
+        Some(a) => (0..n)
+            .map(|i| a.is_valid(i).then_some(true))
+            .collect::<BooleanArray>(),
+        None => BooleanArray::from(vec![true; n]),
+    }))
+}
+
+fn by_oid(args: &[ArrayRef], f: impl Fn(u32) -> Option<String>) -> DfResult<ArrayRef> {
+    let Some(a) = args.first() else {
+        return Err(DataFusionError::Plan("missing argument".into()));
+    };
+    let o = oids(a)?;
+    Ok(Arc::new(
+        o.iter().map(|v| v.and_then(&f)).collect::<StringArray>(),
+    ))
+}
+
+fn functions(lookup: &Arc<Lookup>) -> Vec<CatalogFn> {
+    let mut fns = vec![
+        catalog_fn("format_type", &[1, 2], DataType::Utf8, |args, _| {
+            let o = oids(&args[0])?;
+            let m = match args.get(1) {
+                Some(m) => Some(int64s(m)?),
+                None => None,
+            };
+            Ok(Arc::new(
+                (0..o.len())
+                    .map(|i| {
+                        let oid = o.is_valid(i).then(|| o.value(i))?;
+                        let typmod = m
+                            .as_ref()
+                            .filter(|m| m.is_valid(i))
+                            .and_then(|m| i32::try_from(m.value(i)).ok());
+                        Some(type_display(oid, typmod).unwrap_or_else(|| "???".to_string()))
+                    })
+                    .collect::<StringArray>(),
+            ))
+        }),
+        catalog_fn("pg_get_userbyid", &[1], DataType::Utf8, |args, _| {
+            by_oid(args, |_| Some(OWNER.to_string()))
+        }),
+        catalog_fn("pg_encoding_to_char", &[1], DataType::Utf8, |args, _| {
+            by_oid(args, |e| {
+                Some(if e == 6 { "UTF8" } else { "SQL_ASCII" }.to_string())
+            })
+        }),
+        catalog_fn("current_database", &[0], DataType::Utf8, |_, n| {
+            Ok(constant_text(n, Some(DATABASE)))
+        }),
+        catalog_fn("current_schema", &[0], DataType::Utf8, |_, n| {
+            Ok(constant_text(n, Some("public")))
+        }),
+        catalog_fn("current_user", &[0], DataType::Utf8, |_, n| {
+            Ok(constant_text(n, Some(OWNER)))
+        }),
+        catalog_fn("session_user", &[0], DataType::Utf8, |_, n| {
+            Ok(constant_text(n, Some(OWNER)))
+        }),
+        catalog_fn("version", &[0], DataType::Utf8, |_, n| {
+            let v = format!(
+                "PostgreSQL {SERVER_VERSION} {} on {}, Sabot {}",
+                "compatible",
+                std::env::consts::ARCH,
+                env!("CARGO_PKG_VERSION")
+            );
+            Ok(constant_text(n, Some(&v)))
+        }),
+        catalog_fn("pg_backend_pid", &[0], DataType::Int32, |_, n| {
+            let pid = i32::try_from(std::process::id()).unwrap_or(0);
+            Ok(Arc::new(arrow::array::Int32Array::from(vec![pid; n])))
+        }),
+        catalog_fn("pg_get_expr", &[2, 3], DataType::Utf8, |args, _| {
+            Ok(Arc::new(texts(&args[0])?))
+        }),
+        catalog_fn("quote_ident", &[1], DataType::Utf8, |args, _| {
+            let t = texts(&args[0])?;
+            Ok(Arc::new(
+                t.iter()
+                    .map(|v| {
+                        v.map(|v| {
+                            let plain = v.chars().enumerate().all(|(i, c)| {
+                                c == '_' || c.is_ascii_lowercase() || (i > 0 && c.is_ascii_digit())
+                            });
+                            if plain && !v.is_empty() {
+                                v.to_string()
+                            } else {
+                                format!("\"{}\"", v.replace('"', "\"\""))
+                            }
+                        })
+                    })
+                    .collect::<StringArray>(),
+            ))
+        }),
+        catalog_fn("pg_size_pretty", &[1], DataType::Utf8, |args, _| {
+            let v = int64s(&args[0])?;
+            Ok(Arc::new(
+                v.iter()
+                    .map(|b| b.map(size_pretty))
+                    .collect::<StringArray>(),
+            ))
+        }),
+    ];
+    for name in [
+        "obj_description",
+        "col_description",
+        "shobj_description",
+        "pg_get_partkeydef",
+        "pg_get_statisticsobjdef_columns",
+        "pg_get_triggerdef",
+        "pg_get_ruledef",
+        "pg_get_function_arguments",
+        "pg_get_function_result",
+        "pg_get_function_identity_arguments",
+    ] {
+        fns.push(catalog_fn(name, &[1, 2, 3], DataType::Utf8, |args, n| {
+            Ok(constant_text(args.first().map_or(n, |a| a.len()), None))
+        }));
+    }
+    for name in [
+        "pg_table_is_visible",
+        "pg_type_is_visible",
+        "pg_function_is_visible",
+        "pg_collation_is_visible",
+        "has_table_privilege",
+        "has_schema_privilege",
+        "has_database_privilege",
+        "has_column_privilege",
+        "has_any_column_privilege",
+        "has_function_privilege",
+        "has_sequence_privilege",
+        "pg_has_role",
+    ] {
+        fns.push(catalog_fn(name, &[1, 2, 3, 4], DataType::Boolean, all_true));
+    }
+    // Sabot has no logical replication: nothing is publishable.
+    fns.push(catalog_fn(
+        "pg_relation_is_publishable",
+        &[1],
+        DataType::Boolean,
+        |args, _| {
+            Ok(Arc::new(
+                (0..args[0].len())
+                    .map(|i| args[0].is_valid(i).then_some(false))
+                    .collect::<BooleanArray>(),
+            ))
+        },
+    ));
+    fns.push(catalog_fn(
+        "sabot_options_array",
+        &[1],
+        DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+        |args, _| {
+            let mut b = ListBuilder::new(StringBuilder::new());
+            let lists = args[0].as_list_opt::<i32>();
+            for i in 0..args[0].len() {
+                match lists.filter(|l| l.is_valid(i)) {
+                    Some(l) => {
+                        let items = l.value(i);
+                        let items = texts(&items)?;
+                        for kv in items.iter().flatten() {
+                            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                            b.values()
+                                .append_value(format!("{k} '{}'", v.replace('\'', "''")));
+                        }
+                        b.append(true);
+                    }
+                    None => b.append(false),
+                }
+            }
+            Ok(Arc::new(b.finish()))
+        },
+    ));
+    let l = Arc::clone(lookup);
+    fns.push(catalog_fn(
+        "pg_get_viewdef",
+        &[1, 2],
+        DataType::Utf8,
+        move |args, _| {
+            by_oid(args, |o| {
+                l.by_oid
+                    .get(&o)
+                    .filter(|r| r.kind == 'm')
+                    .map(|r| format!(" {};", r.definition.trim().trim_end_matches(';')))
+            })
+        },
+    ));
+    let l = Arc::clone(lookup);
+    fns.push(catalog_fn(
+        "pg_get_indexdef",
+        &[1, 3],
+        DataType::Utf8,
+        move |args, _| {
+            let col = match args.get(1) {
+                Some(c) => Some(int64s(c)?),
+                None => None,
+            };
+            let o = oids(&args[0])?;
+            Ok(Arc::new(
+                (0..o.len())
+                    .map(|i| {
+                        let t = l.pkey_owner(o.is_valid(i).then(|| o.value(i))?)?;
+                        match col.as_ref().filter(|c| c.is_valid(i)).map(|c| c.value(i)) {
+                            Some(k) if k > 0 => {
+                                t.primary_key.get(usize::try_from(k - 1).ok()?).cloned()
+                            }
+                            _ => Some(format!(
+                                "CREATE UNIQUE INDEX {}_pkey ON public.{} USING btree ({})",
+                                t.name,
+                                t.name,
+                                t.primary_key.join(", ")
+                            )),
+                        }
+                    })
+                    .collect::<StringArray>(),
+            ))
+        },
+    ));
+    let l = Arc::clone(lookup);
+    fns.push(catalog_fn(
+        "pg_get_constraintdef",
+        &[1, 2],
+        DataType::Utf8,
+        move |args, _| {
+            by_oid(args, |o| {
+                l.constraint_owner(o)
+                    .map(|t| format!("PRIMARY KEY ({})", t.primary_key.join(", ")))
+            })
+        },
+    ));
+    fns.push(catalog_fn(
+        "pg_get_serial_sequence",
+        &[2],
+        DataType::Utf8,
+        |args, n| {
+            // Sabot has no sequences.
+            Ok(constant_text(args.first().map_or(n, |a| a.len()), None))
+        },
+    ));
+    fns.push(catalog_fn(
+        "json_build_object",
+        &[0, 2, 4, 6, 8, 10, 12, 14, 16],
+        DataType::Utf8,
+        json_build_object,
+    ));
+    fns.push(catalog_fn(
+        "sabot_subscripts",
+        &[1],
+        DataType::List(Arc::new(Field::new("item", DataType::Int32, true))),
+        |args, _| {
+            let mut b = ListBuilder::new(Int32Builder::new());
+            let lists = args[0].as_list_opt::<i32>();
+            for i in 0..args[0].len() {
+                match lists.filter(|l| l.is_valid(i)) {
+                    Some(l) => {
+                        let len = l.value_length(i);
+                        for k in 1..=len {
+                            b.values().append_value(k);
+                        }
+                        b.append(true);
+                    }
+                    None => b.append(false),
+                }
+            }
+            Ok(Arc::new(b.finish()))
+        },
+    ));
+    fns.push(catalog_fn(
+        "to_regtype",
+        &[1],
+        DataType::UInt32,
+        |args, _| {
+            let t = texts(&args[0])?;
+            Ok(Arc::new(
+                t.iter()
+                    .map(|v| {
+                        let v = v?
+                            .trim()
+                            .trim_start_matches("pg_catalog.")
+                            .to_ascii_lowercase();
+                        TYPES
+                            .iter()
+                            .find(|t| t.name == v || t.display == v)
+                            .map(|t| t.oid)
+                    })
+                    .collect::<UInt32Array>(),
+            ))
+        },
+    ));
+    let l = Arc::clone(lookup);
+    fns.push(catalog_fn(
+        "to_regclass",
+        &[1],
+        DataType::UInt32,
+        move |args, _| {
+            let t = texts(&args[0])?;
+            Ok(Arc::new(
+                t.iter()
+                    .map(|v| v.and_then(|v| l.relation(v)))
+                    .collect::<UInt32Array>(),
+            ))
+        },
+    ));
+    let l = Arc::clone(lookup);
+    fns.push(catalog_fn(
+        "sabot_regclass_name",
+        &[1],
+        DataType::Utf8,
+        move |args, _| {
+            by_oid(args, |o| {
+                Some(l.by_oid.get(&o).map_or(o.to_string(), |r| r.name.clone()))
+            })
+        },
+    ));
+    let l = Arc::clone(lookup);
+    let size = move |args: &[ArrayRef], _: usize| -> DfResult<ArrayRef> {
+        let o = oids(&args[0])?;
+        Ok(Arc::new(
+            o.iter()
+                .map(|v| {
+                    v.and_then(|o| l.by_oid.get(&o))
+                        .map(|r| i64::try_from(r.bytes).unwrap_or(i64::MAX))
+                })
+                .collect::<Int64Array>(),
+        ))
+    };
+    let size = Arc::new(size);
+    for name in [
+        "pg_table_size",
+        "pg_relation_size",
+        "pg_total_relation_size",
+    ] {
+        let size = Arc::clone(&size);
+        fns.push(catalog_fn(name, &[1, 2], DataType::Int64, move |a, n| {
+            size(a, n)
+        }));
+    }
+    fns
+}
+
+/// `json_build_object(k1, v1, ...)`: a JSON object per row, values typed as JSON
+/// (numbers and booleans bare, text quoted, NULL as null).
+fn json_build_object(args: &[ArrayRef], n: usize) -> DfResult<ArrayRef> {
+    let rows = args.first().map_or(n, |a| a.len());
+    let mut texts_of = Vec::with_capacity(args.len());
+    for a in args {
+        texts_of.push(texts(a)?);
+    }
+    let mut out = StringBuilder::new();
+    for row in 0..rows {
+        let mut obj = serde_json::Map::new();
+        for pair in 0..args.len() / 2 {
+            let (k, v) = (&texts_of[2 * pair], &args[2 * pair + 1]);
+            if !k.is_valid(row) {
+                return Err(DataFusionError::Execution(
+                    "argument 1 cannot be null: object keys must be text".into(),
+                ));
+            }
+            let text = &texts_of[2 * pair + 1];
+            let value = if !v.is_valid(row) {
+                serde_json::Value::Null
+            } else if v.data_type().is_numeric() || *v.data_type() == DataType::Boolean {
+                serde_json::from_str(text.value(row))
+                    .unwrap_or_else(|_| serde_json::Value::String(text.value(row).to_string()))
+            } else {
+                serde_json::Value::String(text.value(row).to_string())
+            };
+            obj.insert(k.value(row).to_string(), value);
+        }
+        out.append_value(serde_json::Value::Object(obj).to_string());
+    }
+    Ok(Arc::new(out.finish()))
+}
+
+fn size_pretty(bytes: i64) -> String {
+    let mut v = bytes;
+    for unit in ["bytes", "kB", "MB", "GB"] {
+        if v.abs() < 10 * 1024 {
+            return format!("{v} {unit}");
+        }
+        v = (v + 512) / 1024;
+    }
+    format!("{v} TB")
+}
+
+// ---------------------------------------------------------------------------------------
+// Query rewrites
+
+/// Rewrites PostgreSQL spellings in `query` that DataFusion does not plan (see the module
+/// docs). `user_relations` are names that shadow catalog tables.
+pub fn rewrite(query: &mut Query, user_relations: &HashSet<String>) {
+    let mut v = Rewriter { user_relations };
+    let _ = query.visit(&mut v);
+}
+
+/// Whether `query` reads the system catalogs (so they must be registered).
+pub fn mentions_catalog(query: &Query) -> bool {
+    const HINTS: &[&str] = &[
+        "pg_",
+        "information_schema",
+        "regclass",
+        "regtype",
+        "current_schema",
+        "current_database",
+        "current_user",
+        "session_user",
+        "version(",
+        "format_type",
+        "has_",
+        "_description",
+        "quote_ident",
+        "to_regclass",
+        "to_regtype",
+    ];
+    let text = query.to_string().to_ascii_lowercase();
+    HINTS.iter().any(|h| text.contains(h))
+}
+
+struct Rewriter<'a> {
+    user_relations: &'a HashSet<String>,
+}
+
+fn unqualified(name: &ObjectName) -> Option<String> {
+    match name.0.as_slice() {
+        [ObjectNamePart::Identifier(schema), ObjectNamePart::Identifier(n)]
+            if schema.value.eq_ignore_ascii_case("pg_catalog") =>
+        {
+            Some(n.value.clone())
+        }
+        _ => None,
+    }
+}
+
+fn call(name: &str, args: Vec<Expr>) -> Expr {
+    Expr::Function(Function {
+        name: ObjectName(vec![ObjectNamePart::Identifier(Ident::new(name))]),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args: args
+                .into_iter()
+                .map(|e| FunctionArg::Unnamed(FunctionArgExpr::Expr(e)))
+                .collect(),
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
+
+/// The last part of a custom type name, lower case (`pg_catalog.regclass` → `regclass`).
+fn custom_type(dt: &ast::DataType) -> Option<String> {
+    match dt {
+        ast::DataType::Custom(name, _) => name.0.last().map(|p| match p {
+            ObjectNamePart::Identifier(i) => i.value.to_ascii_lowercase(),
+            other => other.to_string().to_ascii_lowercase(),
+        }),
+        ast::DataType::Regclass => Some("regclass".into()),
+        _ => None,
+    }
+}
+
+impl VisitorMut for Rewriter<'_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        fn each_select(body: &mut ast::SetExpr) {
+            match body {
+                ast::SetExpr::Select(select) => {
+                    blank_empty_select(select);
+                    exists_in_outputs(select);
+                }
+                ast::SetExpr::SetOperation { left, right, .. } => {
+                    each_select(left);
+                    each_select(right);
+                }
+                _ => {}
+            }
+        }
+        each_select(query.body.as_mut());
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        fn each_select(body: &mut ast::SetExpr) {
+            match body {
+                ast::SetExpr::Select(select) => unique_output_names(select),
+                ast::SetExpr::SetOperation { left, right, .. } => {
+                    each_select(left);
+                    each_select(right);
+                }
+                _ => {}
+            }
+        }
+        each_select(query.body.as_mut());
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table {
+            name,
+            args: Some(_),
+            ..
+        } = factor
+        {
+            if let Some(n) = unqualified(name) {
+                *name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(n))]);
+            }
+        }
+        if let TableFactor::Table {
+            name, args: None, ..
+        } = factor
+        {
+            if let [ObjectNamePart::Identifier(id)] = name.0.as_slice() {
+                let n = id.value.to_ascii_lowercase();
+                if is_catalog_table(&n) && !self.user_relations.contains(&n) {
+                    name.0
+                        .insert(0, ObjectNamePart::Identifier(Ident::new("pg_catalog")));
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        let replacement = match expr {
+            Expr::Function(f) => {
+                if let Some(n) = unqualified(&f.name) {
+                    f.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(n))]);
+                }
+                if f.name
+                    .to_string()
+                    .eq_ignore_ascii_case("generate_subscripts")
+                {
+                    if let FunctionArguments::List(list) = &f.args {
+                        if let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(arr))) =
+                            list.args.first()
+                        {
+                            let subscripts = call("sabot_subscripts", vec![arr.clone()]);
+                            *expr = call("unnest", vec![subscripts]);
+                            return ControlFlow::Continue(());
+                        }
+                    }
+                }
+                match &f.args {
+                    FunctionArguments::Subquery(q)
+                        if f.name.to_string().eq_ignore_ascii_case("array") =>
+                    {
+                        array_subquery(q)
+                    }
+                    _ => None,
+                }
+            }
+            Expr::BinaryOp { op, .. } => {
+                if let BinaryOperator::PGCustomBinaryOperator(parts) = op {
+                    let plain = match parts.last().map(String::as_str) {
+                        Some("~") => Some(BinaryOperator::PGRegexMatch),
+                        Some("~*") => Some(BinaryOperator::PGRegexIMatch),
+                        Some("!~") => Some(BinaryOperator::PGRegexNotMatch),
+                        Some("!~*") => Some(BinaryOperator::PGRegexNotIMatch),
+                        Some("=") => Some(BinaryOperator::Eq),
+                        Some("<>") => Some(BinaryOperator::NotEq),
+                        Some("<") => Some(BinaryOperator::Lt),
+                        Some(">") => Some(BinaryOperator::Gt),
+                        Some("<=") => Some(BinaryOperator::LtEq),
+                        Some(">=") => Some(BinaryOperator::GtEq),
+                        Some("||") => Some(BinaryOperator::StringConcat),
+                        _ => None,
+                    };
+                    if let Some(p) = plain {
+                        *op = p;
+                    }
+                }
+                None
+            }
+            Expr::Collate { expr: inner, .. } => Some((**inner).clone()),
+            Expr::Subquery(q) if reads_only_empty(q) => Some(Expr::value(ast::Value::Null)),
+            Expr::Subquery(q) => {
+                aggregate_scalar_subquery(q);
+                hoist_outer_filters(q)
+            }
+            Expr::Cast {
+                expr: inner,
+                data_type,
+                ..
+            } => match custom_type(data_type).as_deref() {
+                Some("text" | "name" | "char" | "\"char\"" | "bpchar" | "varchar") => {
+                    *data_type = ast::DataType::Text;
+                    None
+                }
+                Some("oid" | "regproc" | "regprocedure" | "regnamespace" | "regrole" | "xid") => {
+                    *data_type = ast::DataType::BigInt(None);
+                    None
+                }
+                Some("regclass") => Some(match &**inner {
+                    Expr::Value(v) if matches!(v.value, ast::Value::SingleQuotedString(_)) => {
+                        call("to_regclass", vec![(**inner).clone()])
+                    }
+                    other => call("sabot_regclass_name", vec![other.clone()]),
+                }),
+                Some("regtype") => Some(call(
+                    "format_type",
+                    vec![(**inner).clone(), Expr::Value(ast::Value::Null.into())],
+                )),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(r) = replacement {
+            *expr = r;
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// `ARRAY(SELECT x FROM unnest(arr) x)` is `arr`, and `ARRAY(SELECT 'p' || x FROM
+/// unnest(arr) x)` (psql's `toast.` options) is `arr` with each element prefixed, built
+/// without a correlated table function: split on a unit separator after joining.
+fn array_of_unnest(
+    select: &ast::Select,
+    args: &ast::TableFunctionArgs,
+    from: &ast::TableWithJoins,
+) -> Option<Expr> {
+    let arr = args.args.first().and_then(|a| match a {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
+        _ => None,
+    })?;
+    let TableFactor::Table { alias, .. } = &from.relation else {
+        return None;
+    };
+    let x = alias.as_ref().map(|a| a.name.value.to_ascii_lowercase())?;
+    let [ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. }] =
+        select.projection.as_slice()
+    else {
+        return None;
+    };
+    let is_x = |e: &Expr| matches!(e, Expr::Identifier(i) if i.value.to_ascii_lowercase() == x);
+    if is_x(e) {
+        return Some(arr);
+    }
+    let Expr::BinaryOp {
+        left,
+        op: BinaryOperator::StringConcat,
+        right,
+    } = e
+    else {
+        return None;
+    };
+    if !is_x(right) {
+        return None;
+    }
+    let sep = call(
+        "chr",
+        vec![Expr::value(ast::Value::Number("31".into(), false))],
+    );
+    let joined = call(
+        "array_to_string",
+        vec![
+            arr,
+            Expr::BinaryOp {
+                left: Box::new(sep.clone()),
+                op: BinaryOperator::StringConcat,
+                right: left.clone(),
+            },
+        ],
+    );
+    Some(call(
+        "string_to_array",
+        vec![
+            Expr::BinaryOp {
+                left: left.clone(),
+                op: BinaryOperator::StringConcat,
+                right: Box::new(joined),
+            },
+            sep,
+        ],
+    ))
+}
+
+/// Catalogs that Sabot never has rows in.
+const ALWAYS_EMPTY: &[&str] = &[
+    "pg_policy",
+    "pg_trigger",
+    "pg_statistic_ext",
+    "pg_publication",
+    "pg_publication_rel",
+    "pg_publication_namespace",
+    "pg_inherits",
+    "pg_rewrite",
+    "pg_attrdef",
+    "pg_event_trigger",
+    "pg_description",
+    "pg_shdescription",
+    "pg_auth_members",
+    "pg_depend",
+    "pg_extension",
+    "pg_enum",
+    "pg_range",
+    "pg_sequence",
+    "pg_partitioned_table",
+];
+
+/// Whether a (scalar) subquery's rows all come from an always-empty catalog, so its
+/// value is NULL.
+fn reads_only_empty(q: &Query) -> bool {
+    let ast::SetExpr::Select(select) = q.body.as_ref() else {
+        return false;
+    };
+    select_is_empty(select)
+}
+
+/// A SELECT that reads an always-empty catalog through inner or left joins from it (or a
+/// comma join) has no rows, so its output expressions are never evaluated: those with
+/// subqueries (which DataFusion may not be able to plan, like psql's policy query with
+/// `= ANY (pol.polroles)`) are replaced by NULL.
+fn blank_empty_select(select: &mut ast::Select) {
+    if !select_is_empty(select) {
+        return;
+    }
+    for item in &mut select.projection {
+        let (ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. }) =
+            item
+        else {
+            continue;
+        };
+        if has_subquery(e) {
+            *e = Expr::value(ast::Value::Null);
+        }
+    }
+}
+
+/// Whether a SELECT has no rows because it reads an always-empty catalog through inner
+/// or left joins from it (or a comma join).
+fn select_is_empty(select: &ast::Select) -> bool {
+    let empty = |f: &TableFactor| {
+        matches!(f, TableFactor::Table { name, args: None, .. }
+            if name.0.last().is_some_and(|p| ALWAYS_EMPTY.contains(&p.to_string().to_ascii_lowercase().as_str())))
+    };
+    let driven_by_empty = select.from.iter().any(|twj| {
+        empty(&twj.relation)
+            && twj.joins.iter().all(|j| {
+                matches!(
+                    j.join_operator,
+                    ast::JoinOperator::Join(_)
+                        | ast::JoinOperator::Inner(_)
+                        | ast::JoinOperator::Left(_)
+                        | ast::JoinOperator::LeftOuter(_)
+                        | ast::JoinOperator::CrossJoin(_)
+                )
+            })
+    });
+    // An aggregate without GROUP BY has a row even over no input (count(*) = 0).
+    driven_by_empty
+        && !select.projection.iter().any(|item| match item {
+            ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } => {
+                has_aggregate(e)
+            }
+            _ => false,
+        })
+}
+
+fn has_aggregate(e: &Expr) -> bool {
+    struct Find(bool);
+    impl ast::Visitor for Find {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if matches!(e, Expr::Function(f)
+                if AGGREGATES.contains(&f.name.to_string().to_ascii_lowercase().as_str()))
+            {
+                self.0 = true;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut f = Find(false);
+    let _ = ast::Visit::visit(e, &mut f);
+    f.0
+}
+
+fn has_subquery(e: &Expr) -> bool {
+    struct Find(bool);
+    impl ast::Visitor for Find {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if matches!(
+                e,
+                Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. }
+            ) || matches!(e, Expr::Function(f) if matches!(f.args, FunctionArguments::Subquery(_)))
+            {
+                self.0 = true;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut f = Find(false);
+    let _ = ast::Visit::visit(e, &mut f);
+    f.0
+}
+
+/// `EXISTS (q)` in an output column as `(SELECT count(*) FROM q') > 0`: DataFusion
+/// decorrelates EXISTS only in filters, and a counting scalar subquery anywhere.
+fn exists_in_outputs(select: &mut ast::Select) {
+    struct Swap;
+    impl VisitorMut for Swap {
+        type Break = ();
+        fn post_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+            let Expr::Exists { subquery, negated } = e else {
+                return ControlFlow::Continue(());
+            };
+            let mut q = subquery.as_ref().clone();
+            if let ast::SetExpr::Select(inner) = q.body.as_mut() {
+                inner.projection = vec![ast::SelectItem::UnnamedExpr(Expr::Function(Function {
+                    name: ObjectName(vec![ObjectNamePart::Identifier(Ident::new("count"))]),
+                    uses_odbc_syntax: false,
+                    parameters: FunctionArguments::None,
+                    args: FunctionArguments::List(FunctionArgumentList {
+                        duplicate_treatment: None,
+                        args: vec![FunctionArg::Unnamed(FunctionArgExpr::Wildcard)],
+                        clauses: vec![],
+                    }),
+                    filter: None,
+                    null_treatment: None,
+                    over: None,
+                    within_group: vec![],
+                }))];
+                *e = Expr::BinaryOp {
+                    left: Box::new(Expr::Subquery(Box::new(q))),
+                    op: if *negated {
+                        BinaryOperator::Eq
+                    } else {
+                        BinaryOperator::Gt
+                    },
+                    right: Box::new(Expr::value(ast::Value::Number("0".into(), false))),
+                };
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    for item in &mut select.projection {
+        if let ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } =
+            item
+        {
+            let _ = e.visit(&mut Swap);
+        }
+    }
+}
+
+/// PostgreSQL allows output columns with the same name (`SELECT NULL, NULL`); DataFusion
+/// does not: a repeated unnamed expression gets an alias.
+fn unique_output_names(select: &mut ast::Select) {
+    let mut seen = HashSet::new();
+    for (i, item) in select.projection.iter_mut().enumerate() {
+        let name = match item {
+            ast::SelectItem::UnnamedExpr(Expr::Identifier(id)) => id.value.clone(),
+            ast::SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
+                parts.last().map(|p| p.value.clone()).unwrap_or_default()
+            }
+            ast::SelectItem::UnnamedExpr(e) => e.to_string(),
+            ast::SelectItem::ExprWithAlias { alias, .. } => alias.value.clone(),
+            _ => continue,
+        };
+        if !seen.insert(name) {
+            if let ast::SelectItem::UnnamedExpr(e) = item {
+                *item = ast::SelectItem::ExprWithAlias {
+                    expr: e.clone(),
+                    alias: Ident::new(format!("?column?{}", i + 1)),
+                };
+            }
+        }
+    }
+}
+
+/// Aggregates that make a subquery return one row.
+const AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "first_value",
+    "last_value",
+];
+
+/// A scalar subquery that selects one plain expression, `(SELECT e FROM .. WHERE ..)`,
+/// as `(SELECT max(e) ...)`: DataFusion plans correlated scalar subqueries only when
+/// aggregated. The catalog queries clients send match at most one row there, so the
+/// answer is the same (PostgreSQL would raise an error for several rows).
+fn aggregate_scalar_subquery(q: &mut Query) {
+    if q.limit_clause.is_some() || q.fetch.is_some() {
+        return;
+    }
+    let ast::SetExpr::Select(select) = q.body.as_mut() else {
+        return;
+    };
+    if select.distinct.is_some()
+        || !matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty())
+        || select.having.is_some()
+    {
+        return;
+    }
+    let [item] = select.projection.as_mut_slice() else {
+        return;
+    };
+    let (ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. }) = item
+    else {
+        return;
+    };
+    let aggregated = matches!(e, Expr::Function(f)
+        if AGGREGATES.contains(&f.name.to_string().to_ascii_lowercase().as_str()));
+    let constant = matches!(e, Expr::Value(_));
+    if !aggregated && !constant {
+        *e = call("max", vec![e.clone()]);
+    }
+}
+
+/// The qualifier (alias, else table name) of each plain table in a FROM list.
+fn inner_tables(from: &[ast::TableWithJoins]) -> Vec<(String, TableFactor)> {
+    let mut out = Vec::new();
+    for twj in from {
+        for factor in std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation)) {
+            if let TableFactor::Table { name, alias, .. } = factor {
+                let q = match alias {
+                    Some(a) => a.name.value.to_ascii_lowercase(),
+                    None => name
+                        .0
+                        .last()
+                        .map(|p| p.to_string().to_ascii_lowercase())
+                        .unwrap_or_default(),
+                };
+                out.push((q, factor.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn conjuncts(e: Expr, out: &mut Vec<Expr>) {
+    match e {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            conjuncts(*left, out);
+            conjuncts(*right, out);
+        }
+        Expr::Nested(inner)
+            if matches!(
+                *inner,
+                Expr::BinaryOp {
+                    op: BinaryOperator::And,
+                    ..
+                }
+            ) =>
+        {
+            conjuncts(*inner, out);
+        }
+        other => out.push(other),
+    }
+}
+
+fn and_all(parts: Vec<Expr>) -> Option<Expr> {
+    parts.into_iter().reduce(|a, b| Expr::BinaryOp {
+        left: Box::new(a),
+        op: BinaryOperator::And,
+        right: Box::new(b),
+    })
+}
+
+/// The qualifiers a condition names (`a` of `a.x`), and whether it names a bare column.
+fn qualifiers(e: &Expr) -> (HashSet<String>, bool) {
+    struct Names(HashSet<String>, bool);
+    impl ast::Visitor for Names {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            match e {
+                Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                    self.0
+                        .insert(parts[parts.len() - 2].value.to_ascii_lowercase());
+                }
+                Expr::Identifier(_) => self.1 = true,
+                Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => {
+                    // Names inside are the inner query's business.
+                    self.1 = true;
+                }
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut n = Names(HashSet::new(), false);
+    let _ = ast::Visit::visit(e, &mut n);
+    (n.0, n.1)
+}
+
+/// DataFusion decorrelates a scalar subquery only when its correlated conditions are
+/// equalities. Conditions on the outer row alone (`AND a.atthasdef`) and inequalities
+/// between inner and outer columns (`a.attcollation <> t.typcollation`) are moved out:
+/// `CASE WHEN cond THEN (subquery) END`, an inner column in them read by its own
+/// equality-correlated subquery over that table.
+fn hoist_outer_filters(q: &mut Query) -> Option<Expr> {
+    let ast::SetExpr::Select(select) = q.body.as_mut() else {
+        return None;
+    };
+    let inner = inner_tables(&select.from);
+    if inner.is_empty() {
+        return None;
+    }
+    let inner_names: HashSet<String> = inner.iter().map(|(n, _)| n.clone()).collect();
+    let mut parts = Vec::new();
+    conjuncts(select.selection.take()?, &mut parts);
+    let classified: Vec<(Expr, HashSet<String>, bool)> = parts
+        .into_iter()
+        .map(|c| {
+            let (names, bare) = qualifiers(&c);
+            (c, names, bare)
+        })
+        .collect();
+    let mut keep = Vec::new();
+    let mut hoist = Vec::new();
+    for (c, names, bare) in &classified {
+        let outer: Vec<&String> = names.iter().filter(|n| !inner_names.contains(*n)).collect();
+        let touches_inner = names.iter().any(|n| inner_names.contains(n));
+        let is_eq = matches!(
+            c,
+            Expr::BinaryOp {
+                op: BinaryOperator::Eq,
+                ..
+            }
+        );
+        if *bare || outer.is_empty() || (is_eq && touches_inner) {
+            keep.push(c.clone());
+        } else {
+            hoist.push(c.clone());
+        }
+    }
+    if hoist.is_empty() {
+        select.selection = and_all(keep);
+        return None;
+    }
+    // An inner column in a hoisted condition: read through its table's equalities.
+    let binding = |table: &str| -> Vec<Expr> {
+        classified
+            .iter()
+            .filter(|(c, names, bare)| {
+                !bare
+                    && matches!(
+                        c,
+                        Expr::BinaryOp {
+                            op: BinaryOperator::Eq,
+                            ..
+                        }
+                    )
+                    && names.contains(table)
+                    && names.iter().all(|n| n == table || !inner_names.contains(n))
+            })
+            .map(|(c, _, _)| c.clone())
+            .collect()
+    };
+    let mut conditions = Vec::new();
+    for mut c in hoist {
+        struct Swap<'a> {
+            inner: &'a [(String, TableFactor)],
+            binding: &'a dyn Fn(&str) -> Vec<Expr>,
+        }
+        impl VisitorMut for Swap<'_> {
+            type Break = ();
+            fn post_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+                let Expr::CompoundIdentifier(parts) = e else {
+                    return ControlFlow::Continue(());
+                };
+                let [t, _] = parts.as_slice() else {
+                    return ControlFlow::Continue(());
+                };
+                let t = t.value.to_ascii_lowercase();
+                let Some((_, factor)) = self.inner.iter().find(|(n, _)| *n == t) else {
+                    return ControlFlow::Continue(());
+                };
+                let sub = format!(
+                    "SELECT max({e}) FROM {factor}{}",
+                    and_all((self.binding)(&t))
+                        .map(|w| format!(" WHERE {w}"))
+                        .unwrap_or_default()
+                );
+                if let Ok(mut parsed) = sabot_sql::sqlparser::parser::Parser::parse_sql(
+                    &sabot_sql::sqlparser::dialect::PostgreSqlDialect {},
+                    &sub,
+                ) {
+                    if let Some(ast::Statement::Query(query)) = parsed.pop() {
+                        *e = Expr::Subquery(query);
+                    }
+                }
+                ControlFlow::Continue(())
+            }
+        }
+        let _ = c.visit(&mut Swap {
+            inner: &inner,
+            binding: &binding,
+        });
+        conditions.push(c);
+    }
+    select.selection = and_all(keep);
+    let condition = and_all(conditions)?;
+    Some(Expr::Case {
+        case_token: ast::helpers::attached_token::AttachedToken::empty(),
+        end_token: ast::helpers::attached_token::AttachedToken::empty(),
+        operand: None,
+        conditions: vec![ast::CaseWhen {
+            condition,
+            result: Expr::Subquery(Box::new(q.clone())),
+        }],
+        else_result: None,
+    })
+}
+
+/// `ARRAY(SELECT e FROM ...)` as `(SELECT array_agg(e) FROM ...)`, which DataFusion
+/// plans (NULL rather than `{}` when no row matches). psql's
+/// `ARRAY(SELECT .. FROM pg_options_to_table(opts))` becomes `sabot_options_array(opts)`.
+fn array_subquery(q: &Query) -> Option<Expr> {
+    let ast::SetExpr::Select(select) = q.body.as_ref() else {
+        return None;
+    };
+    if let [from] = select.from.as_slice() {
+        if let TableFactor::Table {
+            name,
+            args: Some(args),
+            ..
+        } = &from.relation
+        {
+            let n = name.to_string().to_ascii_lowercase();
+            if n == "unnest" || n.ends_with(".unnest") {
+                return array_of_unnest(select, args, from);
+            }
+            if n.ends_with("pg_options_to_table") {
+                let arg = args.args.first().and_then(|a| match a {
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
+                    _ => None,
+                })?;
+                return Some(call("sabot_options_array", vec![arg]));
+            }
+        }
+    }
+    let [ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. }] =
+        select.projection.as_slice()
+    else {
+        return None;
+    };
+    let mut select = select.clone();
+    select.projection = vec![ast::SelectItem::UnnamedExpr(call(
+        "array_agg",
+        vec![e.clone()],
+    ))];
+    let mut query = q.clone();
+    query.body = Box::new(ast::SetExpr::Select(select));
+    query.order_by = None;
+    Some(Expr::Subquery(Box::new(query)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_catalog_builds_with_its_columns() {
+        for (name, spec) in CATALOGS {
+            let b = catalog_batch(spec, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(b.num_columns(), spec.split_whitespace().count(), "{name}");
+        }
+    }
+
+    #[test]
+    fn format_type_names_match_postgres() {
+        assert_eq!(type_display(23, None).as_deref(), Some("integer"));
+        assert_eq!(
+            type_display(1043, Some(14)).as_deref(),
+            Some("character varying(10)")
+        );
+        assert_eq!(
+            type_display(1700, Some((10 << 16 | 2) + 4)).as_deref(),
+            Some("numeric(10,2)")
+        );
+        assert_eq!(type_display(1009, None).as_deref(), Some("text[]"));
+    }
+
+    #[test]
+    fn sizes_print_like_postgres() {
+        assert_eq!(size_pretty(8192), "8192 bytes");
+        assert_eq!(size_pretty(16384), "16 kB");
+        assert_eq!(size_pretty(50 * 1024 * 1024), "50 MB");
+    }
+}

@@ -1,0 +1,152 @@
+//! psql against Sabot, with PostgreSQL as the oracle: the same objects created in both,
+//! and psql's describe commands (`\dt`, `\d name`, ...) must print the same.
+//!
+//! psql builds those commands from queries over `pg_catalog` (run `psql -E` to see
+//! them), so this checks the catalog tables, the functions they call, and the rewrites
+//! of PostgreSQL-only syntax such as `OPERATOR(pg_catalog.~)`.
+
+mod common;
+
+use std::process::Command;
+
+use common::postgres::Postgres;
+use common::{wait_for, Server};
+
+/// Runs one psql command; returns stdout, failing on any error output.
+fn psql(port: u16, user: &str, db: &str, command: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+        .args(["-p", &port.to_string(), "-U", user, "-d", db, "-c", command])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql (apt-get install postgresql-client)");
+    // psql reports an empty listing on stderr ("Did not find any relations."), not
+    // as an error.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && (stderr.is_empty() || stderr.starts_with("Did not find any")),
+        "psql {command} failed on port {port}: {stderr}"
+    );
+    String::from_utf8(out.stdout).expect("psql prints UTF-8")
+}
+
+const DDL: &str = "CREATE TABLE orders (
+    id INT PRIMARY KEY,
+    customer BIGINT NOT NULL,
+    item TEXT,
+    note VARCHAR,
+    price NUMERIC(10,2),
+    weight DOUBLE PRECISION,
+    paid BOOLEAN,
+    at TIMESTAMP,
+    day DATE
+);
+CREATE TABLE pairs (a INT, b TEXT, c SMALLINT, PRIMARY KEY (a, b));
+CREATE TABLE plain (x INT, y REAL);
+CREATE MATERIALIZED VIEW per_customer AS
+    SELECT customer, count(*) AS n, sum(id) AS ids, max(item) AS last_item
+    FROM orders GROUP BY customer;";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_describe_commands_match_postgres() {
+    let pg = Postgres::start();
+    let pg_client = pg.connect().await;
+    pg_client.batch_execute(DDL).await.unwrap();
+    // Sabot's objects are owned by `sabot`: give PostgreSQL's the same owner.
+    pg_client
+        .batch_execute(
+            "CREATE ROLE sabot;
+             ALTER TABLE orders OWNER TO sabot;
+             ALTER TABLE pairs OWNER TO sabot;
+             ALTER TABLE plain OWNER TO sabot;
+             ALTER MATERIALIZED VIEW per_customer OWNER TO sabot;",
+        )
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    client.batch_execute(DDL).await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO orders (id, customer, item) VALUES (1, 7, 'tea'), (2, 7, 'cake')",
+        )
+        .await
+        .unwrap();
+    wait_for(&client, "SELECT n FROM per_customer", "2").await;
+
+    for command in [
+        r"\dt",
+        r"\dm",
+        r"\d orders",
+        r"\d pairs",
+        r"\d plain",
+        r"\d per_customer",
+        r"\d orders_pkey",
+        r"\d pairs_pkey",
+        r"\d+ orders",
+        r"\d+ pairs",
+        r"\dt public.*",
+        r"\d pl*",
+        r"\dt+ nothing_here",
+    ] {
+        let want = psql(pg.port, "postgres", "postgres", command);
+        let got = psql(server.port(), "sabot", "sabot", command);
+        assert_eq!(
+            got, want,
+            "psql {command}: Sabot (left) differs from PostgreSQL (right)"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_lists_sabot_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE SOURCE gen (id BIGINT, v INT) WITH (connector = 'datagen',
+                 datagen.rows.per.second = '10', fields.id.kind = 'sequence',
+                 fields.v.min = '0', fields.v.max = '9');
+             CREATE MATERIALIZED VIEW counts AS SELECT v, count(*) AS n FROM gen GROUP BY v;",
+        )
+        .await
+        .unwrap();
+    let port = server.port();
+
+    let schemas = psql(port, "sabot", "sabot", r"\dn");
+    assert!(schemas.contains(" public "), "{schemas}");
+    assert!(schemas.contains(" sabot_catalog "), "{schemas}");
+
+    let databases = psql(port, "sabot", "sabot", r"\l");
+    assert!(databases.contains(" sabot "), "{databases}");
+
+    let sources = psql(port, "sabot", "sabot", r"\dE");
+    assert!(
+        sources.contains(" gen  | foreign table | sabot"),
+        "{sources}"
+    );
+
+    let source = psql(port, "sabot", "sabot", r"\d gen");
+    assert!(source.contains(r#"Foreign table "public.gen""#), "{source}");
+    assert!(source.contains(" id     | bigint  |"), "{source}");
+
+    let view = psql(port, "sabot", "sabot", r"\d+ counts");
+    assert!(
+        view.contains(r#"Materialized view "public.counts""#),
+        "{view}"
+    );
+    assert!(view.contains("View definition:"), "{view}");
+    assert!(view.contains("GROUP BY v"), "{view}");
+
+    let all = psql(port, "sabot", "sabot", r"\d");
+    for name in ["gen", "counts"] {
+        assert!(all.contains(&format!(" {name} ")), "{all}");
+    }
+    // Commands over catalogs Sabot keeps empty still run.
+    for command in [r"\df", r"\du", r"\dT", r"\di", r"\dv", r"\ds"] {
+        psql(port, "sabot", "sabot", command);
+    }
+}
