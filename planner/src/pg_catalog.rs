@@ -2103,23 +2103,39 @@ fn select_is_empty(select: &ast::Select) -> bool {
         })
 }
 
+/// Whether `e` calls an aggregate of its own SELECT (not one inside a subquery).
 fn has_aggregate(e: &Expr) -> bool {
-    struct Find(bool);
+    struct Find {
+        found: bool,
+        depth: usize,
+    }
     impl ast::Visitor for Find {
         type Break = ();
+        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
         fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
-            if matches!(e, Expr::Function(f)
-                if AGGREGATES.contains(&f.name.to_string().to_ascii_lowercase().as_str()))
+            if self.depth == 0
+                && matches!(e, Expr::Function(f)
+                    if AGGREGATES.contains(&f.name.to_string().to_ascii_lowercase().as_str()))
             {
-                self.0 = true;
+                self.found = true;
                 return ControlFlow::Break(());
             }
             ControlFlow::Continue(())
         }
     }
-    let mut f = Find(false);
+    let mut f = Find {
+        found: false,
+        depth: 0,
+    };
     let _ = ast::Visit::visit(e, &mut f);
-    f.0
+    f.found
 }
 
 fn has_subquery(e: &Expr) -> bool {
@@ -2531,6 +2547,50 @@ mod tests {
             Some("numeric(10,2)")
         );
         assert_eq!(type_display(1009, None).as_deref(), Some("text[]"));
+    }
+
+    fn rewritten(sql: &str) -> String {
+        let Ok(mut stmts) = sabot_sql::sqlparser::parser::Parser::parse_sql(
+            &sabot_sql::sqlparser::dialect::PostgreSqlDialect {},
+            sql,
+        ) else {
+            panic!("cannot parse {sql}");
+        };
+        let Some(ast::Statement::Query(mut q)) = stmts.pop() else {
+            panic!("not a query: {sql}");
+        };
+        rewrite(&mut q, &HashSet::new());
+        q.to_string()
+    }
+
+    #[test]
+    fn outputs_of_always_empty_catalogs_are_not_planned() {
+        // No rows, so a subquery in the output is never evaluated...
+        assert_eq!(
+            rewritten("SELECT p.pubname, (SELECT string_agg(x, ',') FROM t) FROM pg_catalog.pg_publication p"),
+            "SELECT p.pubname, NULL FROM pg_catalog.pg_publication p"
+        );
+        // ...but an aggregate over no rows is a row.
+        assert_eq!(
+            rewritten("SELECT count(*), (SELECT max(x) FROM t) FROM pg_policy"),
+            "SELECT count(*), (SELECT max(x) FROM t) FROM pg_catalog.pg_policy"
+        );
+        assert_eq!(
+            rewritten("SELECT a.attname, (SELECT d.adbin FROM pg_attrdef d WHERE d.adrelid = a.attrelid) FROM pg_attribute a"),
+            "SELECT a.attname, NULL FROM pg_catalog.pg_attribute a"
+        );
+    }
+
+    #[test]
+    fn postgres_spellings_become_datafusion_ones() {
+        assert_eq!(
+            rewritten("SELECT pg_catalog.format_type(t.oid, NULL) FROM pg_type t WHERE t.typname OPERATOR(pg_catalog.~) '^(int4)$' COLLATE pg_catalog.default"),
+            "SELECT format_type(t.oid, NULL) FROM pg_catalog.pg_type t WHERE t.typname ~ '^(int4)$'"
+        );
+        assert_eq!(
+            rewritten("SELECT 'items'::regclass, c.oid::regclass, c.reltype::regtype::text FROM pg_class c"),
+            "SELECT to_regclass('items'), sabot_regclass_name(c.oid), format_type(c.reltype, NULL)::TEXT FROM pg_catalog.pg_class c"
+        );
     }
 
     #[test]
