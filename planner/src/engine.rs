@@ -934,6 +934,8 @@ impl Database {
                 TransactionKind::Commit => "COMMIT",
                 TransactionKind::Rollback => "ROLLBACK",
             })),
+            // The session streams COPY's rows; run here, it is the query.
+            Statement::CopyTo { query, .. } => self.query(query).await,
             Statement::SetVariable { .. } | Statement::ShowVariable(_) => Err(PlanError::Internal(
                 "session settings are handled by the session".into(),
             )),

@@ -26,6 +26,7 @@ use sabot_planner::pg_catalog::{default_setting, DEFAULT_SETTINGS, SERVER_VERSIO
 use sabot_planner::{Database, Output, PlanError};
 use sabot_sql::{Parsed, Statement};
 
+use crate::copy::copy_out;
 use crate::encode::{encode_rows, fields};
 use crate::params::{bind, infer_types, SabotStatement};
 
@@ -76,6 +77,13 @@ impl SabotHandler {
                 })
             }
             Statement::ShowVariable(name) => show_variable(&settings, name, &self.db),
+            Statement::CopyTo { query, options } => {
+                return match self.db.query(query).await {
+                    Ok(Output::Rows { schema, batches }) => copy_out(&schema, &batches, options),
+                    Ok(_) => Err(PgWireError::ApiError("COPY gave no rows".into())),
+                    Err(e) => Ok(Response::Error(Box::new(error_info(&e)))),
+                };
+            }
             _ => self.db.execute(parsed).await,
         };
         match output {

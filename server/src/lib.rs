@@ -5,6 +5,7 @@
 //! [`encode`] turns Arrow results into wire values; [`params`] binds prepared-statement
 //! parameters.
 
+pub mod copy;
 pub mod encode;
 pub mod handler;
 pub mod http;

@@ -47,6 +47,12 @@ CREATE MATERIALIZED VIEW per_customer AS
     SELECT customer, count(*) AS n, sum(id) AS ids, max(item) AS last_item
     FROM orders GROUP BY customer;";
 
+/// Rows with characters COPY must escape or quote.
+const ROWS: &str = r#"INSERT INTO orders (id, customer, item, note, price, paid, at, day) VALUES
+    (1, 7, 'tea', NULL, 3.50, true, '2026-11-23 10:00:00', '2026-11-23'),
+    (2, 7, 'cake, "big"', E'two\tcols', 4.25, false, NULL, NULL),
+    (3, 9, E'back\\slash\nnew line', '', NULL, NULL, NULL, NULL)"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_describe_commands_match_postgres() {
     let pg = Postgres::start();
@@ -68,13 +74,19 @@ async fn psql_describe_commands_match_postgres() {
     let server = Server::start(dir.path());
     let client = server.connect().await;
     client.batch_execute(DDL).await.unwrap();
-    client
-        .batch_execute(
-            "INSERT INTO orders (id, customer, item) VALUES (1, 7, 'tea'), (2, 7, 'cake')",
-        )
+    for c in [&client, &pg_client] {
+        c.batch_execute(ROWS).await.unwrap();
+    }
+    pg_client
+        .batch_execute("REFRESH MATERIALIZED VIEW per_customer")
         .await
         .unwrap();
-    wait_for(&client, "SELECT n FROM per_customer", "2").await;
+    wait_for(
+        &client,
+        "SELECT n FROM per_customer WHERE customer = 7",
+        "2",
+    )
+    .await;
 
     for command in [
         r"\dt",
@@ -90,6 +102,10 @@ async fn psql_describe_commands_match_postgres() {
         r"\dt public.*",
         r"\d pl*",
         r"\dt+ nothing_here",
+        r"\copy (SELECT * FROM orders ORDER BY id) to stdout",
+        r"\copy (SELECT * FROM orders ORDER BY id) to stdout csv header",
+        r"\copy (SELECT id, note FROM orders ORDER BY id) to stdout with (format csv, delimiter ';', null 'NULL')",
+        r"\copy (SELECT * FROM per_customer ORDER BY 1) to stdout",
     ] {
         let want = psql(pg.port, "postgres", "postgres", command);
         let got = psql(server.port(), "sabot", "sabot", command);

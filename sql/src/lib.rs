@@ -50,6 +50,11 @@ pub enum Statement {
         if_exists: bool,
         cascade: bool,
     },
+    /// `COPY table | (query) TO STDOUT [WITH (...)]`: the rows streamed to the client.
+    CopyTo {
+        query: Box<ast::Query>,
+        options: CopyOptions,
+    },
     /// `FLUSH`: wait until everything written before it is visible in every view.
     Flush,
     /// `SHOW TABLES`.
@@ -425,11 +430,137 @@ fn convert(stmt: ast::Statement, text: &str) -> Result<Statement, SqlError> {
                 .join(" "),
         ),
         S::Set(set) => convert_set(set)?,
+        S::Copy {
+            source,
+            to,
+            target,
+            options,
+            legacy_options,
+            ..
+        } => convert_copy(source, to, target, options, legacy_options)?,
         other => {
             let words = leading_words(&other.to_string(), 2).join(" ");
             return Err(SqlError::Unsupported(words));
         }
     })
+}
+
+/// How `COPY ... TO STDOUT` writes rows: PostgreSQL's text format (tab-separated, `\N`
+/// for NULL, backslash escapes) or CSV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOptions {
+    pub csv: bool,
+    pub header: bool,
+    pub delimiter: char,
+    pub null: String,
+    pub quote: char,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        Self {
+            csv: false,
+            header: false,
+            delimiter: '\t',
+            null: "\\N".into(),
+            quote: '"',
+        }
+    }
+}
+
+fn convert_copy(
+    source: ast::CopySource,
+    to: bool,
+    target: ast::CopyTarget,
+    options: Vec<ast::CopyOption>,
+    legacy: Vec<ast::CopyLegacyOption>,
+) -> Result<Statement, SqlError> {
+    if !to {
+        return Err(SqlError::Unsupported("COPY FROM (use INSERT)".into()));
+    }
+    if !matches!(target, ast::CopyTarget::Stdout) {
+        return Err(SqlError::Unsupported(
+            "COPY TO a file on the server (use COPY ... TO STDOUT, or psql's \\copy)".into(),
+        ));
+    }
+    let query = match source {
+        ast::CopySource::Query(q) => q,
+        ast::CopySource::Table {
+            table_name,
+            columns,
+        } => {
+            let cols = if columns.is_empty() {
+                "*".to_string()
+            } else {
+                columns
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let sql = format!("SELECT {cols} FROM {table_name}");
+            match Parser::parse_sql(&PostgreSqlDialect {}, &sql)
+                .map_err(|e| SqlError::Syntax {
+                    message: e.to_string(),
+                    position: None,
+                })?
+                .pop()
+            {
+                Some(ast::Statement::Query(q)) => q,
+                _ => {
+                    return Err(SqlError::Syntax {
+                        message: format!("cannot read {table_name}"),
+                        position: None,
+                    })
+                }
+            }
+        }
+    };
+    let mut o = CopyOptions::default();
+    let mut delimiter = None;
+    let mut null = None;
+    for opt in options {
+        match opt {
+            ast::CopyOption::Format(f) => match f.value.to_ascii_lowercase().as_str() {
+                "csv" => o.csv = true,
+                "text" => o.csv = false,
+                other => {
+                    return Err(SqlError::Unsupported(format!("COPY format {other}")));
+                }
+            },
+            ast::CopyOption::Header(h) => o.header = h,
+            ast::CopyOption::Delimiter(d) => delimiter = Some(d),
+            ast::CopyOption::Null(n) => null = Some(n),
+            ast::CopyOption::Quote(q) => o.quote = q,
+            other => return Err(SqlError::Unsupported(format!("COPY option {other}"))),
+        }
+    }
+    for opt in legacy {
+        match opt {
+            ast::CopyLegacyOption::Csv(csv) => {
+                o.csv = true;
+                for c in csv {
+                    match c {
+                        ast::CopyLegacyCsvOption::Header => o.header = true,
+                        ast::CopyLegacyCsvOption::Quote(q) => o.quote = q,
+                        other => return Err(SqlError::Unsupported(format!("COPY option {other}"))),
+                    }
+                }
+            }
+            ast::CopyLegacyOption::Delimiter(d) => delimiter = Some(d),
+            ast::CopyLegacyOption::Null(n) => null = Some(n),
+            ast::CopyLegacyOption::Header => o.header = true,
+            other => return Err(SqlError::Unsupported(format!("COPY option {other}"))),
+        }
+    }
+    if o.header && !o.csv {
+        return Err(SqlError::Unsupported(
+            "HEADER in text format (PostgreSQL 15 allows it only with CSV)".into(),
+        ));
+    }
+    o.delimiter = delimiter.unwrap_or(if o.csv { ',' } else { '\t' });
+    o.null = null.unwrap_or_else(|| if o.csv { String::new() } else { "\\N".into() });
+    Ok(Statement::CopyTo { query, options: o })
 }
 
 fn convert_set(set: ast::Set) -> Result<Statement, SqlError> {
