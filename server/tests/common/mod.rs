@@ -109,6 +109,11 @@ impl Server {
         }
     }
 
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("wait for sabot").is_none()
+    }
+
     /// SIGKILL: no shutdown code of the server runs.
     pub fn kill(self) {
         drop(self);
