@@ -782,8 +782,7 @@ impl Database {
     ) -> Result<SessionContext> {
         let config = SessionConfig::new()
             .with_target_partitions(self.config.workers.max(1))
-            .with_default_catalog_and_schema(crate::pg_catalog::DATABASE, "public")
-            .with_information_schema(true);
+            .with_default_catalog_and_schema(crate::pg_catalog::DATABASE, "public");
         let ctx = SessionContext::new_with_config(config);
         // PostgreSQL's name for the sample variance.
         ctx.register_udaf(

@@ -470,6 +470,238 @@ const CATALOGS: &[(&str, &str)] = &[
     ),
 ];
 
+/// `information_schema`, as PostgreSQL defines the views clients read most.
+const INFORMATION_SCHEMA: &[(&str, &str)] = &[
+    (
+        "schemata",
+        "catalog_name:n schema_name:n schema_owner:n default_character_set_catalog:n \
+         default_character_set_schema:n default_character_set_name:n sql_path:t",
+    ),
+    (
+        "tables",
+        "table_catalog:n table_schema:n table_name:n table_type:t \
+         self_referencing_column_name:n reference_generation:t user_defined_type_catalog:n \
+         user_defined_type_schema:n user_defined_type_name:n is_insertable_into:t is_typed:t \
+         commit_action:t",
+    ),
+    (
+        "columns",
+        "table_catalog:n table_schema:n table_name:n column_name:n ordinal_position:i \
+         column_default:t is_nullable:t data_type:t character_maximum_length:i \
+         character_octet_length:i numeric_precision:i numeric_precision_radix:i \
+         numeric_scale:i datetime_precision:i interval_type:t interval_precision:i \
+         character_set_catalog:n character_set_schema:n character_set_name:n \
+         collation_catalog:n collation_schema:n collation_name:n domain_catalog:n \
+         domain_schema:n domain_name:n udt_catalog:n udt_schema:n udt_name:n scope_catalog:n \
+         scope_schema:n scope_name:n maximum_cardinality:i dtd_identifier:n \
+         is_self_referencing:t is_identity:t identity_generation:t identity_start:t \
+         identity_increment:t identity_maximum:t identity_minimum:t identity_cycle:t \
+         is_generated:t generation_expression:t is_updatable:t",
+    ),
+    (
+        "views",
+        "table_catalog:n table_schema:n table_name:n view_definition:t check_option:t \
+         is_updatable:t is_insertable_into:t is_trigger_updatable:t is_trigger_deletable:t \
+         is_trigger_insertable_into:t",
+    ),
+    (
+        "table_constraints",
+        "constraint_catalog:n constraint_schema:n constraint_name:n table_catalog:n \
+         table_schema:n table_name:n constraint_type:t is_deferrable:t initially_deferred:t \
+         enforced:t nulls_distinct:t",
+    ),
+    (
+        "key_column_usage",
+        "constraint_catalog:n constraint_schema:n constraint_name:n table_catalog:n \
+         table_schema:n table_name:n column_name:n ordinal_position:i \
+         position_in_unique_constraint:i",
+    ),
+];
+
+fn namespace_name(oid: u32) -> &'static str {
+    match oid {
+        PG_CATALOG_OID => "pg_catalog",
+        INFORMATION_SCHEMA_OID => "information_schema",
+        SABOT_CATALOG_OID => "sabot_catalog",
+        _ => "public",
+    }
+}
+
+/// A column's `information_schema.columns` numeric facts: precision, radix, scale,
+/// datetime precision.
+fn column_numbers(field: &Field) -> [Option<i64>; 4] {
+    match field.data_type() {
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => [Some(16), Some(2), Some(0), None],
+        DataType::Int32 | DataType::UInt16 => [Some(32), Some(2), Some(0), None],
+        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => [Some(64), Some(2), Some(0), None],
+        DataType::Float16 | DataType::Float32 => [Some(24), Some(2), None, None],
+        DataType::Float64 => [Some(53), Some(2), None, None],
+        DataType::Decimal128(p, sc) | DataType::Decimal256(p, sc) => {
+            [Some(i64::from(*p)), Some(10), Some(i64::from(*sc)), None]
+        }
+        DataType::Date32 | DataType::Date64 => [None, None, None, Some(0)],
+        DataType::Time32(_) | DataType::Time64(_) | DataType::Timestamp(..) => {
+            [None, None, None, Some(6)]
+        }
+        _ => [None; 4],
+    }
+}
+
+fn information_schema(rels: &[CatalogRel]) -> Result<Vec<(&'static str, RecordBatch)>> {
+    let mut rows: BTreeMap<&'static str, Vec<Vec<(&'static str, V)>>> = BTreeMap::new();
+    let mut add = |table: &'static str, row: Vec<(&'static str, V)>| {
+        rows.entry(table).or_default().push(row);
+    };
+    for oid in [
+        PG_CATALOG_OID,
+        PUBLIC_OID,
+        INFORMATION_SCHEMA_OID,
+        SABOT_CATALOG_OID,
+    ] {
+        add(
+            "schemata",
+            vec![
+                ("catalog_name", s(DATABASE)),
+                ("schema_name", s(namespace_name(oid))),
+                ("schema_owner", s(OWNER)),
+            ],
+        );
+    }
+    for r in rels {
+        // Materialized views are Sabot's main objects, so unlike PostgreSQL they are
+        // listed here (as views) for tools that only read information_schema.
+        let table_type = match r.kind {
+            'r' => "BASE TABLE",
+            'f' => "FOREIGN",
+            _ => "VIEW",
+        };
+        let schema = namespace_name(r.namespace);
+        add(
+            "tables",
+            vec![
+                ("table_catalog", s(DATABASE)),
+                ("table_schema", s(schema)),
+                ("table_name", s(r.name.clone())),
+                ("table_type", s(table_type)),
+                (
+                    "is_insertable_into",
+                    s(if r.kind == 'r' && r.namespace == PUBLIC_OID {
+                        "YES"
+                    } else {
+                        "NO"
+                    }),
+                ),
+                ("is_typed", s("NO")),
+            ],
+        );
+        if r.kind == 'm' {
+            add(
+                "views",
+                vec![
+                    ("table_catalog", s(DATABASE)),
+                    ("table_schema", s(schema)),
+                    ("table_name", s(r.name.clone())),
+                    ("view_definition", s(r.definition.clone())),
+                    ("check_option", s("NONE")),
+                    ("is_updatable", s("NO")),
+                    ("is_insertable_into", s("NO")),
+                    ("is_trigger_updatable", s("NO")),
+                    ("is_trigger_deletable", s("NO")),
+                    ("is_trigger_insertable_into", s("NO")),
+                ],
+            );
+        }
+        for (i, f) in r.schema.fields().iter().enumerate() {
+            let typ = type_oid(f);
+            let t = pg_type_by_oid(typ);
+            let data_type = match t {
+                Some(t) if t.category == "A" => "ARRAY".to_string(),
+                Some(t) => t.display.to_string(),
+                None => "text".to_string(),
+            };
+            let [precision, radix, scale, datetime] = column_numbers(f);
+            let opt = |v: Option<i64>| v.map_or(V::Null, V::Int);
+            add(
+                "columns",
+                vec![
+                    ("table_catalog", s(DATABASE)),
+                    ("table_schema", s(schema)),
+                    ("table_name", s(r.name.clone())),
+                    ("column_name", s(f.name().clone())),
+                    (
+                        "ordinal_position",
+                        V::Int(i64::try_from(i + 1).unwrap_or(0)),
+                    ),
+                    (
+                        "is_nullable",
+                        s(if f.is_nullable() && !r.primary_key.contains(f.name()) {
+                            "YES"
+                        } else {
+                            "NO"
+                        }),
+                    ),
+                    ("data_type", s(data_type)),
+                    ("numeric_precision", opt(precision)),
+                    ("numeric_precision_radix", opt(radix)),
+                    ("numeric_scale", opt(scale)),
+                    ("datetime_precision", opt(datetime)),
+                    ("udt_catalog", s(DATABASE)),
+                    ("udt_schema", s("pg_catalog")),
+                    ("udt_name", s(t.map_or("text", |t| t.name))),
+                    ("dtd_identifier", s((i + 1).to_string())),
+                    ("is_self_referencing", s("NO")),
+                    ("is_identity", s("NO")),
+                    ("is_generated", s("NEVER")),
+                    ("is_updatable", s(if r.kind == 'r' { "YES" } else { "NO" })),
+                ],
+            );
+        }
+        if !r.primary_key.is_empty() {
+            let name = format!("{}_pkey", r.name);
+            add(
+                "table_constraints",
+                vec![
+                    ("constraint_catalog", s(DATABASE)),
+                    ("constraint_schema", s(schema)),
+                    ("constraint_name", s(name.clone())),
+                    ("table_catalog", s(DATABASE)),
+                    ("table_schema", s(schema)),
+                    ("table_name", s(r.name.clone())),
+                    ("constraint_type", s("PRIMARY KEY")),
+                    ("is_deferrable", s("NO")),
+                    ("initially_deferred", s("NO")),
+                    ("enforced", s("YES")),
+                ],
+            );
+            for (i, col) in r.primary_key.iter().enumerate() {
+                add(
+                    "key_column_usage",
+                    vec![
+                        ("constraint_catalog", s(DATABASE)),
+                        ("constraint_schema", s(schema)),
+                        ("constraint_name", s(name.clone())),
+                        ("table_catalog", s(DATABASE)),
+                        ("table_schema", s(schema)),
+                        ("table_name", s(r.name.clone())),
+                        ("column_name", s(col.clone())),
+                        (
+                            "ordinal_position",
+                            V::Int(i64::try_from(i + 1).unwrap_or(0)),
+                        ),
+                    ],
+                );
+            }
+        }
+    }
+    INFORMATION_SCHEMA
+        .iter()
+        .map(|(name, spec)| {
+            let table_rows = rows.get(name).map(Vec::as_slice).unwrap_or(&[]);
+            Ok((*name, catalog_batch(spec, table_rows)?))
+        })
+        .collect()
+}
+
 /// Whether `name` is one of the catalog tables.
 pub fn is_catalog_table(name: &str) -> bool {
     CATALOGS.iter().any(|(n, _)| *n == name)
@@ -748,28 +980,43 @@ pub fn register(
             bytes: 0,
         });
     }
-    let tables = catalog_tables(&rels)?;
+    for (i, (name, spec)) in INFORMATION_SCHEMA.iter().enumerate() {
+        rels.push(CatalogRel {
+            oid: FIRST_CATALOG_TABLE_OID + 1000 + u32::try_from(i).unwrap_or(0),
+            name: (*name).to_string(),
+            namespace: INFORMATION_SCHEMA_OID,
+            kind: 'v',
+            schema: catalog_schema(spec),
+            primary_key: Vec::new(),
+            definition: String::new(),
+            bytes: 0,
+        });
+    }
     let catalog = ctx
         .catalog(DATABASE)
         .ok_or_else(|| PlanError::Internal("no default catalog".into()))?;
-    catalog.register_schema("pg_catalog", Arc::new(MemorySchemaProvider::new()))?;
-    for (name, batch) in tables {
-        ctx.register_table(
-            TableReference::partial("pg_catalog", name),
-            Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?),
-        )?;
+    for (schema, tables) in [
+        ("pg_catalog", catalog_tables(&rels)?),
+        ("information_schema", information_schema(&rels)?),
+    ] {
+        catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
+        for (name, batch) in tables {
+            ctx.register_table(
+                TableReference::partial(schema, name),
+                Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?),
+            )?;
+        }
+    }
+    // A bare name finds the user's relation first, then Sabot's and PostgreSQL's catalogs.
+    let mut by_name = HashMap::new();
+    for r in rels
+        .iter()
+        .filter(|r| r.namespace != INFORMATION_SCHEMA_OID)
+    {
+        by_name.entry(r.name.clone()).or_insert(r.oid);
     }
     let lookup = Arc::new(Lookup {
-        by_name: rels
-            .iter()
-            .filter(|r| {
-                r.namespace != PG_CATALOG_OID
-                    || !rels
-                        .iter()
-                        .any(|o| o.name == r.name && o.namespace != PG_CATALOG_OID)
-            })
-            .map(|r| (r.name.clone(), r.oid))
-            .collect(),
+        by_name,
         by_oid: rels.into_iter().map(|r| (r.oid, r)).collect(),
     });
     for f in functions(&lookup) {
@@ -1570,6 +1817,82 @@ fn functions(lookup: &Arc<Lookup>) -> Vec<CatalogFn> {
         },
     ));
     fns.push(catalog_fn(
+        "current_setting",
+        &[1, 2],
+        DataType::Utf8,
+        |args, _| {
+            // The server's defaults: a session's own SET is not visible to a query.
+            let names = texts(&args[0])?;
+            let missing_ok = match args.get(1) {
+                Some(m) => arrow::compute::cast(m, &DataType::Boolean)?
+                    .as_boolean()
+                    .iter()
+                    .collect::<Vec<_>>(),
+                None => vec![Some(false); names.len()],
+            };
+            let mut out = StringBuilder::new();
+            for (i, name) in names.iter().enumerate() {
+                match name.map(|n| (n, default_setting(&n.to_ascii_lowercase()))) {
+                    None => out.append_null(),
+                    Some((_, Some(v))) => out.append_value(v),
+                    Some((_, None)) if missing_ok.get(i).copied().flatten() == Some(true) => {
+                        out.append_null()
+                    }
+                    Some((n, None)) => {
+                        return Err(DataFusionError::Execution(format!(
+                            "unrecognized configuration parameter \"{n}\""
+                        )))
+                    }
+                }
+            }
+            Ok(Arc::new(out.finish()))
+        },
+    ));
+    fns.push(catalog_fn("user", &[0], DataType::Utf8, |_, n| {
+        Ok(constant_text(n, Some(OWNER)))
+    }));
+    for (name, upper) in [("array_lower", false), ("array_upper", true)] {
+        fns.push(catalog_fn(name, &[2], DataType::Int32, move |args, _| {
+            // One-dimensional arrays: bounds 1 and the length, NULL when empty.
+            let lists = args[0].as_list_opt::<i32>();
+            let dims = int64s(&args[1])?;
+            Ok(Arc::new(
+                (0..args[0].len())
+                    .map(|i| {
+                        let l = lists.filter(|l| l.is_valid(i))?;
+                        let len = l.value_length(i);
+                        (dims.is_valid(i) && dims.value(i) == 1 && len > 0).then_some(if upper {
+                            len
+                        } else {
+                            1
+                        })
+                    })
+                    .collect::<arrow::array::Int32Array>(),
+            ))
+        }));
+    }
+    fns.push(catalog_fn(
+        "parse_ident",
+        &[1, 2],
+        DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+        |args, _| {
+            let t = texts(&args[0])?;
+            let mut b = ListBuilder::new(StringBuilder::new());
+            for v in t.iter() {
+                match v {
+                    None => b.append(false),
+                    Some(v) => {
+                        for part in split_ident(v) {
+                            b.values().append_value(part);
+                        }
+                        b.append(true);
+                    }
+                }
+            }
+            Ok(Arc::new(b.finish()))
+        },
+    ));
+    fns.push(catalog_fn(
         "pg_get_serial_sequence",
         &[2],
         DataType::Utf8,
@@ -1713,6 +2036,29 @@ fn json_build_object(args: &[ArrayRef], n: usize) -> DfResult<ArrayRef> {
     Ok(Arc::new(out.finish()))
 }
 
+/// A qualified identifier's parts: unquoted parts lower-cased, `"..."` kept as written
+/// (`""` inside quotes is one `"`).
+fn split_ident(text: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut chars = text.trim().chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            '"' => quoted = !quoted,
+            '.' if !quoted => parts.push(std::mem::take(&mut cur)),
+            c if quoted => cur.push(c),
+            c => cur.extend(c.to_lowercase()),
+        }
+    }
+    parts.push(cur);
+    parts
+}
+
 fn size_pretty(bytes: i64) -> String {
     let mut v = bytes;
     for unit in ["bytes", "kB", "MB", "GB"] {
@@ -1752,6 +2098,9 @@ pub fn mentions_catalog(query: &Query) -> bool {
         "quote_ident",
         "to_regclass",
         "to_regtype",
+        "current_setting",
+        "parse_ident",
+        "array_upper",
     ];
     let text = query.to_string().to_ascii_lowercase();
     HINTS.iter().any(|h| text.contains(h))
@@ -1837,6 +2186,7 @@ impl VisitorMut for Rewriter<'_> {
             }
         }
         each_select(query.body.as_mut());
+        order_by_subqueries(query);
         ControlFlow::Continue(())
     }
 
@@ -1850,6 +2200,9 @@ impl VisitorMut for Rewriter<'_> {
             if let Some(n) = unqualified(name) {
                 *name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(n))]);
             }
+        }
+        if let Some(derived) = scalar_function_in_from(factor) {
+            *factor = derived;
         }
         if let TableFactor::Table {
             name, args: None, ..
@@ -2159,13 +2512,42 @@ fn has_subquery(e: &Expr) -> bool {
     f.0
 }
 
-/// `EXISTS (q)` in an output column as `(SELECT count(*) FROM q') > 0`: DataFusion
-/// decorrelates EXISTS only in filters, and a counting scalar subquery anywhere.
+/// `EXISTS (q)` and `x IN (q)` in an output column as counting scalar subqueries:
+/// DataFusion decorrelates EXISTS and IN only in filters, a counting scalar subquery
+/// anywhere.
 fn exists_in_outputs(select: &mut ast::Select) {
     struct Swap;
     impl VisitorMut for Swap {
         type Break = ();
         fn post_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+            if let Expr::InSubquery {
+                expr,
+                subquery,
+                negated,
+            } = e
+            {
+                // x IN (q) as (SELECT count(*) FROM (q) AS s(v) WHERE s.v = x) > 0: a
+                // correlated count DataFusion decorrelates. (NULLs give false, not NULL.)
+                let sql = format!(
+                    "SELECT ((SELECT count(*) FROM ({subquery}) AS __sabot_in(v) WHERE __sabot_in.v = {expr}) {} 0)",
+                    if *negated { "=" } else { ">" }
+                );
+                if let Ok(mut parsed) = sabot_sql::sqlparser::parser::Parser::parse_sql(
+                    &sabot_sql::sqlparser::dialect::PostgreSqlDialect {},
+                    &sql,
+                ) {
+                    if let Some(ast::Statement::Query(q)) = parsed.pop() {
+                        if let ast::SetExpr::Select(sel) = *q.body {
+                            if let Some(ast::SelectItem::UnnamedExpr(new)) =
+                                sel.projection.into_iter().next()
+                            {
+                                *e = new;
+                            }
+                        }
+                    }
+                }
+                return ControlFlow::Continue(());
+            }
             let Expr::Exists { subquery, negated } = e else {
                 return ControlFlow::Continue(());
             };
@@ -2203,6 +2585,82 @@ fn exists_in_outputs(select: &mut ast::Select) {
             item
         {
             let _ = e.visit(&mut Swap);
+        }
+    }
+}
+
+/// `ORDER BY` an expression with a subquery (Grafana orders tables by "is its schema on
+/// the search path"): DataFusion plans subqueries only in projections and filters, so
+/// the sort keys become hidden output columns of an inner query, and an outer query
+/// sorts by them and returns the original columns.
+fn order_by_subqueries(q: &mut Query) {
+    let Some(ast::OrderBy {
+        kind: ast::OrderByKind::Expressions(keys),
+        ..
+    }) = &q.order_by
+    else {
+        return;
+    };
+    if !keys.iter().any(|k| has_subquery(&k.expr)) {
+        return;
+    }
+    let ast::SetExpr::Select(select) = q.body.as_ref() else {
+        return;
+    };
+    let mut names = Vec::new();
+    for item in &select.projection {
+        match item {
+            ast::SelectItem::ExprWithAlias { alias, .. } => names.push(alias.to_string()),
+            ast::SelectItem::UnnamedExpr(Expr::Identifier(id)) => names.push(id.to_string()),
+            ast::SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => match parts.last() {
+                Some(p) => names.push(p.to_string()),
+                None => return,
+            },
+            _ => return,
+        }
+    }
+    let mut inner = q.clone();
+    inner.order_by = None;
+    inner.limit_clause = None;
+    inner.fetch = None;
+    let mut order = Vec::new();
+    if let ast::SetExpr::Select(inner_select) = inner.body.as_mut() {
+        for (k, key) in keys.iter().enumerate() {
+            let positional = matches!(&key.expr, Expr::Value(v)
+                if matches!(v.value, ast::Value::Number(..)));
+            if positional {
+                order.push(key.to_string());
+                continue;
+            }
+            let alias = format!("__sabot_sort_{k}");
+            inner_select
+                .projection
+                .push(ast::SelectItem::ExprWithAlias {
+                    expr: key.expr.clone(),
+                    alias: Ident::new(alias.clone()),
+                });
+            let mut key = key.clone();
+            key.expr = Expr::Identifier(Ident::new(alias));
+            order.push(key.to_string());
+        }
+        exists_in_outputs(inner_select);
+    }
+    let limit = q
+        .limit_clause
+        .as_ref()
+        .map(|l| format!(" {l}"))
+        .unwrap_or_default();
+    let sql = format!(
+        "SELECT {} FROM ({inner}) AS __sabot_sorted ORDER BY {}{limit}",
+        names.join(", "),
+        order.join(", ")
+    );
+    if let Ok(mut parsed) = sabot_sql::sqlparser::parser::Parser::parse_sql(
+        &sabot_sql::sqlparser::dialect::PostgreSqlDialect {},
+        &sql,
+    ) {
+        if let Some(ast::Statement::Query(outer)) = parsed.pop() {
+            *q = *outer;
         }
     }
 }
@@ -2278,6 +2736,64 @@ fn aggregate_scalar_subquery(q: &mut Query) {
     if !aggregated && !constant {
         *e = call("max", vec![e.clone()]);
     }
+}
+
+/// A function returning a scalar or an array used as a table, `FROM f(args) AS x`:
+/// PostgreSQL gives one row with column `x` (for `generate_series`, one row per value).
+/// DataFusion has no such table functions, so it becomes a derived table,
+/// `(SELECT f(args) AS x) AS x`, or for `generate_series` `(SELECT unnest(...) AS x)`.
+fn scalar_function_in_from(factor: &TableFactor) -> Option<TableFactor> {
+    const SCALAR: &[&str] = &[
+        "string_to_array",
+        "current_setting",
+        "parse_ident",
+        "current_schemas",
+    ];
+    let TableFactor::Table {
+        name,
+        args: Some(args),
+        alias: Some(alias),
+        ..
+    } = factor
+    else {
+        return None;
+    };
+    if !alias.columns.is_empty() {
+        return None;
+    }
+    let func = name.to_string().to_ascii_lowercase();
+    let set_returning = func == "generate_series";
+    if !set_returning && !SCALAR.contains(&func.as_str()) {
+        return None;
+    }
+    let call = format!(
+        "{func}({})",
+        args.args
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let value = if set_returning {
+        format!("unnest({call})")
+    } else {
+        call
+    };
+    let sql = format!("SELECT {value} AS {}", alias.name);
+    let mut parsed = sabot_sql::sqlparser::parser::Parser::parse_sql(
+        &sabot_sql::sqlparser::dialect::PostgreSqlDialect {},
+        &sql,
+    )
+    .ok()?;
+    let Some(ast::Statement::Query(subquery)) = parsed.pop() else {
+        return None;
+    };
+    Some(TableFactor::Derived {
+        lateral: false,
+        subquery,
+        alias: Some(alias.clone()),
+        sample: None,
+    })
 }
 
 /// The qualifier (alias, else table name) of each plain table in a FROM list.
