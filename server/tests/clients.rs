@@ -1,8 +1,10 @@
-//! Python clients against Sabot: psycopg 3 (extended protocol, typed parameters) and
-//! SQLAlchemy 2's inspector, which reads `pg_catalog` the way ORMs and BI tools do.
+//! Real clients against Sabot: psycopg 3 (extended protocol, typed parameters),
+//! SQLAlchemy 2's inspector (which reads `pg_catalog` the way ORMs and BI tools do),
+//! asyncpg (binary protocol throughout) and node's `pg`.
 //!
-//! Needs `SABOT_PYTHON`: a Python with `psycopg` and `sqlalchemy` (`.ci/run` makes one).
-//! Without it the test says so and passes, except under CI where it must run.
+//! Needs `SABOT_PYTHON` (a Python with psycopg, sqlalchemy and asyncpg) and
+//! `SABOT_NODE_PATH` (node_modules with `pg`); `.ci/run` makes both. Without them the
+//! tests say so and pass, except under CI where they must run.
 
 mod common;
 
@@ -68,22 +70,7 @@ async fn psycopg_and_sqlalchemy_work() {
     };
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    let mut child = Command::new(&py)
-        .args(["-", &server.port().to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start python");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(SCRIPT.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "the client script failed");
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("script prints JSON");
+    let got = run_script(&py, &["-", &server.port().to_string()], &[], SCRIPT);
     let want = serde_json::json!({
         "roundtrip": true,
         "filtered": [1],
@@ -114,4 +101,120 @@ async fn psycopg_and_sqlalchemy_work() {
         "2",
     )
     .await;
+}
+
+const ASYNCPG: &str = r#"
+import asyncio, datetime, decimal, json, sys
+import asyncpg
+
+async def main(port):
+    c = await asyncpg.connect(host="127.0.0.1", port=port, user="sabot", database="sabot")
+    await c.execute("""CREATE TABLE m (id INT PRIMARY KEY, v DOUBLE PRECISION, s TEXT,
+        d NUMERIC(10,2), at TIMESTAMP, ok BOOLEAN)""")
+    await c.executemany("INSERT INTO m VALUES ($1, $2, $3, $4, $5, $6)", [
+        (1, 1.5, "a", decimal.Decimal("1.25"), datetime.datetime(2026, 1, 1, 12, 0), True),
+        (2, None, None, None, None, None),
+    ])
+    await c.execute("CREATE MATERIALIZED VIEW mc AS SELECT count(*) AS n, sum(d) AS total FROM m")
+    await c.execute("FLUSH")
+    rows = await c.fetch("SELECT * FROM m WHERE id >= $1 ORDER BY id", 1)
+    stmt = await c.prepare("SELECT n, total FROM mc")
+    r = await stmt.fetchrow()
+    print(json.dumps({
+        "rows": [[None if v is None else str(v) for v in row.values()] for row in rows],
+        "view": [r["n"], str(r["total"])],
+    }))
+    await c.close()
+
+asyncio.run(main(int(sys.argv[1])))
+"#;
+
+/// Runs `program args...` with `script` on stdin; returns its stdout as JSON.
+fn run_script(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    script: &str,
+) -> serde_json::Value {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start the client");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the client script failed");
+    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_works() {
+    let Ok(py) = std::env::var("SABOT_PYTHON") else {
+        assert!(std::env::var_os("CI").is_none(), "CI must set SABOT_PYTHON");
+        eprintln!("skipped: SABOT_PYTHON not set (a Python with asyncpg)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let got = run_script(&py, &["-", &server.port().to_string()], &[], ASYNCPG);
+    let want = serde_json::json!({
+        "rows": [
+            ["1", "1.5", "a", "1.25", "2026-01-01 12:00:00", "True"],
+            ["2", null, null, null, null, null],
+        ],
+        "view": [2, "1.25"],
+    });
+    assert_eq!(got, want);
+}
+
+const NODE_PG: &str = r#"
+const { Client } = require('pg');
+(async () => {
+  const c = new Client({ host: '127.0.0.1', port: +process.argv[process.argv.length - 1], user: 'sabot', database: 'sabot' });
+  await c.connect();
+  await c.query('CREATE TABLE n (id INT PRIMARY KEY, name TEXT, price NUMERIC(10,2), at TIMESTAMP)');
+  await c.query('INSERT INTO n VALUES ($1, $2, $3, $4), ($5, $6, $7, $8)',
+    [1, 'x', '2.50', '2026-01-01 00:00:00', 2, null, null, null]);
+  await c.query('CREATE MATERIALIZED VIEW nc AS SELECT count(*) AS k FROM n');
+  await c.query('FLUSH');
+  const r = await c.query({ text: 'SELECT id, name, price FROM n WHERE id > $1 ORDER BY id', values: [0] });
+  const v = await c.query({ name: 'count', text: 'SELECT k FROM nc' });
+  const again = await c.query({ name: 'count', text: 'SELECT k FROM nc' });
+  const tables = await c.query("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1");
+  console.log(JSON.stringify({ rows: r.rows, k: v.rows[0].k, again: again.rows[0].k,
+    tables: tables.rows.map(t => t.table_name) }));
+  await c.end();
+})().catch(e => { console.error(e); process.exit(1); });
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_pg_works() {
+    let Ok(modules) = std::env::var("SABOT_NODE_PATH") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must set SABOT_NODE_PATH"
+        );
+        eprintln!("skipped: SABOT_NODE_PATH not set (node_modules with `pg`)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let port = server.port().to_string();
+    let got = run_script("node", &["-", &port], &[("NODE_PATH", &modules)], NODE_PG);
+    let want = serde_json::json!({
+        "rows": [{"id": 1, "name": "x", "price": "2.50"}, {"id": 2, "name": null, "price": null}],
+        "k": "2",
+        "again": "2",
+        "tables": ["n", "nc"],
+    });
+    assert_eq!(got, want);
 }
