@@ -2221,6 +2221,56 @@ impl VisitorMut for Rewriter<'_> {
 
     fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
         let replacement = match expr {
+            Expr::CompoundFieldAccess { root, access_chain }
+                if access_chain
+                    .iter()
+                    .all(|a| matches!(a, ast::AccessExpr::Dot(Expr::Identifier(_)))) =>
+            {
+                // `(record).field` as get_field(record, 'field').
+                let mut e = (**root).clone();
+                for a in access_chain.iter() {
+                    if let ast::AccessExpr::Dot(Expr::Identifier(field)) = a {
+                        e = call(
+                            "get_field",
+                            vec![
+                                e,
+                                Expr::value(ast::Value::SingleQuotedString(field.value.clone())),
+                            ],
+                        );
+                    }
+                }
+                Some(e)
+            }
+            Expr::Function(f)
+                if f.name
+                    .to_string()
+                    .eq_ignore_ascii_case("information_schema._pg_expandarray") =>
+            {
+                // PostgreSQL's set-returning (x, n) pairs of an array's elements and
+                // their subscripts: one row per element, as a struct.
+                match &f.args {
+                    FunctionArguments::List(list) => match list.args.first() {
+                        Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(arr))) => {
+                            let lit =
+                                |v: &str| Expr::value(ast::Value::SingleQuotedString(v.into()));
+                            Some(call(
+                                "named_struct",
+                                vec![
+                                    lit("x"),
+                                    call("unnest", vec![arr.clone()]),
+                                    lit("n"),
+                                    call(
+                                        "unnest",
+                                        vec![call("sabot_subscripts", vec![arr.clone()])],
+                                    ),
+                                ],
+                            ))
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                }
+            }
             Expr::Function(f) => {
                 if let Some(n) = unqualified(&f.name) {
                     f.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(n))]);

@@ -1,10 +1,11 @@
 //! Real clients against Sabot: psycopg 3 (extended protocol, typed parameters),
 //! SQLAlchemy 2's inspector (which reads `pg_catalog` the way ORMs and BI tools do),
-//! asyncpg (binary protocol throughout) and node's `pg`.
+//! asyncpg (binary protocol throughout), node's `pg` and pgJDBC.
 //!
-//! Needs `SABOT_PYTHON` (a Python with psycopg, sqlalchemy and asyncpg) and
-//! `SABOT_NODE_PATH` (node_modules with `pg`); `.ci/run` makes both. Without them the
-//! tests say so and pass, except under CI where they must run.
+//! Needs `SABOT_PYTHON` (a Python with psycopg, sqlalchemy and asyncpg),
+//! `SABOT_NODE_PATH` (node_modules with `pg`) and `SABOT_JDBC_JAR` (pgJDBC, with `java`
+//! on the path); `.ci/run` provides all three. Without them the tests say so and pass,
+//! except under CI where they must run.
 
 mod common;
 
@@ -216,5 +217,44 @@ async fn node_pg_works() {
         "again": "2",
         "tables": ["n", "nc"],
     });
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgjdbc_works() {
+    let Ok(jar) = std::env::var("SABOT_JDBC_JAR") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must set SABOT_JDBC_JAR"
+        );
+        eprintln!("skipped: SABOT_JDBC_JAR not set (Debian's libpostgresql-jdbc-java)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/Jdbc.java");
+    let out = Command::new("java")
+        .args(["-cp", &jar, source, &server.port().to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("java (apt-get install default-jdk-headless)");
+    assert!(out.status.success(), "the JDBC program failed");
+    let got = String::from_utf8(out.stdout).unwrap();
+    // getTables orders by type, then name, as the JDBC spec says.
+    let want = "\
+rows 1|x|2.50|2026-01-01 10:00:00.0|true;2|null|null|null|null;
+rows 1|x|2.50|2026-01-01 10:00:00.0|true;2|null|null|null|null;
+view 2
+product PostgreSQL 15
+table j_pkey INDEX
+table jv MATERIALIZED VIEW
+table j TABLE
+column id int4 4 NO
+column name text 12 YES
+column price numeric 2 YES
+column at timestamp 93 YES
+column ok bool -7 YES
+pk id
+";
     assert_eq!(got, want);
 }
