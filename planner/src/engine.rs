@@ -132,6 +132,7 @@ enum CatalogEntry {
     View(ViewMeta),
     Source(SourceMeta),
     Sink(SinkMeta),
+    User(UserMeta),
 }
 
 impl CatalogEntry {
@@ -141,8 +142,41 @@ impl CatalogEntry {
             CatalogEntry::View(v) => v.order,
             CatalogEntry::Source(s) => s.order,
             CatalogEntry::Sink(s) => s.order,
+            // Roles come first: nothing depends on them.
+            CatalogEntry::User(_) => 0,
         }
     }
+}
+
+/// A login role. Only its SCRAM-SHA-256 verifier is kept, never the password.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserMeta {
+    pub name: String,
+    pub superuser: bool,
+    /// None: the role cannot log in with a password.
+    pub verifier: Option<ScramVerifier>,
+}
+
+/// PostgreSQL's SCRAM-SHA-256 verifier: salt, iterations, StoredKey and ServerKey.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScramVerifier {
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ScramVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramVerifier")
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A role's catalog key: a NUL can be in no relation's name.
+fn user_key(name: &str) -> String {
+    format!("\u{0}user\u{0}{name}")
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -313,6 +347,8 @@ pub struct Database {
     store: Store,
     inner: tokio::sync::Mutex<Inner>,
     snapshot: RwLock<Arc<Snapshot>>,
+    /// Login roles by name (persisted in the catalog).
+    users: RwLock<BTreeMap<String, UserMeta>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -350,6 +386,7 @@ impl Database {
                 next_state_table,
                 next_order: 0,
             }),
+            users: RwLock::new(BTreeMap::new()),
             snapshot: RwLock::new(Arc::new(Snapshot {
                 epoch,
                 relations: BTreeMap::new(),
@@ -367,6 +404,87 @@ impl Database {
     /// The last committed snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         Arc::clone(&self.snapshot.read())
+    }
+
+    /// A login role.
+    pub fn user(&self, name: &str) -> Option<UserMeta> {
+        self.users.read().get(name).cloned()
+    }
+
+    /// Every login role, by name.
+    pub fn users(&self) -> Vec<UserMeta> {
+        self.users.read().values().cloned().collect()
+    }
+
+    /// Creates a role, or with `replace` sets an existing one (startup's bootstrap user).
+    pub async fn create_user(&self, meta: UserMeta, replace: bool) -> Result<Output> {
+        if !replace && self.users.read().contains_key(&meta.name) {
+            return Err(PlanError::user(
+                "42710",
+                format!("role \"{}\" already exists", meta.name),
+            ));
+        }
+        self.put_user(meta).await?;
+        Ok(command("CREATE ROLE"))
+    }
+
+    /// Changes a role's password and/or superuser flag.
+    pub async fn alter_user(
+        &self,
+        name: &str,
+        verifier: Option<Option<ScramVerifier>>,
+        superuser: Option<bool>,
+    ) -> Result<Output> {
+        let Some(mut meta) = self.user(name) else {
+            return Err(PlanError::user(
+                "42704",
+                format!("role \"{name}\" does not exist"),
+            ));
+        };
+        if let Some(v) = verifier {
+            meta.verifier = v;
+        }
+        if let Some(s) = superuser {
+            meta.superuser = s;
+        }
+        self.put_user(meta).await?;
+        Ok(command("ALTER ROLE"))
+    }
+
+    /// Drops roles; all or none.
+    pub async fn drop_users(&self, names: &[String], if_exists: bool) -> Result<Output> {
+        let mut inner = self.inner.lock().await;
+        let mut batch = EpochBatch::new(inner.epoch + 1);
+        let mut gone = Vec::new();
+        for name in names {
+            if self.users.read().contains_key(name) {
+                batch.delete_catalog(&user_key(name));
+                gone.push(name.clone());
+            } else if !if_exists {
+                return Err(PlanError::user(
+                    "42704",
+                    format!("role \"{name}\" does not exist"),
+                ));
+            }
+        }
+        self.run_epoch(&mut inner, batch, HashSet::new(), &[])?;
+        let mut users = self.users.write();
+        for name in gone {
+            users.remove(&name);
+        }
+        Ok(command("DROP ROLE"))
+    }
+
+    async fn put_user(&self, meta: UserMeta) -> Result<()> {
+        let mut inner = self.inner.lock().await;
+        let mut batch = EpochBatch::new(inner.epoch + 1);
+        batch.put_catalog(
+            &user_key(&meta.name),
+            catalog_bytes(&CatalogEntry::User(meta.clone()))?,
+        );
+        self.run_epoch(&mut inner, batch, HashSet::new(), &[])?;
+        self.users.write().insert(meta.name.clone(), meta);
+        Ok(())
     }
 
     async fn recover(&self) -> Result<()> {
@@ -463,6 +581,9 @@ impl Database {
                     inner.next_order = inner.next_order.max(meta.order + 1);
                     changed.insert(meta.name.clone());
                     inner.views.push(ViewEntry { meta, dataflow });
+                }
+                CatalogEntry::User(meta) => {
+                    self.users.write().insert(meta.name.clone(), meta);
                 }
                 CatalogEntry::Sink(meta) => {
                     let parsed = sabot_sql::parse(&meta.sql)?;
@@ -835,7 +956,7 @@ impl Database {
         if crate::pg_catalog::mentions_catalog(&query) {
             let names = snapshot.relations.keys().cloned().collect();
             crate::pg_catalog::rewrite(&mut query, &names);
-            crate::pg_catalog::register(&ctx, snapshot, &system)?;
+            crate::pg_catalog::register(&ctx, snapshot, &system, &self.users())?;
         }
         Ok((ctx, query))
     }
@@ -935,6 +1056,9 @@ impl Database {
             })),
             // The session streams COPY's rows; run here, it is the query.
             Statement::CopyTo { query, .. } => self.query(query).await,
+            Statement::User(_) => Err(PlanError::Internal(
+                "roles are created by the session, which hashes the password".into(),
+            )),
             Statement::SetVariable { .. } | Statement::ShowVariable(_) => Err(PlanError::Internal(
                 "session settings are handled by the session".into(),
             )),

@@ -18,5 +18,7 @@ pub mod stream;
 pub mod types;
 pub mod windows;
 
-pub use engine::{Database, DbConfig, Output, Relation, RelationKind, Snapshot};
+pub use engine::{
+    Database, DbConfig, Output, Relation, RelationKind, ScramVerifier, Snapshot, UserMeta,
+};
 pub use error::{PlanError, Result};

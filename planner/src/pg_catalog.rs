@@ -38,7 +38,7 @@ use sabot_sql::sqlparser::ast::{
     FunctionArguments, Ident, ObjectName, ObjectNamePart, Query, TableFactor, VisitMut, VisitorMut,
 };
 
-use crate::engine::{Relation, RelationKind, Snapshot};
+use crate::engine::{Relation, RelationKind, Snapshot, UserMeta};
 use crate::error::{PlanError, Result};
 use crate::types::SQL_TYPE_KEY;
 
@@ -954,6 +954,7 @@ pub fn register(
     ctx: &SessionContext,
     snapshot: &Snapshot,
     system: &[(&str, SchemaRef)],
+    users: &[UserMeta],
 ) -> Result<()> {
     let mut rels = user_relations(snapshot);
     for (i, (name, schema)) in system.iter().enumerate() {
@@ -996,7 +997,7 @@ pub fn register(
         .catalog(DATABASE)
         .ok_or_else(|| PlanError::Internal("no default catalog".into()))?;
     for (schema, tables) in [
-        ("pg_catalog", catalog_tables(&rels)?),
+        ("pg_catalog", catalog_tables(&rels, users)?),
         ("information_schema", information_schema(&rels)?),
     ] {
         catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
@@ -1025,7 +1026,10 @@ pub fn register(
     Ok(())
 }
 
-fn catalog_tables(rels: &[CatalogRel]) -> Result<Vec<(&'static str, RecordBatch)>> {
+fn catalog_tables(
+    rels: &[CatalogRel],
+    users: &[UserMeta],
+) -> Result<Vec<(&'static str, RecordBatch)>> {
     let mut rows: BTreeMap<&'static str, Vec<Vec<(&'static str, V)>>> = BTreeMap::new();
     let mut add = |table: &'static str, row: Vec<(&'static str, V)>| {
         rows.entry(table).or_default().push(row);
@@ -1061,34 +1065,48 @@ fn catalog_tables(rels: &[CatalogRel]) -> Result<Vec<(&'static str, RecordBatch)
             ("datctype", s("C")),
         ],
     );
-    add(
-        "pg_roles",
-        vec![
-            ("rolname", s(OWNER)),
-            ("rolsuper", V::Bool(true)),
-            ("rolinherit", V::Bool(true)),
-            ("rolcreaterole", V::Bool(true)),
-            ("rolcreatedb", V::Bool(true)),
-            ("rolcanlogin", V::Bool(true)),
-            ("rolreplication", V::Bool(false)),
-            ("rolconnlimit", V::Int(-1)),
-            ("rolpassword", s("********")),
-            ("rolbypassrls", V::Bool(true)),
-            ("oid", V::Oid(OWNER_OID)),
-        ],
-    );
-    add(
-        "pg_user",
-        vec![
-            ("usename", s(OWNER)),
-            ("usesysid", V::Oid(OWNER_OID)),
-            ("usecreatedb", V::Bool(true)),
-            ("usesuper", V::Bool(true)),
-            ("userepl", V::Bool(false)),
-            ("usebypassrls", V::Bool(true)),
-            ("passwd", s("********")),
-        ],
-    );
+    // The bootstrap superuser, then the roles made with CREATE USER (OIDs in name order).
+    let mut roles: Vec<(String, bool, bool, u32)> =
+        vec![(OWNER.to_string(), true, true, OWNER_OID)];
+    for (i, u) in users.iter().filter(|u| u.name != OWNER).enumerate() {
+        let oid = FIRST_CATALOG_TABLE_OID + 2000 + u32::try_from(i).unwrap_or(0);
+        roles.push((u.name.clone(), u.superuser, u.verifier.is_some(), oid));
+    }
+    for (name, superuser, has_password, oid) in roles {
+        let password = if has_password || oid == OWNER_OID {
+            s("********")
+        } else {
+            V::Null
+        };
+        add(
+            "pg_roles",
+            vec![
+                ("rolname", s(name.clone())),
+                ("rolsuper", V::Bool(superuser)),
+                ("rolinherit", V::Bool(true)),
+                ("rolcreaterole", V::Bool(superuser)),
+                ("rolcreatedb", V::Bool(superuser)),
+                ("rolcanlogin", V::Bool(true)),
+                ("rolreplication", V::Bool(false)),
+                ("rolconnlimit", V::Int(-1)),
+                ("rolpassword", password.clone()),
+                ("rolbypassrls", V::Bool(superuser)),
+                ("oid", V::Oid(oid)),
+            ],
+        );
+        add(
+            "pg_user",
+            vec![
+                ("usename", s(name)),
+                ("usesysid", V::Oid(oid)),
+                ("usecreatedb", V::Bool(superuser)),
+                ("usesuper", V::Bool(superuser)),
+                ("userepl", V::Bool(false)),
+                ("usebypassrls", V::Bool(superuser)),
+                ("passwd", password),
+            ],
+        );
+    }
     for (name, value) in DEFAULT_SETTINGS {
         add(
             "pg_settings",

@@ -9,6 +9,8 @@ use arrow::datatypes::{DataType, Field, Schema};
 use async_trait::async_trait;
 use futures::{stream, Sink, SinkExt};
 use parking_lot::Mutex;
+use pgwire::api::auth::sasl::scram::ScramAuth;
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::{self, StartupHandler};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -23,9 +25,10 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::response::NoticeResponse;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use sabot_planner::pg_catalog::{default_setting, DEFAULT_SETTINGS, SERVER_VERSION};
-use sabot_planner::{Database, Output, PlanError};
-use sabot_sql::{Parsed, Statement};
+use sabot_planner::{Database, Output, PlanError, UserMeta};
+use sabot_sql::{Parsed, Statement, UserStatement};
 
+use crate::auth::{verifier, AuthMode, Roles, SCRAM_ITERATIONS};
 use crate::copy::copy_out;
 use crate::encode::{encode_rows, fields};
 use crate::params::{bind, infer_types, SabotStatement};
@@ -40,16 +43,84 @@ pub struct SabotHandler {
     parser: Arc<SabotParser>,
     /// Process ids and cancel keys handed to connections.
     pids: RandomPidSecretKeyGenerator,
+    auth: AuthMode,
+    /// SCRAM-SHA-256 login, with `--auth password`.
+    sasl: Option<SASLAuthStartupHandler<auth::DefaultServerParameterProvider>>,
+}
+
+/// The parameters every session starts with: PostgreSQL 15 (clients pick their
+/// introspection queries by it).
+fn server_parameters() -> auth::DefaultServerParameterProvider {
+    let mut params = auth::DefaultServerParameterProvider::default();
+    params.server_version = SERVER_VERSION.to_string();
+    params.date_style = "ISO, MDY".to_string();
+    params.time_zone = "UTC".to_string();
+    params
 }
 
 impl SabotHandler {
-    pub fn new(db: Arc<Database>) -> Self {
+    pub fn new(db: Arc<Database>, mode: AuthMode) -> Self {
+        let sasl = (mode == AuthMode::Password).then(|| {
+            let mut scram = ScramAuth::new(Arc::new(Roles(Arc::clone(&db))));
+            scram.set_iterations(SCRAM_ITERATIONS as usize);
+            SASLAuthStartupHandler::new(Arc::new(server_parameters())).with_scram(scram)
+        });
         Self {
+            auth: mode,
+            sasl,
             parser: Arc::new(SabotParser {
                 db: Arc::clone(&db),
             }),
             db,
             pids: RandomPidSecretKeyGenerator::default(),
+        }
+    }
+
+    /// `CREATE | ALTER | DROP USER`. Passwords are hashed here, so only verifiers reach
+    /// the catalog. With `--auth password` only superusers manage roles, and any role may
+    /// change its own password.
+    async fn user_statement(
+        &self,
+        me: &str,
+        stmt: &UserStatement,
+    ) -> sabot_planner::Result<Output> {
+        if self.auth == AuthMode::Password {
+            let superuser = self.db.user(me).is_some_and(|u| u.superuser);
+            let own_password = matches!(stmt, UserStatement::Alter { name, options }
+                if name == me && options.superuser.is_none());
+            if !superuser && !own_password {
+                return Err(PlanError::user(
+                    "42501",
+                    "permission denied: only superusers manage roles",
+                ));
+            }
+        }
+        match stmt {
+            UserStatement::Create { name, options } => {
+                self.db
+                    .create_user(
+                        UserMeta {
+                            name: name.clone(),
+                            superuser: options.superuser.unwrap_or(false),
+                            verifier: options.password.clone().flatten().map(|p| verifier(&p)),
+                        },
+                        false,
+                    )
+                    .await
+            }
+            UserStatement::Alter { name, options } => {
+                let password = options
+                    .password
+                    .as_ref()
+                    .map(|p| p.as_deref().map(verifier));
+                self.db.alter_user(name, password, options.superuser).await
+            }
+            UserStatement::Drop { names, if_exists } => {
+                if names.iter().any(|n| n == me) {
+                    return Err(PlanError::user("55006", "current user cannot be dropped"));
+                }
+                self.db.drop_users(names, *if_exists).await
+            }
         }
     }
 
@@ -77,6 +148,10 @@ impl SabotHandler {
                 })
             }
             Statement::ShowVariable(name) => show_variable(&settings, name, &self.db),
+            Statement::User(u) => {
+                let me = client.metadata().get("user").cloned().unwrap_or_default();
+                self.user_statement(&me, u).await
+            }
             Statement::CopyTo { query, options } => {
                 return match self.db.query(query).await {
                     Ok(Output::Rows { schema, batches }) => copy_out(&schema, &batches, options),
@@ -391,16 +466,15 @@ impl StartupHandler for SabotHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if let Some(sasl) = &self.sasl {
+            return sasl.on_startup(client, message).await;
+        }
         if let PgWireFrontendMessage::Startup(ref startup) = message {
             auth::protocol_negotiation(client, startup).await?;
             auth::save_startup_parameters_to_metadata(client, startup);
             let (pid, key) = self.pids.generate(client);
             client.set_pid_and_secret_key(pid, key);
-            let mut params = auth::DefaultServerParameterProvider::default();
-            params.server_version = SERVER_VERSION.to_string();
-            params.date_style = "ISO, MDY".to_string();
-            params.time_zone = "UTC".to_string();
-            auth::finish_authentication(client, &params).await?;
+            auth::finish_authentication(client, &server_parameters()).await?;
         }
         Ok(())
     }

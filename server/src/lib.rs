@@ -5,6 +5,7 @@
 //! [`encode`] turns Arrow results into wire values; [`params`] binds prepared-statement
 //! parameters.
 
+pub mod auth;
 pub mod copy;
 pub mod encode;
 pub mod handler;
@@ -12,9 +13,11 @@ pub mod http;
 pub mod params;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use sabot_planner::{Database, DbConfig};
+use auth::AuthMode;
+use sabot_planner::{Database, DbConfig, UserMeta};
 use tokio::net::TcpListener;
 
 /// Everything `sabot serve` needs.
@@ -23,6 +26,10 @@ pub struct ServeConfig {
     pub db: DbConfig,
     pub pg_listen: SocketAddr,
     pub http_listen: SocketAddr,
+    /// None: trust on a loopback address, refuse to start on any other.
+    pub auth: Option<AuthMode>,
+    /// PEM certificate chain and private key: clients may use TLS (`sslmode=require`).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Errors that stop the server from starting.
@@ -30,6 +37,14 @@ pub struct ServeConfig {
 pub enum ServeError {
     #[error("cannot open the database: {0}")]
     Open(#[from] sabot_planner::PlanError),
+    #[error(
+        "refusing to listen on {0} without authentication: pass --auth password (roles \
+         log in with their passwords; SABOT_PASSWORD sets the sabot role's), or --auth trust \
+         to let anyone who can reach it in"
+    )]
+    Insecure(SocketAddr),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -39,7 +54,34 @@ pub enum ServeError {
 
 /// Runs the server until the process ends.
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
+    let loopback = config.pg_listen.ip().is_loopback();
+    let auth = match config.auth {
+        Some(a) => a,
+        None if loopback => AuthMode::Trust,
+        None => return Err(ServeError::Insecure(config.pg_listen)),
+    };
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(auth::tls_acceptor(cert, key).map_err(ServeError::Tls)?),
+        None => None,
+    };
     let db = Database::open(config.db.clone()).await?;
+    if let Ok(password) = std::env::var("SABOT_PASSWORD") {
+        db.create_user(
+            UserMeta {
+                name: sabot_planner::pg_catalog::OWNER.to_string(),
+                superuser: true,
+                verifier: Some(auth::verifier(&password)),
+            },
+            true,
+        )
+        .await?;
+    }
+    if auth == AuthMode::Password && db.users().iter().all(|u| u.verifier.is_none()) {
+        tracing::warn!("--auth password, but no role has a password: set SABOT_PASSWORD");
+    }
+    if auth == AuthMode::Trust && !loopback {
+        tracing::warn!(addr = %config.pg_listen, "--auth trust on a non-loopback address: anyone who reaches it gets in");
+    }
     let pg = TcpListener::bind(config.pg_listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -58,15 +100,16 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     tokio::spawn(http::serve(http, Arc::clone(&db)));
 
     let factory = Arc::new(handler::HandlerFactory {
-        handler: Arc::new(handler::SabotHandler::new(db)),
+        handler: Arc::new(handler::SabotHandler::new(db, auth)),
     });
     loop {
         match pg.accept().await {
             Ok((socket, _)) => {
                 let _ = socket.set_nodelay(true);
                 let factory = Arc::clone(&factory);
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = pgwire::tokio::process_socket(socket, None, factory).await {
+                    if let Err(e) = pgwire::tokio::process_socket(socket, tls, factory).await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });

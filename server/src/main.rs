@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sabot_planner::DbConfig;
+use sabot_server::auth::AuthMode;
 use sabot_server::{serve, ServeConfig};
 
 #[derive(Parser)]
@@ -39,6 +40,16 @@ enum Command {
         /// Time between checkpoints, e.g. `1s`, `250ms` (FLUSH also commits at once).
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         checkpoint_interval: Duration,
+        /// How clients log in: `trust` (default on a loopback address) or `password`
+        /// (SCRAM-SHA-256; required choice on any other address).
+        #[arg(long, value_enum)]
+        auth: Option<AuthMode>,
+        /// PEM certificate chain for TLS (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for TLS (with --tls-cert).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -58,6 +69,9 @@ fn main() -> ExitCode {
             http_listen,
             workers,
             checkpoint_interval,
+            auth,
+            tls_cert,
+            tls_key,
         } => {
             let workers = workers
                 .unwrap_or_else(|| {
@@ -74,6 +88,8 @@ fn main() -> ExitCode {
                 },
                 pg_listen,
                 http_listen,
+                auth,
+                tls: tls_cert.zip(tls_key),
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -17,8 +17,10 @@ pub use sqlparser;
 
 mod sink;
 mod source;
+mod user;
 pub use sink::CreateSink;
 pub use source::{CreateSource, Format};
+pub use user::{UserOptions, UserStatement};
 
 /// A statement Sabot knows how to run, in the shape the planner wants.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +57,8 @@ pub enum Statement {
         query: Box<ast::Query>,
         options: CopyOptions,
     },
+    /// `CREATE | ALTER | DROP USER | ROLE`.
+    User(UserStatement),
     /// `FLUSH`: wait until everything written before it is visible in every view.
     Flush,
     /// `SHOW TABLES`.
@@ -325,6 +329,9 @@ fn parse_one(text: &str) -> Result<Statement, SqlError> {
             }
         }
         ["SHOW", "MATERIALIZED", "VIEWS"] => return Ok(Statement::ShowMaterializedViews),
+        ["CREATE" | "ALTER" | "DROP", "USER" | "ROLE", ..] => {
+            return Ok(Statement::User(user::parse_user(text)?));
+        }
         ["DESCRIBE" | "DESC", ..] => {
             let rest = text
                 .trim_start()

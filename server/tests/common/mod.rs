@@ -30,6 +30,11 @@ impl Server {
 
     /// [`Server::start`] with extra environment variables (e.g. `SABOT_FAILPOINTS`).
     pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Server {
+        Self::start_with(dir, env, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables and `sabot serve` arguments.
+    pub fn start_with(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
         for _ in 0..5 {
             let port = free_port();
             let http = free_port();
@@ -39,6 +44,7 @@ impl Server {
                 .args(["--pg-listen", &format!("127.0.0.1:{port}")])
                 .args(["--http-listen", &format!("127.0.0.1:{http}")])
                 .args(["--workers", "2", "--checkpoint-interval", "50ms"])
+                .args(args)
                 .env("SABOT_LOG", "warn")
                 .envs(env.iter().copied())
                 .stdout(Stdio::null())
