@@ -19,9 +19,8 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Float32Builder, Int16Builder,
-    Int32Builder, Int64Array, Int64Builder, ListBuilder, RecordBatch, StringArray, StringBuilder,
-    UInt32Array, UInt32Builder,
+    Array, ArrayRef, AsArray, BooleanArray, Int16Builder, Int32Builder, Int64Array, ListBuilder,
+    RecordBatch, StringArray, StringBuilder, UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, IntervalUnit, Schema, SchemaRef};
 use datafusion::catalog::MemorySchemaProvider;
@@ -757,68 +756,44 @@ fn catalog_batch(spec: &str, rows: &[Vec<(&str, V)>]) -> Result<RecordBatch> {
                 .find(|(n, _)| *n == name)
                 .map_or(V::Null, |(_, v)| v.clone())
         });
+        let int = |v: V| match v {
+            V::Int(i) => Some(i),
+            V::Oid(o) => Some(i64::from(o)),
+            _ => None,
+        };
         let array: ArrayRef = match field.data_type() {
-            DataType::UInt32 => {
-                let mut b = UInt32Builder::new();
-                for v in values {
-                    match v {
-                        V::Oid(o) => b.append_value(o),
-                        V::Int(i) => b.append_option(u32::try_from(i).ok()),
-                        _ => b.append_null(),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            DataType::Boolean => {
-                let mut b = BooleanBuilder::new();
-                for v in values {
-                    match v {
-                        V::Bool(x) => b.append_value(x),
-                        _ => b.append_null(),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            DataType::Int16 => {
-                let mut b = Int16Builder::new();
-                for v in values {
-                    match v {
-                        V::Int(i) => b.append_option(i16::try_from(i).ok()),
-                        _ => b.append_null(),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            DataType::Int32 => {
-                let mut b = Int32Builder::new();
-                for v in values {
-                    match v {
-                        V::Int(i) => b.append_option(i32::try_from(i).ok()),
-                        _ => b.append_null(),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            DataType::Int64 => {
-                let mut b = Int64Builder::new();
-                for v in values {
-                    match v {
-                        V::Int(i) => b.append_value(i),
-                        _ => b.append_null(),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            DataType::Float32 => {
-                let mut b = Float32Builder::new();
-                for v in values {
-                    match v {
-                        V::Float(x) => b.append_value(x),
-                        _ => b.append_null(),
-                    }
-                }
-                Arc::new(b.finish())
-            }
+            DataType::UInt32 => Arc::new(
+                values
+                    .map(|v| int(v).and_then(|i| u32::try_from(i).ok()))
+                    .collect::<UInt32Array>(),
+            ),
+            DataType::Boolean => Arc::new(
+                values
+                    .map(|v| match v {
+                        V::Bool(x) => Some(x),
+                        _ => None,
+                    })
+                    .collect::<BooleanArray>(),
+            ),
+            DataType::Int16 => Arc::new(
+                values
+                    .map(|v| int(v).and_then(|i| i16::try_from(i).ok()))
+                    .collect::<arrow::array::Int16Array>(),
+            ),
+            DataType::Int32 => Arc::new(
+                values
+                    .map(|v| int(v).and_then(|i| i32::try_from(i).ok()))
+                    .collect::<arrow::array::Int32Array>(),
+            ),
+            DataType::Int64 => Arc::new(values.map(int).collect::<Int64Array>()),
+            DataType::Float32 => Arc::new(
+                values
+                    .map(|v| match v {
+                        V::Float(x) => Some(x),
+                        _ => None,
+                    })
+                    .collect::<arrow::array::Float32Array>(),
+            ),
             DataType::List(item) if *item.data_type() == DataType::Int16 => {
                 let mut b = ListBuilder::new(Int16Builder::new());
                 for v in values {
@@ -849,19 +824,15 @@ fn catalog_batch(spec: &str, rows: &[Vec<(&str, V)>]) -> Result<RecordBatch> {
                 }
                 Arc::new(b.finish())
             }
-            _ => {
-                let mut b = StringBuilder::new();
-                for v in values {
-                    match v {
-                        V::Str(x) => b.append_value(x),
-                        _ => b.append_null(),
-                    }
-                }
-                Arc::new(b.finish())
-            }
+            _ => Arc::new(
+                values
+                    .map(|v| match v {
+                        V::Str(x) => Some(x),
+                        _ => None,
+                    })
+                    .collect::<StringArray>(),
+            ),
         };
-        // The builders make nullable fields without the catalog's metadata: cast into the
-        // schema's field as is (same type).
         columns.push(array);
     }
     Ok(RecordBatch::try_new(schema, columns)?)
