@@ -2064,9 +2064,47 @@ fn size_pretty(bytes: i64) -> String {
 
 /// Rewrites PostgreSQL spellings in `query` that DataFusion does not plan (see the module
 /// docs). `user_relations` are names that shadow catalog tables.
+///
+/// The subquery reshapings (a plain scalar subquery read through `max`, `IN` as a count,
+/// subqueries over always-empty catalogs as NULL) are only exact for the catalog queries
+/// clients send, so they apply only to queries that read a catalog table; a user's query
+/// that merely calls a catalog function keeps PostgreSQL's semantics.
 pub fn rewrite(query: &mut Query, user_relations: &HashSet<String>) {
-    let mut v = Rewriter { user_relations };
+    let reshape = reads_catalog(query, user_relations);
+    let mut v = Rewriter {
+        user_relations,
+        reshape,
+    };
     let _ = query.visit(&mut v);
+}
+
+/// Whether `query` reads a `pg_catalog` or `information_schema` table.
+fn reads_catalog(query: &Query, user_relations: &HashSet<String>) -> bool {
+    struct Find<'a>(bool, &'a HashSet<String>);
+    impl ast::Visitor for Find<'_> {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, f: &TableFactor) -> ControlFlow<()> {
+            if let TableFactor::Table {
+                name, args: None, ..
+            } = f
+            {
+                let parts: Vec<String> = name
+                    .0
+                    .iter()
+                    .map(|p| p.to_string().to_ascii_lowercase())
+                    .collect();
+                self.0 |= match parts.as_slice() {
+                    [schema, _] => schema == "pg_catalog" || schema == "information_schema",
+                    [n] => is_catalog_table(n) && !self.1.contains(n),
+                    _ => false,
+                };
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut f = Find(false, user_relations);
+    let _ = ast::Visit::visit(query, &mut f);
+    f.0
 }
 
 /// Whether `query` reads the system catalogs (so they must be registered).
@@ -2097,6 +2135,8 @@ pub fn mentions_catalog(query: &Query) -> bool {
 
 struct Rewriter<'a> {
     user_relations: &'a HashSet<String>,
+    /// Apply the subquery reshapings (see [`rewrite`]).
+    reshape: bool,
 }
 
 fn unqualified(name: &ObjectName) -> Option<String> {
@@ -2146,6 +2186,9 @@ impl VisitorMut for Rewriter<'_> {
     type Break = ();
 
     fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        if !self.reshape {
+            return ControlFlow::Continue(());
+        }
         fn each_select(body: &mut ast::SetExpr) {
             match body {
                 ast::SetExpr::Select(select) => {
@@ -2175,7 +2218,9 @@ impl VisitorMut for Rewriter<'_> {
             }
         }
         each_select(query.body.as_mut());
-        order_by_subqueries(query);
+        if self.reshape {
+            order_by_subqueries(query);
+        }
         ControlFlow::Continue(())
     }
 
@@ -2280,7 +2325,7 @@ impl VisitorMut for Rewriter<'_> {
                 }
                 match &f.args {
                     FunctionArguments::Subquery(q)
-                        if f.name.to_string().eq_ignore_ascii_case("array") =>
+                        if self.reshape && f.name.to_string().eq_ignore_ascii_case("array") =>
                     {
                         array_subquery(q)
                     }
@@ -2310,8 +2355,10 @@ impl VisitorMut for Rewriter<'_> {
                 None
             }
             Expr::Collate { expr: inner, .. } => Some((**inner).clone()),
-            Expr::Subquery(q) if reads_only_empty(q) => Some(Expr::value(ast::Value::Null)),
-            Expr::Subquery(q) => {
+            Expr::Subquery(q) if self.reshape && reads_only_empty(q) => {
+                Some(Expr::value(ast::Value::Null))
+            }
+            Expr::Subquery(q) if self.reshape => {
                 aggregate_scalar_subquery(q);
                 hoist_outer_filters(q)
             }
@@ -3133,6 +3180,20 @@ mod tests {
         assert_eq!(
             rewritten("SELECT a.attname, (SELECT d.adbin FROM pg_attrdef d WHERE d.adrelid = a.attrelid) FROM pg_attribute a"),
             "SELECT a.attname, NULL FROM pg_catalog.pg_attribute a"
+        );
+    }
+
+    #[test]
+    fn user_queries_keep_their_subqueries() {
+        // A catalog-looking function name alone does not reshape subqueries: a plain
+        // scalar subquery must still fail on several rows, as in PostgreSQL.
+        assert_eq!(
+            rewritten("SELECT has_x, (SELECT v FROM t WHERE t.k = u.k) FROM u WHERE k IN (SELECT k FROM t)"),
+            "SELECT has_x, (SELECT v FROM t WHERE t.k = u.k) FROM u WHERE k IN (SELECT k FROM t)"
+        );
+        assert_eq!(
+            rewritten("SELECT pg_catalog.version(), (SELECT v FROM t)"),
+            "SELECT version(), (SELECT v FROM t)"
         );
     }
 
