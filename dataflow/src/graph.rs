@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
 use datafusion::physical_expr::PhysicalExpr;
 use sabot_storage::{EpochBatch, StateTableId, StateWriter, Store};
 
@@ -28,6 +29,9 @@ use crate::ops::materialize::MaterializeOp;
 use crate::ops::project::ProjectOp;
 use crate::ops::topn::{TopNOp, TopNSpec};
 use crate::ops::union::UnionOp;
+use crate::ops::watermark::{
+    derive, scalar_from_i64, scalar_to_i64, WatermarkFilterOp, WatermarkSpec, Watermarks,
+};
 use crate::row::{Partitioner, RowCodec};
 
 /// What a node of a stream plan does.
@@ -43,6 +47,9 @@ pub enum NodeKind {
         relation: String,
         factory: Arc<dyn SourceFactory>,
     },
+    /// Drops rows behind a source's watermark and computes the watermark; one state
+    /// table for its value and the count of late rows.
+    WatermarkFilter(WatermarkSpec),
     Filter {
         predicate: Arc<dyn PhysicalExpr>,
     },
@@ -109,11 +116,14 @@ impl StreamPlan {
                 NodeKind::Source { relation } => relation_append_only(relation),
                 NodeKind::Connector { .. } => true,
                 NodeKind::Filter { .. }
+                | NodeKind::WatermarkFilter(_)
                 | NodeKind::Project { .. }
                 | NodeKind::Union
                 | NodeKind::Materialize => inputs,
                 NodeKind::Join(spec) => inputs && matches!(spec.kind, JoinKind::Inner),
-                NodeKind::Aggregate(_) | NodeKind::TopN(_) => false,
+                // Emitting on window close, an aggregate writes each group once, final.
+                NodeKind::Aggregate(spec) => spec.emit_on_window_close,
+                NodeKind::TopN(_) => false,
             };
             memo.push(here);
         }
@@ -128,16 +138,53 @@ impl StreamPlan {
             .collect()
     }
 
+    /// Which output columns of each node carry a watermark (whatever its value).
+    pub fn watermark_columns(&self) -> Result<Vec<Vec<bool>>> {
+        let mut wms: Vec<Watermarks> = Vec::with_capacity(self.nodes.len());
+        for n in &self.nodes {
+            let here = match &n.kind {
+                NodeKind::WatermarkFilter(spec) => {
+                    let mut w: Watermarks = vec![None; n.schema.fields().len()];
+                    let ty = n.schema.field(spec.column).data_type();
+                    w[spec.column] = Some(scalar_from_i64(0, ty)?);
+                    w
+                }
+                _ => {
+                    let inputs: Vec<&Watermarks> = n.inputs.iter().map(|i| &wms[*i]).collect();
+                    let schemas: Vec<SchemaRef> = n
+                        .inputs
+                        .iter()
+                        .map(|i| Arc::clone(&self.nodes[*i].schema))
+                        .collect();
+                    derive(n, &inputs, &schemas)?
+                }
+            };
+            wms.push(here);
+        }
+        Ok(wms
+            .into_iter()
+            .map(|w| w.iter().map(Option::is_some).collect())
+            .collect())
+    }
+
     /// A readable tree of the dataflow, root first.
     pub fn explain(&self, workers: usize) -> String {
         let mut s = String::new();
+        let marks = self.watermark_columns().unwrap_or_default();
         if let Some(last) = self.nodes.len().checked_sub(1) {
-            self.explain_node(last, 0, workers, &mut s);
+            self.explain_node(last, 0, workers, &marks, &mut s);
         }
         s
     }
 
-    fn explain_node(&self, i: usize, depth: usize, workers: usize, s: &mut String) {
+    fn explain_node(
+        &self,
+        i: usize,
+        depth: usize,
+        workers: usize,
+        marks: &[Vec<bool>],
+        s: &mut String,
+    ) {
         let n = &self.nodes[i];
         let indent = "  ".repeat(depth);
         let detail = match &n.kind {
@@ -145,6 +192,11 @@ impl StreamPlan {
             NodeKind::Connector { relation, factory } => {
                 format!("SourceReader: {relation} ({})", factory.describe())
             }
+            NodeKind::WatermarkFilter(spec) => format!(
+                "WatermarkFilter: {} >= watermark, watermark = max({})",
+                n.schema.field(spec.column).name(),
+                spec.text
+            ),
             NodeKind::Filter { predicate } => format!("Filter: {predicate}"),
             NodeKind::Project { exprs } => format!(
                 "Project: {}",
@@ -169,9 +221,14 @@ impl StreamPlan {
                     })
                     .collect();
                 format!(
-                    "HashAggregate: group=[{}], aggs=[{}]",
+                    "HashAggregate: group=[{}], aggs=[{}]{}",
                     groups.join(", "),
-                    calls.join(", ")
+                    calls.join(", "),
+                    if spec.emit_on_window_close {
+                        ", emit on window close"
+                    } else {
+                        ""
+                    }
                 )
             }
             NodeKind::Join(spec) => {
@@ -219,9 +276,27 @@ impl StreamPlan {
                     .join(", ")
             )
         };
-        let _ = writeln!(s, "{indent}{detail}{exchange}{state}");
+        let watermarks: Vec<&str> = marks
+            .get(i)
+            .map(|m| {
+                n.schema
+                    .fields()
+                    .iter()
+                    .zip(m)
+                    .filter(|(_, w)| **w)
+                    .map(|(f, _)| f.name().as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let watermarks = if watermarks.is_empty() || matches!(n.kind, NodeKind::WatermarkFilter(_))
+        {
+            String::new()
+        } else {
+            format!(" watermark=[{}]", watermarks.join(", "))
+        };
+        let _ = writeln!(s, "{indent}{detail}{exchange}{state}{watermarks}");
         for input in &n.inputs {
-            self.explain_node(*input, depth + 1, workers, s);
+            self.explain_node(*input, depth + 1, workers, marks, s);
         }
     }
 }
@@ -266,6 +341,7 @@ fn instantiate(node: &PlanNode, partitioner: Partitioner) -> Result<Box<dyn Oper
             table(0)?,
             partitioner,
         )?),
+        NodeKind::WatermarkFilter(spec) => Box::new(WatermarkFilterOp::new(spec.clone())),
         NodeKind::Filter { predicate } => Box::new(FilterOp::new(Arc::clone(predicate))),
         NodeKind::Project { exprs } => {
             Box::new(ProjectOp::new(exprs.clone(), Arc::clone(&node.schema)))
@@ -338,7 +414,26 @@ pub struct Dataflow {
     /// `instances[node][worker]`.
     instances: Vec<Vec<Box<dyn Operator>>>,
     exchanges: Vec<Exchange>,
+    /// Each node's output watermarks after the last epoch.
+    watermarks: Vec<Watermarks>,
+    /// Per watermark filter node: the late rows it dropped, in all.
+    late_rows: Vec<u64>,
 }
+
+/// One watermark of a running view, for `sabot_catalog.watermarks`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatermarkStatus {
+    /// The source or table it is declared on.
+    pub relation: String,
+    pub column: String,
+    /// `None` until the first row arrived.
+    pub value: Option<ScalarValue>,
+    /// Rows dropped as late.
+    pub late_rows: u64,
+}
+
+/// The key under which a watermark filter keeps its value and late count.
+const WATERMARK_KEY: &[u8] = b"watermark";
 
 impl Dataflow {
     pub fn try_new(plan: StreamPlan, workers: usize) -> Result<Self> {
@@ -368,11 +463,19 @@ impl Dataflow {
                 ))
             }
         }
+        let watermarks = plan
+            .nodes
+            .iter()
+            .map(|n| vec![None; n.schema.fields().len()])
+            .collect();
+        let late_rows = vec![0; plan.nodes.len()];
         Ok(Self {
             plan,
             workers,
             instances,
             exchanges,
+            watermarks,
+            late_rows,
         })
     }
 
@@ -387,7 +490,22 @@ impl Dataflow {
     /// Loads every operator's committed state.
     pub fn restore(&mut self, store: &Store) -> Result<()> {
         for (node, per_worker) in self.instances.iter_mut().enumerate() {
-            for table in &self.plan.nodes[node].state_tables {
+            let plan_node = &self.plan.nodes[node];
+            if let NodeKind::WatermarkFilter(spec) = &plan_node.kind {
+                for table in &plan_node.state_tables {
+                    for (k, v) in store.scan(*table)? {
+                        if k != WATERMARK_KEY {
+                            continue;
+                        }
+                        let (wm, late) = decode_watermark(&v)?;
+                        let ty = plan_node.schema.field(spec.column).data_type();
+                        self.watermarks[node][spec.column] = Some(scalar_from_i64(wm, ty)?);
+                        self.late_rows[node] = late;
+                    }
+                }
+                continue;
+            }
+            for table in &plan_node.state_tables {
                 let entries = store.scan(*table)?;
                 for (worker, op) in per_worker.iter_mut().enumerate() {
                     op.restore(
@@ -438,6 +556,27 @@ impl Dataflow {
                     }
                 }
             }
+            match &node.kind {
+                NodeKind::WatermarkFilter(spec) => {
+                    // The filter learns its own watermark before the epoch's rows.
+                    if let Some(v) = &self.watermarks[i][spec.column] {
+                        for per_worker in &mut inputs {
+                            per_worker[0].insert(0, Message::Watermark(spec.column, v.clone()));
+                        }
+                    }
+                }
+                _ => {
+                    for (port, input) in node.inputs.iter().enumerate() {
+                        for (c, v) in self.watermarks[*input].iter().enumerate() {
+                            if let Some(v) = v {
+                                for per_worker in &mut inputs {
+                                    per_worker[port].push(Message::Watermark(c, v.clone()));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
             for per_worker in &mut inputs {
                 for port in per_worker.iter_mut() {
                     port.push(Message::Barrier(epoch));
@@ -473,11 +612,47 @@ impl Dataflow {
                 node_out.push(out);
             }
             outputs.push(node_out);
+            advance_watermarks(
+                &self.plan,
+                i,
+                &mut self.instances[i],
+                &mut self.watermarks,
+                &mut self.late_rows,
+                batch,
+            )?;
         }
         Ok(outputs
             .pop()
             .map(|o| o.into_iter().flatten().collect())
             .unwrap_or_default())
+    }
+
+    /// The watermarks declared on the relations this view reads, with their current
+    /// values and late row counts.
+    pub fn watermark_status(&self) -> Vec<WatermarkStatus> {
+        let mut out = Vec::new();
+        for (i, n) in self.plan.nodes.iter().enumerate() {
+            let NodeKind::WatermarkFilter(spec) = &n.kind else {
+                continue;
+            };
+            let relation = n
+                .inputs
+                .first()
+                .and_then(|j| match &self.plan.nodes[*j].kind {
+                    NodeKind::Source { relation } | NodeKind::Connector { relation, .. } => {
+                        Some(relation.clone())
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default();
+            out.push(WatermarkStatus {
+                relation,
+                column: n.schema.field(spec.column).name().clone(),
+                value: self.watermarks[i][spec.column].clone(),
+                late_rows: self.late_rows[i],
+            });
+        }
+        out
     }
 
     /// Sends batch `b`, produced on worker `from`, to node `node`'s input `port`.
@@ -574,6 +749,7 @@ fn run_messages(
         for msg in msgs {
             match msg {
                 Message::Data(b) => op.on_data(port, b, &mut out)?,
+                Message::Watermark(c, v) => op.on_watermark(port, c, &v)?,
                 Message::Barrier(e) => barrier = Some(e),
             }
         }
@@ -582,4 +758,78 @@ fn run_messages(
         op.on_barrier(epoch, &mut writer, &mut out)?;
     }
     Ok((out, writer))
+}
+
+fn decode_watermark(v: &[u8]) -> Result<(i64, u64)> {
+    let (Some(wm), Some(late)) = (v.get(..8), v.get(8..16)) else {
+        return Err(DataflowError::Corrupt("watermark entry too short".into()));
+    };
+    let wm = i64::from_be_bytes(
+        wm.try_into()
+            .map_err(|_| DataflowError::Corrupt("watermark".into()))?,
+    );
+    let late = u64::from_be_bytes(
+        late.try_into()
+            .map_err(|_| DataflowError::Corrupt("late rows".into()))?,
+    );
+    Ok((wm, late))
+}
+
+/// Works out node `i`'s watermarks after it ran in this epoch; a watermark filter's
+/// new value and late count go into `batch`.
+fn advance_watermarks(
+    plan: &StreamPlan,
+    i: usize,
+    instances: &mut [Box<dyn Operator>],
+    watermarks: &mut [Watermarks],
+    late_rows: &mut [u64],
+    batch: &mut EpochBatch,
+) -> Result<()> {
+    let node = &plan.nodes[i];
+    if let NodeKind::WatermarkFilter(spec) = &node.kind {
+        let mut seen: Option<i64> = None;
+        let mut late = 0u64;
+        for op in instances.iter_mut() {
+            let (v, l) = op.take_generated();
+            late += l;
+            if let Some(v) = v {
+                seen = Some(seen.map_or(v, |s| s.max(v)));
+            }
+        }
+        let before = match &watermarks[i][spec.column] {
+            Some(v) => scalar_to_i64(v)?,
+            None => None,
+        };
+        let after = match (before, seen) {
+            (Some(b), Some(s)) => Some(b.max(s)),
+            (b, s) => b.or(s),
+        };
+        if after == before && late == 0 {
+            return Ok(());
+        }
+        late_rows[i] += late;
+        let Some(wm) = after else {
+            return Ok(());
+        };
+        let ty = node.schema.field(spec.column).data_type();
+        watermarks[i][spec.column] = Some(scalar_from_i64(wm, ty)?);
+        let table = node.state_tables.first().copied().ok_or_else(|| {
+            DataflowError::Internal("a watermark filter lacks its state table".into())
+        })?;
+        let mut writer = StateWriter::default();
+        let mut value = wm.to_be_bytes().to_vec();
+        value.extend_from_slice(&late_rows[i].to_be_bytes());
+        writer.put(table, WATERMARK_KEY, &value);
+        batch.append(writer);
+        return Ok(());
+    }
+    let inputs: Vec<&Watermarks> = node.inputs.iter().map(|j| &watermarks[*j]).collect();
+    let schemas: Vec<SchemaRef> = node
+        .inputs
+        .iter()
+        .map(|j| Arc::clone(&plan.nodes[*j].schema))
+        .collect();
+    let derived = derive(node, &inputs, &schemas)?;
+    watermarks[i] = derived;
+    Ok(())
 }

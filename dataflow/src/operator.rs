@@ -1,6 +1,7 @@
 //! The operator contract and the messages that flow between operators.
 
 use arrow::array::RecordBatch;
+use datafusion::common::ScalarValue;
 use sabot_storage::{StateTableId, StateWriter};
 
 use crate::batch::ChangeBatch;
@@ -12,6 +13,8 @@ use crate::row::Partitioner;
 pub enum Message {
     /// A batch of changes.
     Data(ChangeBatch),
+    /// No row still to come on this edge has a value below this in column `.0`.
+    Watermark(usize, ScalarValue),
     /// Everything of `epoch` has been sent on this edge.
     Barrier(u64),
 }
@@ -34,6 +37,19 @@ pub trait Operator: Send + Sync {
         batch: ChangeBatch,
         out: &mut Vec<ChangeBatch>,
     ) -> Result<()>;
+
+    /// The watermark of input `port`'s column `column` as of the end of the epoch,
+    /// delivered after the epoch's data and before its barrier (see
+    /// [`crate::ops::watermark`]).
+    fn on_watermark(&mut self, _port: usize, _column: usize, _value: &ScalarValue) -> Result<()> {
+        Ok(())
+    }
+
+    /// For a watermark generator: the largest watermark value seen this epoch (as the
+    /// integer of the column's type) and how many late rows it dropped; both reset.
+    fn take_generated(&mut self) -> (Option<i64>, u64) {
+        (None, 0)
+    }
 
     /// Handles the barrier of `epoch`.
     fn on_barrier(

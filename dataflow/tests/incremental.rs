@@ -241,6 +241,7 @@ fn aggregate_plan(global: bool) -> StreamPlan {
         ],
         input_schema: Arc::clone(&pre_schema),
         output_schema: Arc::clone(&out),
+        emit_on_window_close: false,
     };
     StreamPlan {
         nodes: vec![

@@ -19,6 +19,7 @@ use arrow::array::{
 use arrow::compute::{cast, SortOptions};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
 use arrow::row::Rows;
+use datafusion::common::ScalarValue;
 use sabot_storage::{StateTableId, StateWriter};
 
 use crate::batch::{batch_with_schema, ChangeBatch};
@@ -105,6 +106,9 @@ pub struct AggregateSpec {
     pub input_schema: SchemaRef,
     /// `[group columns..., one column per call]`, with the types the plan expects.
     pub output_schema: SchemaRef,
+    /// Emit each group once, final, when a watermark on one of its group columns passes
+    /// its key (`EMIT ON WINDOW CLOSE`), instead of every change as it happens.
+    pub emit_on_window_close: bool,
 }
 
 /// How a call accumulates, chosen from its function and argument type.
@@ -205,6 +209,10 @@ pub struct AggregateOp {
     groups: HashMap<Vec<u8>, Group>,
     /// Groups touched this epoch → their result before the epoch (None: no row).
     dirty: HashMap<Vec<u8>, Option<Vec<OutVal>>>,
+    /// Per group column: the input watermark (groups with a key below it are closed).
+    watermarks: Vec<Option<ScalarValue>>,
+    /// The watermarks the last purge used: a purge runs when one advanced.
+    purged_at: Vec<Option<ScalarValue>>,
 }
 
 impl AggregateOp {
@@ -264,6 +272,8 @@ impl AggregateOp {
         Ok(Self {
             order_codecs,
             key_codec: RowCodec::new(key_types)?,
+            watermarks: vec![None; spec.group_count],
+            purged_at: vec![None; spec.group_count],
             spec,
             methods,
             value_codecs,
@@ -272,6 +282,53 @@ impl AggregateOp {
             groups: HashMap::new(),
             dirty: HashMap::new(),
         })
+    }
+
+    /// Removes the groups whose key lies behind a watermark (no row can reach them any
+    /// more). Emitting on window close, each such group's result is emitted now, once.
+    fn purge_closed(&mut self, state: &mut StateWriter, out: &mut Vec<ChangeBatch>) -> Result<()> {
+        if self.watermarks == self.purged_at || self.groups.is_empty() {
+            return Ok(());
+        }
+        self.purged_at = self.watermarks.clone();
+        let keys: Vec<&Vec<u8>> = self.groups.keys().collect();
+        let columns = self.key_codec.decode(keys.iter().map(|k| k.as_slice()))?;
+        let mut closed: Option<arrow::array::BooleanArray> = None;
+        for (column, wm) in columns.iter().zip(&self.watermarks) {
+            let Some(wm) = wm else { continue };
+            let wm = arrow::array::Scalar::new(cast(&wm.to_array()?, column.data_type())?);
+            let behind = arrow::compute::kernels::cmp::lt(column, &wm)?;
+            closed = Some(match closed {
+                Some(c) => arrow::compute::or(&c, &behind)?,
+                None => behind,
+            });
+        }
+        let Some(closed) = closed else {
+            return Ok(());
+        };
+        let closed: Vec<Vec<u8>> = keys
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| closed.is_valid(*i) && closed.value(*i))
+            .map(|(_, k)| (*k).clone())
+            .collect();
+        let mut emitted: Vec<(Vec<u8>, Vec<OutVal>)> = Vec::new();
+        for key in closed {
+            if let Some(g) = self.groups.remove(&key) {
+                if self.spec.emit_on_window_close && g.rows > 0 {
+                    emitted.push((key.clone(), self.outputs(&g)));
+                }
+            }
+            state.delete(self.table, &key);
+        }
+        if !emitted.is_empty() {
+            let rows: Vec<(&[u8], &[OutVal], i64)> = emitted
+                .iter()
+                .map(|(k, v)| (k.as_slice(), v.as_slice(), 1))
+                .collect();
+            out.push(self.build_output(&rows)?);
+        }
+        Ok(())
     }
 
     fn is_global(&self) -> bool {
@@ -1062,6 +1119,8 @@ impl Operator for AggregateOp {
         }
         let dirty = std::mem::take(&mut self.dirty);
         let mut changes: Vec<(Vec<u8>, Vec<OutVal>, i64)> = Vec::new();
+        // Emitting on window close, a group's changes wait for its window to close.
+        let hold_back = self.spec.emit_on_window_close;
         for (key, before) in dirty {
             let Some(group) = self.groups.get(&key) else {
                 continue;
@@ -1080,7 +1139,7 @@ impl Operator for AggregateOp {
                 self.groups.remove(&key);
                 state.delete(self.table, &key);
             }
-            if before == after {
+            if before == after || hold_back {
                 continue;
             }
             if let Some(b) = before {
@@ -1096,6 +1155,18 @@ impl Operator for AggregateOp {
                 .map(|(k, v, w)| (k.as_slice(), v.as_slice(), *w))
                 .collect();
             out.push(self.build_output(&rows)?);
+        }
+        self.purge_closed(state, out)
+    }
+
+    fn on_watermark(&mut self, _port: usize, column: usize, value: &ScalarValue) -> Result<()> {
+        if let Some(slot) = self.watermarks.get_mut(column) {
+            let newer = slot
+                .as_ref()
+                .is_none_or(|old| old.partial_cmp(value) == Some(std::cmp::Ordering::Less));
+            if newer {
+                *slot = Some(value.clone());
+            }
         }
         Ok(())
     }

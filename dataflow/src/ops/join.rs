@@ -17,9 +17,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, RecordBatch, Scalar, UInt32Array};
 use arrow::compute::{cast, take_record_batch};
 use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::PhysicalExpr;
 use sabot_storage::{StateTableId, StateWriter};
 
@@ -217,6 +219,10 @@ pub struct JoinOp {
     sides: [Side; 2],
     /// With a join filter: left columns followed by right columns.
     pair_schema: SchemaRef,
+    /// Per side, per input column: its watermark.
+    watermarks: [Vec<Option<ScalarValue>>; 2],
+    /// The watermarks the last purge used.
+    purged_at: [Vec<Option<ScalarValue>>; 2],
 }
 
 impl JoinOp {
@@ -236,6 +242,14 @@ impl JoinOp {
                 RowCodec::for_schema(&spec.left_schema)?,
                 RowCodec::for_schema(&spec.right_schema)?,
             ],
+            watermarks: [
+                vec![None; spec.left_schema.fields().len()],
+                vec![None; spec.right_schema.fields().len()],
+            ],
+            purged_at: [
+                vec![None; spec.left_schema.fields().len()],
+                vec![None; spec.right_schema.fields().len()],
+            ],
             spec,
             tables,
             sides: [Side::default(), Side::default()],
@@ -244,6 +258,62 @@ impl JoinOp {
 }
 
 impl JoinOp {
+    /// An inner join keyed on a column with a watermark on the other side drops the rows
+    /// whose key lies behind it: no row still to come on the other side can match them.
+    fn purge_behind_watermarks(&mut self, state: &mut StateWriter) -> Result<()> {
+        if self.spec.kind != JoinKind::Inner || self.watermarks == self.purged_at {
+            return Ok(());
+        }
+        self.purged_at = self.watermarks.clone();
+        let columns = |keys: &[Arc<dyn PhysicalExpr>]| -> Vec<Option<usize>> {
+            keys.iter()
+                .map(|k| k.downcast_ref::<Column>().map(Column::index))
+                .collect()
+        };
+        let key_columns = [
+            columns(&self.spec.left_keys),
+            columns(&self.spec.right_keys),
+        ];
+        for side in 0..2 {
+            let other = 1 - side;
+            // Per key position: the other side's watermark on its key column.
+            let thresholds: Vec<Option<&ScalarValue>> = key_columns[other]
+                .iter()
+                .map(|c| c.and_then(|c| self.watermarks[other].get(c)?.as_ref()))
+                .collect();
+            if thresholds.iter().all(Option::is_none) || self.sides[side].rows.is_empty() {
+                continue;
+            }
+            let keys: Vec<Vec<u8>> = self.sides[side].rows.keys().cloned().collect();
+            let decoded = self.key_codec.decode(keys.iter().map(Vec::as_slice))?;
+            let mut behind: Option<arrow::array::BooleanArray> = None;
+            for (column, wm) in decoded.iter().zip(&thresholds) {
+                let Some(wm) = wm else { continue };
+                let wm = Scalar::new(cast(&wm.to_array()?, column.data_type())?);
+                let lt = arrow::compute::kernels::cmp::lt(column, &wm)?;
+                behind = Some(match behind {
+                    Some(b) => arrow::compute::or(&b, &lt)?,
+                    None => lt,
+                });
+            }
+            let Some(behind) = behind else { continue };
+            let s = &mut self.sides[side];
+            for (i, key) in keys.iter().enumerate() {
+                if !(behind.is_valid(i) && behind.value(i)) {
+                    continue;
+                }
+                if let Some(bucket) = s.rows.remove(key) {
+                    for row in bucket.keys() {
+                        state.delete(self.tables[side], &join_prefixed(key, row));
+                    }
+                }
+                s.totals.remove(key);
+                s.matched.remove(key);
+            }
+        }
+        Ok(())
+    }
+
     /// The join with a filter. Each stored row also keeps how many rows of the other side
     /// it matches (equal key and the filter true), counted with multiplicity. A change is
     /// tested against the other side's rows at its key only: it produces its pairs, its
@@ -659,6 +729,22 @@ impl Operator for JoinOp {
                     Some(c) => state.put(table, &state_key, &c.to_le_bytes()),
                     None => state.delete(table, &state_key),
                 }
+            }
+        }
+        self.purge_behind_watermarks(state)
+    }
+
+    fn on_watermark(&mut self, port: usize, column: usize, value: &ScalarValue) -> Result<()> {
+        if let Some(slot) = self
+            .watermarks
+            .get_mut(port)
+            .and_then(|w| w.get_mut(column))
+        {
+            let newer = slot
+                .as_ref()
+                .is_none_or(|old| old.partial_cmp(value) == Some(std::cmp::Ordering::Less));
+            if newer {
+                *slot = Some(value.clone());
             }
         }
         Ok(())

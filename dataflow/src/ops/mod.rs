@@ -8,3 +8,4 @@ pub mod materialize;
 pub mod project;
 pub mod topn;
 pub mod union;
+pub mod watermark;

@@ -1,0 +1,322 @@
+//! Watermarks, late rows and EMIT ON WINDOW CLOSE against a model computed from scratch.
+//!
+//! Random out-of-order events go through
+//! `SELECT (ts / 10) * 10 AS ws, k, count(*), sum(v) FROM ev GROUP BY ws, k` over a source
+//! with `WATERMARK FOR ts AS ts - delay`, epoch by epoch, with 1 to 3 workers and a
+//! restart from the committed state midway. After every epoch:
+//! - the rows dropped as late are exactly those behind the watermark of the epoch before;
+//! - updating as rows arrive, the view equals the query over the rows kept;
+//! - emitting on window close, it equals that result restricted to the closed windows,
+//!   and it only ever inserts;
+//! - either way the aggregate's state holds only the windows still open.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::logical_expr::Operator as BinOp;
+use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::scalar::ScalarValue;
+use proptest::prelude::*;
+use sabot_dataflow::ops::aggregate::{AggCall, AggKind, AggregateSpec};
+use sabot_dataflow::ops::watermark::WatermarkSpec;
+use sabot_dataflow::{ChangeBatch, Dataflow, NodeKind, PlanNode, StreamPlan};
+use sabot_storage::{EpochBatch, Store};
+
+const WINDOW: i64 = 10;
+const AGG_TABLE: u32 = 2;
+
+fn schema(names: &[&str]) -> SchemaRef {
+    Arc::new(Schema::new(
+        names
+            .iter()
+            .map(|n| Field::new(*n, DataType::Int64, true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn col(name: &str, i: usize) -> Arc<dyn PhysicalExpr> {
+    Arc::new(Column::new(name, i))
+}
+
+fn lit(v: i64) -> Arc<dyn PhysicalExpr> {
+    Arc::new(Literal::new(ScalarValue::Int64(Some(v))))
+}
+
+fn bin(l: Arc<dyn PhysicalExpr>, op: BinOp, r: Arc<dyn PhysicalExpr>) -> Arc<dyn PhysicalExpr> {
+    Arc::new(BinaryExpr::new(l, op, r))
+}
+
+fn plan(delay: i64, eowc: bool) -> StreamPlan {
+    let ev = schema(&["ts", "k", "v"]);
+    let pre = schema(&["ws", "k", "v"]);
+    let out = schema(&["ws", "k", "n", "s"]);
+    let ws = bin(
+        bin(col("ts", 0), BinOp::Divide, lit(WINDOW)),
+        BinOp::Multiply,
+        lit(WINDOW),
+    );
+    StreamPlan {
+        nodes: vec![
+            PlanNode {
+                kind: NodeKind::Source {
+                    relation: "ev".into(),
+                },
+                inputs: vec![],
+                schema: Arc::clone(&ev),
+                state_tables: vec![],
+            },
+            PlanNode {
+                kind: NodeKind::WatermarkFilter(WatermarkSpec {
+                    column: 0,
+                    expr: bin(col("ts", 0), BinOp::Minus, lit(delay)),
+                    text: format!("ts - {delay}"),
+                }),
+                inputs: vec![0],
+                schema: Arc::clone(&ev),
+                state_tables: vec![1],
+            },
+            PlanNode {
+                kind: NodeKind::Project {
+                    exprs: vec![ws, col("k", 1), col("v", 2)],
+                },
+                inputs: vec![1],
+                schema: Arc::clone(&pre),
+                state_tables: vec![],
+            },
+            PlanNode {
+                kind: NodeKind::Aggregate(AggregateSpec {
+                    group_count: 2,
+                    calls: vec![
+                        AggCall::new(AggKind::Count, 2, None),
+                        AggCall::new(AggKind::Sum, 2, None),
+                    ],
+                    input_schema: pre,
+                    output_schema: Arc::clone(&out),
+                    emit_on_window_close: eowc,
+                }),
+                inputs: vec![2],
+                schema: Arc::clone(&out),
+                state_tables: vec![AGG_TABLE],
+            },
+            PlanNode {
+                kind: NodeKind::Materialize,
+                inputs: vec![3],
+                schema: out,
+                state_tables: vec![3],
+            },
+        ],
+    }
+}
+
+type Row = Vec<Option<i64>>;
+
+fn rows_of(b: &RecordBatch) -> Vec<Row> {
+    let mut out: Vec<Row> = (0..b.num_rows())
+        .map(|r| {
+            b.columns()
+                .iter()
+                .map(|c| {
+                    let c = c.as_primitive::<Int64Type>();
+                    c.is_valid(r).then(|| c.value(r))
+                })
+                .collect()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The model: which rows are kept, the watermark, and the windows' results.
+#[derive(Default)]
+struct Model {
+    watermark: Option<i64>,
+    late: u64,
+    /// (window start, k) → (count, sum)
+    groups: BTreeMap<(i64, i64), (i64, i64)>,
+}
+
+impl Model {
+    fn epoch(&mut self, rows: &[(i64, i64, i64)], delay: i64) {
+        let mut newest = None;
+        for &(ts, k, v) in rows {
+            if self.watermark.is_some_and(|w| ts < w) {
+                self.late += 1;
+                continue;
+            }
+            newest = newest.max(Some(ts - delay));
+            let g = self.groups.entry((ts / WINDOW * WINDOW, k)).or_default();
+            g.0 += 1;
+            g.1 += v;
+        }
+        self.watermark = self.watermark.max(newest);
+    }
+
+    /// Windows starting before this are closed.
+    fn closed_before(&self) -> Option<i64> {
+        self.watermark.map(|w| w / WINDOW * WINDOW)
+    }
+
+    fn result(&self, only_closed: bool) -> Vec<Row> {
+        let closed = self.closed_before();
+        self.groups
+            .iter()
+            .filter(|((ws, _), _)| !only_closed || closed.is_some_and(|c| *ws < c))
+            .map(|((ws, k), (n, s))| vec![Some(*ws), Some(*k), Some(*n), Some(*s)])
+            .collect()
+    }
+
+    fn open_groups(&self) -> usize {
+        let closed = self.closed_before();
+        self.groups
+            .keys()
+            .filter(|(ws, _)| closed.is_none_or(|c| *ws >= c))
+            .count()
+    }
+}
+
+/// Epochs of events: event time drifts forward, each event up to 15 behind the drift.
+fn epochs() -> impl Strategy<Value = Vec<Vec<(i64, i64, i64)>>> {
+    proptest::collection::vec(
+        (
+            0i64..12,
+            proptest::collection::vec((-15i64..5, 0i64..3, -5i64..20), 0..12),
+        ),
+        1..14,
+    )
+    .prop_map(|epochs| {
+        let mut base = 100;
+        epochs
+            .into_iter()
+            .map(|(step, events)| {
+                base += step;
+                events
+                    .into_iter()
+                    .map(|(dt, k, v)| (base + dt, k, v))
+                    .collect()
+            })
+            .collect()
+    })
+}
+
+fn run(
+    events: Vec<Vec<(i64, i64, i64)>>,
+    delay: i64,
+    eowc: bool,
+    workers: usize,
+    restart_at: usize,
+) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let plan = plan(delay, eowc);
+    let ev = Arc::clone(&plan.nodes[0].schema);
+    let mut flow = Dataflow::try_new(plan.clone(), workers).unwrap();
+    let mut model = Model::default();
+    for (e, rows) in events.iter().enumerate() {
+        model.epoch(rows, delay);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(rows.iter().map(|r| r.0).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| r.1).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| r.2).collect::<Int64Array>()),
+        ];
+        let data = RecordBatch::try_new(Arc::clone(&ev), columns).unwrap();
+        let deltas = [("ev".to_string(), vec![ChangeBatch::inserts(data)])].into();
+        let mut b = EpochBatch::new(e as u64 + 1);
+        let changes = flow.run_epoch(&deltas, &mut b).unwrap();
+        store.commit(b).unwrap();
+        if eowc {
+            for c in &changes {
+                prop_assert!(
+                    c.weights().values().iter().all(|w| *w > 0),
+                    "emitting on window close retracted a row"
+                );
+            }
+        }
+        let got = rows_of(&flow.snapshot().unwrap());
+        prop_assert_eq!(
+            &got,
+            &model.result(eowc),
+            "epoch {} with {} workers",
+            e,
+            workers
+        );
+        let status = flow.watermark_status();
+        prop_assert_eq!(status.len(), 1);
+        prop_assert_eq!(
+            status[0].late_rows,
+            model.late,
+            "late rows after epoch {}",
+            e
+        );
+        prop_assert_eq!(
+            status[0].value.clone(),
+            model.watermark.map(|w| ScalarValue::Int64(Some(w)))
+        );
+        let open = store.scan(AGG_TABLE).unwrap().len();
+        prop_assert_eq!(open, model.open_groups(), "groups kept after epoch {}", e);
+        if e == restart_at {
+            flow = Dataflow::try_new(plan.clone(), workers).unwrap();
+            flow.restore(&store).unwrap();
+            prop_assert_eq!(flow.watermark_status(), status);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn windows_update_as_rows_arrive(e in epochs(), delay in 0i64..8, workers in 1usize..=3, restart in 0usize..14) {
+        run(e, delay, false, workers, restart)?;
+    }
+
+    #[test]
+    fn windows_emit_on_close(e in epochs(), delay in 0i64..8, workers in 1usize..=3, restart in 0usize..14) {
+        run(e, delay, true, workers, restart)?;
+    }
+}
+
+#[test]
+fn a_window_is_emitted_once_when_the_watermark_passes_its_end() {
+    // ts 101 and 105 in window 100; 112 moves the watermark (delay 2) to 110: closed.
+    let epochs = vec![vec![(101, 0, 1), (105, 0, 2)], vec![(112, 0, 4)]];
+    run(epochs, 2, true, 1, usize::MAX).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut flow = Dataflow::try_new(plan(2, true), 2).unwrap();
+    let ev = schema(&["ts", "k", "v"]);
+    let mut emitted = Vec::new();
+    for (e, rows) in [vec![101, 105], vec![109], vec![112], vec![104, 130]]
+        .into_iter()
+        .enumerate()
+    {
+        let n = rows.len();
+        let data = RecordBatch::try_new(
+            Arc::clone(&ev),
+            vec![
+                Arc::new(Int64Array::from(rows)) as ArrayRef,
+                Arc::new(Int64Array::from(vec![0; n])),
+                Arc::new(Int64Array::from(vec![1; n])),
+            ],
+        )
+        .unwrap();
+        let deltas = [("ev".to_string(), vec![ChangeBatch::inserts(data)])].into();
+        let mut b = EpochBatch::new(e as u64 + 1);
+        for c in flow.run_epoch(&deltas, &mut b).unwrap() {
+            emitted.extend(rows_of(c.data()));
+        }
+        store.commit(b).unwrap();
+    }
+    // Window 100 closes in the third epoch with its three rows; 104 came late.
+    assert_eq!(
+        emitted,
+        vec![
+            vec![Some(100), Some(0), Some(3), Some(3)],
+            vec![Some(110), Some(0), Some(1), Some(1)],
+        ]
+    );
+    assert_eq!(flow.watermark_status()[0].late_rows, 1);
+}
