@@ -38,6 +38,9 @@ pub enum Statement {
         query: Box<ast::Query>,
         /// The text of the query, as the user wrote it (kept in the catalog).
         query_text: String,
+        /// `EMIT ON WINDOW CLOSE`: windowed aggregates emit each window once, final,
+        /// when the watermark passes its end.
+        emit_on_window_close: bool,
     },
     /// `INSERT`, `UPDATE`, `DELETE`.
     Insert(Box<ast::Insert>),
@@ -279,6 +282,34 @@ fn ends_with_words(text: &str, words: &[&str]) -> bool {
             .all(|(a, b)| a == b)
 }
 
+/// `text` without its last `n` tokens (and the whitespace and `;` before them).
+fn text_before_trailing_words(text: &str, n: usize) -> &str {
+    let dialect = PostgreSqlDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, text).tokenize_with_location() else {
+        return text;
+    };
+    let words: Vec<_> = tokens
+        .iter()
+        .filter(|t| {
+            !matches!(
+                t.token,
+                Token::Whitespace(_) | Token::EOF | Token::SemiColon
+            )
+        })
+        .collect();
+    let Some(first) = words.len().checked_sub(n).and_then(|i| words.get(i)) else {
+        return text;
+    };
+    let starts = line_starts(text);
+    let b = byte_offset(
+        text,
+        &starts,
+        first.span.start.line,
+        first.span.start.column,
+    );
+    text[..b].trim_end()
+}
+
 fn parse_one(text: &str) -> Result<Statement, SqlError> {
     let words = leading_words(text, 4);
     let w: Vec<&str> = words.iter().map(String::as_str).collect();
@@ -319,9 +350,25 @@ fn parse_one(text: &str) -> Result<Statement, SqlError> {
         ["CREATE", "MATERIALIZED", "VIEW", ..]
             if ends_with_words(text, &["EMIT", "ON", "WINDOW", "CLOSE"]) =>
         {
-            return Err(SqlError::Unsupported(
-                "EMIT ON WINDOW CLOSE (it needs watermarks, which are not built yet; without it a windowed view updates as rows arrive)".into(),
-            ));
+            let head = text_before_trailing_words(text, 4);
+            return match parse_one(head)? {
+                Statement::CreateMaterializedView {
+                    name,
+                    if_not_exists,
+                    query,
+                    query_text,
+                    ..
+                } => Ok(Statement::CreateMaterializedView {
+                    name,
+                    if_not_exists,
+                    query,
+                    query_text,
+                    emit_on_window_close: true,
+                }),
+                _ => Err(SqlError::Unsupported(
+                    "EMIT ON WINDOW CLOSE outside CREATE MATERIALIZED VIEW".into(),
+                )),
+            };
         }
         ["CREATE", "SOURCE" | "TABLE", ..] => {
             if let Some(s) = source::parse_create_source(text)? {
@@ -397,6 +444,7 @@ fn convert(stmt: ast::Statement, text: &str) -> Result<Statement, SqlError> {
                 if_not_exists: cv.if_not_exists,
                 query: cv.query,
                 query_text,
+                emit_on_window_close: false,
             }
         }
         S::CreateView(_) => {

@@ -33,6 +33,8 @@ pub struct CreateSource {
     /// `INCLUDE key | partition | offset | timestamp [AS name]` clauses: the kind
     /// (lower-cased) and the name given, in order.
     pub include: Vec<(String, Option<String>)>,
+    /// `APPEND ONLY` after the columns: a table that takes only INSERT.
+    pub append_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +78,7 @@ pub fn parse_create_source(text: &str) -> Result<Option<CreateSource>, SqlError>
     // The top-level WITH and, inside the column list, a WATERMARK clause.
     let mut depth = 0i32;
     let mut with_at = None;
+    let mut append_at = None;
     let mut watermark: Option<(usize, usize)> = None; // token range [start, end)
     let mut i = 0;
     while i < tokens.len() {
@@ -83,6 +86,21 @@ pub fn parse_create_source(text: &str) -> Result<Option<CreateSource>, SqlError>
             Token::LParen => depth += 1,
             Token::RParen => depth -= 1,
             _ => {}
+        }
+        if depth == 0
+            && i > 2
+            && word(i).as_deref() == Some("APPEND")
+            && word(i + 1).as_deref() == Some("ONLY")
+        {
+            if !is_table {
+                return Err(err(
+                    "APPEND ONLY is for tables (a source is always append-only)",
+                    position(&tokens[i]),
+                ));
+            }
+            append_at = Some(i);
+            i += 2;
+            continue;
         }
         if depth == 0
             && word(i).as_deref() == Some("WITH")
@@ -114,21 +132,38 @@ pub fn parse_create_source(text: &str) -> Result<Option<CreateSource>, SqlError>
         }
         i += 1;
     }
-    let Some(with_at) = with_at else {
-        if is_table {
-            return Ok(None);
+    if let Some(a) = append_at {
+        // APPEND ONLY closes the head: only WITH (...) may follow it.
+        let next = a + 2;
+        if next < tokens.len() && with_at != Some(next) {
+            return Err(err(
+                format!("unexpected {} after APPEND ONLY", tokens[next].token),
+                position(&tokens[next]),
+            ));
         }
-        return Err(err(
-            "CREATE SOURCE needs WITH (connector = '...', ...)",
-            Some(text.chars().count() + 1),
-        ));
+    }
+    let plain_table = with_at.is_none() && is_table;
+    if plain_table && watermark.is_none() && append_at.is_none() {
+        // An ordinary CREATE TABLE: sqlparser's path.
+        return Ok(None);
+    }
+    let with_at = match with_at {
+        Some(w) => w,
+        None if plain_table => tokens.len(),
+        None => {
+            return Err(err(
+                "CREATE SOURCE needs WITH (connector = '...', ...)",
+                Some(text.chars().count() + 1),
+            ))
+        }
     };
     // INCLUDE clauses sit between the columns and WITH, at the top level.
     let mut include = Vec::new();
     let mut include_at = None;
     let mut depth = 0i32;
     let mut i = 2;
-    while i < with_at {
+    let head_limit = append_at.unwrap_or(with_at);
+    while i < head_limit {
         match &tokens[i].token {
             Token::LParen => depth += 1,
             Token::RParen => depth -= 1,
@@ -164,7 +199,7 @@ pub fn parse_create_source(text: &str) -> Result<Option<CreateSource>, SqlError>
                 }
                 next += 2;
             }
-            if next < with_at && word(next).as_deref() != Some("INCLUDE") {
+            if next < head_limit && word(next).as_deref() != Some("INCLUDE") {
                 return Err(err(
                     format!("unexpected {} after INCLUDE {kind}", tokens[next].token),
                     position(&tokens[next]),
@@ -176,8 +211,12 @@ pub fn parse_create_source(text: &str) -> Result<Option<CreateSource>, SqlError>
         }
         i += 1;
     }
-    let (options, after) = parse_options(&tokens, with_at + 1, &position)?;
-    if is_table && !options.iter().any(|(k, _)| k == "connector") {
+    let (options, after) = if plain_table {
+        (Vec::new(), tokens.len())
+    } else {
+        parse_options(&tokens, with_at + 1, &position)?
+    };
+    if is_table && !plain_table && !options.iter().any(|(k, _)| k == "connector") {
         // A table WITH other options: left to the normal CREATE TABLE path.
         return Ok(None);
     }
@@ -189,7 +228,12 @@ pub fn parse_create_source(text: &str) -> Result<Option<CreateSource>, SqlError>
         ));
     }
     // What sqlparser parses: CREATE TABLE name (columns), watermark cut out.
-    let head_end = at(&tokens[include_at.unwrap_or(with_at)]);
+    let head_end = [include_at, append_at, Some(with_at)]
+        .into_iter()
+        .flatten()
+        .min()
+        .and_then(|i| tokens.get(i))
+        .map_or(text.trim_end().trim_end_matches(';').len(), at);
     let head_start = end_of(&tokens[1]);
     let mut columns_text = String::new();
     match watermark {
@@ -263,6 +307,7 @@ pub fn parse_create_source(text: &str) -> Result<Option<CreateSource>, SqlError>
         format,
         watermark,
         include,
+        append_only: append_at.is_some(),
     }))
 }
 
