@@ -27,12 +27,14 @@ use datafusion::catalog::MemorySchemaProvider;
 use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::logical_expr::ExprSchemable;
 use datafusion::sql::parser::Statement as DfStatement;
 use parking_lot::RwLock;
 use sabot_connectors::failpoint::crash_point;
 use sabot_connectors::sink::SinkWriter;
 use sabot_connectors::source_errors::SourceErrors;
 use sabot_dataflow::ops::connector::SourceFactory;
+use sabot_dataflow::ops::watermark::WatermarkSpec;
 use sabot_dataflow::{ChangeBatch, Dataflow, TableState};
 use sabot_sql::sqlparser::ast;
 use sabot_sql::{CreateSink, CreateSource, ObjectKind, Parsed, Statement, TransactionKind};
@@ -123,6 +125,8 @@ pub struct Snapshot {
     pub relations: BTreeMap<String, Relation>,
     /// Each source's log of skipped records (sources whose connector decodes input).
     pub source_errors: BTreeMap<String, Arc<SourceErrors>>,
+    /// Per view, the watermarks of the relations it reads.
+    pub watermarks: Vec<(String, sabot_dataflow::WatermarkStatus)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,6 +196,8 @@ struct SourceMeta {
 struct SourceEntry {
     def: Arc<SourceDef>,
     meta: SourceMeta,
+    /// `WATERMARK FOR column AS expression`.
+    watermark: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -238,6 +244,9 @@ struct ViewMeta {
     first_state_table: StateTableId,
     /// Set when maintaining the view failed; the view stays readable but stops updating.
     error: Option<String>,
+    /// `EMIT ON WINDOW CLOSE`.
+    #[serde(default)]
+    emit_on_window_close: bool,
 }
 
 struct TableEntry {
@@ -245,6 +254,10 @@ struct TableEntry {
     state: TableState,
     /// For `CREATE TABLE ... WITH (connector = ...)`: where its rows come from.
     ingest: Option<Ingest>,
+    /// `APPEND ONLY`: INSERT only.
+    append_only: bool,
+    /// `WATERMARK FOR column AS expression` (append-only tables only).
+    watermark: Option<(String, String)>,
 }
 
 struct ViewEntry {
@@ -279,6 +292,19 @@ impl Inner {
     }
 
     /// Every source, as the stream planner reads them.
+    /// The relations that declare a watermark: name, columns and the declaration.
+    fn watermark_decls(&self) -> Vec<(String, SchemaRef, &(String, String))> {
+        let sources = self.sources.iter().filter_map(|(n, s)| {
+            let decl = s.watermark.as_ref()?;
+            Some((n.clone(), s.def.schema(), decl))
+        });
+        let tables = self.tables.iter().filter_map(|(n, t)| {
+            let decl = t.watermark.as_ref()?;
+            Some((n.clone(), Arc::clone(t.state.schema()), decl))
+        });
+        sources.chain(tables).collect()
+    }
+
     fn source_factories(&self) -> HashMap<String, Arc<dyn SourceFactory>> {
         self.sources
             .iter()
@@ -309,6 +335,9 @@ impl Inner {
     fn append_only(&self, name: &str) -> bool {
         if self.sources.contains_key(name) {
             return true;
+        }
+        if let Some(t) = self.tables.get(name) {
+            return t.append_only;
         }
         match self.views.iter().find(|v| v.meta.name == name) {
             Some(v) => v.dataflow.plan().append_only(&|r| self.append_only(r)),
@@ -391,6 +420,7 @@ impl Database {
                 epoch,
                 relations: BTreeMap::new(),
                 source_errors: BTreeMap::new(),
+                watermarks: Vec::new(),
             })),
         });
         db.recover().await?;
@@ -501,19 +531,22 @@ impl Database {
             match entry {
                 CatalogEntry::Table(meta) => {
                     let parsed = sabot_sql::parse(&meta.sql)?;
-                    let (ct, connector) = match parsed.into_iter().next().map(|p| p.statement) {
-                        Some(Statement::CreateTable(ct)) => (*ct, None),
-                        Some(Statement::CreateSource(cs)) if cs.is_table => {
-                            let table = (*cs.table).clone();
-                            (table, Some(cs))
-                        }
-                        _ => {
-                            return Err(PlanError::Internal(format!(
-                                "catalog entry of {} is not CREATE TABLE",
-                                meta.name
-                            )))
-                        }
-                    };
+                    let (ct, connector, table_opts) =
+                        match parsed.into_iter().next().map(|p| p.statement) {
+                            Some(Statement::CreateTable(ct)) => (*ct, None, (false, None)),
+                            Some(Statement::CreateSource(cs)) if cs.is_table => {
+                                let table = (*cs.table).clone();
+                                let opts = (cs.append_only, cs.watermark.clone());
+                                let connector = has_connector(&cs).then_some(cs);
+                                (table, connector, opts)
+                            }
+                            _ => {
+                                return Err(PlanError::Internal(format!(
+                                    "catalog entry of {} is not CREATE TABLE",
+                                    meta.name
+                                )))
+                            }
+                        };
                     let (schema, pk) = table_schema(&ct)?;
                     let ingest = match (connector, meta.offsets_table) {
                         (Some(cs), Some(offsets)) => {
@@ -539,6 +572,8 @@ impl Database {
                             meta,
                             state,
                             ingest,
+                            append_only: table_opts.0,
+                            watermark: table_opts.1,
                         },
                     );
                 }
@@ -560,6 +595,7 @@ impl Database {
                         SourceEntry {
                             def: Arc::new(def),
                             meta: meta.clone(),
+                            watermark: cs.watermark.clone(),
                         },
                     );
                 }
@@ -575,7 +611,12 @@ impl Database {
                         )));
                     };
                     let (mut dataflow, _) = self
-                        .plan_view(&q, meta.first_state_table, inner.source_factories())
+                        .plan_view(
+                            &q,
+                            meta.first_state_table,
+                            &inner,
+                            meta.emit_on_window_close,
+                        )
                         .await?;
                     dataflow.restore(&self.store)?;
                     inner.next_order = inner.next_order.max(meta.order + 1);
@@ -887,10 +928,21 @@ impl Database {
                     .filter_map(|(n, t)| t.ingest.as_ref().map(|i| (n.clone(), i.errors()))),
             )
             .collect();
+        let watermarks = inner
+            .views
+            .iter()
+            .flat_map(|v| {
+                v.dataflow
+                    .watermark_status()
+                    .into_iter()
+                    .map(|w| (v.meta.name.clone(), w))
+            })
+            .collect();
         *self.snapshot.write() = Arc::new(Snapshot {
             epoch: inner.epoch,
             relations,
             source_errors,
+            watermarks,
         });
         Ok(())
     }
@@ -947,11 +999,17 @@ impl Database {
             .ok_or_else(|| PlanError::Internal("no default catalog".into()))?;
         catalog.register_schema(SYSTEM_SCHEMA, Arc::new(MemorySchemaProvider::new()))?;
         let errors = source_errors_batch(snapshot)?;
-        let system = [("source_errors", errors.schema())];
-        ctx.register_table(
-            TableReference::partial(SYSTEM_SCHEMA, "source_errors"),
-            Arc::new(MemTable::try_new(errors.schema(), vec![vec![errors]])?),
-        )?;
+        let watermarks = watermarks_batch(snapshot)?;
+        let system = [
+            ("source_errors", errors.schema()),
+            ("watermarks", watermarks.schema()),
+        ];
+        for (name, batch) in [("source_errors", errors), ("watermarks", watermarks)] {
+            ctx.register_table(
+                TableReference::partial(SYSTEM_SCHEMA, name),
+                Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?),
+            )?;
+        }
         let mut query = query.clone();
         if crate::pg_catalog::mentions_catalog(&query) {
             let names = snapshot.relations.keys().cloned().collect();
@@ -992,11 +1050,17 @@ impl Database {
         &self,
         query: &ast::Query,
         first_table: StateTableId,
-        sources: HashMap<String, Arc<dyn SourceFactory>>,
+        inner: &Inner,
+        emit_on_window_close: bool,
     ) -> Result<(Dataflow, StateTableId)> {
+        let sources = inner.source_factories();
         let snapshot = self.snapshot();
         let ctx = self.context(&snapshot, None)?;
         let plan = self.logical_plan(&ctx, query).await?;
+        let mut watermarks = HashMap::new();
+        for (relation, schema, decl) in inner.watermark_decls() {
+            watermarks.insert(relation, watermark_spec(&ctx, &schema, decl)?);
+        }
         // DISTINCT ON is planned as a top-N per group, so it must reach the stream
         // planner as such rather than rewritten into FIRST_VALUE aggregates.
         let base = ctx.state();
@@ -1010,7 +1074,10 @@ impl Database {
             .with_optimizer_rules(rules)
             .build();
         let optimized = state.optimize(&plan)?;
-        let (stream, next) = StreamPlanner::new(&state, first_table, sources).plan(&optimized)?;
+        let (stream, next) = StreamPlanner::new(&state, first_table, sources)
+            .with_watermarks(watermarks)
+            .emit_on_window_close(emit_on_window_close)
+            .plan(&optimized)?;
         Ok((Dataflow::try_new(stream, self.config.workers)?, next))
     }
 
@@ -1026,9 +1093,16 @@ impl Database {
                 if_not_exists,
                 query,
                 query_text,
+                emit_on_window_close,
             } => {
-                self.create_view(name, *if_not_exists, query, query_text)
-                    .await
+                self.create_view(
+                    name,
+                    *if_not_exists,
+                    query,
+                    query_text,
+                    *emit_on_window_close,
+                )
+                .await
             }
             Statement::Insert(i) => self.insert(i).await,
             Statement::Update(u) => self.update(u).await,
@@ -1068,11 +1142,22 @@ impl Database {
     async fn create_table(&self, ct: &ast::CreateTable, sql: &str) -> Result<Output> {
         let name = normalize_name(&ct.name)?;
         let (schema, pk) = table_schema(ct)?;
-        self.add_table(name, ct.if_not_exists, sql, schema, pk, None)
-            .await
+        let mut inner = self.inner.lock().await;
+        self.register_table(
+            &mut inner,
+            name,
+            ct.if_not_exists,
+            sql,
+            schema,
+            pk,
+            None,
+            (false, None),
+        )
     }
 
-    /// Registers a new table, fed by `connector` when it has one, and commits it.
+    /// A table declared with `APPEND ONLY` or `WATERMARK FOR` (`cs`), fed by `connector`
+    /// when it has one: checks those clauses, then registers it.
+    #[allow(clippy::too_many_arguments)]
     async fn add_table(
         &self,
         name: String,
@@ -1081,8 +1166,62 @@ impl Database {
         schema: SchemaRef,
         pk: Vec<usize>,
         connector: Option<&CreateSource>,
+        cs: &CreateSource,
     ) -> Result<Output> {
+        if cs.append_only && !pk.is_empty() {
+            return Err(PlanError::user(
+                "42P16",
+                "an APPEND ONLY table has no primary key (rows are only ever added)",
+            ));
+        }
+        if cs.append_only {
+            if let Some(f) = connector.and_then(|c| c.format.as_ref()) {
+                if f.format != "PLAIN" {
+                    return Err(PlanError::user(
+                        "42P16",
+                        format!("an APPEND ONLY table reads FORMAT PLAIN, not {}", f.format),
+                    ));
+                }
+            }
+        }
+        if let Some(decl) = &cs.watermark {
+            if !cs.append_only {
+                return Err(PlanError::user(
+                    "42P16",
+                    "a table with a WATERMARK must be APPEND ONLY (late rows are dropped, so \
+                     updates and deletes could not reach the views)",
+                ));
+            }
+            let ctx = self.context(&self.snapshot(), None)?;
+            watermark_spec(&ctx, &schema, decl)?;
+        }
         let mut inner = self.inner.lock().await;
+        self.register_table(
+            &mut inner,
+            name,
+            if_not_exists,
+            sql,
+            schema,
+            pk,
+            connector,
+            (cs.append_only, cs.watermark.clone()),
+        )
+    }
+
+    /// Registers a new table, fed by `connector` when it has one, and commits it.
+    /// `options`: APPEND ONLY and the watermark.
+    #[allow(clippy::too_many_arguments)]
+    fn register_table(
+        &self,
+        inner: &mut Inner,
+        name: String,
+        if_not_exists: bool,
+        sql: &str,
+        schema: SchemaRef,
+        pk: Vec<usize>,
+        connector: Option<&CreateSource>,
+        options: (bool, Option<(String, String)>),
+    ) -> Result<Output> {
         if let Some(kind) = inner.exists(&name) {
             return already_exists(&name, kind, if_not_exists, "CREATE TABLE");
         }
@@ -1117,21 +1256,17 @@ impl Database {
                 meta,
                 state,
                 ingest,
+                append_only: options.0,
+                watermark: options.1,
             },
         );
-        self.run_epoch(&mut inner, batch, HashSet::from([name]), &[])?;
+        self.run_epoch(inner, batch, HashSet::from([name]), &[])?;
         Ok(command("CREATE TABLE"))
     }
 
     /// `CREATE TABLE ... WITH (connector = ...)`: a table whose rows come from a
     /// connector (see [`crate::ingest`]).
     async fn create_connector_table(&self, cs: &CreateSource, sql: &str) -> Result<Output> {
-        if cs.watermark.is_some() {
-            return Err(PlanError::user(
-                "0A000",
-                "WATERMARK FOR is not supported yet (event time and windows are the next step)",
-            ));
-        }
         if !cs.include.is_empty() {
             return Err(PlanError::user(
                 "0A000",
@@ -1140,7 +1275,8 @@ impl Database {
         }
         let name = normalize_name(&cs.table.name)?;
         let (schema, pk) = table_schema(&cs.table)?;
-        self.add_table(name, cs.table.if_not_exists, sql, schema, pk, Some(cs))
+        let connector = has_connector(cs).then_some(cs);
+        self.add_table(name, cs.table.if_not_exists, sql, schema, pk, connector, cs)
             .await
     }
 
@@ -1151,6 +1287,10 @@ impl Database {
         let name = normalize_name(&cs.table.name)?;
         let created_ms = chrono::Utc::now().timestamp_millis();
         let def = source_def(&name, cs, created_ms)?;
+        if let Some(decl) = &cs.watermark {
+            let ctx = self.context(&self.snapshot(), None)?;
+            watermark_spec(&ctx, &def.schema(), decl)?;
+        }
         let mut inner = self.inner.lock().await;
         if let Some(kind) = inner.exists(&name) {
             return already_exists(&name, kind, cs.table.if_not_exists, "CREATE SOURCE");
@@ -1169,6 +1309,7 @@ impl Database {
             SourceEntry {
                 def: Arc::new(def),
                 meta: meta.clone(),
+                watermark: cs.watermark.clone(),
             },
         );
         self.run_epoch(&mut inner, batch, HashSet::from([name]), &[])?;
@@ -1298,6 +1439,7 @@ impl Database {
         if_not_exists: bool,
         query: &ast::Query,
         query_text: &str,
+        emit_on_window_close: bool,
     ) -> Result<Output> {
         let name = normalize_name(name)?;
         let mut inner = self.inner.lock().await;
@@ -1310,7 +1452,7 @@ impl Database {
         self.run_epoch(&mut inner, EpochBatch::new(next), HashSet::new(), &[])?;
         let first = inner.next_state_table;
         let (mut dataflow, next) = self
-            .plan_view(query, first, inner.source_factories())
+            .plan_view(query, first, &inner, emit_on_window_close)
             .await?;
         let snapshot = self.snapshot();
         let mut deltas: HashMap<String, Vec<ChangeBatch>> = HashMap::new();
@@ -1347,6 +1489,7 @@ impl Database {
             sql: query_text.to_string(),
             first_state_table: first,
             error: None,
+            emit_on_window_close,
         };
         batch.put_catalog(&name, catalog_bytes(&CatalogEntry::View(meta.clone()))?);
         inner.next_state_table = next;
@@ -1447,6 +1590,17 @@ impl Database {
     }
 
     /// Resolves a DML target, which must be a table.
+    /// UPDATE and DELETE are refused on an APPEND ONLY table.
+    fn check_not_append_only(inner: &Inner, name: &str, what: &str) -> Result<()> {
+        if inner.tables.get(name).is_some_and(|t| t.append_only) {
+            return Err(PlanError::user(
+                "42809",
+                format!("cannot {what} table \"{name}\": it is APPEND ONLY"),
+            ));
+        }
+        Ok(())
+    }
+
     fn dml_target(inner: &Inner, name: &ast::ObjectName) -> Result<String> {
         let name = normalize_name(name)?;
         match inner.exists(&name) {
@@ -1638,6 +1792,7 @@ impl Database {
         };
         let mut inner = self.inner.lock().await;
         let name = Self::dml_target(&inner, table_name)?;
+        Self::check_not_append_only(&inner, &name, "UPDATE")?;
         let schema = Arc::clone(inner.tables[&name].state.schema());
         let mut set_cols = Vec::new();
         let mut exprs = Vec::new();
@@ -1732,6 +1887,7 @@ impl Database {
         };
         let mut inner = self.inner.lock().await;
         let name = Self::dml_target(&inner, table_name)?;
+        Self::check_not_append_only(&inner, &name, "DELETE")?;
         let found = self
             .select_current(
                 &inner,
@@ -1823,12 +1979,16 @@ impl Database {
 
     async fn explain(&self, stmt: &Statement) -> Result<Output> {
         let text = match stmt {
-            Statement::CreateMaterializedView { query, .. } => {
-                let (first, sources) = {
-                    let inner = self.inner.lock().await;
-                    (inner.next_state_table, inner.source_factories())
-                };
-                let (dataflow, _) = self.plan_view(query, first, sources).await?;
+            Statement::CreateMaterializedView {
+                query,
+                emit_on_window_close,
+                ..
+            } => {
+                let inner = self.inner.lock().await;
+                let first = inner.next_state_table;
+                let (dataflow, _) = self
+                    .plan_view(query, first, &inner, *emit_on_window_close)
+                    .await?;
                 dataflow.plan().explain(self.config.workers)
             }
             Statement::Query(q) => {
@@ -1893,6 +2053,55 @@ fn already_exists(
     ))
 }
 
+/// Whether a `CREATE TABLE` names a connector (rather than only APPEND ONLY or a
+/// watermark).
+fn has_connector(cs: &CreateSource) -> bool {
+    cs.options.iter().any(|(k, _)| k == "connector")
+}
+
+/// The watermark filter of `WATERMARK FOR column AS expression` over `schema`: the
+/// column must be a timestamp and the expression of its type.
+fn watermark_spec(
+    ctx: &SessionContext,
+    schema: &SchemaRef,
+    (column, text): &(String, String),
+) -> Result<WatermarkSpec> {
+    let index = schema.index_of(column).map_err(|_| {
+        PlanError::user(
+            "42703",
+            format!("column \"{column}\" of WATERMARK FOR does not exist"),
+        )
+    })?;
+    let ty = schema.field(index).data_type();
+    if !matches!(ty, DataType::Timestamp(..)) {
+        return Err(PlanError::user(
+            "42804",
+            format!("WATERMARK FOR needs a timestamp column; \"{column}\" is {ty}"),
+        ));
+    }
+    let df = datafusion::common::DFSchema::try_from(schema.as_ref().clone())?;
+    let expr = ctx.parse_sql_expr(text, &df)?;
+    let expr_ty = expr.get_type(&df)?;
+    if &expr_ty != ty {
+        return Err(PlanError::user(
+            "42804",
+            format!("the WATERMARK expression {text} is {expr_ty}, not {ty} like \"{column}\""),
+        ));
+    }
+    if expr.is_volatile() {
+        return Err(PlanError::user(
+            "42P17",
+            format!("the WATERMARK expression {text} is volatile"),
+        ));
+    }
+    let physical = ctx.create_physical_expr(expr, &df)?;
+    Ok(WatermarkSpec {
+        column: index,
+        expr: physical,
+        text: text.clone(),
+    })
+}
+
 fn catalog_bytes(entry: &CatalogEntry) -> Result<Vec<u8>> {
     serde_json::to_vec(entry).map_err(|e| PlanError::Internal(format!("catalog encoding: {e}")))
 }
@@ -1904,12 +2113,6 @@ fn quote_ident(s: &str) -> String {
 /// The schema and primary key columns of a `CREATE TABLE`.
 /// The definition of a source from its statement.
 fn source_def(name: &str, cs: &CreateSource, created_ms: i64) -> Result<SourceDef> {
-    if cs.watermark.is_some() {
-        return Err(PlanError::user(
-            "0A000",
-            "WATERMARK FOR is not supported yet (event time and windows are the next step)",
-        ));
-    }
     let declared = if cs.table.columns.is_empty() {
         Arc::new(Schema::empty())
     } else {
@@ -1934,6 +2137,51 @@ fn source_def(name: &str, cs: &CreateSource, created_ms: i64) -> Result<SourceDe
 
 /// `sabot_catalog.source_errors`: the records each source skipped as malformed, the
 /// most recent ones per source (see [`SourceErrors`]).
+/// `sabot_catalog.watermarks`: per view, each watermark of the relations it reads (in
+/// UTC), and how many rows arrived behind it and were dropped.
+fn watermarks_batch(snapshot: &Snapshot) -> Result<RecordBatch> {
+    let mut view = Vec::new();
+    let mut relation = Vec::new();
+    let mut column = Vec::new();
+    let mut value: Vec<ArrayRef> = Vec::new();
+    let mut late = Vec::new();
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, None);
+    for (v, w) in &snapshot.watermarks {
+        view.push(v.clone());
+        relation.push(w.relation.clone());
+        column.push(w.column.clone());
+        let array = match &w.value {
+            Some(x) => arrow::compute::cast(&x.to_array()?, &ts)?,
+            None => arrow::array::new_null_array(&ts, 1),
+        };
+        value.push(array);
+        late.push(i64::try_from(w.late_rows).unwrap_or(i64::MAX));
+    }
+    let value = if value.is_empty() {
+        arrow::array::new_empty_array(&ts)
+    } else {
+        let refs: Vec<&dyn Array> = value.iter().map(|a| a.as_ref()).collect();
+        arrow::compute::concat(&refs)?
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("view_name", DataType::Utf8, false),
+        Field::new("relation", DataType::Utf8, false),
+        Field::new("column_name", DataType::Utf8, false),
+        Field::new("watermark", ts, true),
+        Field::new("late_rows", DataType::Int64, false),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(view)),
+            Arc::new(StringArray::from(relation)),
+            Arc::new(StringArray::from(column)),
+            value,
+            Arc::new(Int64Array::from(late)),
+        ],
+    )?)
+}
+
 fn source_errors_batch(snapshot: &Snapshot) -> Result<RecordBatch> {
     let mut source = Vec::new();
     let mut at = Vec::new();

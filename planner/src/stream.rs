@@ -21,6 +21,7 @@ use sabot_dataflow::ops::aggregate::{AggCall, AggKind, AggregateSpec};
 use sabot_dataflow::ops::connector::SourceFactory;
 use sabot_dataflow::ops::join::{JoinKind, JoinSpec};
 use sabot_dataflow::ops::topn::TopNSpec;
+use sabot_dataflow::ops::watermark::WatermarkSpec;
 use sabot_dataflow::{NodeKind, PlanNode, StreamPlan};
 use sabot_storage::StateTableId;
 
@@ -33,6 +34,9 @@ pub struct StreamPlanner<'a> {
     nodes: Vec<PlanNode>,
     /// External sources by name: a scan of one becomes a reader of its own.
     sources: HashMap<String, Arc<dyn SourceFactory>>,
+    /// `WATERMARK FOR` of the sources and tables that declare one.
+    watermarks: HashMap<String, WatermarkSpec>,
+    emit_on_window_close: bool,
 }
 
 impl<'a> StreamPlanner<'a> {
@@ -48,7 +52,22 @@ impl<'a> StreamPlanner<'a> {
             next_table: first_table,
             nodes: Vec::new(),
             sources,
+            watermarks: HashMap::new(),
+            emit_on_window_close: false,
         }
+    }
+
+    /// The watermarks declared on relations, by relation name.
+    pub fn with_watermarks(mut self, watermarks: HashMap<String, WatermarkSpec>) -> Self {
+        self.watermarks = watermarks;
+        self
+    }
+
+    /// `EMIT ON WINDOW CLOSE`: every aggregate grouped by a column with a watermark
+    /// emits each group once, final, when the watermark passes it.
+    pub fn emit_on_window_close(mut self, on: bool) -> Self {
+        self.emit_on_window_close = on;
+        self
     }
 
     /// Plans `plan` and appends the final `Materialize`. Returns the plan and the first
@@ -63,7 +82,11 @@ impl<'a> StreamPlanner<'a> {
             schema,
             state_tables: tables,
         });
-        Ok((StreamPlan { nodes: self.nodes }, self.next_table))
+        let mut plan = StreamPlan { nodes: self.nodes };
+        if self.emit_on_window_close {
+            mark_emit_on_window_close(&mut plan)?;
+        }
+        Ok((plan, self.next_table))
     }
 
     fn tables(&mut self, n: u32) -> Vec<StateTableId> {
@@ -124,19 +147,33 @@ impl<'a> StreamPlanner<'a> {
                         let factory = Arc::clone(factory);
                         let tables = self.tables(1);
                         self.push(
-                            NodeKind::Connector { relation, factory },
+                            NodeKind::Connector {
+                                relation: relation.clone(),
+                                factory,
+                            },
                             vec![],
                             nullable_schema(&full_schema),
                             tables,
                         )
                     }
                     None => self.push(
-                        NodeKind::Source { relation },
+                        NodeKind::Source {
+                            relation: relation.clone(),
+                        },
                         vec![],
                         nullable_schema(&full_schema),
                         vec![],
                     ),
                 };
+                if let Some(spec) = self.watermarks.get(&relation).cloned() {
+                    let tables = self.tables(1);
+                    id = self.push(
+                        NodeKind::WatermarkFilter(spec),
+                        vec![id],
+                        nullable_schema(&full_schema),
+                        tables,
+                    );
+                }
                 if !scan.filters.is_empty() {
                     let df =
                         DFSchema::try_from_qualified_schema(scan.table_name.clone(), &full_schema)?;
@@ -232,6 +269,7 @@ impl<'a> StreamPlanner<'a> {
                     calls: vec![],
                     input_schema: Arc::clone(&schema),
                     output_schema: Arc::clone(&schema),
+                    emit_on_window_close: false,
                 };
                 let tables = self.tables(1);
                 Ok(self.push(NodeKind::Aggregate(spec), vec![id], schema, tables))
@@ -418,6 +456,7 @@ impl<'a> StreamPlanner<'a> {
             ],
             input_schema: flag_schema,
             output_schema: Arc::clone(&stats_schema),
+            emit_on_window_close: false,
         };
         let tables = self.tables(1);
         let stats = self.push(
@@ -808,6 +847,7 @@ impl<'a> StreamPlanner<'a> {
             calls,
             input_schema: pre_schema,
             output_schema: Arc::clone(&output_schema),
+            emit_on_window_close: false,
         };
         let tables = self.tables(1);
         Ok(self.push(NodeKind::Aggregate(spec), vec![pre], output_schema, tables))
@@ -883,6 +923,37 @@ impl<'a> StreamPlanner<'a> {
         }
         Ok(id)
     }
+}
+
+/// Sets `emit_on_window_close` on every aggregate grouped by a column that carries a
+/// watermark; an error when there is none.
+fn mark_emit_on_window_close(plan: &mut StreamPlan) -> Result<()> {
+    let marks = plan.watermark_columns()?;
+    let mut any = false;
+    for node in &mut plan.nodes {
+        let NodeKind::Aggregate(spec) = &mut node.kind else {
+            continue;
+        };
+        let Some(input) = node.inputs.first() else {
+            continue;
+        };
+        let watermarked = marks
+            .get(*input)
+            .is_some_and(|m| m.iter().take(spec.group_count).any(|w| *w));
+        if watermarked {
+            spec.emit_on_window_close = true;
+            any = true;
+        }
+    }
+    if !any {
+        return Err(PlanError::user(
+            "0A000",
+            "EMIT ON WINDOW CLOSE needs a GROUP BY on a column with a watermark: declare \
+             WATERMARK FOR on the source or table and group by the time column or by \
+             window_start / window_end of TUMBLE or HOP over it",
+        ));
+    }
+    Ok(())
 }
 
 /// The expression with integer `+`, `-` and `*` raising an error on overflow, as in
