@@ -628,9 +628,9 @@ impl Dataflow {
     }
 
     /// The watermarks declared on the relations this view reads, with their current
-    /// values and late row counts.
+    /// values and late row counts, one entry per relation and column.
     pub fn watermark_status(&self) -> Vec<WatermarkStatus> {
-        let mut out = Vec::new();
+        let mut out: Vec<WatermarkStatus> = Vec::new();
         for (i, n) in self.plan.nodes.iter().enumerate() {
             let NodeKind::WatermarkFilter(spec) = &n.kind else {
                 continue;
@@ -645,12 +645,28 @@ impl Dataflow {
                     _ => None,
                 })
                 .unwrap_or_default();
-            out.push(WatermarkStatus {
-                relation,
-                column: n.schema.field(spec.column).name().clone(),
-                value: self.watermarks[i][spec.column].clone(),
-                late_rows: self.late_rows[i],
-            });
+            let column = n.schema.field(spec.column).name().clone();
+            let value = self.watermarks[i][spec.column].clone();
+            let late_rows = self.late_rows[i];
+            // A relation read several times (a self-join, HOP's copies) has a filter per
+            // read, each over the same rows: one entry.
+            match out
+                .iter_mut()
+                .find(|w| w.relation == relation && w.column == column)
+            {
+                Some(w) => {
+                    if value.partial_cmp(&w.value) == Some(std::cmp::Ordering::Greater) {
+                        w.value = value;
+                    }
+                    w.late_rows = w.late_rows.max(late_rows);
+                }
+                None => out.push(WatermarkStatus {
+                    relation,
+                    column,
+                    value,
+                    late_rows,
+                }),
+            }
         }
         out
     }

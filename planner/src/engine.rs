@@ -2080,8 +2080,17 @@ fn watermark_spec(
         ));
     }
     let df = datafusion::common::DFSchema::try_from(schema.as_ref().clone())?;
-    let expr = ctx.parse_sql_expr(text, &df)?;
-    let expr_ty = expr.get_type(&df)?;
+    let invalid = |e: datafusion::error::DataFusionError| {
+        PlanError::user(
+            "42804",
+            format!(
+                "invalid WATERMARK expression {text}: {}",
+                e.strip_backtrace()
+            ),
+        )
+    };
+    let expr = ctx.parse_sql_expr(text, &df).map_err(invalid)?;
+    let expr_ty = expr.get_type(&df).map_err(invalid)?;
     if &expr_ty != ty {
         return Err(PlanError::user(
             "42804",
