@@ -320,3 +320,169 @@ fn a_window_is_emitted_once_when_the_watermark_passes_its_end() {
     );
     assert_eq!(flow.watermark_status()[0].late_rows, 1);
 }
+
+/// Window join: `SELECT * FROM (SELECT ws, k, v FROM a) JOIN (SELECT ws, k, v FROM b)
+/// USING (ws, k)`, each side a source with `WATERMARK FOR ts AS ts - delay`.
+fn window_join_plan(delay: i64) -> StreamPlan {
+    use sabot_dataflow::ops::join::{JoinKind, JoinSpec};
+    let ev = schema(&["ts", "k", "v"]);
+    let side = schema(&["ws", "k", "v"]);
+    let out = schema(&["ws", "k", "v", "ws2", "k2", "v2"]);
+    let ws = || {
+        bin(
+            bin(col("ts", 0), BinOp::Divide, lit(WINDOW)),
+            BinOp::Multiply,
+            lit(WINDOW),
+        )
+    };
+    let mut nodes = Vec::new();
+    for (i, name) in ["a", "b"].into_iter().enumerate() {
+        let base = nodes.len();
+        nodes.push(PlanNode {
+            kind: NodeKind::Source {
+                relation: name.into(),
+            },
+            inputs: vec![],
+            schema: Arc::clone(&ev),
+            state_tables: vec![],
+        });
+        nodes.push(PlanNode {
+            kind: NodeKind::WatermarkFilter(WatermarkSpec {
+                column: 0,
+                expr: bin(col("ts", 0), BinOp::Minus, lit(delay)),
+                text: format!("ts - {delay}"),
+            }),
+            inputs: vec![base],
+            schema: Arc::clone(&ev),
+            state_tables: vec![10 + i as u32],
+        });
+        nodes.push(PlanNode {
+            kind: NodeKind::Project {
+                exprs: vec![ws(), col("k", 1), col("v", 2)],
+            },
+            inputs: vec![base + 1],
+            schema: Arc::clone(&side),
+            state_tables: vec![],
+        });
+    }
+    nodes.push(PlanNode {
+        kind: NodeKind::Join(JoinSpec {
+            kind: JoinKind::Inner,
+            nulls_equal: false,
+            left_keys: vec![col("ws", 0), col("k", 1)],
+            right_keys: vec![col("ws", 0), col("k", 1)],
+            left_schema: Arc::clone(&side),
+            right_schema: side,
+            output_schema: Arc::clone(&out),
+            filter: None,
+        }),
+        inputs: vec![2, 5],
+        schema: Arc::clone(&out),
+        state_tables: vec![JOIN_TABLES[0], JOIN_TABLES[1]],
+    });
+    nodes.push(PlanNode {
+        kind: NodeKind::Materialize,
+        inputs: vec![6],
+        schema: out,
+        state_tables: vec![22],
+    });
+    StreamPlan { nodes }
+}
+
+const JOIN_TABLES: [u32; 2] = [20, 21];
+
+/// One side of the window join: its rows kept (late ones dropped) and its watermark.
+#[derive(Default)]
+struct SideModel {
+    watermark: Option<i64>,
+    rows: Vec<(i64, i64, i64)>,
+}
+
+impl SideModel {
+    fn epoch(&mut self, rows: &[(i64, i64, i64)], delay: i64) {
+        let mut newest = None;
+        for &r in rows {
+            if self.watermark.is_some_and(|w| r.0 < w) {
+                continue;
+            }
+            newest = newest.max(Some(r.0 - delay));
+            self.rows.push(r);
+        }
+        self.watermark = self.watermark.max(newest);
+    }
+
+    /// Distinct (window, k, v) rows whose window the other side's watermark has not
+    /// passed: the rows the join must still keep.
+    fn kept_against(&self, other: &SideModel) -> usize {
+        let closed = other.watermark.map(|w| w / WINDOW * WINDOW);
+        let mut distinct: Vec<(i64, i64, i64)> = self
+            .rows
+            .iter()
+            .map(|r| (r.0 / WINDOW * WINDOW, r.1, r.2))
+            .filter(|r| closed.is_none_or(|c| r.0 >= c))
+            .collect();
+        distinct.sort();
+        distinct.dedup();
+        distinct.len()
+    }
+}
+
+fn events_batch(rows: &[(i64, i64, i64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        schema(&["ts", "k", "v"]),
+        vec![
+            Arc::new(rows.iter().map(|r| r.0).collect::<Int64Array>()) as ArrayRef,
+            Arc::new(rows.iter().map(|r| r.1).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| r.2).collect::<Int64Array>()),
+        ],
+    )
+    .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(150))]
+
+    /// The join equals the join of the rows kept on each side, and each side keeps only
+    /// rows of windows the other side's watermark has not passed.
+    #[test]
+    fn window_join_purges_closed_windows(a in epochs(), b in epochs(), delay in 0i64..8, workers in 1usize..=3, restart in 0usize..14) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let plan = window_join_plan(delay);
+        let mut flow = Dataflow::try_new(plan.clone(), workers).unwrap();
+        let (mut ma, mut mb) = (SideModel::default(), SideModel::default());
+        let n = a.len().max(b.len());
+        let none = Vec::new();
+        for e in 0..n {
+            let (ra, rb) = (a.get(e).unwrap_or(&none), b.get(e).unwrap_or(&none));
+            ma.epoch(ra, delay);
+            mb.epoch(rb, delay);
+            let deltas = [
+                ("a".to_string(), vec![ChangeBatch::inserts(events_batch(ra))]),
+                ("b".to_string(), vec![ChangeBatch::inserts(events_batch(rb))]),
+            ]
+            .into();
+            let mut batch = EpochBatch::new(e as u64 + 1);
+            flow.run_epoch(&deltas, &mut batch).unwrap();
+            store.commit(batch).unwrap();
+            let mut want: Vec<Row> = Vec::new();
+            for x in &ma.rows {
+                for y in &mb.rows {
+                    let (wx, wy) = (x.0 / WINDOW * WINDOW, y.0 / WINDOW * WINDOW);
+                    if wx == wy && x.1 == y.1 {
+                        want.push([wx, x.1, x.2, wy, y.1, y.2].into_iter().map(Some).collect());
+                    }
+                }
+            }
+            want.sort();
+            let got = rows_of(&flow.snapshot().unwrap());
+            prop_assert_eq!(&got, &want, "epoch {} with {} workers", e, workers);
+            prop_assert_eq!(store.scan(JOIN_TABLES[0]).unwrap().len(), ma.kept_against(&mb), "left rows kept after epoch {}", e);
+            prop_assert_eq!(store.scan(JOIN_TABLES[1]).unwrap().len(), mb.kept_against(&ma), "right rows kept after epoch {}", e);
+            if e == restart {
+                flow = Dataflow::try_new(plan.clone(), workers).unwrap();
+                flow.restore(&store).unwrap();
+            }
+        }
+    }
+}

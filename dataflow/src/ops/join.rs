@@ -260,10 +260,17 @@ impl JoinOp {
 impl JoinOp {
     /// An inner join keyed on a column with a watermark on the other side drops the rows
     /// whose key lies behind it: no row still to come on the other side can match them.
-    fn purge_behind_watermarks(&mut self, state: &mut StateWriter) -> Result<()> {
-        if self.spec.kind != JoinKind::Inner || self.watermarks == self.purged_at {
+    /// `touched`: per side, the keys changed this epoch. When no watermark advanced only
+    /// they are checked (a row can arrive behind the other side's watermark).
+    fn purge_behind_watermarks(
+        &mut self,
+        state: &mut StateWriter,
+        touched: [Vec<Vec<u8>>; 2],
+    ) -> Result<()> {
+        if self.spec.kind != JoinKind::Inner {
             return Ok(());
         }
+        let advanced = self.watermarks != self.purged_at;
         self.purged_at = self.watermarks.clone();
         let columns = |keys: &[Arc<dyn PhysicalExpr>]| -> Vec<Option<usize>> {
             keys.iter()
@@ -284,7 +291,19 @@ impl JoinOp {
             if thresholds.iter().all(Option::is_none) || self.sides[side].rows.is_empty() {
                 continue;
             }
-            let keys: Vec<Vec<u8>> = self.sides[side].rows.keys().cloned().collect();
+            let keys: Vec<Vec<u8>> = if advanced {
+                self.sides[side].rows.keys().cloned().collect()
+            } else {
+                let rows = &self.sides[side].rows;
+                touched[side]
+                    .iter()
+                    .filter(|k| rows.contains_key(*k))
+                    .cloned()
+                    .collect()
+            };
+            if keys.is_empty() {
+                continue;
+            }
             let decoded = self.key_codec.decode(keys.iter().map(Vec::as_slice))?;
             let mut behind: Option<arrow::array::BooleanArray> = None;
             for (column, wm) in decoded.iter().zip(&thresholds) {
@@ -716,8 +735,12 @@ impl Operator for JoinOp {
         state: &mut StateWriter,
         _out: &mut Vec<ChangeBatch>,
     ) -> Result<()> {
-        for (side, table) in self.sides.iter_mut().zip(self.tables) {
+        let mut touched: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
+        for ((side, table), touched) in self.sides.iter_mut().zip(self.tables).zip(&mut touched) {
             for (key, row) in side.dirty.drain() {
+                if touched.last() != Some(&key) {
+                    touched.push(key.clone());
+                }
                 let count = side.rows.get(&key).and_then(|b| b.get(&row)).copied();
                 let state_key = join_prefixed(&key, &row);
                 match count {
@@ -731,7 +754,11 @@ impl Operator for JoinOp {
                 }
             }
         }
-        self.purge_behind_watermarks(state)
+        for t in &mut touched {
+            t.sort_unstable();
+            t.dedup();
+        }
+        self.purge_behind_watermarks(state, touched)
     }
 
     fn on_watermark(&mut self, port: usize, column: usize, value: &ScalarValue) -> Result<()> {
