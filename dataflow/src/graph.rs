@@ -120,6 +120,11 @@ impl StreamPlan {
                 | NodeKind::Project { .. }
                 | NodeKind::Union
                 | NodeKind::Materialize => inputs,
+                // A temporal join's output comes from its left rows only, as they arrive.
+                NodeKind::Join(spec) if spec.temporal => n
+                    .inputs
+                    .first()
+                    .is_some_and(|i| memo.get(*i).copied().unwrap_or(false)),
                 NodeKind::Join(spec) => inputs && matches!(spec.kind, JoinKind::Inner),
                 // Emitting on window close, an aggregate writes each group once, final.
                 NodeKind::Aggregate(spec) => spec.emit_on_window_close,
@@ -243,7 +248,16 @@ impl StreamPlan {
                     .as_ref()
                     .map(|f| format!(", filter={f}"))
                     .unwrap_or_default();
-                format!("HashJoin: {:?}, on=[{}]{filter}", spec.kind, on.join(", "))
+                let temporal = if spec.temporal {
+                    ", right side as of processing time"
+                } else {
+                    ""
+                };
+                format!(
+                    "HashJoin: {:?}, on=[{}]{filter}{temporal}",
+                    spec.kind,
+                    on.join(", ")
+                )
             }
             NodeKind::TopN(spec) => {
                 let list = |v: Vec<String>| v.join(", ");

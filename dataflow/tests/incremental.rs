@@ -310,6 +310,7 @@ fn join_plan() -> StreamPlan {
         left_schema: Arc::clone(&side),
         right_schema: side,
         output_schema: Arc::clone(&out),
+        temporal: false,
         filter: None,
     };
     let pred: Arc<dyn PhysicalExpr> =
@@ -381,6 +382,7 @@ fn keyed_join_plan(kind: JoinKind, nulls_equal: bool, keyed: bool, filtered: boo
         left_schema: Arc::clone(&side),
         right_schema: side,
         output_schema: Arc::clone(&out),
+        temporal: false,
         filter: filtered.then(|| {
             Arc::new(BinaryExpr::new(col("v", 2), BinOp::Lt, col("v2", 5))) as Arc<dyn PhysicalExpr>
         }),

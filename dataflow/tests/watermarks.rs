@@ -374,6 +374,7 @@ fn window_join_plan(delay: i64) -> StreamPlan {
             left_schema: Arc::clone(&side),
             right_schema: side,
             output_schema: Arc::clone(&out),
+            temporal: false,
             filter: None,
         }),
         inputs: vec![2, 5],

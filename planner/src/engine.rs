@@ -982,6 +982,13 @@ impl Database {
     ) -> Result<datafusion::logical_expr::LogicalPlan> {
         let mut query = query.clone();
         crate::windows::rewrite_windows(&mut query)?;
+        for table in crate::temporal::rewrite_temporal(&mut query)? {
+            let provider = ctx.table_provider(table.as_str()).await?;
+            let alias = format!("{}{table}", crate::temporal::TEMPORAL_PREFIX);
+            if !ctx.table_exist(alias.as_str())? {
+                ctx.register_table(TableReference::bare(alias), provider)?;
+            }
+        }
         let stmt = DfStatement::Statement(Box::new(ast::Statement::Query(Box::new(query))));
         Ok(ctx.state().statement_to_plan(stmt).await?)
     }
@@ -1074,8 +1081,15 @@ impl Database {
             .with_optimizer_rules(rules)
             .build();
         let optimized = state.optimize(&plan)?;
+        let append_only = snapshot
+            .relations
+            .keys()
+            .filter(|n| inner.append_only(n))
+            .cloned()
+            .collect();
         let (stream, next) = StreamPlanner::new(&state, first_table, sources)
             .with_watermarks(watermarks)
+            .with_append_only(append_only)
             .emit_on_window_close(emit_on_window_close)
             .plan(&optimized)?;
         Ok((Dataflow::try_new(stream, self.config.workers)?, next))

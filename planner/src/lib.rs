@@ -15,6 +15,7 @@ pub mod pg_catalog;
 pub mod sinks;
 pub mod sources;
 pub mod stream;
+pub mod temporal;
 pub mod types;
 pub mod windows;
 

@@ -5,7 +5,7 @@
 //! one [`PlanNode`] per operator. Anything that cannot be maintained over a changelog is
 //! refused with an error that names the construct.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::compute::SortOptions;
@@ -26,6 +26,7 @@ use sabot_dataflow::{NodeKind, PlanNode, StreamPlan};
 use sabot_storage::StateTableId;
 
 use crate::error::{PlanError, Result};
+use crate::temporal::TEMPORAL_PREFIX;
 
 /// Builds the stream plan of a view.
 pub struct StreamPlanner<'a> {
@@ -37,6 +38,8 @@ pub struct StreamPlanner<'a> {
     /// `WATERMARK FOR` of the sources and tables that declare one.
     watermarks: HashMap<String, WatermarkSpec>,
     emit_on_window_close: bool,
+    /// The relations whose rows are only ever added.
+    append_only: HashSet<String>,
 }
 
 impl<'a> StreamPlanner<'a> {
@@ -54,7 +57,14 @@ impl<'a> StreamPlanner<'a> {
             sources,
             watermarks: HashMap::new(),
             emit_on_window_close: false,
+            append_only: HashSet::new(),
         }
+    }
+
+    /// The relations whose rows are only ever added (a temporal join's left side must be).
+    pub fn with_append_only(mut self, relations: HashSet<String>) -> Self {
+        self.append_only = relations;
+        self
     }
 
     /// The watermarks declared on relations, by relation name.
@@ -141,7 +151,23 @@ impl<'a> StreamPlanner<'a> {
                     return Err(PlanError::not_incremental("LIMIT"));
                 }
                 let full_schema = scan.source.schema();
-                let relation = scan.table_name.table().to_string();
+                let mut relation = scan.table_name.table().to_string();
+                let temporal = match relation.strip_prefix(TEMPORAL_PREFIX) {
+                    Some(real) => {
+                        relation = real.to_string();
+                        true
+                    }
+                    None => false,
+                };
+                if temporal && self.sources.contains_key(&relation) {
+                    return Err(PlanError::user(
+                        "0A000",
+                        format!(
+                            "FOR SYSTEM_TIME AS OF PROCTIME() reads a table or materialized \
+                             view; \"{relation}\" is a source"
+                        ),
+                    ));
+                }
                 let mut id = match self.sources.get(&relation) {
                     Some(factory) => {
                         let factory = Arc::clone(factory);
@@ -165,7 +191,10 @@ impl<'a> StreamPlanner<'a> {
                         vec![],
                     ),
                 };
-                if let Some(spec) = self.watermarks.get(&relation).cloned() {
+                // A table read as of processing time is looked up, not streamed: its
+                // watermark does not apply.
+                let watermark = self.watermarks.get(&relation).filter(|_| !temporal);
+                if let Some(spec) = watermark.cloned() {
                     let tables = self.tables(1);
                     id = self.push(
                         NodeKind::WatermarkFilter(spec),
@@ -374,6 +403,7 @@ impl<'a> StreamPlanner<'a> {
                 left_schema: Arc::clone(&current),
                 right_schema: sub_schema,
                 output_schema: Arc::clone(&joined),
+                temporal: false,
                 filter: None,
             };
             let tables = self.tables(2);
@@ -481,6 +511,7 @@ impl<'a> StreamPlanner<'a> {
             left_schema: Arc::clone(&left_schema),
             right_schema: stats_schema,
             output_schema: Arc::clone(&joined),
+            temporal: false,
             filter: None,
         };
         let tables = self.tables(2);
@@ -873,7 +904,38 @@ impl<'a> StreamPlanner<'a> {
         if join.null_aware {
             return self.null_aware_anti_join(join);
         }
+        if reads_temporal(&join.left) {
+            return Err(PlanError::user(
+                "0A000",
+                "the table read FOR SYSTEM_TIME AS OF PROCTIME() must be the right side of its join",
+            ));
+        }
+        let temporal = reads_temporal(&join.right);
+        if temporal && !matches!(kind, JoinKind::Inner | JoinKind::Left) {
+            return Err(PlanError::user(
+                "0A000",
+                "a join FOR SYSTEM_TIME AS OF PROCTIME() is an inner or LEFT join",
+            ));
+        }
+        if temporal && kind == JoinKind::Left && join.filter.is_some() {
+            return Err(PlanError::not_incremental(
+                "a LEFT temporal join with conditions other than equalities",
+            ));
+        }
         let left = self.node(&join.left)?;
+        if temporal {
+            let prefix = StreamPlan {
+                nodes: self.nodes[..=left].to_vec(),
+            };
+            if !prefix.append_only(&|r| self.append_only.contains(r)) {
+                return Err(PlanError::user(
+                    "0A000",
+                    "the stream joined FOR SYSTEM_TIME AS OF PROCTIME() must be append-only \
+                     (a source, an APPEND ONLY table, or a view that only adds rows): a \
+                     retraction could not find the row it was joined with",
+                ));
+            }
+        }
         let right = self.node(&join.right)?;
         let left_keys = join
             .on
@@ -904,6 +966,7 @@ impl<'a> StreamPlanner<'a> {
             left_schema: nullable_schema(join.left.schema().as_arrow()),
             right_schema: nullable_schema(join.right.schema().as_arrow()),
             output_schema: Arc::clone(&output_schema),
+            temporal,
         };
         let tables = self.tables(2);
         let mut id = self.push(
@@ -923,6 +986,16 @@ impl<'a> StreamPlanner<'a> {
         }
         Ok(id)
     }
+}
+
+/// Whether `plan` reads a table `FOR SYSTEM_TIME AS OF PROCTIME()`.
+fn reads_temporal(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::TreeNode;
+    plan.exists(|p| {
+        Ok(matches!(p, LogicalPlan::TableScan(s)
+            if s.table_name.table().starts_with(TEMPORAL_PREFIX)))
+    })
+    .unwrap_or(false)
 }
 
 /// Sets `emit_on_window_close` on every aggregate grouped by a column that carries a

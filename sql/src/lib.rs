@@ -11,7 +11,7 @@
 use sqlparser::ast;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::{Parser, ParserError};
-use sqlparser::tokenizer::{Token, Tokenizer};
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 pub use sqlparser;
 
@@ -282,6 +282,89 @@ fn ends_with_words(text: &str, words: &[&str]) -> bool {
             .all(|(a, b)| a == b)
 }
 
+/// `text` without its `FOR SYSTEM_TIME AS OF PROCTIME()` clauses (sqlparser reads them
+/// in other dialects only), and where the names of the tables they followed start.
+/// Removed clauses are replaced by spaces of the same length, so positions hold.
+fn strip_system_time(text: &str) -> (String, Vec<sqlparser::tokenizer::Location>) {
+    let dialect = PostgreSqlDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, text).tokenize_with_location() else {
+        return (text.to_string(), Vec::new());
+    };
+    let solid: Vec<&TokenWithSpan> = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF))
+        .collect();
+    let upper = |i: usize| match solid.get(i).map(|t| &t.token) {
+        Some(Token::Word(w)) if w.quote_style.is_none() => w.value.to_uppercase(),
+        _ => String::new(),
+    };
+    let starts = line_starts(text);
+    let offset = |t: &TokenWithSpan, end: bool| {
+        let loc = if end { t.span.end } else { t.span.start };
+        byte_offset(text, &starts, loc.line, loc.column)
+    };
+    let mut out = text.to_string();
+    let mut names = Vec::new();
+    for i in 1..solid.len() {
+        let clause = ["FOR", "SYSTEM_TIME", "AS", "OF", "PROCTIME"]
+            .iter()
+            .enumerate()
+            .all(|(k, w)| upper(i + k) == *w)
+            && matches!(solid.get(i + 5).map(|t| &t.token), Some(Token::LParen))
+            && matches!(solid.get(i + 6).map(|t| &t.token), Some(Token::RParen));
+        if !clause {
+            continue;
+        }
+        if let Token::Word(_) = &solid[i - 1].token {
+            names.push(solid[i - 1].span.start);
+        }
+        let (from, to) = (offset(solid[i], false), offset(solid[i + 6], true));
+        out.replace_range(from..to, &" ".repeat(to - from));
+    }
+    (out, names)
+}
+
+/// Puts `FOR SYSTEM_TIME AS OF PROCTIME()` back on the table references whose name ends
+/// at one of `names` (where the name's last part starts).
+fn mark_system_time(stmt: &mut ast::Statement, names: &[sqlparser::tokenizer::Location]) {
+    use ast::{TableFactor, TableVersion, VisitMut, VisitorMut};
+    struct Mark<'a>(&'a [sqlparser::tokenizer::Location]);
+    impl VisitorMut for Mark<'_> {
+        type Break = ();
+        fn post_visit_table_factor(
+            &mut self,
+            factor: &mut TableFactor,
+        ) -> std::ops::ControlFlow<()> {
+            if let TableFactor::Table { name, version, .. } = factor {
+                let last = name
+                    .0
+                    .last()
+                    .and_then(|p| p.as_ident())
+                    .map(|i| i.span.start);
+                if last.is_some_and(|l| self.0.contains(&l)) {
+                    let proctime = ast::Expr::Function(ast::Function {
+                        name: ast::ObjectName::from(vec![ast::Ident::new("PROCTIME")]),
+                        uses_odbc_syntax: false,
+                        parameters: ast::FunctionArguments::None,
+                        args: ast::FunctionArguments::List(ast::FunctionArgumentList {
+                            duplicate_treatment: None,
+                            args: vec![],
+                            clauses: vec![],
+                        }),
+                        filter: None,
+                        null_treatment: None,
+                        over: None,
+                        within_group: vec![],
+                    });
+                    *version = Some(TableVersion::ForSystemTimeAsOf(proctime));
+                }
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let _ = stmt.visit(&mut Mark(names));
+}
+
 /// `text` without its last `n` tokens (and the whitespace and `;` before them).
 fn text_before_trailing_words(text: &str, n: usize) -> &str {
     let dialect = PostgreSqlDialect {};
@@ -406,14 +489,18 @@ fn parse_one(text: &str) -> Result<Statement, SqlError> {
         _ => {}
     }
     let dialect = PostgreSqlDialect {};
-    let mut stmts = Parser::parse_sql(&dialect, text).map_err(|e| syntax_error(&e, text))?;
+    let (plain, temporal) = strip_system_time(text);
+    let mut stmts = Parser::parse_sql(&dialect, &plain).map_err(|e| syntax_error(&e, &plain))?;
     if stmts.len() != 1 {
         return Err(SqlError::Syntax {
             message: "expected exactly one statement".into(),
             position: None,
         });
     }
-    let stmt = stmts.remove(0);
+    let mut stmt = stmts.remove(0);
+    if !temporal.is_empty() {
+        mark_system_time(&mut stmt, &temporal);
+    }
     convert(stmt, text)
 }
 

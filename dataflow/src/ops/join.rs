@@ -86,6 +86,11 @@ pub struct JoinSpec {
     /// the left columns followed by the right columns. Inner joins filter their output
     /// instead; for the other kinds the condition decides what counts as a match.
     pub filter: Option<Arc<dyn PhysicalExpr>>,
+    /// A temporal join (`JOIN t FOR SYSTEM_TIME AS OF PROCTIME()`): each left row is
+    /// joined with the right side as it is when the row arrives, and later changes to
+    /// the right side do not revise the output. The left side must be append-only
+    /// (the planner checks), so left rows are not kept. Inner and left joins only.
+    pub temporal: bool,
 }
 
 impl JoinSpec {
@@ -223,6 +228,9 @@ pub struct JoinOp {
     watermarks: [Vec<Option<ScalarValue>>; 2],
     /// The watermarks the last purge used.
     purged_at: [Vec<Option<ScalarValue>>; 2],
+    /// A temporal join's left batches of the epoch: joined at the barrier, after the
+    /// right side's changes of the same epoch.
+    stashed: Vec<ChangeBatch>,
 }
 
 impl JoinOp {
@@ -253,11 +261,70 @@ impl JoinOp {
             spec,
             tables,
             sides: [Side::default(), Side::default()],
+            stashed: Vec::new(),
         })
     }
 }
 
 impl JoinOp {
+    /// A temporal join's left batch against the right side's current rows: matched
+    /// pairs, and for a LEFT join the rows without a match padded. Left rows are not
+    /// stored.
+    fn temporal_lookup(&self, batch: &ChangeBatch, out: &mut Vec<ChangeBatch>) -> Result<()> {
+        let data = batch.data();
+        let key_cols = self.spec.key_columns(0, data)?;
+        let keys = if self.key_codec.is_empty() {
+            None
+        } else {
+            Some(self.key_codec.encode(&key_cols)?)
+        };
+        let right = &self.sides[1];
+        let mut p = Pending::default();
+        for (i, &w) in batch.weights().values().iter().enumerate() {
+            if w == 0 {
+                continue;
+            }
+            let null_key = !self.spec.nulls_equal && key_cols.iter().any(|c| c.is_null(i));
+            let key: &[u8] = keys.as_ref().map(|k| k.row(i).data()).unwrap_or(&[]);
+            let matched = (!null_key).then(|| right.rows.get(key)).flatten();
+            match matched {
+                Some(others) if !others.is_empty() => {
+                    for (r, c) in others {
+                        p.matched.0.push(i as u32);
+                        p.matched.1.push(r.as_slice());
+                        p.matched.2.push(w * c);
+                    }
+                }
+                _ if self.spec.kind.pads(0) => {
+                    p.batch_alone.0.push(i as u32);
+                    p.batch_alone.1.push(w);
+                }
+                _ => {}
+            }
+        }
+        emit(&self.spec, &self.row_codecs, 0, data, p, out)
+    }
+
+    /// A temporal join's right-side change: stored, nothing emitted.
+    fn temporal_update(&mut self, batch: &ChangeBatch) -> Result<()> {
+        let data = batch.data();
+        let key_cols = self.spec.key_columns(1, data)?;
+        let keys = if self.key_codec.is_empty() {
+            None
+        } else {
+            Some(self.key_codec.encode(&key_cols)?)
+        };
+        let rows = self.row_codecs[1].encode(data.columns())?;
+        for (i, &w) in batch.weights().values().iter().enumerate() {
+            if w == 0 || (!self.spec.nulls_equal && key_cols.iter().any(|c| c.is_null(i))) {
+                continue;
+            }
+            let key: &[u8] = keys.as_ref().map(|k| k.row(i).data()).unwrap_or(&[]);
+            self.sides[1].add(key, rows.row(i).data(), w);
+        }
+        Ok(())
+    }
+
     /// An inner join keyed on a column with a watermark on the other side drops the rows
     /// whose key lies behind it: no row still to come on the other side can match them.
     /// `touched`: per side, the keys changed this epoch. When no watermark advanced only
@@ -620,6 +687,13 @@ impl Operator for JoinOp {
         if port > 1 {
             return Err(DataflowError::Internal(format!("join has no port {port}")));
         }
+        if self.spec.temporal {
+            if port == 0 {
+                self.stashed.push(batch);
+                return Ok(());
+            }
+            return self.temporal_update(&batch);
+        }
         if self.spec.filter.is_some() {
             return self.on_data_filtered(port, batch, out);
         }
@@ -733,8 +807,11 @@ impl Operator for JoinOp {
         &mut self,
         _epoch: u64,
         state: &mut StateWriter,
-        _out: &mut Vec<ChangeBatch>,
+        out: &mut Vec<ChangeBatch>,
     ) -> Result<()> {
+        for batch in std::mem::take(&mut self.stashed) {
+            self.temporal_lookup(&batch, out)?;
+        }
         let mut touched: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
         for ((side, table), touched) in self.sides.iter_mut().zip(self.tables).zip(&mut touched) {
             for (key, row) in side.dirty.drain() {

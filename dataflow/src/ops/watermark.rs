@@ -308,6 +308,13 @@ pub fn derive(
                 return Ok(out);
             };
             let nl = spec.left_schema.fields().len();
+            if spec.temporal {
+                // Each output row comes from a left row as it arrives.
+                for (slot, v) in out.iter_mut().zip(left.iter()).take(nl) {
+                    *slot = v.clone();
+                }
+                return Ok(out);
+            }
             for (l, r) in spec.left_keys.iter().zip(&spec.right_keys) {
                 let (Some(l), Some(r)) = (plain_column(l), plain_column(r)) else {
                     continue;
