@@ -27,6 +27,7 @@ use crate::ops::filter::FilterOp;
 use crate::ops::join::{JoinKind, JoinOp, JoinSpec};
 use crate::ops::materialize::MaterializeOp;
 use crate::ops::project::ProjectOp;
+use crate::ops::session::{SessionOp, SessionSpec};
 use crate::ops::topn::{TopNOp, TopNSpec};
 use crate::ops::union::UnionOp;
 use crate::ops::watermark::{
@@ -59,6 +60,8 @@ pub enum NodeKind {
     Aggregate(AggregateSpec),
     Join(JoinSpec),
     TopN(TopNSpec),
+    /// Assigns each row its session window (see [`crate::ops::session`]).
+    Session(SessionSpec),
     Union,
     /// Keeps the result rows of the view.
     Materialize,
@@ -128,7 +131,7 @@ impl StreamPlan {
                 NodeKind::Join(spec) => inputs && matches!(spec.kind, JoinKind::Inner),
                 // Emitting on window close, an aggregate writes each group once, final.
                 NodeKind::Aggregate(spec) => spec.emit_on_window_close,
-                NodeKind::TopN(_) => false,
+                NodeKind::TopN(_) | NodeKind::Session(_) => false,
             };
             memo.push(here);
         }
@@ -270,6 +273,19 @@ impl StreamPlan {
                     if spec.row_number { ", row_number" } else { "" }
                 )
             }
+            NodeKind::Session(spec) => {
+                let fields = spec.input_schema.fields();
+                format!(
+                    "SessionWindow: time={}, gap={}, partition=[{}]",
+                    fields[spec.time].name(),
+                    spec.gap,
+                    spec.keys
+                        .iter()
+                        .map(|k| fields[*k].name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
             NodeKind::Union => "Union".to_string(),
             NodeKind::Materialize => "Materialize".to_string(),
         };
@@ -318,7 +334,11 @@ impl StreamPlan {
 fn is_keyed(kind: &NodeKind) -> bool {
     matches!(
         kind,
-        NodeKind::Aggregate(_) | NodeKind::Join(_) | NodeKind::TopN(_) | NodeKind::Materialize
+        NodeKind::Aggregate(_)
+            | NodeKind::Join(_)
+            | NodeKind::TopN(_)
+            | NodeKind::Session(_)
+            | NodeKind::Materialize
     )
 }
 
@@ -365,6 +385,7 @@ fn instantiate(node: &PlanNode, partitioner: Partitioner) -> Result<Box<dyn Oper
         }
         NodeKind::Join(spec) => Box::new(JoinOp::try_new(spec.clone(), [table(0)?, table(1)?])?),
         NodeKind::TopN(spec) => Box::new(TopNOp::try_new(spec.clone(), table(0)?)?),
+        NodeKind::Session(spec) => Box::new(SessionOp::try_new(spec.clone(), table(0)?)?),
         NodeKind::Union => Box::new(UnionOp::new(Arc::clone(&node.schema))),
         NodeKind::Materialize => {
             Box::new(MaterializeOp::try_new(Arc::clone(&node.schema), table(0)?)?)
@@ -411,6 +432,13 @@ fn exchange_for(node: &PlanNode, input_schemas: &[SchemaRef]) -> Result<Exchange
             Exchange::Hash(
                 Box::new(move |_, b: &RecordBatch| s.partition_columns(b)),
                 vec![spec.partition_codec()?],
+            )
+        }
+        NodeKind::Session(spec) => {
+            let s = spec.clone();
+            Exchange::Hash(
+                Box::new(move |_, b: &RecordBatch| Ok(s.key_columns(b))),
+                vec![spec.key_codec()?],
             )
         }
         NodeKind::Materialize => Exchange::Hash(

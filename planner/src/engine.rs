@@ -957,6 +957,9 @@ impl Database {
             .with_target_partitions(self.config.workers.max(1))
             .with_default_catalog_and_schema(crate::pg_catalog::DATABASE, "public");
         let ctx = SessionContext::new_with_config(config);
+        for f in crate::windows::session_markers() {
+            ctx.register_udf(f);
+        }
         // PostgreSQL's name for the sample variance.
         ctx.register_udaf(
             datafusion::functions_aggregate::variance::var_samp_udaf()
@@ -980,8 +983,23 @@ impl Database {
         ctx: &SessionContext,
         query: &ast::Query,
     ) -> Result<datafusion::logical_expr::LogicalPlan> {
+        self.plan_query(ctx, query, false).await
+    }
+
+    /// The query's logical plan; `streaming`: for a view's dataflow (SESSION windows
+    /// through their marker functions).
+    async fn plan_query(
+        &self,
+        ctx: &SessionContext,
+        query: &ast::Query,
+        streaming: bool,
+    ) -> Result<datafusion::logical_expr::LogicalPlan> {
         let mut query = query.clone();
-        crate::windows::rewrite_windows(&mut query)?;
+        if streaming {
+            crate::windows::rewrite_windows_for_stream(&mut query)?;
+        } else {
+            crate::windows::rewrite_windows(&mut query)?;
+        }
         for table in crate::temporal::rewrite_temporal(&mut query)? {
             let provider = ctx.table_provider(table.as_str()).await?;
             let alias = format!("{}{table}", crate::temporal::TEMPORAL_PREFIX);
@@ -1063,7 +1081,8 @@ impl Database {
         let sources = inner.source_factories();
         let snapshot = self.snapshot();
         let ctx = self.context(&snapshot, None)?;
-        let plan = self.logical_plan(&ctx, query).await?;
+        let plan = self.plan_query(&ctx, query, true).await?;
+        let session = crate::windows::has_session(query);
         let mut watermarks = HashMap::new();
         for (relation, schema, decl) in inner.watermark_decls() {
             watermarks.insert(relation, watermark_spec(&ctx, &schema, decl)?);
@@ -1075,6 +1094,9 @@ impl Database {
             .optimizers()
             .iter()
             .filter(|r| r.name() != "replace_distinct_aggregate")
+            // Rows are assigned to sessions before the query's filters apply: a filter
+            // pushed below the assignment would change the sessions.
+            .filter(|r| !(session && r.name() == "push_down_filter"))
             .cloned()
             .collect();
         let state = datafusion::execution::SessionStateBuilder::new_from_existing(base)

@@ -20,6 +20,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use sabot_dataflow::ops::aggregate::{AggCall, AggKind, AggregateSpec};
 use sabot_dataflow::ops::connector::SourceFactory;
 use sabot_dataflow::ops::join::{JoinKind, JoinSpec};
+use sabot_dataflow::ops::session::SessionSpec;
 use sabot_dataflow::ops::topn::TopNSpec;
 use sabot_dataflow::ops::watermark::WatermarkSpec;
 use sabot_dataflow::{NodeKind, PlanNode, StreamPlan};
@@ -27,6 +28,7 @@ use sabot_storage::StateTableId;
 
 use crate::error::{PlanError, Result};
 use crate::temporal::TEMPORAL_PREFIX;
+use crate::windows::{SESSION_END_FN, SESSION_START_FN};
 
 /// Builds the stream plan of a view.
 pub struct StreamPlanner<'a> {
@@ -273,6 +275,7 @@ impl<'a> StreamPlanner<'a> {
                     vec![],
                 ))
             }
+            LogicalPlan::Projection(p) if p.expr.iter().any(is_session_marker) => self.session(p),
             LogicalPlan::Projection(p) => {
                 let input = self.node(&p.input)?;
                 match self.scalar_subqueries(input, p.input.schema(), &p.expr)? {
@@ -549,6 +552,119 @@ impl<'a> StreamPlanner<'a> {
             nullable_schema(join.schema.as_arrow()),
             vec![],
         ))
+    }
+
+    /// The projection a SESSION window was rewritten into: a session operator over the
+    /// input, adding the window bounds, and the projection reading them.
+    fn session(&mut self, p: &datafusion::logical_expr::Projection) -> Result<usize> {
+        use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+        let mut call: Option<Vec<Expr>> = None;
+        for e in &p.expr {
+            e.apply(|e| {
+                if let Expr::ScalarFunction(f) = e {
+                    if is_marker_name(f.func.name()) {
+                        call = Some(f.args.clone());
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+        }
+        let args = call.ok_or_else(|| PlanError::Internal("session marker vanished".into()))?;
+        let in_schema = p.input.schema();
+        let column = |e: &Expr| -> Result<usize> {
+            match e {
+                Expr::Column(c) => Ok(in_schema.index_of_column(c)?),
+                other => Err(PlanError::not_incremental(format!(
+                    "SESSION over the expression {other} (give a column)"
+                ))),
+            }
+        };
+        let [ts, gap, keys @ ..] = args.as_slice() else {
+            return Err(PlanError::Internal(
+                "session marker without arguments".into(),
+            ));
+        };
+        let time = column(ts)?;
+        let keys = keys.iter().map(column).collect::<Result<Vec<_>>>()?;
+        let Expr::Literal(gap, _) = gap else {
+            return Err(PlanError::Internal("session gap is not a constant".into()));
+        };
+        let micros = i64::try_from(v_as_i128(gap).unwrap_or(0)).unwrap_or(0);
+        let input_schema = nullable_schema(in_schema.as_arrow());
+        let ts_type = input_schema.field(time).data_type().clone();
+        let gap = match &ts_type {
+            DataType::Timestamp(unit, _) => match unit {
+                arrow::datatypes::TimeUnit::Second => micros / 1_000_000,
+                arrow::datatypes::TimeUnit::Millisecond => micros / 1_000,
+                arrow::datatypes::TimeUnit::Microsecond => micros,
+                arrow::datatypes::TimeUnit::Nanosecond => micros.saturating_mul(1_000),
+            },
+            other => {
+                return Err(PlanError::user(
+                    "42804",
+                    format!("SESSION needs a timestamp time column, not {other}"),
+                ))
+            }
+        };
+        if gap <= 0 {
+            return Err(PlanError::user(
+                "22023",
+                "SESSION's gap is below the time column's precision",
+            ));
+        }
+        let (start, end) = ("__sabot_session_start", "__sabot_session_end");
+        let added = vec![
+            Field::new(start, ts_type.clone(), true),
+            Field::new(end, ts_type, true),
+        ];
+        let mut fields: Vec<Field> = input_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.extend(added.iter().cloned());
+        let output_schema = Arc::new(Schema::new(fields));
+        let input = self.node(&p.input)?;
+        let tables = self.tables(1);
+        let id = self.push(
+            NodeKind::Session(SessionSpec {
+                time,
+                gap,
+                keys,
+                input_schema,
+                output_schema: Arc::clone(&output_schema),
+            }),
+            vec![input],
+            output_schema,
+            tables,
+        );
+        let extended = in_schema.join(&DFSchema::from_unqualified_fields(
+            added.into(),
+            Default::default(),
+        )?)?;
+        let exprs = p
+            .expr
+            .iter()
+            .map(|e| {
+                Ok(e.clone()
+                    .transform_up(|e| match &e {
+                        Expr::ScalarFunction(f) if is_marker_name(f.func.name()) => {
+                            let name = if f.func.name() == SESSION_START_FN {
+                                start
+                            } else {
+                                end
+                            };
+                            Ok(Transformed::yes(Expr::Column(
+                                datafusion::common::Column::new_unqualified(name),
+                            )))
+                        }
+                        _ => Ok(Transformed::no(e)),
+                    })?
+                    .data)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.project(id, &exprs, &extended, &p.schema)
     }
 
     /// A projection of `exprs` (over `input_schema`) on top of node `input`.
@@ -986,6 +1102,17 @@ impl<'a> StreamPlanner<'a> {
         }
         Ok(id)
     }
+}
+
+fn is_marker_name(name: &str) -> bool {
+    name == SESSION_START_FN || name == SESSION_END_FN
+}
+
+/// Whether `e` calls a SESSION window's marker function.
+fn is_session_marker(e: &Expr) -> bool {
+    use datafusion::common::tree_node::TreeNode;
+    e.exists(|e| Ok(matches!(e, Expr::ScalarFunction(f) if is_marker_name(f.func.name()))))
+        .unwrap_or(false)
 }
 
 /// Whether `plan` reads a table `FOR SYSTEM_TIME AS OF PROCTIME()`.

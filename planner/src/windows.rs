@@ -9,6 +9,13 @@
 //!
 //! A view over them is then maintained like any other query: a window's aggregate is
 //! updated as its rows arrive and retracted as they go.
+//!
+//! `SESSION(t, ts, gap [, partition column, ...])` groups, per partition, rows whose
+//! times lie less than `gap` apart into one window `[first ts, last ts + gap)`. Which
+//! window a row is in depends on other rows, so it is no row-wise rewrite: a view reads
+//! it through the marker functions `sabot_session_start` / `sabot_session_end`, which
+//! the stream planner turns into a session operator; a plain `SELECT` computes it with
+//! window functions (a new session where the gap to the previous row reaches `gap`).
 
 use sqlparser::ast::{
     self, Expr, FunctionArg, FunctionArgExpr, ObjectName, Query, TableFactor, VisitMut, VisitorMut,
@@ -22,9 +29,52 @@ use crate::error::{PlanError, Result};
 /// Windows per row above which HOP is refused (each window is one copy of the input).
 const MAX_HOP_WINDOWS: i64 = 64;
 
-/// Rewrites every TUMBLE / HOP in `query` in place.
+/// The marker function a view's `SESSION` computes `window_start` with.
+pub const SESSION_START_FN: &str = "sabot_session_start";
+/// The marker function a view's `SESSION` computes `window_end` with.
+pub const SESSION_END_FN: &str = "sabot_session_end";
+
+/// Rewrites every TUMBLE / HOP / SESSION in `query` in place, for a batch query.
 pub fn rewrite_windows(query: &mut Query) -> Result<()> {
-    let mut v = Rewriter { error: None };
+    rewrite(query, false)
+}
+
+/// Rewrites every TUMBLE / HOP / SESSION in `query` in place, for a view's dataflow.
+pub fn rewrite_windows_for_stream(query: &mut Query) -> Result<()> {
+    rewrite(query, true)
+}
+
+/// Whether `query` uses a SESSION window.
+pub fn has_session(query: &Query) -> bool {
+    use sqlparser::ast::Visit;
+    struct Find(bool);
+    impl sqlparser::ast::Visitor for Find {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, f: &TableFactor) -> ControlFlow<()> {
+            if let TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            } = f
+            {
+                if name.to_string().eq_ignore_ascii_case("session") {
+                    self.0 = true;
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut f = Find(false);
+    let _ = query.visit(&mut f);
+    f.0
+}
+
+fn rewrite(query: &mut Query, streaming: bool) -> Result<()> {
+    let mut v = Rewriter {
+        error: None,
+        streaming,
+    };
     let _ = query.visit(&mut v);
     match v.error {
         Some(e) => Err(e),
@@ -34,6 +84,7 @@ pub fn rewrite_windows(query: &mut Query) -> Result<()> {
 
 struct Rewriter {
     error: Option<PlanError>,
+    streaming: bool,
 }
 
 impl VisitorMut for Rewriter {
@@ -47,10 +98,15 @@ impl VisitorMut for Rewriter {
             return ControlFlow::Continue(());
         };
         let func = name.to_string().to_ascii_lowercase();
-        let (Some(args), "tumble" | "hop") = (args.as_ref(), func.as_str()) else {
+        let (Some(args), "tumble" | "hop" | "session") = (args.as_ref(), func.as_str()) else {
             return ControlFlow::Continue(());
         };
-        match window_subquery(&func, &args.args) {
+        let result = if func == "session" {
+            session_subquery(&args.args, self.streaming)
+        } else {
+            window_subquery(&func, &args.args)
+        };
+        match result {
             Ok((subquery, table)) => {
                 let alias = alias.clone().or_else(|| {
                     Some(ast::TableAlias {
@@ -192,4 +248,166 @@ fn window_subquery(func: &str, args: &[FunctionArg]) -> Result<(Query, ast::Iden
         .and_then(|mut p| p.parse_query())
         .map_err(|e| PlanError::Internal(format!("window rewrite: {e}")))?;
     Ok((*query, alias))
+}
+
+/// `SESSION(t, ts, gap [, partition column, ...])` as a subquery over `t`.
+fn session_subquery(args: &[FunctionArg], streaming: bool) -> Result<(Query, ast::Ident)> {
+    let bad = || {
+        PlanError::user(
+            "42601",
+            "expected SESSION(table, time_column, gap [, partition_column, ...])",
+        )
+    };
+    let exprs: Vec<&Expr> = args
+        .iter()
+        .map(expr_arg)
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    if exprs.len() < 3 {
+        return Err(bad());
+    }
+    let table: ObjectName = match exprs[0] {
+        Expr::Identifier(i) => ObjectName::from(vec![i.clone()]),
+        Expr::CompoundIdentifier(parts) => ObjectName::from(parts.clone()),
+        _ => return Err(bad()),
+    };
+    let alias = table
+        .0
+        .last()
+        .and_then(|p| p.as_ident())
+        .cloned()
+        .ok_or_else(bad)?;
+    let ts = exprs[1].to_string();
+    let gap = exprs[2];
+    let micros = interval_micros(gap).ok_or_else(|| {
+        PlanError::user(
+            "0A000",
+            "SESSION needs a constant gap interval (e.g. INTERVAL '10' SECOND)",
+        )
+    })?;
+    if micros <= 0 {
+        return Err(PlanError::user("22023", "SESSION's gap must be positive"));
+    }
+    let keys: Vec<String> = exprs[3..]
+        .iter()
+        .map(|e| match e {
+            Expr::Identifier(_) | Expr::CompoundIdentifier(_) => Ok(e.to_string()),
+            _ => Err(PlanError::user(
+                "0A000",
+                "SESSION partitions by columns only",
+            )),
+        })
+        .collect::<Result<_>>()?;
+    let dialect = PostgreSqlDialect {};
+    let parse = |sql: &str| {
+        Parser::new(&dialect)
+            .try_with_sql(sql)
+            .and_then(|mut p| p.parse_query())
+            .map_err(|e| PlanError::Internal(format!("session rewrite: {e}")))
+    };
+    if streaming {
+        let args = std::iter::once(ts.clone())
+            .chain(std::iter::once(micros.to_string()))
+            .chain(keys.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT *, {SESSION_START_FN}({args}) AS window_start, \
+             {SESSION_END_FN}({args}) AS window_end FROM {table}"
+        );
+        return Ok((*parse(&sql)?, alias));
+    }
+    let gap = gap.to_string();
+    let by_key = if keys.is_empty() {
+        String::new()
+    } else {
+        format!("PARTITION BY {}", keys.join(", "))
+    };
+    let by_session = keys
+        .iter()
+        .cloned()
+        .chain(std::iter::once("__sabot_sid".to_string()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT * FROM (\
+           SELECT *, \
+             CASE WHEN {ts} IS NULL THEN NULL \
+                  ELSE min({ts}) OVER (PARTITION BY {by_session}) END AS window_start, \
+             CASE WHEN {ts} IS NULL THEN NULL \
+                  ELSE max({ts}) OVER (PARTITION BY {by_session}) + {gap} END AS window_end \
+           FROM (\
+             SELECT *, sum(CASE WHEN __sabot_prev IS NULL OR {ts} >= __sabot_prev + {gap} \
+                                THEN 1 ELSE 0 END) \
+                 OVER ({by_key} ORDER BY {ts} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) \
+                 AS __sabot_sid \
+             FROM (SELECT *, lag({ts}) OVER ({by_key} ORDER BY {ts}) AS __sabot_prev \
+                   FROM {table}) AS __sabot_s1) AS __sabot_s2) AS __sabot_s3"
+    );
+    let mut query = parse(&sql)?;
+    // The helper columns stay inside: SELECT * EXCLUDE (...) (built here, as the
+    // PostgreSQL dialect does not parse EXCLUDE).
+    if let ast::SetExpr::Select(select) = query.body.as_mut() {
+        select.projection = vec![ast::SelectItem::Wildcard(ast::WildcardAdditionalOptions {
+            opt_exclude: Some(ast::ExcludeSelectItem::Multiple(vec![
+                ast::Ident::new("__sabot_prev").into(),
+                ast::Ident::new("__sabot_sid").into(),
+            ])),
+            ..Default::default()
+        })];
+    }
+    Ok((*query, alias))
+}
+
+/// The marker functions a view's SESSION windows are planned through. Evaluated
+/// anywhere else (they cannot be: the rewrite puts them only where the stream planner
+/// takes them out), they raise an error.
+pub fn session_markers() -> Vec<datafusion::logical_expr::ScalarUDF> {
+    [SESSION_START_FN, SESSION_END_FN]
+        .into_iter()
+        .map(|name| datafusion::logical_expr::ScalarUDF::new_from_impl(SessionMarker::new(name)))
+        .collect()
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SessionMarker {
+    name: &'static str,
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl SessionMarker {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            signature: datafusion::logical_expr::Signature::variadic_any(
+                // Volatile: the optimizer neither copies nor merges it elsewhere.
+                datafusion::logical_expr::Volatility::Volatile,
+            ),
+        }
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for SessionMarker {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+    fn return_type(
+        &self,
+        args: &[arrow::datatypes::DataType],
+    ) -> datafusion::error::Result<arrow::datatypes::DataType> {
+        args.first().cloned().ok_or_else(|| {
+            datafusion::error::DataFusionError::Plan(format!("{} takes arguments", self.name))
+        })
+    }
+    fn invoke_with_args(
+        &self,
+        _args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
+        Err(datafusion::error::DataFusionError::Execution(
+            "SESSION windows are computed by the session operator of a view".into(),
+        ))
+    }
 }

@@ -6,6 +6,7 @@ pub mod filter;
 pub mod join;
 pub mod materialize;
 pub mod project;
+pub mod session;
 pub mod topn;
 pub mod union;
 pub mod watermark;

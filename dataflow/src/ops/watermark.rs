@@ -289,6 +289,13 @@ pub fn derive(
                 }
             }
         }
+        NodeKind::Session(spec) => {
+            // Rows still to come out belong to sessions ending after the watermark.
+            let end = spec.input_schema.fields().len() + 1;
+            if let (Some(slot), Some(v)) = (out.get_mut(end), first().get(spec.time)) {
+                *slot = v.clone();
+            }
+        }
         NodeKind::Union => {
             for (c, slot) in out.iter_mut().enumerate() {
                 let mut acc: Option<Option<ScalarValue>> = None;

@@ -1,0 +1,342 @@
+//! Session windows: per partition key, rows whose event times lie less than `gap` apart
+//! form one session `[first ts, last ts + gap)`. Each output row is an input row with its
+//! session's `window_start` and `window_end`.
+//!
+//! A row can join two sessions into one, or (when deleted) split one, so earlier rows
+//! change windows: the operator keeps each key's rows ordered by time and, for every key
+//! touched in an epoch, emits the difference between its rows' assignments before and
+//! after the epoch. With a watermark on the time column, sessions that end before it can
+//! no longer change (a row still to come is no earlier than the watermark, so it lies at
+//! least `gap` after their last row): their rows are dropped from the state. For the same
+//! reason every row still to come out has a `window_end` above the watermark, which is
+//! the watermark of the output's `window_end` column.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use datafusion::common::ScalarValue;
+use sabot_storage::{StateTableId, StateWriter};
+
+use crate::batch::{batch_with_schema, ChangeBatch};
+use crate::codec::{join_prefixed, split_prefixed};
+use crate::error::{DataflowError, Result};
+use crate::operator::Operator;
+use crate::ops::watermark::scalar_to_i64;
+use crate::row::{Partitioner, RowCodec};
+
+/// The fixed settings of a session window.
+#[derive(Debug, Clone)]
+pub struct SessionSpec {
+    /// The input column holding the event time (a timestamp).
+    pub time: usize,
+    /// The largest distance between neighbouring rows of a session, exclusive, in the
+    /// time column's unit.
+    pub gap: i64,
+    /// Input columns whose values partition the sessions (none: one partition).
+    pub keys: Vec<usize>,
+    pub input_schema: SchemaRef,
+    /// The input columns, then `window_start` and `window_end` (the time column's type).
+    pub output_schema: SchemaRef,
+}
+
+impl SessionSpec {
+    pub fn key_columns(&self, data: &RecordBatch) -> Vec<ArrayRef> {
+        self.keys
+            .iter()
+            .map(|k| Arc::clone(data.column(*k)))
+            .collect()
+    }
+
+    pub fn key_codec(&self) -> Result<RowCodec> {
+        RowCodec::new(
+            self.keys
+                .iter()
+                .map(|k| self.input_schema.field(*k).data_type().clone())
+                .collect(),
+        )
+    }
+}
+
+/// A key's rows: (event time, encoded row) → multiplicity.
+type Rows = BTreeMap<(i64, Vec<u8>), i64>;
+
+/// One row's place: (time, row, window start, window end) and its multiplicity.
+type Assigned = ((i64, Vec<u8>, i64, i64), i64);
+
+pub struct SessionOp {
+    spec: SessionSpec,
+    key_codec: RowCodec,
+    row_codec: RowCodec,
+    table: StateTableId,
+    keys: HashMap<Vec<u8>, Rows>,
+    /// Keys touched this epoch → their rows' assignments before it.
+    before: HashMap<Vec<u8>, Vec<Assigned>>,
+    /// State entries changed this epoch: (key, time, row).
+    dirty: HashSet<(Vec<u8>, i64, Vec<u8>)>,
+    watermark: Option<i64>,
+    purged_at: Option<i64>,
+}
+
+/// Each row of `rows` with its session, in time order.
+fn assign(rows: &Rows, gap: i64) -> Vec<Assigned> {
+    let mut out: Vec<Assigned> = Vec::with_capacity(rows.len());
+    let mut start = 0;
+    let mut prev: Option<i64> = None;
+    let mut session_from = 0;
+    let close = |out: &mut Vec<Assigned>, from: usize, start: i64, last: i64| {
+        let end = last.saturating_add(gap);
+        for a in &mut out[from..] {
+            a.0 .2 = start;
+            a.0 .3 = end;
+        }
+    };
+    for ((ts, row), count) in rows {
+        match prev {
+            Some(p) if ts.saturating_sub(p) < gap => {}
+            Some(p) => {
+                close(&mut out, session_from, start, p);
+                session_from = out.len();
+                start = *ts;
+            }
+            None => start = *ts,
+        }
+        out.push(((*ts, row.clone(), 0, 0), *count));
+        prev = Some(*ts);
+    }
+    if let Some(p) = prev {
+        close(&mut out, session_from, start, p);
+    }
+    out
+}
+
+impl SessionOp {
+    pub fn try_new(spec: SessionSpec, table: StateTableId) -> Result<Self> {
+        Ok(Self {
+            key_codec: spec.key_codec()?,
+            row_codec: RowCodec::for_schema(&spec.input_schema)?,
+            spec,
+            table,
+            keys: HashMap::new(),
+            before: HashMap::new(),
+            dirty: HashSet::new(),
+            watermark: None,
+            purged_at: None,
+        })
+    }
+
+    fn time_type(&self) -> &DataType {
+        self.spec.input_schema.field(self.spec.time).data_type()
+    }
+
+    /// Output rows: the decoded input rows with their windows (NULL windows where
+    /// `window` is None), with weights.
+    fn build(&self, rows: &[(&[u8], Option<(i64, i64)>, i64)]) -> Result<ChangeBatch> {
+        let mut columns = self.row_codec.decode(rows.iter().map(|r| r.0))?;
+        let ty = self.time_type().clone();
+        for pick in [|w: (i64, i64)| w.0, |w: (i64, i64)| w.1] {
+            let ints: Int64Array = rows.iter().map(|r| r.1.map(pick)).collect();
+            columns.push(cast(&(Arc::new(ints) as ArrayRef), &ty)?);
+        }
+        let data = batch_with_schema(&self.spec.output_schema, columns, rows.len())?;
+        ChangeBatch::try_new(data, rows.iter().map(|r| r.2).collect())
+    }
+
+    /// Drops the rows of sessions that ended before the watermark.
+    fn purge(&mut self, state: &mut StateWriter) {
+        let Some(wm) = self.watermark else { return };
+        if self.purged_at == Some(wm) {
+            return;
+        }
+        self.purged_at = Some(wm);
+        let gap = self.spec.gap;
+        let mut emptied = Vec::new();
+        for (key, rows) in &mut self.keys {
+            let closed: Vec<(i64, Vec<u8>)> = assign(rows, gap)
+                .into_iter()
+                .filter(|((_, _, _, end), _)| *end < wm)
+                .map(|((ts, row, _, _), _)| (ts, row))
+                .collect();
+            for (ts, row) in closed {
+                rows.remove(&(ts, row.clone()));
+                state.delete(self.table, &state_key(key, ts, &row));
+            }
+            if rows.is_empty() {
+                emptied.push(key.clone());
+            }
+        }
+        for k in emptied {
+            self.keys.remove(&k);
+        }
+    }
+}
+
+fn state_key(key: &[u8], ts: i64, row: &[u8]) -> Vec<u8> {
+    let mut rest = ts.to_be_bytes().to_vec();
+    rest.extend_from_slice(row);
+    join_prefixed(key, &rest)
+}
+
+impl Operator for SessionOp {
+    fn name(&self) -> &'static str {
+        "SessionWindow"
+    }
+
+    fn on_data(
+        &mut self,
+        _port: usize,
+        batch: ChangeBatch,
+        out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
+        let data = batch.data();
+        let keys = if self.key_codec.is_empty() {
+            None
+        } else {
+            Some(self.key_codec.encode(&self.spec.key_columns(data))?)
+        };
+        let times = cast(data.column(self.spec.time), &DataType::Int64)?;
+        let times = times.as_primitive::<Int64Type>();
+        let rows = self.row_codec.encode(data.columns())?;
+        let mut untimed: Vec<u32> = Vec::new();
+        for (i, &w) in batch.weights().values().iter().enumerate() {
+            if w == 0 {
+                continue;
+            }
+            if times.is_null(i) {
+                // No time, no session: passed on with NULL windows.
+                untimed.push(i as u32);
+                continue;
+            }
+            let key: &[u8] = keys.as_ref().map(|k| k.row(i).data()).unwrap_or(&[]);
+            let ts = times.value(i);
+            let row = rows.row(i).data();
+            if !self.before.contains_key(key) {
+                let snapshot = self
+                    .keys
+                    .get(key)
+                    .map(|r| assign(r, self.spec.gap))
+                    .unwrap_or_default();
+                self.before.insert(key.to_vec(), snapshot);
+            }
+            let entry = self.keys.entry(key.to_vec()).or_default();
+            let slot = (ts, row.to_vec());
+            let count = entry.get(&slot).copied().unwrap_or(0) + w;
+            if count == 0 {
+                entry.remove(&slot);
+            } else {
+                entry.insert(slot, count);
+            }
+            self.dirty.insert((key.to_vec(), ts, row.to_vec()));
+        }
+        if !untimed.is_empty() {
+            let part = batch.take(&UInt32Array::from(untimed))?;
+            let enc = self.row_codec.encode(part.data().columns())?;
+            let list: Vec<(&[u8], Option<(i64, i64)>, i64)> = part
+                .weights()
+                .values()
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (enc.row(i).data(), None, *w))
+                .collect();
+            out.push(self.build(&list)?);
+        }
+        Ok(())
+    }
+
+    fn on_barrier(
+        &mut self,
+        _epoch: u64,
+        state: &mut StateWriter,
+        out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
+        let mut diff: HashMap<(i64, Vec<u8>, i64, i64), i64> = HashMap::new();
+        for (key, before) in std::mem::take(&mut self.before) {
+            for (a, c) in before {
+                *diff.entry(a).or_default() -= c;
+            }
+            if let Some(rows) = self.keys.get(&key) {
+                for (a, c) in assign(rows, self.spec.gap) {
+                    *diff.entry(a).or_default() += c;
+                }
+            } else {
+                continue;
+            }
+            if self.keys.get(&key).is_some_and(BTreeMap::is_empty) {
+                self.keys.remove(&key);
+            }
+        }
+        for (key, ts, row) in std::mem::take(&mut self.dirty) {
+            let count = self
+                .keys
+                .get(&key)
+                .and_then(|r| r.get(&(ts, row.clone())))
+                .copied();
+            let k = state_key(&key, ts, &row);
+            match count {
+                Some(c) if c < 0 => {
+                    return Err(DataflowError::Internal(format!(
+                        "session row multiplicity would become {c}"
+                    )))
+                }
+                Some(c) => state.put(self.table, &k, &c.to_le_bytes()),
+                None => state.delete(self.table, &k),
+            }
+        }
+        self.keys.retain(|_, r| !r.is_empty());
+        let changes: Vec<(&[u8], Option<(i64, i64)>, i64)> = diff
+            .iter()
+            .filter(|(_, c)| **c != 0)
+            .map(|((_, row, s, e), c)| (row.as_slice(), Some((*s, *e)), *c))
+            .collect();
+        if !changes.is_empty() {
+            out.push(self.build(&changes)?);
+        }
+        self.purge(state);
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, _port: usize, column: usize, value: &ScalarValue) -> Result<()> {
+        if column == self.spec.time {
+            if let Some(v) = scalar_to_i64(value)? {
+                self.watermark = Some(self.watermark.map_or(v, |w| w.max(v)));
+            }
+        }
+        Ok(())
+    }
+
+    fn state_tables(&self) -> Vec<StateTableId> {
+        vec![self.table]
+    }
+
+    fn restore(
+        &mut self,
+        _table: StateTableId,
+        entries: &[(Vec<u8>, Vec<u8>)],
+        partitioner: Partitioner,
+    ) -> Result<()> {
+        for (k, v) in entries {
+            let (key, rest) = split_prefixed(k)?;
+            if !partitioner.owns(key) {
+                continue;
+            }
+            let (Some(ts), Some(row), Ok(count)) = (
+                rest.get(..8),
+                rest.get(8..),
+                <[u8; 8]>::try_from(v.as_slice()),
+            ) else {
+                return Err(DataflowError::Corrupt("session state entry".into()));
+            };
+            let ts = i64::from_be_bytes(
+                ts.try_into()
+                    .map_err(|_| DataflowError::Corrupt("session time".into()))?,
+            );
+            self.keys
+                .entry(key.to_vec())
+                .or_default()
+                .insert((ts, row.to_vec()), i64::from_le_bytes(count));
+        }
+        Ok(())
+    }
+}
