@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use common::{same_multiset, Server};
 use sabot_connectors::nexmark::NexmarkConfig;
 use sabot_connectors::{Options, Split};
-use sabot_planner::windows::rewrite_windows;
 use sabot_sql::sqlparser::ast::{self, TableFactor, VisitMut, VisitorMut};
 use sabot_sql::sqlparser::dialect::PostgreSqlDialect;
 use sabot_sql::sqlparser::parser::Parser;
@@ -60,12 +59,41 @@ fn generated_rows(kind: &str) -> u64 {
     n
 }
 
-/// The query reading the copies (`bid` → `bid_all AS bid`) with windows expanded.
+/// The query reading the copies (`bid` → `bid_all AS bid`, in window functions too).
+/// The server computes its windows (TUMBLE, HOP, SESSION) as a batch query.
 fn over_copies(sql: &str) -> String {
     struct Renamer;
     impl VisitorMut for Renamer {
         type Break = ();
         fn post_visit_table_factor(&mut self, f: &mut TableFactor) -> ControlFlow<()> {
+            if let TableFactor::Table {
+                name,
+                alias,
+                args: Some(args),
+                ..
+            } = f
+            {
+                // TUMBLE(bid, ...): the table is the first argument.
+                if let Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(
+                    ast::Expr::Identifier(table),
+                ))) = args.args.first_mut()
+                {
+                    let n = table.value.to_lowercase();
+                    if KINDS.contains(&n.as_str()) {
+                        if alias.is_none() {
+                            *alias = Some(ast::TableAlias {
+                                explicit: true,
+                                name: ast::Ident::new(&n),
+                                columns: vec![],
+                                at: None,
+                            });
+                        }
+                        *table = ast::Ident::new(format!("{n}_all"));
+                    }
+                }
+                let _ = name;
+                return ControlFlow::Continue(());
+            }
             if let TableFactor::Table { name, alias, .. } = f {
                 let n = name.to_string().to_lowercase();
                 if KINDS.contains(&n.as_str()) {
@@ -92,7 +120,6 @@ fn over_copies(sql: &str) -> String {
         .unwrap()
         .parse_query()
         .unwrap();
-    rewrite_windows(&mut q).unwrap();
     let _ = q.visit(&mut Renamer);
     q.to_string()
 }
