@@ -256,8 +256,26 @@ impl StreamPlan {
                 } else {
                     ""
                 };
+                let bounds: Vec<String> = spec
+                    .intervals
+                    .iter()
+                    .map(|b| {
+                        let l = spec.left_schema.field(b.left).name();
+                        let r = spec.right_schema.field(b.right).name();
+                        if b.left_lower {
+                            format!("{l} >= {r} - {}", b.offset)
+                        } else {
+                            format!("{l} <= {r} + {}", b.offset)
+                        }
+                    })
+                    .collect();
+                let bounds = if bounds.is_empty() {
+                    String::new()
+                } else {
+                    format!(", time bounds=[{}]", bounds.join(", "))
+                };
                 format!(
-                    "HashJoin: {:?}, on=[{}]{filter}{temporal}",
+                    "HashJoin: {:?}, on=[{}]{filter}{temporal}{bounds}",
                     spec.kind,
                     on.join(", ")
                 )

@@ -311,6 +311,7 @@ fn join_plan() -> StreamPlan {
         right_schema: side,
         output_schema: Arc::clone(&out),
         temporal: false,
+        intervals: vec![],
         filter: None,
     };
     let pred: Arc<dyn PhysicalExpr> =
@@ -383,6 +384,7 @@ fn keyed_join_plan(kind: JoinKind, nulls_equal: bool, keyed: bool, filtered: boo
         right_schema: side,
         output_schema: Arc::clone(&out),
         temporal: false,
+        intervals: vec![],
         filter: filtered.then(|| {
             Arc::new(BinaryExpr::new(col("v", 2), BinOp::Lt, col("v2", 5))) as Arc<dyn PhysicalExpr>
         }),

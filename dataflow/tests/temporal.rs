@@ -57,6 +57,7 @@ fn plan(kind: JoinKind) -> StreamPlan {
                     output_schema: Arc::clone(&out),
                     filter: None,
                     temporal: true,
+                    intervals: vec![],
                 }),
                 inputs: vec![0, 1],
                 schema: Arc::clone(&out),

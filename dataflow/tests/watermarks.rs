@@ -375,6 +375,7 @@ fn window_join_plan(delay: i64) -> StreamPlan {
             right_schema: side,
             output_schema: Arc::clone(&out),
             temporal: false,
+            intervals: vec![],
             filter: None,
         }),
         inputs: vec![2, 5],
@@ -480,6 +481,151 @@ proptest! {
             prop_assert_eq!(&got, &want, "epoch {} with {} workers", e, workers);
             prop_assert_eq!(store.scan(JOIN_TABLES[0]).unwrap().len(), ma.kept_against(&mb), "left rows kept after epoch {}", e);
             prop_assert_eq!(store.scan(JOIN_TABLES[1]).unwrap().len(), mb.kept_against(&ma), "right rows kept after epoch {}", e);
+            if e == restart {
+                flow = Dataflow::try_new(plan.clone(), workers).unwrap();
+                flow.restore(&store).unwrap();
+            }
+        }
+    }
+}
+
+/// Interval join: `a JOIN b ON a.k = b.k AND a.ts BETWEEN b.ts - 5 AND b.ts + 3`, each
+/// side with `WATERMARK FOR ts AS ts - delay`. Left rows with `ts` below the right
+/// watermark less 5 can match no right row to come, right rows below the left watermark
+/// less 3 no left row to come: both are dropped from the state.
+fn interval_join_plan(delay: i64) -> StreamPlan {
+    use sabot_dataflow::ops::join::{IntervalBound, JoinKind, JoinSpec};
+    let ev = schema(&["ts", "k", "v"]);
+    let out = schema(&["ts", "k", "v", "ts2", "k2", "v2"]);
+    let mut nodes = Vec::new();
+    for (i, name) in ["a", "b"].into_iter().enumerate() {
+        let base = nodes.len();
+        nodes.push(PlanNode {
+            kind: NodeKind::Source {
+                relation: name.into(),
+            },
+            inputs: vec![],
+            schema: Arc::clone(&ev),
+            state_tables: vec![],
+        });
+        nodes.push(PlanNode {
+            kind: NodeKind::WatermarkFilter(WatermarkSpec {
+                column: 0,
+                expr: bin(col("ts", 0), BinOp::Minus, lit(delay)),
+                text: format!("ts - {delay}"),
+            }),
+            inputs: vec![base],
+            schema: Arc::clone(&ev),
+            state_tables: vec![10 + i as u32],
+        });
+    }
+    let within = bin(
+        bin(
+            col("ts", 0),
+            BinOp::GtEq,
+            bin(col("ts2", 3), BinOp::Minus, lit(5)),
+        ),
+        BinOp::And,
+        bin(
+            col("ts", 0),
+            BinOp::LtEq,
+            bin(col("ts2", 3), BinOp::Plus, lit(3)),
+        ),
+    );
+    nodes.push(PlanNode {
+        kind: NodeKind::Join(JoinSpec {
+            kind: JoinKind::Inner,
+            nulls_equal: false,
+            left_keys: vec![col("k", 1)],
+            right_keys: vec![col("k", 1)],
+            left_schema: Arc::clone(&ev),
+            right_schema: ev,
+            output_schema: Arc::clone(&out),
+            filter: None,
+            temporal: false,
+            intervals: vec![
+                IntervalBound {
+                    left: 0,
+                    right: 0,
+                    left_lower: true,
+                    offset: 5,
+                },
+                IntervalBound {
+                    left: 0,
+                    right: 0,
+                    left_lower: false,
+                    offset: 3,
+                },
+            ],
+        }),
+        inputs: vec![1, 3],
+        schema: Arc::clone(&out),
+        state_tables: vec![JOIN_TABLES[0], JOIN_TABLES[1]],
+    });
+    nodes.push(PlanNode {
+        kind: NodeKind::Filter { predicate: within },
+        inputs: vec![4],
+        schema: Arc::clone(&out),
+        state_tables: vec![],
+    });
+    nodes.push(PlanNode {
+        kind: NodeKind::Materialize,
+        inputs: vec![5],
+        schema: out,
+        state_tables: vec![22],
+    });
+    StreamPlan { nodes }
+}
+
+/// Distinct rows of `side` not ruled out by the other side's watermark less `offset`.
+fn kept_within(side: &SideModel, other: &SideModel, offset: i64) -> usize {
+    let mut rows: Vec<(i64, i64, i64)> = side
+        .rows
+        .iter()
+        .filter(|r| other.watermark.is_none_or(|w| r.0 >= w - offset))
+        .copied()
+        .collect();
+    rows.sort();
+    rows.dedup();
+    rows.len()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(150))]
+
+    #[test]
+    fn interval_join_purges_rows_out_of_reach(a in epochs(), b in epochs(), delay in 0i64..8, workers in 1usize..=3, restart in 0usize..14) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let plan = interval_join_plan(delay);
+        let mut flow = Dataflow::try_new(plan.clone(), workers).unwrap();
+        let (mut ma, mut mb) = (SideModel::default(), SideModel::default());
+        let none = Vec::new();
+        for e in 0..a.len().max(b.len()) {
+            let (ra, rb) = (a.get(e).unwrap_or(&none), b.get(e).unwrap_or(&none));
+            ma.epoch(ra, delay);
+            mb.epoch(rb, delay);
+            let deltas = [
+                ("a".to_string(), vec![ChangeBatch::inserts(events_batch(ra))]),
+                ("b".to_string(), vec![ChangeBatch::inserts(events_batch(rb))]),
+            ]
+            .into();
+            let mut batch = EpochBatch::new(e as u64 + 1);
+            flow.run_epoch(&deltas, &mut batch).unwrap();
+            store.commit(batch).unwrap();
+            let mut want: Vec<Row> = Vec::new();
+            for x in &ma.rows {
+                for y in &mb.rows {
+                    if x.1 == y.1 && x.0 >= y.0 - 5 && x.0 <= y.0 + 3 {
+                        want.push([x.0, x.1, x.2, y.0, y.1, y.2].into_iter().map(Some).collect());
+                    }
+                }
+            }
+            want.sort();
+            let got = rows_of(&flow.snapshot().unwrap());
+            prop_assert_eq!(&got, &want, "epoch {} with {} workers", e, workers);
+            prop_assert_eq!(store.scan(JOIN_TABLES[0]).unwrap().len(), kept_within(&ma, &mb, 5), "left rows kept after epoch {}", e);
+            prop_assert_eq!(store.scan(JOIN_TABLES[1]).unwrap().len(), kept_within(&mb, &ma, 3), "right rows kept after epoch {}", e);
             if e == restart {
                 flow = Dataflow::try_new(plan.clone(), workers).unwrap();
                 flow.restore(&store).unwrap();

@@ -407,6 +407,7 @@ impl<'a> StreamPlanner<'a> {
                 right_schema: sub_schema,
                 output_schema: Arc::clone(&joined),
                 temporal: false,
+                intervals: vec![],
                 filter: None,
             };
             let tables = self.tables(2);
@@ -515,6 +516,7 @@ impl<'a> StreamPlanner<'a> {
             right_schema: stats_schema,
             output_schema: Arc::clone(&joined),
             temporal: false,
+            intervals: vec![],
             filter: None,
         };
         let tables = self.tables(2);
@@ -1083,6 +1085,12 @@ impl<'a> StreamPlanner<'a> {
             right_schema: nullable_schema(join.right.schema().as_arrow()),
             output_schema: Arc::clone(&output_schema),
             temporal,
+            intervals: match (&join.filter, kind) {
+                (Some(f), JoinKind::Inner) if !temporal => {
+                    interval_bounds(f, join.left.schema(), join.right.schema())
+                }
+                _ => Vec::new(),
+            },
         };
         let tables = self.tables(2);
         let mut id = self.push(
@@ -1101,6 +1109,126 @@ impl<'a> StreamPlanner<'a> {
             );
         }
         Ok(id)
+    }
+}
+
+/// The bounds between a left and a right timestamp column (same unit) in an inner join's
+/// condition: conjuncts `l op r ± interval` (either way round, BETWEEN too) with `op`
+/// one of `>= > <= <`.
+fn interval_bounds(
+    filter: &Expr,
+    left: &DFSchema,
+    right: &DFSchema,
+) -> Vec<sabot_dataflow::ops::join::IntervalBound> {
+    use datafusion::logical_expr::{Between, BinaryExpr, Operator};
+    use sabot_dataflow::ops::join::IntervalBound;
+    // A column of either side plus a constant offset in microseconds.
+    let term = |e: &Expr| -> Option<(bool, usize, i64)> {
+        let (col, offset) = match e {
+            Expr::Column(c) => (c, 0),
+            Expr::BinaryExpr(BinaryExpr {
+                left: l,
+                op,
+                right: r,
+            }) => {
+                let (Expr::Column(c), Expr::Literal(v, _)) = (l.as_ref(), r.as_ref()) else {
+                    return None;
+                };
+                let m = interval_micros(v)?;
+                match op {
+                    Operator::Plus => (c, m),
+                    Operator::Minus => (c, -m),
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        };
+        if let Ok(i) = left.index_of_column(col) {
+            return Some((true, i, offset));
+        }
+        right.index_of_column(col).ok().map(|i| (false, i, offset))
+    };
+    let mut comparisons: Vec<(Expr, Operator, Expr)> = Vec::new();
+    for c in split_conjunction(filter) {
+        match c {
+            Expr::BinaryExpr(BinaryExpr {
+                left: l,
+                op,
+                right: r,
+            }) => comparisons.push((l.as_ref().clone(), *op, r.as_ref().clone())),
+            Expr::Between(Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            }) => {
+                comparisons.push((expr.as_ref().clone(), Operator::GtEq, low.as_ref().clone()));
+                comparisons.push((expr.as_ref().clone(), Operator::LtEq, high.as_ref().clone()));
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (a, op, b) in comparisons {
+        let (Some(a), Some(b)) = (term(&a), term(&b)) else {
+            continue;
+        };
+        // As `l op r + c`.
+        let (l, op, r, c) = match (a.0, b.0) {
+            (true, false) => (a.1, op, b.1, b.2 - a.2),
+            (false, true) => match op.swap() {
+                Some(op) => (b.1, op, a.1, a.2 - b.2),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let (lt, rt) = (left.field(l).data_type(), right.field(r).data_type());
+        let unit = match (lt, rt) {
+            (DataType::Timestamp(u, _), DataType::Timestamp(v, _)) if u == v => *u,
+            _ => continue,
+        };
+        let c = match unit {
+            arrow::datatypes::TimeUnit::Second => c / 1_000_000,
+            arrow::datatypes::TimeUnit::Millisecond => c / 1_000,
+            arrow::datatypes::TimeUnit::Microsecond => c,
+            arrow::datatypes::TimeUnit::Nanosecond => c.saturating_mul(1_000),
+        };
+        let bound = match op {
+            // l >= r + c: l >= r - (-c).
+            Operator::GtEq | Operator::Gt => IntervalBound {
+                left: l,
+                right: r,
+                left_lower: true,
+                offset: -c,
+            },
+            Operator::LtEq | Operator::Lt => IntervalBound {
+                left: l,
+                right: r,
+                left_lower: false,
+                offset: c,
+            },
+            _ => continue,
+        };
+        out.push(bound);
+    }
+    out
+}
+
+/// A constant interval's length in microseconds (no months: their length varies).
+fn interval_micros(v: &datafusion::common::ScalarValue) -> Option<i64> {
+    use datafusion::common::ScalarValue;
+    match v {
+        ScalarValue::IntervalMonthDayNano(Some(i)) if i.months == 0 => {
+            Some(i64::from(i.days) * 86_400_000_000 + i.nanoseconds / 1_000)
+        }
+        ScalarValue::IntervalDayTime(Some(i)) => {
+            Some(i64::from(i.days) * 86_400_000_000 + i64::from(i.milliseconds) * 1_000)
+        }
+        ScalarValue::DurationSecond(Some(s)) => s.checked_mul(1_000_000),
+        ScalarValue::DurationMillisecond(Some(s)) => s.checked_mul(1_000),
+        ScalarValue::DurationMicrosecond(Some(s)) => Some(*s),
+        ScalarValue::DurationNanosecond(Some(s)) => Some(s / 1_000),
+        _ => None,
     }
 }
 

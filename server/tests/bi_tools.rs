@@ -127,7 +127,12 @@ async fn grafana_introspection_queries() {
     let all: Vec<&str> = all.iter().map(|r| r[0].as_str()).collect();
     assert_eq!(
         all,
-        vec!["metrics", "per_host", "sabot_catalog.source_errors"]
+        vec![
+            "metrics",
+            "per_host",
+            "sabot_catalog.source_errors",
+            "sabot_catalog.watermarks"
+        ]
     );
 
     let columns = rows(&client, &get_schema_query("metrics")).await;

@@ -91,6 +91,25 @@ pub struct JoinSpec {
     /// the right side do not revise the output. The left side must be append-only
     /// (the planner checks), so left rows are not kept. Inner and left joins only.
     pub temporal: bool,
+    /// Time bounds of an inner join's condition between a left and a right column
+    /// (`a.ts BETWEEN b.ts - INTERVAL '10' SECOND AND b.ts`): with watermarks they tell
+    /// which stored rows no row still to come can match (see [`IntervalBound`]).
+    pub intervals: Vec<IntervalBound>,
+}
+
+/// A bound of an inner join's condition on a left and a right time column, in the
+/// columns' unit: `left >= right - offset` (`left_lower`) or `left <= right + offset`.
+///
+/// With `left >= right - offset`, every right row still to come has `right` at least its
+/// side's watermark `w`, so a stored left row with `left < w - offset` matches none of
+/// them; with `left <= right + offset`, i.e. `right >= left - offset`, a stored right row
+/// with `right < w - offset` (`w` the left side's watermark) matches no left row to come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntervalBound {
+    pub left: usize,
+    pub right: usize,
+    pub left_lower: bool,
+    pub offset: i64,
 }
 
 impl JoinSpec {
@@ -348,7 +367,7 @@ impl JoinOp {
             columns(&self.spec.left_keys),
             columns(&self.spec.right_keys),
         ];
-        for side in 0..2 {
+        for (side, touched) in touched.iter().enumerate() {
             let other = 1 - side;
             // Per key position: the other side's watermark on its key column.
             let thresholds: Vec<Option<&ScalarValue>> = key_columns[other]
@@ -362,7 +381,7 @@ impl JoinOp {
                 self.sides[side].rows.keys().cloned().collect()
             } else {
                 let rows = &self.sides[side].rows;
-                touched[side]
+                touched
                     .iter()
                     .filter(|k| rows.contains_key(*k))
                     .cloned()
@@ -396,6 +415,96 @@ impl JoinOp {
                 s.totals.remove(key);
                 s.matched.remove(key);
             }
+        }
+        for bound in self.spec.intervals.clone() {
+            self.purge_outside_interval(bound, advanced, &touched, state)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the stored rows that `bound` and the other side's watermark rule out.
+    fn purge_outside_interval(
+        &mut self,
+        bound: IntervalBound,
+        advanced: bool,
+        touched: &[Vec<Vec<u8>>; 2],
+        state: &mut StateWriter,
+    ) -> Result<()> {
+        // Which side loses rows, its column, and the other side's watermark column.
+        let (side, column, other_column) = if bound.left_lower {
+            (0, bound.left, bound.right)
+        } else {
+            (1, bound.right, bound.left)
+        };
+        let Some(wm) = self.watermarks[1 - side]
+            .get(other_column)
+            .and_then(Option::as_ref)
+        else {
+            return Ok(());
+        };
+        let Some(threshold) =
+            crate::ops::watermark::scalar_to_i64(wm)?.map(|w| w.saturating_sub(bound.offset))
+        else {
+            return Ok(());
+        };
+        let s = &self.sides[side];
+        let keys: Vec<&Vec<u8>> = if advanced {
+            s.rows.keys().collect()
+        } else {
+            touched[side]
+                .iter()
+                .filter(|k| s.rows.contains_key(*k))
+                .collect()
+        };
+        let stored: Vec<(&Vec<u8>, &Vec<u8>)> = keys
+            .iter()
+            .flat_map(|k| {
+                s.rows
+                    .get(*k)
+                    .into_iter()
+                    .flatten()
+                    .map(move |(r, _)| (*k, r))
+            })
+            .collect();
+        if stored.is_empty() {
+            return Ok(());
+        }
+        let decoded = self.row_codecs[side].decode(stored.iter().map(|(_, r)| r.as_slice()))?;
+        let times = cast(&decoded[column], &DataType::Int64)?;
+        let times = times
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .ok_or_else(|| DataflowError::Internal("interval column is not a time".into()))?;
+        let gone: Vec<(Vec<u8>, Vec<u8>)> = stored
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| times.is_valid(*i) && times.value(*i) < threshold)
+            .map(|(_, (k, r))| ((*k).clone(), (*r).clone()))
+            .collect();
+        let s = &mut self.sides[side];
+        for (key, row) in gone {
+            let Some(bucket) = s.rows.get_mut(&key) else {
+                continue;
+            };
+            let Some(count) = bucket.remove(&row) else {
+                continue;
+            };
+            if bucket.is_empty() {
+                s.rows.remove(&key);
+            }
+            let total = s.total(&key) - count;
+            if total == 0 {
+                s.totals.remove(&key);
+            } else {
+                s.totals.insert(key.clone(), total);
+            }
+            if let Some(m) = s.matched.get_mut(&key) {
+                m.remove(&row);
+                if m.is_empty() {
+                    s.matched.remove(&key);
+                }
+            }
+            state.delete(self.tables[side], &join_prefixed(&key, &row));
         }
         Ok(())
     }

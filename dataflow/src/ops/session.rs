@@ -63,6 +63,9 @@ impl SessionSpec {
 /// A key's rows: (event time, encoded row) → multiplicity.
 type Rows = BTreeMap<(i64, Vec<u8>), i64>;
 
+/// An output row: the encoded input row, its window (None: no time, no window), weight.
+type OutRow<'a> = (&'a [u8], Option<(i64, i64)>, i64);
+
 /// One row's place: (time, row, window start, window end) and its multiplicity.
 type Assigned = ((i64, Vec<u8>, i64, i64), i64);
 
@@ -133,7 +136,7 @@ impl SessionOp {
 
     /// Output rows: the decoded input rows with their windows (NULL windows where
     /// `window` is None), with weights.
-    fn build(&self, rows: &[(&[u8], Option<(i64, i64)>, i64)]) -> Result<ChangeBatch> {
+    fn build(&self, rows: &[OutRow<'_>]) -> Result<ChangeBatch> {
         let mut columns = self.row_codec.decode(rows.iter().map(|r| r.0))?;
         let ty = self.time_type().clone();
         for pick in [|w: (i64, i64)| w.0, |w: (i64, i64)| w.1] {
@@ -233,7 +236,7 @@ impl Operator for SessionOp {
         if !untimed.is_empty() {
             let part = batch.take(&UInt32Array::from(untimed))?;
             let enc = self.row_codec.encode(part.data().columns())?;
-            let list: Vec<(&[u8], Option<(i64, i64)>, i64)> = part
+            let list: Vec<OutRow<'_>> = part
                 .weights()
                 .values()
                 .iter()
@@ -285,7 +288,7 @@ impl Operator for SessionOp {
             }
         }
         self.keys.retain(|_, r| !r.is_empty());
-        let changes: Vec<(&[u8], Option<(i64, i64)>, i64)> = diff
+        let changes: Vec<OutRow<'_>> = diff
             .iter()
             .filter(|(_, c)| **c != 0)
             .map(|((_, row, s, e), c)| (row.as_slice(), Some((*s, *e)), *c))
