@@ -26,6 +26,7 @@ use crate::ops::connector::{ConnectorOp, SourceFactory};
 use crate::ops::filter::FilterOp;
 use crate::ops::join::{JoinKind, JoinOp, JoinSpec};
 use crate::ops::materialize::MaterializeOp;
+use crate::ops::over::{OverOp, OverSpec};
 use crate::ops::project::ProjectOp;
 use crate::ops::session::{SessionOp, SessionSpec};
 use crate::ops::topn::{TopNOp, TopNSpec};
@@ -62,6 +63,8 @@ pub enum NodeKind {
     TopN(TopNSpec),
     /// Assigns each row its session window (see [`crate::ops::session`]).
     Session(SessionSpec),
+    /// Window functions over partitions (see [`crate::ops::over`]).
+    Over(OverSpec),
     Union,
     /// Keeps the result rows of the view.
     Materialize,
@@ -131,7 +134,7 @@ impl StreamPlan {
                 NodeKind::Join(spec) => inputs && matches!(spec.kind, JoinKind::Inner),
                 // Emitting on window close, an aggregate writes each group once, final.
                 NodeKind::Aggregate(spec) => spec.emit_on_window_close,
-                NodeKind::TopN(_) | NodeKind::Session(_) => false,
+                NodeKind::TopN(_) | NodeKind::Session(_) | NodeKind::Over(_) => false,
             };
             memo.push(here);
         }
@@ -304,6 +307,24 @@ impl StreamPlan {
                         .join(", ")
                 )
             }
+            NodeKind::Over(spec) => format!(
+                "OverWindow: partition=[{}], order=[{}], functions=[{}]",
+                spec.partition
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                spec.order
+                    .iter()
+                    .map(|(e, o)| format!("{e} {o}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                spec.functions
+                    .iter()
+                    .map(|f| f.name().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             NodeKind::Union => "Union".to_string(),
             NodeKind::Materialize => "Materialize".to_string(),
         };
@@ -356,6 +377,7 @@ fn is_keyed(kind: &NodeKind) -> bool {
             | NodeKind::Join(_)
             | NodeKind::TopN(_)
             | NodeKind::Session(_)
+            | NodeKind::Over(_)
             | NodeKind::Materialize
     )
 }
@@ -404,6 +426,7 @@ fn instantiate(node: &PlanNode, partitioner: Partitioner) -> Result<Box<dyn Oper
         NodeKind::Join(spec) => Box::new(JoinOp::try_new(spec.clone(), [table(0)?, table(1)?])?),
         NodeKind::TopN(spec) => Box::new(TopNOp::try_new(spec.clone(), table(0)?)?),
         NodeKind::Session(spec) => Box::new(SessionOp::try_new(spec.clone(), table(0)?)?),
+        NodeKind::Over(spec) => Box::new(OverOp::try_new(spec.clone(), table(0)?)?),
         NodeKind::Union => Box::new(UnionOp::new(Arc::clone(&node.schema))),
         NodeKind::Materialize => {
             Box::new(MaterializeOp::try_new(Arc::clone(&node.schema), table(0)?)?)
@@ -457,6 +480,13 @@ fn exchange_for(node: &PlanNode, input_schemas: &[SchemaRef]) -> Result<Exchange
             Exchange::Hash(
                 Box::new(move |_, b: &RecordBatch| Ok(s.key_columns(b))),
                 vec![spec.key_codec()?],
+            )
+        }
+        NodeKind::Over(spec) => {
+            let s = spec.clone();
+            Exchange::Hash(
+                Box::new(move |_, b: &RecordBatch| s.partition_columns(b)),
+                vec![spec.partition_codec()?],
             )
         }
         NodeKind::Materialize => Exchange::Hash(

@@ -20,6 +20,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use sabot_dataflow::ops::aggregate::{AggCall, AggKind, AggregateSpec};
 use sabot_dataflow::ops::connector::SourceFactory;
 use sabot_dataflow::ops::join::{JoinKind, JoinSpec};
+use sabot_dataflow::ops::over::OverSpec;
 use sabot_dataflow::ops::session::SessionSpec;
 use sabot_dataflow::ops::topn::TopNSpec;
 use sabot_dataflow::ops::watermark::WatermarkSpec;
@@ -327,9 +328,7 @@ impl<'a> StreamPlanner<'a> {
                     vec![],
                 ))
             }
-            LogicalPlan::Window(_) => Err(PlanError::not_incremental(
-                "window functions (OVER) other than ROW_NUMBER() filtered by `rn <= N`",
-            )),
+            LogicalPlan::Window(w) => self.over(w),
             LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => {
                 Err(PlanError::not_incremental(
                     "a query that reads no table or view (VALUES or SELECT without FROM)",
@@ -554,6 +553,76 @@ impl<'a> StreamPlanner<'a> {
             nullable_schema(join.schema.as_arrow()),
             vec![],
         ))
+    }
+
+    /// Window functions (`OVER (PARTITION BY ... ORDER BY ... ROWS ...)`), all of one
+    /// node sharing their PARTITION BY and ORDER BY.
+    fn over(&mut self, w: &datafusion::logical_expr::Window) -> Result<usize> {
+        let mut shared: Option<(Vec<Expr>, Vec<SortExpr>)> = None;
+        for e in &w.window_expr {
+            let inner = match e {
+                Expr::Alias(a) => a.expr.as_ref(),
+                other => other,
+            };
+            let Expr::WindowFunction(f) = inner else {
+                return Err(PlanError::not_incremental(format!(
+                    "the window expression {e}"
+                )));
+            };
+            let key = (f.params.partition_by.clone(), f.params.order_by.clone());
+            match &shared {
+                None => shared = Some(key),
+                Some(k) if *k == key => {}
+                Some(_) => {
+                    return Err(PlanError::not_incremental(
+                        "window functions with different PARTITION BY or ORDER BY in one \
+                         SELECT (use a subquery per window)",
+                    ))
+                }
+            }
+        }
+        let (partition, order) = shared.unwrap_or_default();
+        let input = self.node(&w.input)?;
+        let in_schema = w.input.schema();
+        let partition = partition
+            .iter()
+            .map(|e| self.physical(e, in_schema))
+            .collect::<Result<Vec<_>>>()?;
+        let order = order
+            .iter()
+            .map(|s| {
+                Ok((
+                    self.physical(&s.expr, in_schema)?,
+                    SortOptions {
+                        descending: !s.asc,
+                        nulls_first: s.nulls_first,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let props = self.state.execution_props();
+        let functions = w
+            .window_expr
+            .iter()
+            .map(|e| {
+                Ok(datafusion::physical_planner::create_window_expr(
+                    e,
+                    in_schema,
+                    props,
+                    &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext::default(),
+                )?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let output_schema = nullable_schema(w.schema.as_arrow());
+        let spec = OverSpec {
+            partition,
+            order,
+            functions,
+            input_schema: nullable_schema(in_schema.as_arrow()),
+            output_schema: Arc::clone(&output_schema),
+        };
+        let tables = self.tables(1);
+        Ok(self.push(NodeKind::Over(spec), vec![input], output_schema, tables))
     }
 
     /// The projection a SESSION window was rewritten into: a session operator over the

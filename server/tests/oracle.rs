@@ -75,6 +75,11 @@ const SHAPES: &[(&str, &str)] = &[
     ("q51_distinct_aggs", "SELECT k, count(DISTINCT v) AS dv, sum(DISTINCT v) AS sv, avg(DISTINCT v) AS av FROM a GROUP BY k"),
     ("q52_string_array_agg", "SELECT k, string_agg(s, ',' ORDER BY s, id) AS ss, array_agg(v ORDER BY id) AS vs FROM a GROUP BY k"),
     ("q53_stddev", "SELECT k, stddev(v) AS sd, var_pop(v) AS vp FROM b JOIN a ON a.k = b.a_k GROUP BY k"),
+    ("q54_running_sum", "SELECT id, k, sum(v) OVER (PARTITION BY k ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS rs FROM a"),
+    ("q55_lag_lead", "SELECT id, lag(v) OVER (PARTITION BY k ORDER BY id) AS pv, lead(v, 2) OVER (PARTITION BY k ORDER BY id) AS nv FROM a"),
+    ("q56_sliding", "SELECT id, avg(v) OVER (PARTITION BY k ORDER BY id ROWS BETWEEN 2 PRECEDING AND 1 FOLLOWING) AS av, count(v) OVER (PARTITION BY k ORDER BY id ROWS BETWEEN 2 PRECEDING AND 1 FOLLOWING) AS cv FROM a"),
+    ("q57_rank", "SELECT id, rank() OVER (PARTITION BY a_k ORDER BY w) AS r, dense_rank() OVER (PARTITION BY a_k ORDER BY w) AS dr FROM b"),
+    ("q58_global_row_number", "SELECT id, row_number() OVER (ORDER BY id) AS rn, sum(v) OVER (ORDER BY id ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING) AS s3 FROM a"),
     ("q22_cte", "WITH big AS (SELECT id, k FROM a WHERE v >= 40) SELECT big.k, count(*) AS n FROM big JOIN b ON big.k = b.a_k GROUP BY big.k"),
 ];
 

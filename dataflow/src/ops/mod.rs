@@ -5,6 +5,7 @@ pub mod connector;
 pub mod filter;
 pub mod join;
 pub mod materialize;
+pub mod over;
 pub mod project;
 pub mod session;
 pub mod topn;

@@ -259,7 +259,10 @@ pub fn derive(
     let mut out: Watermarks = vec![None; width];
     let first = || inputs.first().copied().cloned().unwrap_or_default();
     match &node.kind {
-        NodeKind::Source { .. } | NodeKind::Connector { .. } | NodeKind::WatermarkFilter(_) => {}
+        NodeKind::Source { .. }
+        | NodeKind::Connector { .. }
+        | NodeKind::WatermarkFilter(_)
+        | NodeKind::Over(_) => {}
         NodeKind::Filter { .. } | NodeKind::Materialize => out = first(),
         NodeKind::Project { exprs } => {
             let (Some(input), Some(schema)) = (inputs.first(), schemas.first()) else {
