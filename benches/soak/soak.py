@@ -61,6 +61,8 @@ def main():
                     help="nexmark.min.event.gap.in.ns: 100000 is 10,000 events/s")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="soak.csv")
+    ap.add_argument("--no-watermark", action="store_true",
+                    help="declare no watermark (for comparison: nothing is purged)")
     args = ap.parse_args()
 
     sabot = args.sabot
@@ -91,10 +93,11 @@ def main():
                 if time.time() > deadline or server.poll() is not None:
                     raise
                 time.sleep(0.5)
+        watermark = "" if args.no_watermark else (
+            ", WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND")
         psql(port, (
-            "CREATE SOURCE bid (auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP, "
-            "WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) "
-            "WITH (connector = 'nexmark', nexmark.table.type = 'Bid', "
+            "CREATE SOURCE bid (auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP"
+            f"{watermark}) WITH (connector = 'nexmark', nexmark.table.type = 'Bid', "
             f"nexmark.min.event.gap.in.ns = '{args.gap_ns}')"
         ))
         for q in ("q5", "q7"):
@@ -111,6 +114,8 @@ def main():
                     sys.exit(f"sabot exited with {server.returncode} after {elapsed:.0f} s")
                 if not samples or int(elapsed) % args.probe == 0:
                     wm = psql(port, "SELECT max(watermark) FROM sabot_catalog.watermarks")
+                    if not wm:
+                        wm = psql(port, "SELECT max(date_time) FROM q7")
                     n5 = psql(port, "SELECT count(*) FROM q5")
                     n7 = psql(port, "SELECT count(*) FROM q7")
                 rss = rss_mib(server.pid)

@@ -92,3 +92,23 @@ pub fn join_prefixed(key: &[u8], rest: &[u8]) -> Vec<u8> {
     v.extend_from_slice(rest);
     v
 }
+
+/// The state key of a row kept in order within a partition (top-N, window functions):
+/// the partition, the order key, then the row.
+pub fn ordered_row_key(partition: &[u8], order: &[u8], row: &[u8]) -> Vec<u8> {
+    join_prefixed(partition, &join_prefixed(order, row))
+}
+
+/// A row kept in order within a partition: (partition, order key, row, multiplicity).
+pub type OrderedRow<'a> = (&'a [u8], &'a [u8], &'a [u8], i64);
+
+/// A state entry written under [`ordered_row_key`] with its multiplicity (8 bytes, little
+/// endian): (partition, order key, row, multiplicity).
+pub fn split_ordered_row<'a>(key: &'a [u8], value: &[u8]) -> Result<OrderedRow<'a>> {
+    let (partition, rest) = split_prefixed(key)?;
+    let (order, row) = split_prefixed(rest)?;
+    let count: [u8; 8] = value
+        .try_into()
+        .map_err(|_| DataflowError::Corrupt("row count is not 8 bytes".into()))?;
+    Ok((partition, order, row, i64::from_le_bytes(count)))
+}

@@ -3,13 +3,16 @@
 //! same query evaluated from scratch over the current input. Runs with 1 and 2 workers,
 //! and restarts the dataflow from its committed state midway.
 
+mod common;
+
+use common::{col, rows_of, schema, Row};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::logical_expr::Operator as BinOp;
-use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
+use datafusion::physical_expr::expressions::{BinaryExpr, Literal};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::scalar::ScalarValue;
 use proptest::prelude::*;
@@ -19,43 +22,11 @@ use sabot_dataflow::ops::topn::TopNSpec;
 use sabot_dataflow::{ChangeBatch, Dataflow, NodeKind, PlanNode, StreamPlan};
 use sabot_storage::{EpochBatch, Store};
 
-type Row = Vec<Option<i64>>;
-
-fn schema(names: &[&str]) -> SchemaRef {
-    Arc::new(Schema::new(
-        names
-            .iter()
-            .map(|n| Field::new(*n, DataType::Int64, true))
-            .collect::<Vec<_>>(),
-    ))
-}
-
-fn col(name: &str, i: usize) -> Arc<dyn PhysicalExpr> {
-    Arc::new(Column::new(name, i))
-}
-
 fn batch(schema: &SchemaRef, rows: &[Row]) -> RecordBatch {
     let cols: Vec<ArrayRef> = (0..schema.fields().len())
         .map(|c| Arc::new(rows.iter().map(|r| r[c]).collect::<Int64Array>()) as ArrayRef)
         .collect();
     RecordBatch::try_new(Arc::clone(schema), cols).unwrap()
-}
-
-fn rows_of(b: &RecordBatch) -> Vec<Row> {
-    let mut out: Vec<Row> = (0..b.num_rows())
-        .map(|r| {
-            b.columns()
-                .iter()
-                .map(|c| arrow::compute::cast(c, &DataType::Int64).unwrap())
-                .map(|c| {
-                    c.is_valid(r)
-                        .then(|| c.as_primitive::<Int64Type>().value(r))
-                })
-                .collect()
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 /// One change to a keyed input: set `id` to `row` (None deletes it).

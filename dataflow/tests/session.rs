@@ -5,26 +5,17 @@
 //! by time, a new session where the distance to the previous row reaches the gap, each
 //! row tagged [first time, last time + gap). Rows without a time get no window.
 
+mod common;
+
+use common::{rows_of, schema, Row};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use proptest::prelude::*;
 use sabot_dataflow::ops::session::SessionSpec;
 use sabot_dataflow::{ChangeBatch, Dataflow, NodeKind, PlanNode, StreamPlan};
 use sabot_storage::{EpochBatch, Store};
-
-type Row = Vec<Option<i64>>;
-
-fn schema(names: &[&str]) -> SchemaRef {
-    Arc::new(Schema::new(
-        names
-            .iter()
-            .map(|n| Field::new(*n, DataType::Int64, true))
-            .collect::<Vec<_>>(),
-    ))
-}
 
 fn plan(gap: i64, keyed: bool) -> StreamPlan {
     let input = schema(&["k", "ts", "v"]);
@@ -59,22 +50,6 @@ fn plan(gap: i64, keyed: bool) -> StreamPlan {
             },
         ],
     }
-}
-
-fn rows_of(b: &RecordBatch) -> Vec<Row> {
-    let mut out: Vec<Row> = (0..b.num_rows())
-        .map(|r| {
-            b.columns()
-                .iter()
-                .map(|c| {
-                    let c = c.as_primitive::<Int64Type>();
-                    c.is_valid(r).then(|| c.value(r))
-                })
-                .collect()
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 fn recompute(rows: &BTreeMap<usize, Row>, gap: i64, keyed: bool) -> Vec<Row> {

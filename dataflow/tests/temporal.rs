@@ -3,32 +3,18 @@
 //! not revise it. Random left inserts and right inserts/updates/deletes, 1 to 3 workers,
 //! a restart from committed state midway, inner and LEFT joins.
 
+mod common;
+
+use common::{col, rows_of, schema, Row};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::PhysicalExpr;
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use arrow::datatypes::SchemaRef;
 use proptest::prelude::*;
 use sabot_dataflow::ops::join::{JoinKind, JoinSpec};
 use sabot_dataflow::{ChangeBatch, Dataflow, NodeKind, PlanNode, StreamPlan};
 use sabot_storage::{EpochBatch, Store};
-
-type Row = Vec<Option<i64>>;
-
-fn schema(names: &[&str]) -> SchemaRef {
-    Arc::new(Schema::new(
-        names
-            .iter()
-            .map(|n| Field::new(*n, DataType::Int64, true))
-            .collect::<Vec<_>>(),
-    ))
-}
-
-fn col(name: &str, i: usize) -> Arc<dyn PhysicalExpr> {
-    Arc::new(Column::new(name, i))
-}
 
 fn plan(kind: JoinKind) -> StreamPlan {
     let left = schema(&["id", "k"]);
@@ -82,22 +68,6 @@ fn batch(schema: SchemaRef, rows: &[(Option<i64>, Option<i64>)]) -> RecordBatch 
         ],
     )
     .unwrap()
-}
-
-fn rows_of(b: &RecordBatch) -> Vec<Row> {
-    let mut out: Vec<Row> = (0..b.num_rows())
-        .map(|r| {
-            b.columns()
-                .iter()
-                .map(|c| {
-                    let c = c.as_primitive::<Int64Type>();
-                    c.is_valid(r).then(|| c.value(r))
-                })
-                .collect()
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 /// One epoch: left rows (id, k), and right changes: set right row `slot` to (k, v) or

@@ -10,13 +10,15 @@
 //!   and it only ever inserts;
 //! - either way the aggregate's state holds only the windows still open.
 
+mod common;
+
+use common::{col, rows_of, schema, Row};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use datafusion::logical_expr::Operator as BinOp;
-use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
+use datafusion::physical_expr::expressions::{BinaryExpr, Literal};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::scalar::ScalarValue;
 use proptest::prelude::*;
@@ -27,19 +29,6 @@ use sabot_storage::{EpochBatch, Store};
 
 const WINDOW: i64 = 10;
 const AGG_TABLE: u32 = 2;
-
-fn schema(names: &[&str]) -> SchemaRef {
-    Arc::new(Schema::new(
-        names
-            .iter()
-            .map(|n| Field::new(*n, DataType::Int64, true))
-            .collect::<Vec<_>>(),
-    ))
-}
-
-fn col(name: &str, i: usize) -> Arc<dyn PhysicalExpr> {
-    Arc::new(Column::new(name, i))
-}
 
 fn lit(v: i64) -> Arc<dyn PhysicalExpr> {
     Arc::new(Literal::new(ScalarValue::Int64(Some(v))))
@@ -109,24 +98,6 @@ fn plan(delay: i64, eowc: bool) -> StreamPlan {
             },
         ],
     }
-}
-
-type Row = Vec<Option<i64>>;
-
-fn rows_of(b: &RecordBatch) -> Vec<Row> {
-    let mut out: Vec<Row> = (0..b.num_rows())
-        .map(|r| {
-            b.columns()
-                .iter()
-                .map(|c| {
-                    let c = c.as_primitive::<Int64Type>();
-                    c.is_valid(r).then(|| c.value(r))
-                })
-                .collect()
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 /// The model: which rows are kept, the watermark, and the windows' results.
@@ -321,11 +292,35 @@ fn a_window_is_emitted_once_when_the_watermark_passes_its_end() {
     assert_eq!(flow.watermark_status()[0].late_rows, 1);
 }
 
+/// Appends a source `name` of (ts, k, v) and its `WATERMARK FOR ts AS ts - delay` filter
+/// (state table `table`); returns the filter's node.
+fn watermarked_source(nodes: &mut Vec<PlanNode>, name: &str, table: u32, delay: i64) -> usize {
+    let ev = schema(&["ts", "k", "v"]);
+    nodes.push(PlanNode {
+        kind: NodeKind::Source {
+            relation: name.into(),
+        },
+        inputs: vec![],
+        schema: Arc::clone(&ev),
+        state_tables: vec![],
+    });
+    nodes.push(PlanNode {
+        kind: NodeKind::WatermarkFilter(WatermarkSpec {
+            column: 0,
+            expr: bin(col("ts", 0), BinOp::Minus, lit(delay)),
+            text: format!("ts - {delay}"),
+        }),
+        inputs: vec![nodes.len() - 1],
+        schema: ev,
+        state_tables: vec![table],
+    });
+    nodes.len() - 1
+}
+
 /// Window join: `SELECT * FROM (SELECT ws, k, v FROM a) JOIN (SELECT ws, k, v FROM b)
 /// USING (ws, k)`, each side a source with `WATERMARK FOR ts AS ts - delay`.
 fn window_join_plan(delay: i64) -> StreamPlan {
     use sabot_dataflow::ops::join::{JoinKind, JoinSpec};
-    let ev = schema(&["ts", "k", "v"]);
     let side = schema(&["ws", "k", "v"]);
     let out = schema(&["ws", "k", "v", "ws2", "k2", "v2"]);
     let ws = || {
@@ -337,30 +332,12 @@ fn window_join_plan(delay: i64) -> StreamPlan {
     };
     let mut nodes = Vec::new();
     for (i, name) in ["a", "b"].into_iter().enumerate() {
-        let base = nodes.len();
-        nodes.push(PlanNode {
-            kind: NodeKind::Source {
-                relation: name.into(),
-            },
-            inputs: vec![],
-            schema: Arc::clone(&ev),
-            state_tables: vec![],
-        });
-        nodes.push(PlanNode {
-            kind: NodeKind::WatermarkFilter(WatermarkSpec {
-                column: 0,
-                expr: bin(col("ts", 0), BinOp::Minus, lit(delay)),
-                text: format!("ts - {delay}"),
-            }),
-            inputs: vec![base],
-            schema: Arc::clone(&ev),
-            state_tables: vec![10 + i as u32],
-        });
+        let filtered = watermarked_source(&mut nodes, name, 10 + i as u32, delay);
         nodes.push(PlanNode {
             kind: NodeKind::Project {
                 exprs: vec![ws(), col("k", 1), col("v", 2)],
             },
-            inputs: vec![base + 1],
+            inputs: vec![filtered],
             schema: Arc::clone(&side),
             state_tables: vec![],
         });
@@ -499,25 +476,7 @@ fn interval_join_plan(delay: i64) -> StreamPlan {
     let out = schema(&["ts", "k", "v", "ts2", "k2", "v2"]);
     let mut nodes = Vec::new();
     for (i, name) in ["a", "b"].into_iter().enumerate() {
-        let base = nodes.len();
-        nodes.push(PlanNode {
-            kind: NodeKind::Source {
-                relation: name.into(),
-            },
-            inputs: vec![],
-            schema: Arc::clone(&ev),
-            state_tables: vec![],
-        });
-        nodes.push(PlanNode {
-            kind: NodeKind::WatermarkFilter(WatermarkSpec {
-                column: 0,
-                expr: bin(col("ts", 0), BinOp::Minus, lit(delay)),
-                text: format!("ts - {delay}"),
-            }),
-            inputs: vec![base],
-            schema: Arc::clone(&ev),
-            state_tables: vec![10 + i as u32],
-        });
+        watermarked_source(&mut nodes, name, 10 + i as u32, delay);
     }
     let within = bin(
         bin(

@@ -555,6 +555,37 @@ impl<'a> StreamPlanner<'a> {
         ))
     }
 
+    /// PARTITION BY and ORDER BY expressions over `schema`, as physical expressions
+    /// (the latter with their direction and NULL placement).
+    #[allow(clippy::type_complexity)]
+    fn partition_and_order(
+        &self,
+        partition: &[Expr],
+        order: &[SortExpr],
+        schema: &DFSchema,
+    ) -> Result<(
+        Vec<Arc<dyn PhysicalExpr>>,
+        Vec<(Arc<dyn PhysicalExpr>, SortOptions)>,
+    )> {
+        let partition = partition
+            .iter()
+            .map(|e| self.physical(e, schema))
+            .collect::<Result<Vec<_>>>()?;
+        let order = order
+            .iter()
+            .map(|s| {
+                Ok((
+                    self.physical(&s.expr, schema)?,
+                    SortOptions {
+                        descending: !s.asc,
+                        nulls_first: s.nulls_first,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((partition, order))
+    }
+
     /// Window functions (`OVER (PARTITION BY ... ORDER BY ... ROWS ...)`), all of one
     /// node sharing their PARTITION BY and ORDER BY.
     fn over(&mut self, w: &datafusion::logical_expr::Window) -> Result<usize> {
@@ -584,22 +615,7 @@ impl<'a> StreamPlanner<'a> {
         let (partition, order) = shared.unwrap_or_default();
         let input = self.node(&w.input)?;
         let in_schema = w.input.schema();
-        let partition = partition
-            .iter()
-            .map(|e| self.physical(e, in_schema))
-            .collect::<Result<Vec<_>>>()?;
-        let order = order
-            .iter()
-            .map(|s| {
-                Ok((
-                    self.physical(&s.expr, in_schema)?,
-                    SortOptions {
-                        descending: !s.asc,
-                        nulls_first: s.nulls_first,
-                    },
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (partition, order) = self.partition_and_order(&partition, &order, in_schema)?;
         let props = self.state.execution_props();
         let functions = w
             .window_expr
@@ -772,22 +788,7 @@ impl<'a> StreamPlanner<'a> {
     ) -> Result<usize> {
         let id = self.node(input)?;
         let in_schema = input.schema();
-        let partition = partition
-            .iter()
-            .map(|e| self.physical(e, in_schema))
-            .collect::<Result<Vec<_>>>()?;
-        let order = order
-            .iter()
-            .map(|s| {
-                Ok((
-                    self.physical(&s.expr, in_schema)?,
-                    SortOptions {
-                        descending: !s.asc,
-                        nulls_first: s.nulls_first,
-                    },
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (partition, order) = self.partition_and_order(partition, order, in_schema)?;
         let input_schema = nullable_schema(in_schema.as_arrow());
         let output_schema = match row_number_schema {
             Some(s) => nullable_schema(s.as_arrow()),

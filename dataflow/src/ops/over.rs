@@ -20,7 +20,7 @@ use datafusion::physical_plan::WindowExpr;
 use sabot_storage::{StateTableId, StateWriter};
 
 use crate::batch::{batch_with_schema, ChangeBatch};
-use crate::codec::{join_prefixed, split_prefixed};
+use crate::codec::{ordered_row_key, split_ordered_row};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
 use crate::row::{Partitioner, RowCodec};
@@ -215,7 +215,7 @@ impl Operator for OverOp {
                 .get(&key)
                 .and_then(|p| p.get(&(order.clone(), row.clone())))
                 .copied();
-            let k = join_prefixed(&key, &join_prefixed(&order, &row));
+            let k = ordered_row_key(&key, &order, &row);
             match count {
                 Some(c) if c < 0 => {
                     return Err(DataflowError::Internal(format!(
@@ -256,17 +256,14 @@ impl Operator for OverOp {
         partitioner: Partitioner,
     ) -> Result<()> {
         for (k, v) in entries {
-            let (key, rest) = split_prefixed(k)?;
+            let (key, order, row, count) = split_ordered_row(k, v)?;
             if !partitioner.owns(key) {
                 continue;
             }
-            let (order, row) = split_prefixed(rest)?;
-            let count = <[u8; 8]>::try_from(v.as_slice())
-                .map_err(|_| DataflowError::Corrupt("window state entry".into()))?;
             self.parts
                 .entry(key.to_vec())
                 .or_default()
-                .insert((order.to_vec(), row.to_vec()), i64::from_le_bytes(count));
+                .insert((order.to_vec(), row.to_vec()), count);
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use sabot_storage::{StateTableId, StateWriter};
 
 use crate::batch::{batch_with_schema, ChangeBatch};
-use crate::codec::{join_prefixed, split_prefixed};
+use crate::codec::{ordered_row_key, split_ordered_row};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
 use crate::row::{Partitioner, RowCodec};
@@ -196,7 +196,7 @@ impl Operator for TopNOp {
         out: &mut Vec<ChangeBatch>,
     ) -> Result<()> {
         for (partition, order, row) in std::mem::take(&mut self.dirty) {
-            let key = join_prefixed(&partition, &join_prefixed(&order, &row));
+            let key = ordered_row_key(&partition, &order, &row);
             let entry = (order, row);
             match self.partitions.get(&partition).and_then(|p| p.get(&entry)) {
                 Some(c) if *c < 0 => {
@@ -250,19 +250,14 @@ impl Operator for TopNOp {
         partitioner: Partitioner,
     ) -> Result<()> {
         for (k, v) in entries {
-            let (partition, rest) = split_prefixed(k)?;
+            let (partition, order, row, count) = split_ordered_row(k, v)?;
             if !partitioner.owns(partition) {
                 continue;
             }
-            let (order, row) = split_prefixed(rest)?;
-            let bytes: [u8; 8] = v
-                .as_slice()
-                .try_into()
-                .map_err(|_| DataflowError::Corrupt("top-N row count is not 8 bytes".into()))?;
             self.partitions
                 .entry(partition.to_vec())
                 .or_default()
-                .insert((order.to_vec(), row.to_vec()), i64::from_le_bytes(bytes));
+                .insert((order.to_vec(), row.to_vec()), count);
         }
         Ok(())
     }
