@@ -592,3 +592,107 @@ proptest! {
         }
     }
 }
+
+/// Top-1 per window: `SELECT ws, k, v FROM (... ROW_NUMBER() OVER (PARTITION BY ws ORDER
+/// BY v DESC, k) ...) WHERE rn = 1` over the watermarked source: each closed window's
+/// rows leave the state, its top row stays in the view.
+fn top_per_window_plan(delay: i64) -> StreamPlan {
+    use arrow::compute::SortOptions;
+    use sabot_dataflow::ops::topn::TopNSpec;
+    let side = schema(&["ws", "k", "v"]);
+    let mut nodes = Vec::new();
+    let filtered = watermarked_source(&mut nodes, "ev", 1, delay);
+    nodes.push(PlanNode {
+        kind: NodeKind::Project {
+            exprs: vec![
+                bin(
+                    bin(col("ts", 0), BinOp::Divide, lit(WINDOW)),
+                    BinOp::Multiply,
+                    lit(WINDOW),
+                ),
+                col("k", 1),
+                col("v", 2),
+            ],
+        },
+        inputs: vec![filtered],
+        schema: Arc::clone(&side),
+        state_tables: vec![],
+    });
+    let desc = SortOptions {
+        descending: true,
+        nulls_first: false,
+    };
+    nodes.push(PlanNode {
+        kind: NodeKind::TopN(TopNSpec {
+            partition: vec![col("ws", 0)],
+            order: vec![(col("v", 2), desc), (col("k", 1), SortOptions::default())],
+            offset: 0,
+            limit: 1,
+            row_number: false,
+            input_schema: Arc::clone(&side),
+            output_schema: Arc::clone(&side),
+        }),
+        inputs: vec![2],
+        schema: Arc::clone(&side),
+        state_tables: vec![AGG_TABLE],
+    });
+    nodes.push(PlanNode {
+        kind: NodeKind::Materialize,
+        inputs: vec![3],
+        schema: side,
+        state_tables: vec![3],
+    });
+    StreamPlan { nodes }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(150))]
+
+    #[test]
+    fn top_n_per_window_purges_closed_windows(e in epochs(), delay in 0i64..8, workers in 1usize..=3, restart in 0usize..14) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let plan = top_per_window_plan(delay);
+        let mut flow = Dataflow::try_new(plan.clone(), workers).unwrap();
+        let mut side = SideModel::default();
+        for (n, rows) in e.iter().enumerate() {
+            side.epoch(rows, delay);
+            let deltas = [("ev".to_string(), vec![ChangeBatch::inserts(events_batch(rows))])].into();
+            let mut batch = EpochBatch::new(n as u64 + 1);
+            flow.run_epoch(&deltas, &mut batch).unwrap();
+            store.commit(batch).unwrap();
+            // Per window the row with the largest v, then the smallest k.
+            let mut best: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+            for r in &side.rows {
+                let ws = r.0 / WINDOW * WINDOW;
+                let cand = (r.2, r.1);
+                best.entry(ws)
+                    .and_modify(|b| {
+                        if cand.0 > b.0 || (cand.0 == b.0 && cand.1 < b.1) {
+                            *b = cand;
+                        }
+                    })
+                    .or_insert(cand);
+            }
+            let want: Vec<Row> = best
+                .into_iter()
+                .map(|(ws, (v, k))| vec![Some(ws), Some(k), Some(v)])
+                .collect();
+            prop_assert_eq!(&rows_of(&flow.snapshot().unwrap()), &want, "epoch {} with {} workers", n, workers);
+            let closed = side.watermark.map(|w| w / WINDOW * WINDOW);
+            let mut open: Vec<(i64, i64, i64)> = side
+                .rows
+                .iter()
+                .map(|r| (r.0 / WINDOW * WINDOW, r.1, r.2))
+                .filter(|r| closed.is_none_or(|c| r.0 >= c))
+                .collect();
+            open.sort();
+            open.dedup();
+            prop_assert_eq!(store.scan(AGG_TABLE).unwrap().len(), open.len(), "rows kept after epoch {}", n);
+            if n == restart {
+                flow = Dataflow::try_new(plan.clone(), workers).unwrap();
+                flow.restore(&store).unwrap();
+            }
+        }
+    }
+}

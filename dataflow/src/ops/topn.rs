@@ -12,9 +12,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use arrow::array::Array;
 use arrow::array::{ArrayRef, RecordBatch, UInt64Array};
 use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::PhysicalExpr;
 use sabot_storage::{StateTableId, StateWriter};
 
@@ -92,6 +95,9 @@ pub struct TopNOp {
     before: HashMap<Vec<u8>, Output>,
     /// (partition, order key, row) entries changed this epoch.
     dirty: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+    /// Per partition expression: the watermark of its input column (plain columns only).
+    watermarks: Vec<Option<ScalarValue>>,
+    purged_at: Vec<Option<ScalarValue>>,
 }
 
 impl TopNOp {
@@ -105,6 +111,8 @@ impl TopNOp {
             partition_codec: spec.partition_codec()?,
             order_codec: RowCodec::with_options(order_types, options)?,
             row_codec: RowCodec::for_schema(&spec.input_schema)?,
+            watermarks: vec![None; spec.partition.len()],
+            purged_at: vec![None; spec.partition.len()],
             spec,
             table,
             partitions: HashMap::new(),
@@ -140,6 +148,48 @@ impl TopNOp {
             position += count;
         }
         out
+    }
+}
+
+impl TopNOp {
+    /// Drops the partitions whose key lies behind a watermark (a window's top-N once the
+    /// window closed): no row can reach them any more, and their output stays as it is.
+    fn purge_behind_watermarks(&mut self, state: &mut StateWriter) -> Result<()> {
+        if self.watermarks == self.purged_at || self.partitions.is_empty() {
+            return Ok(());
+        }
+        self.purged_at = self.watermarks.clone();
+        let keys: Vec<Vec<u8>> = self.partitions.keys().cloned().collect();
+        let columns = self
+            .partition_codec
+            .decode(keys.iter().map(Vec::as_slice))?;
+        let mut behind: Option<arrow::array::BooleanArray> = None;
+        for (column, wm) in columns.iter().zip(&self.watermarks) {
+            let Some(wm) = wm else { continue };
+            let wm = arrow::array::Scalar::new(arrow::compute::cast(
+                &wm.to_array()?,
+                column.data_type(),
+            )?);
+            let lt = arrow::compute::kernels::cmp::lt(column, &wm)?;
+            behind = Some(match behind {
+                Some(b) => arrow::compute::or(&b, &lt)?,
+                None => lt,
+            });
+        }
+        let Some(behind) = behind else {
+            return Ok(());
+        };
+        for (i, key) in keys.iter().enumerate() {
+            if !(behind.is_valid(i) && behind.value(i)) {
+                continue;
+            }
+            if let Some(rows) = self.partitions.remove(key) {
+                for (order, row) in rows.keys() {
+                    state.delete(self.table, &ordered_row_key(key, order, row));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -219,7 +269,7 @@ impl Operator for TopNOp {
         }
         diff.retain(|_, w| *w != 0);
         if diff.is_empty() {
-            return Ok(());
+            return self.purge_behind_watermarks(state);
         }
         let rows: Vec<(Vec<u8>, u64, i64)> =
             diff.into_iter().map(|((r, n), w)| (r, n, w)).collect();
@@ -236,6 +286,20 @@ impl Operator for TopNOp {
             data,
             rows.iter().map(|(_, _, w)| *w).collect::<Vec<i64>>().into(),
         )?);
+        self.purge_behind_watermarks(state)
+    }
+
+    fn on_watermark(&mut self, _port: usize, column: usize, value: &ScalarValue) -> Result<()> {
+        for (e, slot) in self.spec.partition.iter().zip(&mut self.watermarks) {
+            if e.downcast_ref::<Column>().map(Column::index) == Some(column) {
+                let newer = slot
+                    .as_ref()
+                    .is_none_or(|old| old.partial_cmp(value) == Some(std::cmp::Ordering::Less));
+                if newer {
+                    *slot = Some(value.clone());
+                }
+            }
+        }
         Ok(())
     }
 
