@@ -702,12 +702,21 @@ impl Dataflow {
                 node_out.push(out);
             }
             outputs.push(node_out);
+            // A bounded source read to its end: no row will ever come again.
+            let finished = match (&node.kind, node.inputs.first()) {
+                (NodeKind::WatermarkFilter(_), Some(j)) => {
+                    matches!(self.plan.nodes[*j].kind, NodeKind::Connector { .. })
+                        && self.instances[*j].iter().all(|op| !op.source_active())
+                }
+                _ => false,
+            };
             advance_watermarks(
                 &self.plan,
                 i,
                 &mut self.instances[i],
                 &mut self.watermarks,
                 &mut self.late_rows,
+                finished,
                 batch,
             )?;
         }
@@ -882,13 +891,17 @@ fn decode_watermark(v: &[u8]) -> Result<(i64, u64)> {
 }
 
 /// Works out node `i`'s watermarks after it ran in this epoch; a watermark filter's
-/// new value and late count go into `batch`.
+/// new value and late count go into `batch`. `finished`: the filter's bounded source has
+/// been read to its end, so its watermark moves to the end of time (every window
+/// closes).
+#[allow(clippy::too_many_arguments)]
 fn advance_watermarks(
     plan: &StreamPlan,
     i: usize,
     instances: &mut [Box<dyn Operator>],
     watermarks: &mut [Watermarks],
     late_rows: &mut [u64],
+    finished: bool,
     batch: &mut EpochBatch,
 ) -> Result<()> {
     let node = &plan.nodes[i];
@@ -906,9 +919,15 @@ fn advance_watermarks(
             Some(v) => scalar_to_i64(v)?,
             None => None,
         };
+        let ty = node.schema.field(spec.column).data_type();
         let after = match (before, seen) {
             (Some(b), Some(s)) => Some(b.max(s)),
             (b, s) => b.or(s),
+        };
+        let after = if finished {
+            Some(after.map_or(end_of_time(ty), |a| a.max(end_of_time(ty))))
+        } else {
+            after
         };
         if after == before && late == 0 {
             return Ok(());
@@ -917,7 +936,6 @@ fn advance_watermarks(
         let Some(wm) = after else {
             return Ok(());
         };
-        let ty = node.schema.field(spec.column).data_type();
         watermarks[i][spec.column] = Some(scalar_from_i64(wm, ty)?);
         let table = node.state_tables.first().copied().ok_or_else(|| {
             DataflowError::Internal("a watermark filter lacks its state table".into())
@@ -938,4 +956,19 @@ fn advance_watermarks(
     let derived = derive(node, &inputs, &schemas)?;
     watermarks[i] = derived;
     Ok(())
+}
+
+/// The watermark of a source that has ended, as the integer of the time type `ty`:
+/// 2200-01-01, beyond any event yet within reach of window arithmetic (DataFusion's
+/// `date_bin` computes in nanoseconds, which end in 2262).
+fn end_of_time(ty: &arrow::datatypes::DataType) -> i64 {
+    use arrow::datatypes::{DataType, TimeUnit};
+    const YEAR_2200_SECONDS: i64 = 7_258_118_400;
+    match ty {
+        DataType::Timestamp(TimeUnit::Second, _) => YEAR_2200_SECONDS,
+        DataType::Timestamp(TimeUnit::Millisecond, _) => YEAR_2200_SECONDS * 1_000,
+        DataType::Timestamp(TimeUnit::Microsecond, _) => YEAR_2200_SECONDS * 1_000_000,
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => YEAR_2200_SECONDS * 1_000_000_000,
+        _ => i64::MAX / 4,
+    }
 }

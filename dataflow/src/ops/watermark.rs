@@ -271,7 +271,9 @@ pub fn derive(
             for (slot, e) in out.iter_mut().zip(exprs) {
                 if let Some(c) = monotone_column(e) {
                     if let Some(Some(v)) = input.get(c) {
-                        *slot = evaluate_at(e, schema, c, v)?;
+                        // An expression that fails at the watermark (an overflow far
+                        // in the future) carries none rather than stopping the view.
+                        *slot = evaluate_at(e, schema, c, v).ok().flatten();
                     }
                 }
             }
