@@ -196,8 +196,17 @@ impl StreamPlan {
         marks: &[Vec<bool>],
         s: &mut String,
     ) {
-        let n = &self.nodes[i];
         let indent = "  ".repeat(depth);
+        let _ = writeln!(s, "{indent}{}", self.node_line(i, workers, marks));
+        for input in &self.nodes[i].inputs {
+            self.explain_node(*input, depth + 1, workers, marks, s);
+        }
+    }
+
+    /// One node as EXPLAIN shows it: what it does, its exchange, state tables and the
+    /// columns that carry a watermark.
+    fn node_line(&self, i: usize, workers: usize, marks: &[Vec<bool>]) -> String {
+        let n = &self.nodes[i];
         let detail = match &n.kind {
             NodeKind::Source { relation } => format!("Source: {relation}"),
             NodeKind::Connector { relation, factory } => {
@@ -363,10 +372,35 @@ impl StreamPlan {
         } else {
             format!(" watermark=[{}]", watermarks.join(", "))
         };
-        let _ = writeln!(s, "{indent}{detail}{exchange}{state}{watermarks}");
-        for input in &n.inputs {
-            self.explain_node(*input, depth + 1, workers, marks, s);
+        format!("{detail}{exchange}{state}{watermarks}")
+    }
+
+    /// The dataflow as a Graphviz digraph (`EXPLAIN (FORMAT DOT)`): one box per node,
+    /// edges from inputs to the nodes that read them, hash exchanges marked on edges.
+    pub fn explain_dot(&self, workers: usize) -> String {
+        let marks = self.watermark_columns().unwrap_or_default();
+        let mut s = String::from(
+            "digraph dataflow {\n  rankdir=BT;\n  node [shape=box, fontname=\"monospace\"];\n",
+        );
+        for i in 0..self.nodes.len() {
+            let label = self
+                .node_line(i, workers, &marks)
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"");
+            let _ = writeln!(s, "  n{i} [label=\"{label}\"];");
         }
+        for (i, n) in self.nodes.iter().enumerate() {
+            let hash = workers > 1 && is_keyed(&n.kind);
+            for input in &n.inputs {
+                if hash {
+                    let _ = writeln!(s, "  n{input} -> n{i} [label=\"hash\"];");
+                } else {
+                    let _ = writeln!(s, "  n{input} -> n{i};");
+                }
+            }
+        }
+        s.push_str("}\n");
+        s
     }
 }
 

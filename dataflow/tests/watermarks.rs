@@ -696,3 +696,24 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn explain_dot_draws_every_node_and_edge() {
+    let plan = window_join_plan(2);
+    let dot = plan.explain_dot(2);
+    assert!(dot.starts_with("digraph dataflow {\n"), "{dot}");
+    assert!(dot.ends_with("}\n"), "{dot}");
+    for i in 0..plan.nodes.len() {
+        assert!(
+            dot.contains(&format!("  n{i} [label=\"")),
+            "node {i} in {dot}"
+        );
+    }
+    let edges: usize = plan.nodes.iter().map(|n| n.inputs.len()).sum();
+    assert_eq!(dot.matches(" -> ").count(), edges, "{dot}");
+    // The join and the materialization are fed through hash exchanges.
+    assert_eq!(dot.matches("[label=\"hash\"]").count(), 3, "{dot}");
+    assert!(dot.contains("WatermarkFilter: ts >= watermark"), "{dot}");
+    // With one worker there is no exchange.
+    assert_eq!(plan.explain_dot(1).matches("[label=\"hash\"]").count(), 0);
+}

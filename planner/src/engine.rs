@@ -1158,7 +1158,8 @@ impl Database {
             Statement::ShowMaterializedViews => Ok(self.show(RelationKind::MaterializedView)),
             Statement::ShowSinks => self.show_sinks().await,
             Statement::Describe(name) => self.describe(name),
-            Statement::Explain(inner) => self.explain(inner).await,
+            Statement::Explain(inner) => self.explain(inner, false).await,
+            Statement::ExplainDot(inner) => self.explain(inner, true).await,
             Statement::Transaction(kind) => Ok(command(match kind {
                 TransactionKind::Begin => "BEGIN",
                 TransactionKind::Commit => "COMMIT",
@@ -2013,7 +2014,15 @@ impl Database {
         })
     }
 
-    async fn explain(&self, stmt: &Statement) -> Result<Output> {
+    /// EXPLAIN: the plan as indented lines, one row each; with `dot`, a view's dataflow
+    /// as one Graphviz document in one row (as PostgreSQL returns non-text formats).
+    async fn explain(&self, stmt: &Statement, dot: bool) -> Result<Output> {
+        if dot && !matches!(stmt, Statement::CreateMaterializedView { .. }) {
+            return Err(PlanError::user(
+                "0A000",
+                "EXPLAIN (FORMAT DOT) shows the dataflow of CREATE MATERIALIZED VIEW",
+            ));
+        }
         let text = match stmt {
             Statement::CreateMaterializedView {
                 query,
@@ -2025,7 +2034,11 @@ impl Database {
                 let (dataflow, _) = self
                     .plan_view(query, first, &inner, *emit_on_window_close)
                     .await?;
-                dataflow.plan().explain(self.config.workers)
+                if dot {
+                    dataflow.plan().explain_dot(self.config.workers)
+                } else {
+                    dataflow.plan().explain(self.config.workers)
+                }
             }
             Statement::Query(q) => {
                 let snapshot = self.snapshot();
@@ -2041,7 +2054,11 @@ impl Database {
                 ))
             }
         };
-        let lines: Vec<&str> = text.lines().collect();
+        let lines: Vec<&str> = if dot {
+            vec![text.as_str()]
+        } else {
+            text.lines().collect()
+        };
         let schema = Arc::new(Schema::new(vec![Field::new(
             "QUERY PLAN",
             DataType::Utf8,

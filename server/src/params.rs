@@ -60,7 +60,7 @@ fn visit_placeholders<F: FnMut(&mut Expr)>(stmt: &mut Statement, f: &mut F) -> C
         Statement::Update(u) => u.visit(&mut v),
         Statement::Delete(d) => d.visit(&mut v),
         Statement::CreateMaterializedView { query, .. } => query.visit(&mut v),
-        Statement::Explain(inner) => visit_placeholders(inner, f),
+        Statement::Explain(inner) | Statement::ExplainDot(inner) => visit_placeholders(inner, f),
         _ => ControlFlow::Continue(()),
     }
 }

@@ -86,6 +86,8 @@ pub enum Statement {
     Transaction(TransactionKind),
     /// `EXPLAIN [CREATE MATERIALIZED VIEW] ...`.
     Explain(Box<Statement>),
+    /// `EXPLAIN (FORMAT DOT) statement`: the dataflow as a Graphviz digraph.
+    ExplainDot(Box<Statement>),
 }
 
 /// What `DROP` drops.
@@ -478,11 +480,33 @@ fn parse_one(text: &str) -> Result<Statement, SqlError> {
             return Ok(Statement::Describe(name));
         }
         ["EXPLAIN", ..] => {
-            let rest = text
-                .trim_start()
-                .split_once(char::is_whitespace)
-                .map(|(_, r)| r)
-                .unwrap_or("");
+            let rest = text.trim_start()["EXPLAIN".len()..].trim_start();
+            // EXPLAIN (FORMAT TEXT | DOT) statement
+            if let Some(options) = rest.strip_prefix('(') {
+                let (inside, after) = options.split_once(')').ok_or_else(|| SqlError::Syntax {
+                    message: "expected ) after EXPLAIN's options".into(),
+                    position: None,
+                })?;
+                let words: Vec<String> = inside
+                    .split_whitespace()
+                    .map(str::to_ascii_uppercase)
+                    .collect();
+                let inner = Box::new(parse_one(after)?);
+                return match words
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .as_slice()
+                {
+                    ["FORMAT", "DOT"] => Ok(Statement::ExplainDot(inner)),
+                    ["FORMAT", "TEXT"] => Ok(Statement::Explain(inner)),
+                    // "EXPLAIN (FORMAT JSON) is not supported"
+                    _ => Err(SqlError::Unsupported(format!(
+                        "EXPLAIN ({})",
+                        inside.trim()
+                    ))),
+                };
+            }
             let inner = parse_one(rest)?;
             return Ok(Statement::Explain(Box::new(inner)));
         }
