@@ -26,6 +26,7 @@ use crate::batch::{batch_with_schema, ChangeBatch};
 use crate::codec::{Reader, Writer};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
+use crate::ops::watermark::{behind_watermarks, raise};
 use crate::row::{Partitioner, RowCodec};
 
 /// The aggregate functions that can be maintained under retraction.
@@ -293,24 +294,16 @@ impl AggregateOp {
         self.purged_at = self.watermarks.clone();
         let keys: Vec<&Vec<u8>> = self.groups.keys().collect();
         let columns = self.key_codec.decode(keys.iter().map(|k| k.as_slice()))?;
-        let mut closed: Option<arrow::array::BooleanArray> = None;
-        for (column, wm) in columns.iter().zip(&self.watermarks) {
-            let Some(wm) = wm else { continue };
-            let wm = arrow::array::Scalar::new(cast(&wm.to_array()?, column.data_type())?);
-            let behind = arrow::compute::kernels::cmp::lt(column, &wm)?;
-            closed = Some(match closed {
-                Some(c) => arrow::compute::or(&c, &behind)?,
-                None => behind,
-            });
-        }
-        let Some(closed) = closed else {
+        let watermarks: Vec<Option<&ScalarValue>> =
+            self.watermarks.iter().map(Option::as_ref).collect();
+        let Some(behind) = behind_watermarks(&columns, &watermarks)? else {
             return Ok(());
         };
         let closed: Vec<Vec<u8>> = keys
             .iter()
-            .enumerate()
-            .filter(|(i, _)| closed.is_valid(*i) && closed.value(*i))
-            .map(|(_, k)| (*k).clone())
+            .zip(behind)
+            .filter(|(_, b)| *b)
+            .map(|(k, _)| (*k).clone())
             .collect();
         let mut emitted: Vec<(Vec<u8>, Vec<OutVal>)> = Vec::new();
         for key in closed {
@@ -1161,12 +1154,7 @@ impl Operator for AggregateOp {
 
     fn on_watermark(&mut self, _port: usize, column: usize, value: &ScalarValue) -> Result<()> {
         if let Some(slot) = self.watermarks.get_mut(column) {
-            let newer = slot
-                .as_ref()
-                .is_none_or(|old| old.partial_cmp(value) == Some(std::cmp::Ordering::Less));
-            if newer {
-                *slot = Some(value.clone());
-            }
+            raise(slot, value);
         }
         Ok(())
     }

@@ -17,7 +17,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, Scalar, UInt32Array};
+use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::{cast, take_record_batch};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::ScalarValue;
@@ -29,6 +29,7 @@ use crate::batch::ChangeBatch;
 use crate::codec::{join_prefixed, split_prefixed};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
+use crate::ops::watermark::{behind_watermarks, raise};
 use crate::row::{Partitioner, RowCodec};
 
 /// Which rows a join produces.
@@ -391,22 +392,11 @@ impl JoinOp {
                 continue;
             }
             let decoded = self.key_codec.decode(keys.iter().map(Vec::as_slice))?;
-            let mut behind: Option<arrow::array::BooleanArray> = None;
-            for (column, wm) in decoded.iter().zip(&thresholds) {
-                let Some(wm) = wm else { continue };
-                let wm = Scalar::new(cast(&wm.to_array()?, column.data_type())?);
-                let lt = arrow::compute::kernels::cmp::lt(column, &wm)?;
-                behind = Some(match behind {
-                    Some(b) => arrow::compute::or(&b, &lt)?,
-                    None => lt,
-                });
-            }
-            let Some(behind) = behind else { continue };
+            let Some(behind) = behind_watermarks(&decoded, &thresholds)? else {
+                continue;
+            };
             let s = &mut self.sides[side];
-            for (i, key) in keys.iter().enumerate() {
-                if !(behind.is_valid(i) && behind.value(i)) {
-                    continue;
-                }
+            for (key, _) in keys.iter().zip(behind).filter(|(_, b)| *b) {
                 if let Some(bucket) = s.rows.remove(key) {
                     for row in bucket.keys() {
                         state.delete(self.tables[side], &join_prefixed(key, row));
@@ -953,12 +943,7 @@ impl Operator for JoinOp {
             .get_mut(port)
             .and_then(|w| w.get_mut(column))
         {
-            let newer = slot
-                .as_ref()
-                .is_none_or(|old| old.partial_cmp(value) == Some(std::cmp::Ordering::Less));
-            if newer {
-                *slot = Some(value.clone());
-            }
+            raise(slot, value);
         }
         Ok(())
     }

@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::Array;
 use arrow::array::{ArrayRef, RecordBatch, UInt64Array};
 use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, SchemaRef};
@@ -25,6 +24,7 @@ use crate::batch::{batch_with_schema, ChangeBatch};
 use crate::codec::{ordered_row_key, split_ordered_row};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
+use crate::ops::watermark::{behind_watermarks, raise};
 use crate::row::{Partitioner, RowCodec};
 
 /// The fixed settings of a top-N.
@@ -163,26 +163,12 @@ impl TopNOp {
         let columns = self
             .partition_codec
             .decode(keys.iter().map(Vec::as_slice))?;
-        let mut behind: Option<arrow::array::BooleanArray> = None;
-        for (column, wm) in columns.iter().zip(&self.watermarks) {
-            let Some(wm) = wm else { continue };
-            let wm = arrow::array::Scalar::new(arrow::compute::cast(
-                &wm.to_array()?,
-                column.data_type(),
-            )?);
-            let lt = arrow::compute::kernels::cmp::lt(column, &wm)?;
-            behind = Some(match behind {
-                Some(b) => arrow::compute::or(&b, &lt)?,
-                None => lt,
-            });
-        }
-        let Some(behind) = behind else {
+        let watermarks: Vec<Option<&ScalarValue>> =
+            self.watermarks.iter().map(Option::as_ref).collect();
+        let Some(behind) = behind_watermarks(&columns, &watermarks)? else {
             return Ok(());
         };
-        for (i, key) in keys.iter().enumerate() {
-            if !(behind.is_valid(i) && behind.value(i)) {
-                continue;
-            }
+        for (key, _) in keys.iter().zip(behind).filter(|(_, b)| *b) {
             if let Some(rows) = self.partitions.remove(key) {
                 for (order, row) in rows.keys() {
                     state.delete(self.table, &ordered_row_key(key, order, row));
@@ -292,12 +278,7 @@ impl Operator for TopNOp {
     fn on_watermark(&mut self, _port: usize, column: usize, value: &ScalarValue) -> Result<()> {
         for (e, slot) in self.spec.partition.iter().zip(&mut self.watermarks) {
             if e.downcast_ref::<Column>().map(Column::index) == Some(column) {
-                let newer = slot
-                    .as_ref()
-                    .is_none_or(|old| old.partial_cmp(value) == Some(std::cmp::Ordering::Less));
-                if newer {
-                    *slot = Some(value.clone());
-                }
+                raise(slot, value);
             }
         }
         Ok(())

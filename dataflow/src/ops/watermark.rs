@@ -123,6 +123,35 @@ impl Operator for WatermarkFilterOp {
     }
 }
 
+/// Moves `slot` up to `value` when that is later: a watermark never goes back.
+pub fn raise(slot: &mut Option<ScalarValue>, value: &ScalarValue) {
+    let later = slot
+        .as_ref()
+        .is_none_or(|old| old.partial_cmp(value) == Some(std::cmp::Ordering::Less));
+    if later {
+        *slot = Some(value.clone());
+    }
+}
+
+/// For each row of `columns`: whether one of its values lies below that column's
+/// watermark (NULL never does). `None` when no column has a watermark.
+pub fn behind_watermarks(
+    columns: &[ArrayRef],
+    watermarks: &[Option<&ScalarValue>],
+) -> Result<Option<Vec<bool>>> {
+    let mut behind: Option<arrow::array::BooleanArray> = None;
+    for (column, wm) in columns.iter().zip(watermarks) {
+        let Some(wm) = wm else { continue };
+        let wm = Scalar::new(cast(&wm.to_array()?, column.data_type())?);
+        let lt = arrow::compute::kernels::cmp::lt(column, &wm)?;
+        behind = Some(match behind {
+            Some(b) => arrow::compute::or(&b, &lt)?,
+            None => lt,
+        });
+    }
+    Ok(behind.map(|b| (0..b.len()).map(|i| b.is_valid(i) && b.value(i)).collect()))
+}
+
 /// A watermark value as the integer of its type (microseconds for a microsecond
 /// timestamp); `None` for NULL.
 pub fn scalar_to_i64(v: &ScalarValue) -> Result<Option<i64>> {
