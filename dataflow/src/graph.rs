@@ -29,6 +29,7 @@ use crate::ops::materialize::MaterializeOp;
 use crate::ops::over::{OverOp, OverSpec};
 use crate::ops::project::ProjectOp;
 use crate::ops::session::{SessionOp, SessionSpec};
+use crate::ops::temporal_filter::{TemporalFilterOp, TemporalFilterSpec};
 use crate::ops::topn::{TopNOp, TopNSpec};
 use crate::ops::union::UnionOp;
 use crate::ops::watermark::{
@@ -55,6 +56,9 @@ pub enum NodeKind {
     Filter {
         predicate: Arc<dyn PhysicalExpr>,
     },
+    /// A condition on `NOW()` re-evaluated as the clock moves (see
+    /// [`crate::ops::temporal_filter`]); one state table for the rows it keeps.
+    TemporalFilter(TemporalFilterSpec),
     Project {
         exprs: Vec<Arc<dyn PhysicalExpr>>,
     },
@@ -132,6 +136,7 @@ impl StreamPlan {
                     .first()
                     .is_some_and(|i| memo.get(*i).copied().unwrap_or(false)),
                 NodeKind::Join(spec) => inputs && matches!(spec.kind, JoinKind::Inner),
+                NodeKind::TemporalFilter(spec) => inputs && spec.bound.append_only(),
                 // Emitting on window close, an aggregate writes each group once, final.
                 NodeKind::Aggregate(spec) => spec.emit_on_window_close,
                 NodeKind::TopN(_) | NodeKind::Session(_) | NodeKind::Over(_) => false,
@@ -218,6 +223,15 @@ impl StreamPlan {
                 spec.text
             ),
             NodeKind::Filter { predicate } => format!("Filter: {predicate}"),
+            NodeKind::TemporalFilter(spec) => format!(
+                "TemporalFilter: {}, rows {} as now() advances",
+                spec.text,
+                if spec.bound.append_only() {
+                    "enter"
+                } else {
+                    "leave"
+                }
+            ),
             NodeKind::Project { exprs } => format!(
                 "Project: {}",
                 exprs
@@ -412,6 +426,7 @@ fn is_keyed(kind: &NodeKind) -> bool {
             | NodeKind::TopN(_)
             | NodeKind::Session(_)
             | NodeKind::Over(_)
+            | NodeKind::TemporalFilter(_)
             | NodeKind::Materialize
     )
 }
@@ -451,6 +466,9 @@ fn instantiate(node: &PlanNode, partitioner: Partitioner) -> Result<Box<dyn Oper
         )?),
         NodeKind::WatermarkFilter(spec) => Box::new(WatermarkFilterOp::new(spec.clone())),
         NodeKind::Filter { predicate } => Box::new(FilterOp::new(Arc::clone(predicate))),
+        NodeKind::TemporalFilter(spec) => {
+            Box::new(TemporalFilterOp::try_new(spec.clone(), table(0)?)?)
+        }
         NodeKind::Project { exprs } => {
             Box::new(ProjectOp::new(exprs.clone(), Arc::clone(&node.schema)))
         }
@@ -523,7 +541,7 @@ fn exchange_for(node: &PlanNode, input_schemas: &[SchemaRef]) -> Result<Exchange
                 vec![spec.partition_codec()?],
             )
         }
-        NodeKind::Materialize => Exchange::Hash(
+        NodeKind::Materialize | NodeKind::TemporalFilter(_) => Exchange::Hash(
             Box::new(|_, b: &RecordBatch| Ok(b.columns().to_vec())),
             vec![RowCodec::for_schema(&input_schemas[0])?],
         ),
@@ -542,6 +560,10 @@ pub struct Dataflow {
     watermarks: Vec<Watermarks>,
     /// Per watermark filter node: the late rows it dropped, in all.
     late_rows: Vec<u64>,
+    /// The clock temporal filters see, when fixed (tests); else the system's.
+    clock: Option<i64>,
+    /// The last epoch's clock: the clock never steps back within a run.
+    last_clock: Option<i64>,
 }
 
 /// One watermark of a running view, for `sabot_catalog.watermarks`.
@@ -600,6 +622,8 @@ impl Dataflow {
             exchanges,
             watermarks,
             late_rows,
+            clock: None,
+            last_clock: None,
         })
     }
 
@@ -646,6 +670,18 @@ impl Dataflow {
         Ok(())
     }
 
+    /// Fixes the clock (nanoseconds since the Unix epoch) that temporal filters see from
+    /// the next epoch on; `None`: the system clock.
+    pub fn set_clock(&mut self, now_ns: Option<i64>) {
+        self.clock = now_ns;
+    }
+
+    /// Whether an operator holds rows whose output changes as the clock moves: epochs
+    /// must run even without input.
+    pub fn time_driven(&self) -> bool {
+        self.instances.iter().flatten().any(|op| op.time_pending())
+    }
+
     /// Runs one epoch. `deltas` maps each source relation to its changes in the epoch;
     /// state changes go into `batch`. Returns the view's change in the epoch.
     pub fn run_epoch(
@@ -655,6 +691,9 @@ impl Dataflow {
     ) -> Result<Vec<ChangeBatch>> {
         let epoch = batch.epoch();
         let w = self.workers;
+        let now = self.clock.unwrap_or_else(system_clock_ns);
+        let now = self.last_clock.map_or(now, |last| last.max(now));
+        self.last_clock = Some(now);
         // outputs[node][worker]
         let mut outputs: Vec<Vec<Vec<ChangeBatch>>> = Vec::with_capacity(self.plan.nodes.len());
         for (i, node) in self.plan.nodes.iter().enumerate() {
@@ -678,6 +717,12 @@ impl Dataflow {
                             self.route(i, port, &b, from, &mut inputs)?;
                         }
                     }
+                }
+            }
+            if let NodeKind::TemporalFilter(_) = &node.kind {
+                // The clock comes first: the epoch's rows are judged by it.
+                for per_worker in &mut inputs {
+                    per_worker[0].insert(0, Message::Clock(now));
                 }
             }
             match &node.kind {
@@ -899,6 +944,7 @@ fn run_messages(
             match msg {
                 Message::Data(b) => op.on_data(port, b, &mut out)?,
                 Message::Watermark(c, v) => op.on_watermark(port, c, &v)?,
+                Message::Clock(now) => op.on_clock(now, &mut out)?,
                 Message::Barrier(e) => barrier = Some(e),
             }
         }
@@ -990,6 +1036,13 @@ fn advance_watermarks(
     let derived = derive(node, &inputs, &schemas)?;
     watermarks[i] = derived;
     Ok(())
+}
+
+/// Nanoseconds since the Unix epoch by the system clock.
+fn system_clock_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// The watermark of a source that has ended, as the integer of the time type `ty`:

@@ -15,6 +15,9 @@ pub enum Message {
     Data(ChangeBatch),
     /// No row still to come on this edge has a value below this in column `.0`.
     Watermark(usize, ScalarValue),
+    /// The epoch's clock (nanoseconds since the Unix epoch), first on the edge into a
+    /// temporal filter.
+    Clock(i64),
     /// Everything of `epoch` has been sent on this edge.
     Barrier(u64),
 }
@@ -43,6 +46,18 @@ pub trait Operator: Send + Sync {
     /// [`crate::ops::watermark`]).
     fn on_watermark(&mut self, _port: usize, _column: usize, _value: &ScalarValue) -> Result<()> {
         Ok(())
+    }
+
+    /// The epoch's clock (nanoseconds since the Unix epoch, never earlier than the last
+    /// epoch's), before the epoch's data; only temporal filters get it.
+    fn on_clock(&mut self, _now_ns: i64, _out: &mut Vec<ChangeBatch>) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether the operator holds rows whose output changes as the clock moves: the
+    /// runtime should run epochs even without new input.
+    fn time_pending(&self) -> bool {
+        false
     }
 
     /// For a watermark generator: the largest watermark value seen this epoch (as the

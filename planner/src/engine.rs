@@ -694,11 +694,9 @@ impl Database {
                 }
             }
         }
-        let reading = inner
-            .views
-            .iter()
-            .any(|v| v.meta.error.is_none() && v.dataflow.sources_active())
-            || inner.tables.values().any(|t| t.ingest.is_some());
+        let reading = inner.views.iter().any(|v| {
+            v.meta.error.is_none() && (v.dataflow.sources_active() || v.dataflow.time_driven())
+        }) || inner.tables.values().any(|t| t.ingest.is_some());
         if !reading && !inner.tables.values().any(|t| t.state.has_pending()) {
             return Ok(inner.epoch);
         }
@@ -764,7 +762,8 @@ impl Database {
                 .sources()
                 .iter()
                 .any(|s| deltas.contains_key(*s))
-                || view.dataflow.sources_active();
+                || view.dataflow.sources_active()
+                || view.dataflow.time_driven();
             if !reads_changes {
                 continue;
             }
@@ -960,6 +959,7 @@ impl Database {
         for f in crate::windows::session_markers() {
             ctx.register_udf(f);
         }
+        ctx.register_udf(crate::now::now_marker());
         // PostgreSQL's name for the sample variance.
         ctx.register_udaf(
             datafusion::functions_aggregate::variance::var_samp_udaf()
@@ -997,6 +997,7 @@ impl Database {
         let mut query = query.clone();
         if streaming {
             crate::windows::rewrite_windows_for_stream(&mut query)?;
+            crate::now::rewrite_now(&mut query)?;
         } else {
             crate::windows::rewrite_windows(&mut query)?;
         }

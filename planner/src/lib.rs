@@ -11,6 +11,7 @@
 pub mod engine;
 pub mod error;
 pub mod ingest;
+pub mod now;
 pub mod pg_catalog;
 pub mod sinks;
 pub mod sources;

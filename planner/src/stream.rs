@@ -22,6 +22,7 @@ use sabot_dataflow::ops::connector::SourceFactory;
 use sabot_dataflow::ops::join::{JoinKind, JoinSpec};
 use sabot_dataflow::ops::over::OverSpec;
 use sabot_dataflow::ops::session::SessionSpec;
+use sabot_dataflow::ops::temporal_filter::TemporalFilterSpec;
 use sabot_dataflow::ops::topn::TopNSpec;
 use sabot_dataflow::ops::watermark::WatermarkSpec;
 use sabot_dataflow::{NodeKind, PlanNode, StreamPlan};
@@ -138,6 +139,9 @@ impl<'a> StreamPlanner<'a> {
                  select list; IN and EXISTS in WHERE)",
             ));
         }
+        if crate::now::contains_now(expr) {
+            return Err(crate::now::misplaced());
+        }
         if expr.is_volatile() {
             return Err(PlanError::not_incremental(format!(
                 "the volatile expression {expr}"
@@ -247,6 +251,9 @@ impl<'a> StreamPlanner<'a> {
                     return Ok(id);
                 }
                 let input = self.node(&f.input)?;
+                if crate::now::contains_now(&f.predicate) {
+                    return self.temporal_filter(f, input);
+                }
                 if let Some((joined, schema, exprs)) = self.scalar_subqueries(
                     input,
                     f.input.schema(),
@@ -553,6 +560,66 @@ impl<'a> StreamPlanner<'a> {
             nullable_schema(join.schema.as_arrow()),
             vec![],
         ))
+    }
+
+    /// A filter whose condition reads the clock: the other conjuncts as a plain filter,
+    /// then a temporal filter per time condition.
+    fn temporal_filter(
+        &mut self,
+        f: &datafusion::logical_expr::Filter,
+        input: usize,
+    ) -> Result<usize> {
+        let schema = nullable_schema(f.input.schema().as_arrow());
+        let (timed, plain): (Vec<&Expr>, Vec<&Expr>) = split_conjunction(&f.predicate)
+            .into_iter()
+            .partition(|e| crate::now::contains_now(e));
+        let mut id = input;
+        if let Some(rest) = datafusion::logical_expr::utils::conjunction(plain.into_iter().cloned())
+        {
+            let predicate = self.physical(&rest, f.input.schema())?;
+            id = self.push(
+                NodeKind::Filter { predicate },
+                vec![id],
+                Arc::clone(&schema),
+                vec![],
+            );
+        }
+        for conjunct in timed {
+            let clock = crate::now::clock_schema(conjunct, f.input.schema())?;
+            for c in crate::now::conditions(conjunct)? {
+                let row_type = c.row.get_type(f.input.schema())?;
+                let now = if c.now.get_type(&clock)? == row_type {
+                    c.now
+                } else {
+                    Expr::Cast(datafusion::logical_expr::Cast::new(
+                        Box::new(c.now),
+                        row_type,
+                    ))
+                };
+                let text = format!(
+                    "{} {} {}",
+                    crate::now::display(&c.row),
+                    c.bound.symbol(),
+                    crate::now::display(&now)
+                );
+                let spec = TemporalFilterSpec {
+                    row_expr: self.physical(&c.row, f.input.schema())?,
+                    bound: c.bound,
+                    now_expr: self.state.create_physical_expr(now, &clock)?,
+                    now_schema: Arc::new(clock.as_arrow().clone()),
+                    input_schema: Arc::clone(&schema),
+                    text,
+                };
+                let tables = self.tables(1);
+                id = self.push(
+                    NodeKind::TemporalFilter(spec),
+                    vec![id],
+                    Arc::clone(&schema),
+                    tables,
+                );
+            }
+        }
+        Ok(id)
     }
 
     /// PARTITION BY and ORDER BY expressions over `schema`, as physical expressions

@@ -365,20 +365,36 @@ fn session_subquery(args: &[FunctionArg], streaming: bool) -> Result<(Query, ast
 pub fn session_markers() -> Vec<datafusion::logical_expr::ScalarUDF> {
     [SESSION_START_FN, SESSION_END_FN]
         .into_iter()
-        .map(|name| datafusion::logical_expr::ScalarUDF::new_from_impl(SessionMarker::new(name)))
+        .map(|name| {
+            marker_udf(
+                name,
+                "SESSION windows are computed by the session operator of a view",
+            )
+        })
         .collect()
+}
+
+/// A volatile function that stands in a view's plan for what an operator computes: it
+/// returns its first argument's type, and evaluated it raises `message`.
+pub fn marker_udf(
+    name: &'static str,
+    message: &'static str,
+) -> datafusion::logical_expr::ScalarUDF {
+    datafusion::logical_expr::ScalarUDF::new_from_impl(SessionMarker::new(name, message))
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct SessionMarker {
     name: &'static str,
+    message: &'static str,
     signature: datafusion::logical_expr::Signature,
 }
 
 impl SessionMarker {
-    fn new(name: &'static str) -> Self {
+    fn new(name: &'static str, message: &'static str) -> Self {
         Self {
             name,
+            message,
             signature: datafusion::logical_expr::Signature::variadic_any(
                 // Volatile: the optimizer neither copies nor merges it elsewhere.
                 datafusion::logical_expr::Volatility::Volatile,
@@ -407,7 +423,7 @@ impl datafusion::logical_expr::ScalarUDFImpl for SessionMarker {
         _args: datafusion::logical_expr::ScalarFunctionArgs,
     ) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
         Err(datafusion::error::DataFusionError::Execution(
-            "SESSION windows are computed by the session operator of a view".into(),
+            self.message.into(),
         ))
     }
 }

@@ -8,6 +8,7 @@ pub mod materialize;
 pub mod over;
 pub mod project;
 pub mod session;
+pub mod temporal_filter;
 pub mod topn;
 pub mod union;
 pub mod watermark;

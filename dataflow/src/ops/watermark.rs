@@ -292,7 +292,9 @@ pub fn derive(
         | NodeKind::Connector { .. }
         | NodeKind::WatermarkFilter(_)
         | NodeKind::Over(_) => {}
-        NodeKind::Filter { .. } | NodeKind::Materialize => out = first(),
+        NodeKind::Filter { .. } | NodeKind::TemporalFilter(_) | NodeKind::Materialize => {
+            out = first()
+        }
         NodeKind::Project { exprs } => {
             let (Some(input), Some(schema)) = (inputs.first(), schemas.first()) else {
                 return Ok(out);
