@@ -22,6 +22,7 @@ use crate::batch::ChangeBatch;
 use crate::error::{DataflowError, Result};
 use crate::operator::{Message, Operator};
 use crate::ops::aggregate::{AggregateOp, AggregateSpec};
+use crate::ops::asof::{AsofJoinOp, AsofSpec};
 use crate::ops::connector::{ConnectorOp, SourceFactory};
 use crate::ops::filter::FilterOp;
 use crate::ops::join::{JoinKind, JoinOp, JoinSpec};
@@ -64,6 +65,8 @@ pub enum NodeKind {
     },
     Aggregate(AggregateSpec),
     Join(JoinSpec),
+    /// An ASOF join (see [`crate::ops::asof`]); state tables for the left and right rows.
+    AsofJoin(AsofSpec),
     TopN(TopNSpec),
     /// Assigns each row its session window (see [`crate::ops::session`]).
     Session(SessionSpec),
@@ -139,7 +142,10 @@ impl StreamPlan {
                 NodeKind::TemporalFilter(spec) => inputs && spec.bound.append_only(),
                 // Emitting on window close, an aggregate writes each group once, final.
                 NodeKind::Aggregate(spec) => spec.emit_on_window_close,
-                NodeKind::TopN(_) | NodeKind::Session(_) | NodeKind::Over(_) => false,
+                NodeKind::TopN(_)
+                | NodeKind::Session(_)
+                | NodeKind::Over(_)
+                | NodeKind::AsofJoin(_) => false,
             };
             memo.push(here);
         }
@@ -306,6 +312,23 @@ impl StreamPlan {
                     on.join(", ")
                 )
             }
+            NodeKind::AsofJoin(spec) => {
+                let on: Vec<String> = spec
+                    .join
+                    .left_keys
+                    .iter()
+                    .zip(&spec.join.right_keys)
+                    .map(|(l, r)| format!("{l} = {r}"))
+                    .collect();
+                format!(
+                    "AsofJoin: {:?}, on=[{}], match={} {} {}",
+                    spec.join.kind,
+                    on.join(", "),
+                    spec.left_time,
+                    spec.matching.symbol(),
+                    spec.right_time
+                )
+            }
             NodeKind::TopN(spec) => {
                 let list = |v: Vec<String>| v.join(", ");
                 format!(
@@ -423,6 +446,7 @@ fn is_keyed(kind: &NodeKind) -> bool {
         kind,
         NodeKind::Aggregate(_)
             | NodeKind::Join(_)
+            | NodeKind::AsofJoin(_)
             | NodeKind::TopN(_)
             | NodeKind::Session(_)
             | NodeKind::Over(_)
@@ -476,6 +500,9 @@ fn instantiate(node: &PlanNode, partitioner: Partitioner) -> Result<Box<dyn Oper
             Box::new(AggregateOp::try_new(spec.clone(), table(0)?, partitioner)?)
         }
         NodeKind::Join(spec) => Box::new(JoinOp::try_new(spec.clone(), [table(0)?, table(1)?])?),
+        NodeKind::AsofJoin(spec) => {
+            Box::new(AsofJoinOp::try_new(spec.clone(), [table(0)?, table(1)?])?)
+        }
         NodeKind::TopN(spec) => Box::new(TopNOp::try_new(spec.clone(), table(0)?)?),
         NodeKind::Session(spec) => Box::new(SessionOp::try_new(spec.clone(), table(0)?)?),
         NodeKind::Over(spec) => Box::new(OverOp::try_new(spec.clone(), table(0)?)?),
@@ -515,6 +542,14 @@ fn exchange_for(node: &PlanNode, input_schemas: &[SchemaRef]) -> Result<Exchange
         NodeKind::Join(spec) => {
             let s = spec.clone();
             let types = spec.key_types()?;
+            Exchange::Hash(
+                Box::new(move |port, b: &RecordBatch| s.key_columns(port, b)),
+                vec![RowCodec::new(types.clone())?, RowCodec::new(types)?],
+            )
+        }
+        NodeKind::AsofJoin(spec) => {
+            let s = spec.join.clone();
+            let types = spec.join.key_types()?;
             Exchange::Hash(
                 Box::new(move |port, b: &RecordBatch| s.key_columns(port, b)),
                 vec![RowCodec::new(types.clone())?, RowCodec::new(types)?],

@@ -1001,9 +1001,8 @@ impl Database {
         } else {
             crate::windows::rewrite_windows(&mut query)?;
         }
-        for table in crate::temporal::rewrite_temporal(&mut query)? {
+        for (alias, table) in crate::temporal::rewrite_temporal(&mut query)? {
             let provider = ctx.table_provider(table.as_str()).await?;
-            let alias = format!("{}{table}", crate::temporal::TEMPORAL_PREFIX);
             if !ctx.table_exist(alias.as_str())? {
                 ctx.register_table(TableReference::bare(alias), provider)?;
             }
@@ -1047,10 +1046,95 @@ impl Database {
 
     /// Runs a read-only query against the last committed epoch.
     pub async fn query(&self, query: &ast::Query) -> Result<Output> {
+        if crate::temporal::has_asof(query) {
+            return self.query_by_dataflow(query).await;
+        }
         let snapshot = self.snapshot();
         let (ctx, query) = self.read_context(&snapshot, query)?;
         let plan = self.logical_plan(&ctx, &query).await?;
         check_readable(&snapshot, &plan)?;
+        let df = ctx.execute_logical_plan(plan).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        Ok(Output::Rows { schema, batches })
+    }
+
+    /// Runs a query that DataFusion cannot (an ASOF join) as a view would compute it: its
+    /// dataflow over the last committed epoch's rows, in one epoch whose state is
+    /// dropped. ORDER BY, LIMIT and FETCH then apply to the result, by its column names.
+    async fn query_by_dataflow(&self, query: &ast::Query) -> Result<Output> {
+        let mut body = query.clone();
+        let order_by = body.order_by.take();
+        let limit = body.limit_clause.take();
+        let fetch = body.fetch.take();
+        let snapshot = self.snapshot();
+        let mut flow = {
+            let inner = self.inner.lock().await;
+            self.plan_view(&body, 0, &inner, false).await?.0
+        };
+        let mut deltas = HashMap::new();
+        for node in &flow.plan().nodes {
+            let (sabot_dataflow::NodeKind::Source { relation }
+            | sabot_dataflow::NodeKind::Connector { relation, .. }) = &node.kind
+            else {
+                continue;
+            };
+            let rel = snapshot.relations.get(relation).ok_or_else(|| {
+                PlanError::user("42P01", format!("relation \"{relation}\" does not exist"))
+            })?;
+            if rel.kind == RelationKind::Source {
+                return Err(PlanError::user(
+                    "0A000",
+                    format!(
+                        "source \"{relation}\" cannot be queried directly; create a materialized view over it"
+                    ),
+                ));
+            }
+            if let Some(err) = &rel.error {
+                return Err(PlanError::user(
+                    "55000",
+                    format!("materialized view \"{relation}\" has stopped updating: {err}"),
+                ));
+            }
+            deltas.insert(
+                relation.clone(),
+                vec![ChangeBatch::inserts(rel.data.clone())],
+            );
+        }
+        flow.run_epoch(&deltas, &mut EpochBatch::new(snapshot.epoch))?;
+        let result = flow.snapshot()?;
+        let schema = result.schema();
+        if order_by.is_none() && limit.is_none() && fetch.is_none() {
+            return Ok(Output::Rows {
+                schema,
+                batches: vec![result],
+            });
+        }
+        let ctx = SessionContext::new();
+        ctx.register_table(
+            TableReference::bare("__sabot_result"),
+            Arc::new(MemTable::try_new(Arc::clone(&schema), vec![vec![result]])?),
+        )?;
+        let mut outer = match sqlparser::parser::Parser::parse_sql(
+            &sqlparser::dialect::PostgreSqlDialect {},
+            "SELECT * FROM __sabot_result",
+        )
+        .map_err(|e| PlanError::Internal(e.to_string()))?
+        .pop()
+        {
+            Some(ast::Statement::Query(q)) => q,
+            _ => return Err(PlanError::Internal("the result query".into())),
+        };
+        // The result's columns go by their names alone.
+        let mut order_by = order_by;
+        if let Some(o) = &mut order_by {
+            let _ = ast::VisitMut::visit(o, &mut Unqualify);
+        }
+        outer.order_by = order_by;
+        outer.limit_clause = limit;
+        outer.fetch = fetch;
+        let stmt = DfStatement::Statement(Box::new(ast::Statement::Query(outer)));
+        let plan = ctx.state().statement_to_plan(stmt).await?;
         let df = ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
@@ -1083,7 +1167,10 @@ impl Database {
         let snapshot = self.snapshot();
         let ctx = self.context(&snapshot, None)?;
         let plan = self.plan_query(&ctx, query, true).await?;
+        // Rows are assigned to sessions, and ASOF joins pick their match, before the
+        // query's WHERE applies: a filter pushed below either would change the result.
         let session = crate::windows::has_session(query);
+        let asof = crate::temporal::has_asof(query);
         let mut watermarks = HashMap::new();
         for (relation, schema, decl) in inner.watermark_decls() {
             watermarks.insert(relation, watermark_spec(&ctx, &schema, decl)?);
@@ -1095,9 +1182,9 @@ impl Database {
             .optimizers()
             .iter()
             .filter(|r| r.name() != "replace_distinct_aggregate")
-            // Rows are assigned to sessions before the query's filters apply: a filter
-            // pushed below the assignment would change the sessions.
-            .filter(|r| !(session && r.name() == "push_down_filter"))
+            .filter(|r| !((session || asof) && r.name() == "push_down_filter"))
+            // It would lift an ASOF join's time condition out of the join.
+            .filter(|r| !(asof && r.name() == "eliminate_cross_join"))
             .cloned()
             .collect();
         let state = datafusion::execution::SessionStateBuilder::new_from_existing(base)
@@ -2290,6 +2377,21 @@ fn source_errors_batch(snapshot: &Snapshot) -> Result<RecordBatch> {
 
 /// Refuses a read of a source (its rows exist only inside the views that read it) and
 /// of a view that stopped updating (naming the failure).
+/// Drops the qualifiers of column references (`t.ts` becomes `ts`).
+struct Unqualify;
+
+impl ast::VisitorMut for Unqualify {
+    type Break = ();
+    fn post_visit_expr(&mut self, e: &mut ast::Expr) -> std::ops::ControlFlow<()> {
+        if let ast::Expr::CompoundIdentifier(parts) = e {
+            if let Some(last) = parts.last().cloned() {
+                *e = ast::Expr::Identifier(last);
+            }
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
 fn check_readable(snapshot: &Snapshot, plan: &datafusion::logical_expr::LogicalPlan) -> Result<()> {
     use datafusion::common::tree_node::TreeNodeRecursion;
     let mut problem = None;

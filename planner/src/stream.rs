@@ -29,7 +29,7 @@ use sabot_dataflow::{NodeKind, PlanNode, StreamPlan};
 use sabot_storage::StateTableId;
 
 use crate::error::{PlanError, Result};
-use crate::temporal::TEMPORAL_PREFIX;
+use crate::temporal::{ASOF_PREFIX, TEMPORAL_PREFIX};
 use crate::windows::{SESSION_END_FN, SESSION_START_FN};
 
 /// Builds the stream plan of a view.
@@ -159,6 +159,9 @@ impl<'a> StreamPlanner<'a> {
                 }
                 let full_schema = scan.source.schema();
                 let mut relation = scan.table_name.table().to_string();
+                if let Some(real) = relation.strip_prefix(ASOF_PREFIX) {
+                    relation = real.to_string();
+                }
                 let temporal = match relation.strip_prefix(TEMPORAL_PREFIX) {
                     Some(real) => {
                         relation = real.to_string();
@@ -559,6 +562,137 @@ impl<'a> StreamPlanner<'a> {
             vec![filtered],
             nullable_schema(join.schema.as_arrow()),
             vec![],
+        ))
+    }
+
+    /// An ASOF join: the equalities of its condition are the keys, one inequality between
+    /// a left and a right expression picks the match; other conditions on the right side
+    /// alone narrow the candidates (and on the left side alone, in an inner join, the
+    /// left rows).
+    fn asof_join(
+        &mut self,
+        join: &datafusion::logical_expr::Join,
+        kind: JoinKind,
+    ) -> Result<usize> {
+        use datafusion::logical_expr::{BinaryExpr, Operator};
+        use sabot_dataflow::ops::asof::{AsofMatch, AsofSpec};
+        if !matches!(kind, JoinKind::Inner | JoinKind::Left) {
+            return Err(PlanError::user(
+                "0A000",
+                "an ASOF join is an inner or LEFT join",
+            ));
+        }
+        let (ls, rs) = (join.left.schema(), join.right.schema());
+        let only = |e: &Expr, s: &DFSchema| e.column_refs().iter().all(|c| s.has_column(c));
+        let mut time: Option<(Expr, AsofMatch, Expr)> = None;
+        let mut left_only = Vec::new();
+        let mut right_only = Vec::new();
+        let conjuncts = join
+            .filter
+            .as_ref()
+            .map(split_conjunction)
+            .unwrap_or_default();
+        for c in conjuncts {
+            if only(c, rs) && !c.column_refs().is_empty() {
+                right_only.push(c.clone());
+                continue;
+            }
+            if only(c, ls) && !c.column_refs().is_empty() {
+                if kind == JoinKind::Left {
+                    return Err(PlanError::not_incremental(
+                        "a condition on the left side alone in the ON of an ASOF LEFT JOIN",
+                    ));
+                }
+                left_only.push(c.clone());
+                continue;
+            }
+            let pair = match c {
+                Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                    if only(left, ls) && only(right, rs) {
+                        Some(((**left).clone(), *op, (**right).clone()))
+                    } else if only(left, rs) && only(right, ls) {
+                        op.swap()
+                            .map(|op| ((**right).clone(), op, (**left).clone()))
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            };
+            let matching = match pair.as_ref().map(|p| p.1) {
+                Some(Operator::GtEq) => AsofMatch::AtOrBefore,
+                Some(Operator::Gt) => AsofMatch::Before,
+                Some(Operator::LtEq) => AsofMatch::AtOrAfter,
+                Some(Operator::Lt) => AsofMatch::After,
+                _ => {
+                    return Err(PlanError::not_incremental(format!(
+                        "the condition {c} in an ASOF join (its ON holds equalities, one \
+                         inequality between a left and a right time, and conditions on the \
+                         right side alone)"
+                    )))
+                }
+            };
+            if time.is_some() {
+                return Err(PlanError::user(
+                    "0A000",
+                    "an ASOF join takes one inequality between a left and a right time",
+                ));
+            }
+            if let Some((l, _, r)) = pair {
+                time = Some((l, matching, r));
+            }
+        }
+        let Some((left_time, matching, right_time)) = time else {
+            return Err(PlanError::user(
+                "42601",
+                "an ASOF join needs an inequality between a left and a right time in its ON \
+                 condition, e.g. ON l.k = r.k AND l.ts >= r.ts",
+            ));
+        };
+        let mut left = self.node(&join.left)?;
+        if let Some(cond) = datafusion::logical_expr::utils::conjunction(left_only) {
+            let predicate = self.physical(&cond, ls)?;
+            let schema = Arc::clone(&self.nodes[left].schema);
+            left = self.push(NodeKind::Filter { predicate }, vec![left], schema, vec![]);
+        }
+        let mut right = self.node(&join.right)?;
+        if let Some(cond) = datafusion::logical_expr::utils::conjunction(right_only) {
+            let predicate = self.physical(&cond, rs)?;
+            let schema = Arc::clone(&self.nodes[right].schema);
+            right = self.push(NodeKind::Filter { predicate }, vec![right], schema, vec![]);
+        }
+        let output_schema = nullable_schema(join.schema.as_arrow());
+        let spec = AsofSpec {
+            join: JoinSpec {
+                filter: None,
+                kind,
+                nulls_equal: false,
+                left_keys: join
+                    .on
+                    .iter()
+                    .map(|(l, _)| self.physical(l, ls))
+                    .collect::<Result<Vec<_>>>()?,
+                right_keys: join
+                    .on
+                    .iter()
+                    .map(|(_, r)| self.physical(r, rs))
+                    .collect::<Result<Vec<_>>>()?,
+                left_schema: nullable_schema(ls.as_arrow()),
+                right_schema: nullable_schema(rs.as_arrow()),
+                output_schema: Arc::clone(&output_schema),
+                temporal: false,
+                intervals: Vec::new(),
+            },
+            left_time: self.physical(&left_time, ls)?,
+            right_time: self.physical(&right_time, rs)?,
+            matching,
+        };
+        let tables = self.tables(2);
+        Ok(self.push(
+            NodeKind::AsofJoin(spec),
+            vec![left, right],
+            output_schema,
+            tables,
         ))
     }
 
@@ -1159,6 +1293,9 @@ impl<'a> StreamPlanner<'a> {
         if join.null_aware {
             return self.null_aware_anti_join(join);
         }
+        if direct_scan(&join.right).is_some_and(|t| t.starts_with(ASOF_PREFIX)) {
+            return self.asof_join(join, kind);
+        }
         if reads_temporal(&join.left) {
             return Err(PlanError::user(
                 "0A000",
@@ -1378,6 +1515,17 @@ fn is_session_marker(e: &Expr) -> bool {
     use datafusion::common::tree_node::TreeNode;
     e.exists(|e| Ok(matches!(e, Expr::ScalarFunction(f) if is_marker_name(f.func.name()))))
         .unwrap_or(false)
+}
+
+/// The table `plan` reads when it is a scan under projections, filters and aliases only.
+fn direct_scan(plan: &LogicalPlan) -> Option<&str> {
+    match plan {
+        LogicalPlan::TableScan(s) => Some(s.table_name.table()),
+        LogicalPlan::Projection(p) => direct_scan(&p.input),
+        LogicalPlan::Filter(f) => direct_scan(&f.input),
+        LogicalPlan::SubqueryAlias(a) => direct_scan(&a.input),
+        _ => None,
+    }
 }
 
 /// Whether `plan` reads a table `FOR SYSTEM_TIME AS OF PROCTIME()`.

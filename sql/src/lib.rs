@@ -326,6 +326,91 @@ fn strip_system_time(text: &str) -> (String, Vec<sqlparser::tokenizer::Location>
     (out, names)
 }
 
+/// The identifier [`mark_asof`] puts in `VERSION AS OF` of the right table of an ASOF
+/// join (sqlparser reads only Snowflake's `ASOF JOIN .. MATCH_CONDITION`).
+pub const ASOF_MARK: &str = "__sabot_asof__";
+
+/// `text` with `ASOF` taken out of `ASOF [LEFT [OUTER]] JOIN`, and where the name of
+/// each ASOF join's right table starts. The word is replaced by spaces, so positions
+/// hold.
+fn strip_asof(text: &str) -> (String, Vec<sqlparser::tokenizer::Location>) {
+    let dialect = PostgreSqlDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, text).tokenize_with_location() else {
+        return (text.to_string(), Vec::new());
+    };
+    let solid: Vec<&TokenWithSpan> = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF))
+        .collect();
+    let upper = |i: usize| match solid.get(i).map(|t| &t.token) {
+        Some(Token::Word(w)) if w.quote_style.is_none() => w.value.to_uppercase(),
+        _ => String::new(),
+    };
+    let starts = line_starts(text);
+    let mut out = text.to_string();
+    let mut names = Vec::new();
+    for i in 0..solid.len() {
+        if upper(i) != "ASOF" {
+            continue;
+        }
+        let join = match (upper(i + 1).as_str(), upper(i + 2).as_str()) {
+            ("JOIN", _) => i + 1,
+            ("LEFT", "JOIN") => i + 2,
+            ("LEFT", "OUTER") if upper(i + 3) == "JOIN" => i + 3,
+            _ => continue,
+        };
+        let Some(relation) = solid.get(join + 1) else {
+            continue;
+        };
+        names.push(relation.span.start);
+        let t = solid[i];
+        let from = byte_offset(text, &starts, t.span.start.line, t.span.start.column);
+        let to = byte_offset(text, &starts, t.span.end.line, t.span.end.column);
+        out.replace_range(from..to, &" ".repeat(to - from));
+    }
+    (out, names)
+}
+
+/// Marks the tables whose name starts at one of `names` as the right side of an ASOF
+/// join; an error when one of them is not a plain table name.
+fn mark_asof(
+    stmt: &mut ast::Statement,
+    names: &[sqlparser::tokenizer::Location],
+) -> Result<(), SqlError> {
+    use ast::{TableFactor, TableVersion, VisitMut, VisitorMut};
+    struct Mark<'a>(&'a [sqlparser::tokenizer::Location], usize);
+    impl VisitorMut for Mark<'_> {
+        type Break = ();
+        fn post_visit_table_factor(
+            &mut self,
+            factor: &mut TableFactor,
+        ) -> std::ops::ControlFlow<()> {
+            if let TableFactor::Table { name, version, .. } = factor {
+                let first = name
+                    .0
+                    .first()
+                    .and_then(|p| p.as_ident())
+                    .map(|i| i.span.start);
+                if first.is_some_and(|l| self.0.contains(&l)) {
+                    *version = Some(TableVersion::VersionAsOf(ast::Expr::Identifier(
+                        ast::Ident::new(ASOF_MARK),
+                    )));
+                    self.1 += 1;
+                }
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let mut mark = Mark(names, 0);
+    let _ = stmt.visit(&mut mark);
+    if mark.1 != names.len() {
+        return Err(SqlError::Unsupported(
+            "ASOF JOIN with anything but a table or view name on its right".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Puts `FOR SYSTEM_TIME AS OF PROCTIME()` back on the table references whose name ends
 /// at one of `names` (where the name's last part starts).
 fn mark_system_time(stmt: &mut ast::Statement, names: &[sqlparser::tokenizer::Location]) {
@@ -514,6 +599,7 @@ fn parse_one(text: &str) -> Result<Statement, SqlError> {
     }
     let dialect = PostgreSqlDialect {};
     let (plain, temporal) = strip_system_time(text);
+    let (plain, asof) = strip_asof(&plain);
     let mut stmts = Parser::parse_sql(&dialect, &plain).map_err(|e| syntax_error(&e, &plain))?;
     if stmts.len() != 1 {
         return Err(SqlError::Syntax {
@@ -524,6 +610,9 @@ fn parse_one(text: &str) -> Result<Statement, SqlError> {
     let mut stmt = stmts.remove(0);
     if !temporal.is_empty() {
         mark_system_time(&mut stmt, &temporal);
+    }
+    if !asof.is_empty() {
+        mark_asof(&mut stmt, &asof)?;
     }
     convert(stmt, text)
 }

@@ -1,6 +1,7 @@
 //! The operators.
 
 pub mod aggregate;
+pub mod asof;
 pub mod connector;
 pub mod filter;
 pub mod join;

@@ -291,7 +291,9 @@ pub fn derive(
         NodeKind::Source { .. }
         | NodeKind::Connector { .. }
         | NodeKind::WatermarkFilter(_)
-        | NodeKind::Over(_) => {}
+        | NodeKind::Over(_)
+        // A right row arriving late revises the match of older left rows.
+        | NodeKind::AsofJoin(_) => {}
         NodeKind::Filter { .. } | NodeKind::TemporalFilter(_) | NodeKind::Materialize => {
             out = first()
         }
