@@ -28,6 +28,7 @@ use crate::ops::filter::FilterOp;
 use crate::ops::join::{JoinKind, JoinOp, JoinSpec};
 use crate::ops::materialize::MaterializeOp;
 use crate::ops::over::{OverOp, OverSpec};
+use crate::ops::proctime::ProcessingTimeOp;
 use crate::ops::project::ProjectOp;
 use crate::ops::session::{SessionOp, SessionSpec};
 use crate::ops::temporal_filter::{TemporalFilterOp, TemporalFilterSpec};
@@ -63,6 +64,8 @@ pub enum NodeKind {
     Project {
         exprs: Vec<Arc<dyn PhysicalExpr>>,
     },
+    /// Appends the epoch's clock to each row (see [`crate::ops::proctime`]).
+    ProcessingTime,
     Aggregate(AggregateSpec),
     Join(JoinSpec),
     /// An ASOF join (see [`crate::ops::asof`]); state tables for the left and right rows.
@@ -131,6 +134,7 @@ impl StreamPlan {
                 NodeKind::Filter { .. }
                 | NodeKind::WatermarkFilter(_)
                 | NodeKind::Project { .. }
+                | NodeKind::ProcessingTime
                 | NodeKind::Union
                 | NodeKind::Materialize => inputs,
                 // A temporal join's output comes from its left rows only, as they arrive.
@@ -371,6 +375,14 @@ impl StreamPlan {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+            NodeKind::ProcessingTime => format!(
+                "ProcessingTime: {} = the epoch's clock",
+                n.schema
+                    .fields()
+                    .last()
+                    .map(|f| f.name().as_str())
+                    .unwrap_or_default()
+            ),
             NodeKind::Union => "Union".to_string(),
             NodeKind::Materialize => "Materialize".to_string(),
         };
@@ -507,6 +519,7 @@ fn instantiate(node: &PlanNode, partitioner: Partitioner) -> Result<Box<dyn Oper
         NodeKind::Session(spec) => Box::new(SessionOp::try_new(spec.clone(), table(0)?)?),
         NodeKind::Over(spec) => Box::new(OverOp::try_new(spec.clone(), table(0)?)?),
         NodeKind::Union => Box::new(UnionOp::new(Arc::clone(&node.schema))),
+        NodeKind::ProcessingTime => Box::new(ProcessingTimeOp::new(Arc::clone(&node.schema))),
         NodeKind::Materialize => {
             Box::new(MaterializeOp::try_new(Arc::clone(&node.schema), table(0)?)?)
         }
@@ -754,7 +767,7 @@ impl Dataflow {
                     }
                 }
             }
-            if let NodeKind::TemporalFilter(_) = &node.kind {
+            if let NodeKind::TemporalFilter(_) | NodeKind::ProcessingTime = &node.kind {
                 // The clock comes first: the epoch's rows are judged by it.
                 for per_worker in &mut inputs {
                     per_worker[0].insert(0, Message::Clock(now));

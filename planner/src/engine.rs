@@ -960,6 +960,7 @@ impl Database {
             ctx.register_udf(f);
         }
         ctx.register_udf(crate::now::now_marker());
+        ctx.register_udf(crate::now::proctime_marker());
         // PostgreSQL's name for the sample variance.
         ctx.register_udaf(
             datafusion::functions_aggregate::variance::var_samp_udaf()
@@ -997,7 +998,6 @@ impl Database {
         let mut query = query.clone();
         if streaming {
             crate::windows::rewrite_windows_for_stream(&mut query)?;
-            crate::now::rewrite_now(&mut query)?;
         } else {
             crate::windows::rewrite_windows(&mut query)?;
         }
@@ -1007,6 +1007,7 @@ impl Database {
                 ctx.register_table(TableReference::bare(alias), provider)?;
             }
         }
+        crate::now::rewrite_now(&mut query, streaming)?;
         let stmt = DfStatement::Statement(Box::new(ast::Statement::Query(Box::new(query))));
         Ok(ctx.state().statement_to_plan(stmt).await?)
     }

@@ -21,16 +21,47 @@ use crate::error::{PlanError, Result};
 /// The marker function that stands for the clock in a view's plan.
 pub const NOW_MARKER: &str = "sabot_now";
 
+/// The marker function that stands for the time a row is processed.
+pub const PROCTIME_MARKER: &str = "sabot_proctime";
+
 /// The column the clock is bound to in a temporal filter's time side.
 pub const NOW_COLUMN: &str = "__sabot_now";
 
-/// Wraps every `now()` and `CURRENT_TIMESTAMP` of `query` in the marker.
-pub fn rewrite_now(query: &mut Query) -> Result<()> {
-    let _ = query.visit(&mut Rewriter);
+/// The column the processing time is appended as.
+pub const PROCTIME_COLUMN: &str = "__sabot_proctime";
+
+/// For a view (`streaming`): wraps every `now()` and `CURRENT_TIMESTAMP` of `query` in
+/// [`NOW_MARKER`] and every `PROCTIME()` in [`PROCTIME_MARKER`]. For a query, `PROCTIME()`
+/// is `now()`. Runs after the temporal join rewrite (which takes `FOR SYSTEM_TIME AS OF
+/// PROCTIME()` out).
+pub fn rewrite_now(query: &mut Query, streaming: bool) -> Result<()> {
+    let _ = query.visit(&mut Rewriter { streaming });
     Ok(())
 }
 
-struct Rewriter;
+struct Rewriter {
+    streaming: bool,
+}
+
+fn call(name: &str, args: Vec<ast::Expr>) -> ast::Expr {
+    ast::Expr::Function(ast::Function {
+        name: ast::ObjectName::from(vec![ast::Ident::new(name)]),
+        uses_odbc_syntax: false,
+        parameters: ast::FunctionArguments::None,
+        args: ast::FunctionArguments::List(ast::FunctionArgumentList {
+            duplicate_treatment: None,
+            args: args
+                .into_iter()
+                .map(|a| ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(a)))
+                .collect(),
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
 
 impl VisitorMut for Rewriter {
     type Break = ();
@@ -45,24 +76,19 @@ impl VisitorMut for Rewriter {
             .last()
             .and_then(|p| p.as_ident())
             .map(|i| i.value.to_ascii_lowercase());
-        if f.over.is_some() || !matches!(name.as_deref(), Some("now" | "current_timestamp")) {
+        if f.over.is_some() {
             return ControlFlow::Continue(());
         }
-        let inner = ast::Expr::Function(f.clone());
-        *expr = ast::Expr::Function(ast::Function {
-            name: ast::ObjectName::from(vec![ast::Ident::new(NOW_MARKER)]),
-            uses_odbc_syntax: false,
-            parameters: ast::FunctionArguments::None,
-            args: ast::FunctionArguments::List(ast::FunctionArgumentList {
-                duplicate_treatment: None,
-                args: vec![ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(inner))],
-                clauses: vec![],
-            }),
-            filter: None,
-            null_treatment: None,
-            over: None,
-            within_group: vec![],
-        });
+        match (name.as_deref(), self.streaming) {
+            (Some("now" | "current_timestamp"), true) => {
+                *expr = call(NOW_MARKER, vec![expr.clone()]);
+            }
+            (Some("proctime"), true) => {
+                *expr = call(PROCTIME_MARKER, vec![call("now", vec![])]);
+            }
+            (Some("proctime"), false) => *expr = call("now", vec![]),
+            _ => {}
+        }
         ControlFlow::Continue(())
     }
 }
@@ -73,6 +99,67 @@ pub fn now_marker() -> datafusion::logical_expr::ScalarUDF {
         NOW_MARKER,
         "NOW() in a view is evaluated by its temporal filter",
     )
+}
+
+/// The processing time marker, for a view's planning context.
+pub fn proctime_marker() -> datafusion::logical_expr::ScalarUDF {
+    crate::windows::marker_udf(
+        PROCTIME_MARKER,
+        "PROCTIME() in a view is the processing time operator's",
+    )
+}
+
+/// Whether `e` reads the processing time.
+pub fn contains_proctime(e: &Expr) -> bool {
+    e.exists(|e| Ok(matches!(e, Expr::ScalarFunction(f) if f.name() == PROCTIME_MARKER)))
+        .unwrap_or(true)
+}
+
+/// The error for the processing time where a view cannot keep it.
+pub fn proctime_misplaced() -> PlanError {
+    PlanError::not_incremental(
+        "PROCTIME() outside the select list of a query over rows that are only ever \
+         added (a source, an APPEND ONLY table)",
+    )
+}
+
+/// `exprs` with the processing time marker replaced by [`PROCTIME_COLUMN`], and the
+/// marker's type (`now()`'s).
+pub fn bind_proctime(
+    exprs: &[Expr],
+    input: &DFSchema,
+) -> Result<(Vec<Expr>, arrow::datatypes::DataType)> {
+    use datafusion::logical_expr::ExprSchemable;
+    let mut ty = None;
+    let mut out = Vec::with_capacity(exprs.len());
+    for e in exprs {
+        let bound = e
+            .clone()
+            .transform(|e| match &e {
+                Expr::ScalarFunction(f) if f.name() == PROCTIME_MARKER => {
+                    if ty.is_none() {
+                        ty = Some(
+                            f.args
+                                .first()
+                                .ok_or_else(|| {
+                                    datafusion::error::DataFusionError::Plan(
+                                        "the processing time marker takes now()".into(),
+                                    )
+                                })?
+                                .get_type(input)?,
+                        );
+                    }
+                    Ok(Transformed::yes(Expr::Column(Column::from_name(
+                        PROCTIME_COLUMN,
+                    ))))
+                }
+                _ => Ok(Transformed::no(e)),
+            })?
+            .data;
+        out.push(bound);
+    }
+    let ty = ty.ok_or_else(proctime_misplaced)?;
+    Ok((out, ty))
 }
 
 pub fn is_now_marker(e: &Expr) -> bool {

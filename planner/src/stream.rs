@@ -142,6 +142,9 @@ impl<'a> StreamPlanner<'a> {
         if crate::now::contains_now(expr) {
             return Err(crate::now::misplaced());
         }
+        if crate::now::contains_proctime(expr) {
+            return Err(crate::now::proctime_misplaced());
+        }
         if expr.is_volatile() {
             return Err(PlanError::not_incremental(format!(
                 "the volatile expression {expr}"
@@ -287,6 +290,9 @@ impl<'a> StreamPlanner<'a> {
                 ))
             }
             LogicalPlan::Projection(p) if p.expr.iter().any(is_session_marker) => self.session(p),
+            LogicalPlan::Projection(p) if p.expr.iter().any(crate::now::contains_proctime) => {
+                self.processing_time(p)
+            }
             LogicalPlan::Projection(p) => {
                 let input = self.node(&p.input)?;
                 match self.scalar_subqueries(input, p.input.schema(), &p.expr)? {
@@ -694,6 +700,32 @@ impl<'a> StreamPlanner<'a> {
             output_schema,
             tables,
         ))
+    }
+
+    /// A projection that reads the processing time: the clock appended to each row, then
+    /// the projection over it.
+    fn processing_time(&mut self, p: &datafusion::logical_expr::Projection) -> Result<usize> {
+        let input = self.node(&p.input)?;
+        let prefix = StreamPlan {
+            nodes: self.nodes[..=input].to_vec(),
+        };
+        if !prefix.append_only(&|r| self.append_only.contains(r)) {
+            return Err(crate::now::proctime_misplaced());
+        }
+        let (exprs, ty) = crate::now::bind_proctime(&p.expr, p.input.schema())?;
+        let clock = DFSchema::try_from(Schema::new(vec![Field::new(
+            crate::now::PROCTIME_COLUMN,
+            ty,
+            false,
+        )]))?;
+        let extended = p.input.schema().join(&clock)?;
+        let id = self.push(
+            NodeKind::ProcessingTime,
+            vec![input],
+            nullable_schema(extended.as_arrow()),
+            vec![],
+        );
+        self.project(id, &exprs, &extended, &p.schema)
     }
 
     /// A filter whose condition reads the clock: the other conjuncts as a plain filter,

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{
-    DataType, Date32Type, Date64Type, Decimal128Type, Float32Type, Float64Type, Int16Type,
-    Int32Type, Int64Type, Int8Type, IntervalMonthDayNanoType, IntervalUnit, Schema,
+    DataType, Date32Type, Date64Type, Decimal128Type, DurationMicrosecondType,
+    DurationMillisecondType, DurationNanosecondType, DurationSecondType, Float32Type, Float64Type,
+    Int16Type, Int32Type, Int64Type, Int8Type, IntervalMonthDayNanoType, IntervalUnit, Schema,
     Time32MillisecondType, Time32SecondType, Time64MicrosecondType, Time64NanosecondType, TimeUnit,
     TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
     TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
@@ -612,6 +613,34 @@ fn encode_value(
                     months: v.months,
                     days: v.days,
                     micros: v.nanoseconds / 1000,
+                }
+            });
+            encode(enc, &v, ty, fmt, opts)
+        }
+        // The difference of two timestamps: PostgreSQL gives whole days as days.
+        DataType::Duration(unit) => {
+            let v = valid.then(|| {
+                let micros = match unit {
+                    TimeUnit::Second => col
+                        .as_primitive::<DurationSecondType>()
+                        .value(row)
+                        .saturating_mul(1_000_000),
+                    TimeUnit::Millisecond => col
+                        .as_primitive::<DurationMillisecondType>()
+                        .value(row)
+                        .saturating_mul(1_000),
+                    TimeUnit::Microsecond => {
+                        col.as_primitive::<DurationMicrosecondType>().value(row)
+                    }
+                    TimeUnit::Nanosecond => {
+                        col.as_primitive::<DurationNanosecondType>().value(row) / 1_000
+                    }
+                };
+                const DAY: i64 = 86_400_000_000;
+                PgInterval {
+                    months: 0,
+                    days: i32::try_from(micros / DAY).unwrap_or(i32::MAX),
+                    micros: micros % DAY,
                 }
             });
             encode(enc, &v, ty, fmt, opts)

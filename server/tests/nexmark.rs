@@ -168,7 +168,7 @@ async fn nexmark_views_match_batch_evaluation() {
         .await
         .unwrap();
     let queries = queries();
-    assert!(queries.len() >= 20, "found {} queries", queries.len());
+    assert_eq!(queries.len(), 23, "q0 to q22, found {}", queries.len());
     for (name, sql) in &queries {
         client
             .batch_execute(&format!("CREATE MATERIALIZED VIEW nexmark_{name} AS {sql}"))
@@ -198,6 +198,41 @@ async fn nexmark_views_match_batch_evaluation() {
     }
     let mut failed = Vec::new();
     for (name, sql) in &queries {
+        if name == "q12" {
+            // Processing time: no batch query knows when each row was read. Per bidder,
+            // the windows' counts add up to the bids; every window is [10s k, 10s (k+1)).
+            let view = rows(
+                &client,
+                "SELECT bidder, sum(bid_count) FROM nexmark_q12 GROUP BY bidder",
+            )
+            .await;
+            let batch = rows(
+                &client,
+                "SELECT bidder, count(*) FROM bid_all GROUP BY bidder",
+            )
+            .await;
+            let misshapen = rows(
+                &client,
+                "SELECT count(*) FROM nexmark_q12 WHERE window_end - window_start <> INTERVAL '10' SECOND \
+                 OR date_bin(INTERVAL '10' SECOND, window_start) <> window_start",
+            )
+            .await;
+            let ok = same_multiset(view.clone(), batch.clone())
+                && misshapen[0][0].as_deref() == Some("0");
+            eprintln!(
+                "q12: {} ({} bidders, {misshapen:?} misshapen windows)",
+                if ok { "ok" } else { "DIFFERS" },
+                batch.len()
+            );
+            if !ok {
+                failed.push(format!(
+                    "q12: {} bidders in the view, {} in the bids; {misshapen:?} misshapen windows",
+                    view.len(),
+                    batch.len()
+                ));
+            }
+            continue;
+        }
         // q19 orders bids by price alone: among bids of equal price ROW_NUMBER may pick
         // any, so its rows are compared on what ties cannot change.
         let columns = if name == "q19" { "auction, price" } else { "*" };

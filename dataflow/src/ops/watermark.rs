@@ -297,6 +297,12 @@ pub fn derive(
         NodeKind::Filter { .. } | NodeKind::TemporalFilter(_) | NodeKind::Materialize => {
             out = first()
         }
+        // The clock column carries none (yet): the input's columns keep theirs.
+        NodeKind::ProcessingTime => {
+            for (o, i) in out.iter_mut().zip(first()) {
+                *o = i;
+            }
+        }
         NodeKind::Project { exprs } => {
             let (Some(input), Some(schema)) = (inputs.first(), schemas.first()) else {
                 return Ok(out);
