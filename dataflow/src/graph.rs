@@ -612,6 +612,33 @@ pub struct Dataflow {
     clock: Option<i64>,
     /// The last epoch's clock: the clock never steps back within a run.
     last_clock: Option<i64>,
+    /// Per node: what went through it since the dataflow started.
+    counters: Vec<NodeCounters>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct NodeCounters {
+    rows_in: u64,
+    rows_out: u64,
+    busy: std::time::Duration,
+}
+
+/// One operator of a running view, for metrics: counts since the server started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperatorStats {
+    /// The node's index in the plan (EXPLAIN (FORMAT DOT) names it `n<index>`).
+    pub node: usize,
+    /// What it is (`HashAggregate`, `SourceReader`, ...).
+    pub operator: &'static str,
+    /// The relation it reads, for sources and source readers.
+    pub relation: Option<String>,
+    /// Rows (changes) that reached it, and that it emitted.
+    pub rows_in: u64,
+    pub rows_out: u64,
+    /// Time its instances spent working, summed over workers.
+    pub busy_seconds: f64,
+    /// Entries it holds in memory (groups, rows), summed over workers.
+    pub state_rows: u64,
 }
 
 /// One watermark of a running view, for `sabot_catalog.watermarks`.
@@ -663,6 +690,7 @@ impl Dataflow {
             .map(|n| vec![None; n.schema.fields().len()])
             .collect();
         let late_rows = vec![0; plan.nodes.len()];
+        let counters = vec![NodeCounters::default(); plan.nodes.len()];
         Ok(Self {
             plan,
             workers,
@@ -672,6 +700,7 @@ impl Dataflow {
             late_rows,
             clock: None,
             last_clock: None,
+            counters,
         })
     }
 
@@ -799,6 +828,16 @@ impl Dataflow {
                     port.push(Message::Barrier(epoch));
                 }
             }
+            self.counters[i].rows_in += inputs
+                .iter()
+                .flatten()
+                .flatten()
+                .map(|m| match m {
+                    Message::Data(b) => b.num_rows() as u64,
+                    _ => 0,
+                })
+                .sum::<u64>();
+            let started = std::time::Instant::now();
             let results: Vec<Result<(Vec<ChangeBatch>, StateWriter)>> = if w == 1 {
                 let op = &mut self.instances[i][0];
                 inputs
@@ -822,10 +861,13 @@ impl Dataflow {
                         .collect()
                 })
             };
+            // Wall time of the node's step: with several workers it runs them at once.
+            self.counters[i].busy += started.elapsed();
             let mut node_out = Vec::with_capacity(w);
             for r in results {
                 let (out, writer) = r?;
                 batch.append(writer);
+                self.counters[i].rows_out += out.iter().map(|b| b.num_rows() as u64).sum::<u64>();
                 node_out.push(out);
             }
             outputs.push(node_out);
@@ -851,6 +893,32 @@ impl Dataflow {
             .pop()
             .map(|o| o.into_iter().flatten().collect())
             .unwrap_or_default())
+    }
+
+    /// Each operator's counters and state size.
+    pub fn operator_stats(&self) -> Vec<OperatorStats> {
+        self.plan
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| OperatorStats {
+                node: i,
+                operator: self.instances[i].first().map_or("", |op| op.name()),
+                relation: match &n.kind {
+                    NodeKind::Source { relation } | NodeKind::Connector { relation, .. } => {
+                        Some(relation.clone())
+                    }
+                    _ => None,
+                },
+                rows_in: self.counters[i].rows_in,
+                rows_out: self.counters[i].rows_out,
+                busy_seconds: self.counters[i].busy.as_secs_f64(),
+                state_rows: self.instances[i]
+                    .iter()
+                    .map(|op| op.state_rows() as u64)
+                    .sum(),
+            })
+            .collect()
     }
 
     /// The watermarks declared on the relations this view reads, with their current

@@ -20,5 +20,5 @@ pub mod table;
 
 pub use batch::ChangeBatch;
 pub use error::{DataflowError, Result};
-pub use graph::{Dataflow, NodeKind, PlanNode, StreamPlan, WatermarkStatus};
+pub use graph::{Dataflow, NodeKind, OperatorStats, PlanNode, StreamPlan, WatermarkStatus};
 pub use table::TableState;

@@ -76,6 +76,11 @@ pub trait Operator: Send + Sync {
         Ok(())
     }
 
+    /// How many entries (groups, rows) the operator holds in memory, for metrics.
+    fn state_rows(&self) -> usize {
+        0
+    }
+
     /// The state tables this operator writes (restored after a restart, dropped with it).
     fn state_tables(&self) -> Vec<StateTableId> {
         Vec::new()

@@ -263,6 +263,19 @@ struct TableEntry {
 struct ViewEntry {
     meta: ViewMeta,
     dataflow: Dataflow,
+    /// When the view last reflected everything committed to what it reads.
+    synced_at: Option<std::time::SystemTime>,
+}
+
+/// A running view's figures, for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct ViewMetrics {
+    pub name: String,
+    /// Seconds since the view last reflected everything committed to what it reads
+    /// (None before its first epoch); it grows while the view is behind or stopped.
+    pub freshness_seconds: Option<f64>,
+    pub stopped: bool,
+    pub operators: Vec<sabot_dataflow::OperatorStats>,
 }
 
 struct Inner {
@@ -621,7 +634,11 @@ impl Database {
                     dataflow.restore(&self.store)?;
                     inner.next_order = inner.next_order.max(meta.order + 1);
                     changed.insert(meta.name.clone());
-                    inner.views.push(ViewEntry { meta, dataflow });
+                    inner.views.push(ViewEntry {
+                        meta,
+                        dataflow,
+                        synced_at: None,
+                    });
                 }
                 CatalogEntry::User(meta) => {
                     self.users.write().insert(meta.name.clone(), meta);
@@ -698,10 +715,40 @@ impl Database {
             v.meta.error.is_none() && (v.dataflow.sources_active() || v.dataflow.time_driven())
         }) || inner.tables.values().any(|t| t.ingest.is_some());
         if !reading && !inner.tables.values().any(|t| t.state.has_pending()) {
+            // Nothing to read: every running view is up to date.
+            let now = std::time::SystemTime::now();
+            for v in inner.views.iter_mut().filter(|v| v.meta.error.is_none()) {
+                v.synced_at = Some(now);
+            }
             return Ok(inner.epoch);
         }
         let next = inner.epoch + 1;
         self.run_epoch(&mut inner, EpochBatch::new(next), HashSet::new(), &[])
+    }
+
+    /// Each view's freshness and operators, for `/metrics`.
+    pub async fn view_metrics(&self) -> Vec<ViewMetrics> {
+        let inner = self.inner.lock().await;
+        let now = std::time::SystemTime::now();
+        inner
+            .views
+            .iter()
+            .map(|v| ViewMetrics {
+                name: v.meta.name.clone(),
+                freshness_seconds: v.synced_at.map(|t| {
+                    now.duration_since(t)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0)
+                }),
+                stopped: v.meta.error.is_some(),
+                operators: v.dataflow.operator_stats(),
+            })
+            .collect()
+    }
+
+    /// RocksDB's memory and size figures (see [`Store::stats`]).
+    pub fn storage_stats(&self) -> Vec<(&'static str, u64)> {
+        self.store.stats()
     }
 
     /// Whether a view's source reader has more rows ready than the last epoch took: the
@@ -729,6 +776,7 @@ impl Database {
         removed: &[String],
     ) -> Result<u64> {
         let epoch = batch.epoch();
+        let started = std::time::Instant::now();
         let mut deltas: HashMap<String, Vec<ChangeBatch>> = HashMap::new();
         for (name, t) in inner.tables.iter_mut() {
             if let Some(ingest) = &mut t.ingest {
@@ -795,8 +843,19 @@ impl Database {
             NEXT_STATE_TABLE,
             inner.next_state_table.to_le_bytes().to_vec(),
         );
+        let writes = batch.len();
         self.store.commit(batch)?;
         inner.epoch = epoch;
+        metrics::histogram!("sabot_checkpoint_duration_seconds").record(started.elapsed());
+        metrics::histogram!("sabot_checkpoint_writes").record(writes as f64);
+        metrics::counter!("sabot_checkpoints_total").increment(1);
+        let committed = std::time::SystemTime::now();
+        for v in inner.views.iter_mut() {
+            // A view whose reader has more rows ready is behind what it reads.
+            if v.meta.error.is_none() && !v.dataflow.wants_more() {
+                v.synced_at = Some(committed);
+            }
+        }
         if !prepared.is_empty() {
             crash_point("sink-committed");
         }
@@ -1620,7 +1679,11 @@ impl Database {
         batch.put_catalog(&name, catalog_bytes(&CatalogEntry::View(meta.clone()))?);
         inner.next_state_table = next;
         inner.next_order += 1;
-        inner.views.push(ViewEntry { meta, dataflow });
+        inner.views.push(ViewEntry {
+            meta,
+            dataflow,
+            synced_at: None,
+        });
         self.run_epoch(&mut inner, batch, HashSet::from([name]), &[])?;
         Ok(command("CREATE MATERIALIZED VIEW"))
     }

@@ -22,5 +22,6 @@ pub mod windows;
 
 pub use engine::{
     Database, DbConfig, Output, Relation, RelationKind, ScramVerifier, Snapshot, UserMeta,
+    ViewMetrics,
 };
 pub use error::{PlanError, Result};

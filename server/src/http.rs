@@ -1,34 +1,79 @@
-//! A minimal HTTP endpoint: `/health` and a first `/metrics` in Prometheus text format.
+//! A minimal HTTP endpoint: `/health` and `/metrics` in Prometheus text format.
+//!
+//! `/metrics` holds what the `metrics` recorder collected (checkpoint latency and size),
+//! then figures read from the engine at scrape time: relations, views (freshness, each
+//! operator's rows, time and state), sources, watermarks, the process's memory and
+//! RocksDB's. Series of a dropped view go with it.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use datafusion::common::ScalarValue;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sabot_planner::{Database, RelationKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-pub async fn serve(listener: TcpListener, db: Arc<Database>) {
+/// Installs the process's `metrics` recorder; None (with a warning) when one is already
+/// installed.
+pub fn install_recorder() -> Option<PrometheusHandle> {
+    const SECONDS: &[f64] = &[
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    const WRITES: &[f64] = &[0.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0];
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("sabot_checkpoint_duration_seconds".into()),
+            SECONDS,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full("sabot_checkpoint_writes".into()),
+                WRITES,
+            )
+        });
+    match builder.and_then(|b| b.install_recorder()) {
+        Ok(handle) => {
+            let upkeep = handle.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    upkeep.run_upkeep();
+                }
+            });
+            Some(handle)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no metrics recorder: checkpoint histograms are off");
+            None
+        }
+    }
+}
+
+pub async fn serve(listener: TcpListener, db: Arc<Database>, recorder: Option<PrometheusHandle>) {
     loop {
         let Ok((mut socket, _)) = listener.accept().await else {
             continue;
         };
         let db = Arc::clone(&db);
+        let recorder = recorder.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let n = match tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                socket.read(&mut buf),
-            )
-            .await
-            {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let request = String::from_utf8_lossy(&buf[..n]);
+            // The request head may come in pieces: read up to its blank line (8 KiB at
+            // most). Closing with unread input would reset the connection.
+            let mut buf = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 1024];
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                match tokio::time::timeout_at(deadline, socket.read(&mut chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let request = String::from_utf8_lossy(&buf);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
                 "/health" => ("200 OK", "ok\n".to_string()),
-                "/metrics" => ("200 OK", metrics(&db)),
+                "/metrics" => ("200 OK", metrics(&db, recorder.as_ref()).await),
                 _ => ("404 Not Found", "not found\n".to_string()),
             };
             let response = format!(
@@ -40,9 +85,42 @@ pub async fn serve(listener: TcpListener, db: Arc<Database>) {
     }
 }
 
-fn metrics(db: &Database) -> String {
+/// A label value with `\\`, `"` and newlines escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Writes `# HELP` and `# TYPE` lines.
+fn header(s: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(s, "# HELP {name} {help}");
+    let _ = writeln!(s, "# TYPE {name} {kind}");
+}
+
+/// The resident memory of this process, from /proc (Linux).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A timestamp watermark as seconds since the Unix epoch.
+fn epoch_seconds(v: &ScalarValue) -> Option<f64> {
+    Some(match v {
+        ScalarValue::TimestampSecond(Some(x), _) => *x as f64,
+        ScalarValue::TimestampMillisecond(Some(x), _) => *x as f64 / 1e3,
+        ScalarValue::TimestampMicrosecond(Some(x), _) => *x as f64 / 1e6,
+        ScalarValue::TimestampNanosecond(Some(x), _) => *x as f64 / 1e9,
+        ScalarValue::Date32(Some(d)) => f64::from(*d) * 86_400.0,
+        _ => return None,
+    })
+}
+
+async fn metrics(db: &Database, recorder: Option<&PrometheusHandle>) -> String {
     let snap = db.snapshot();
-    let mut s = String::new();
+    let mut s = recorder.map(PrometheusHandle::render).unwrap_or_default();
     let _ = writeln!(s, "# HELP sabot_committed_epoch The last committed epoch.");
     let _ = writeln!(s, "# TYPE sabot_committed_epoch gauge");
     let _ = writeln!(s, "sabot_committed_epoch {}", snap.epoch);
@@ -60,7 +138,8 @@ fn metrics(db: &Database) -> String {
         };
         let _ = writeln!(
             s,
-            "sabot_relation_rows{{name=\"{name}\",kind=\"{kind}\"}} {}",
+            "sabot_relation_rows{{name=\"{}\",kind=\"{kind}\"}} {}",
+            label(name),
             rel.data.num_rows()
         );
     }
@@ -72,9 +151,147 @@ fn metrics(db: &Database) -> String {
     for (name, log) in &snap.source_errors {
         let _ = writeln!(
             s,
-            "sabot_source_errors_total{{source=\"{name}\"}} {}",
+            "sabot_source_errors_total{{source=\"{}\"}} {}",
+            label(name),
             log.total()
         );
     }
+    view_metrics(db, &mut s).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    header(
+        &mut s,
+        "sabot_watermark_lag_seconds",
+        "gauge",
+        "Wall time minus the watermark, per view and the relation and column it is declared on.",
+    );
+    for (view, w) in &snap.watermarks {
+        if let Some(t) = w.value.as_ref().and_then(epoch_seconds) {
+            let _ = writeln!(
+                s,
+                "sabot_watermark_lag_seconds{{view=\"{}\",relation=\"{}\",column=\"{}\"}} {}",
+                label(view),
+                label(&w.relation),
+                label(&w.column),
+                // A finished bounded source's watermark is the end of time: no lag.
+                (now - t).max(0.0)
+            );
+        }
+    }
+    if let Some(rss) = resident_bytes() {
+        header(
+            &mut s,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the sabot process.",
+        );
+        let _ = writeln!(s, "process_resident_memory_bytes {rss}");
+    }
+    header(
+        &mut s,
+        "sabot_rocksdb_property",
+        "gauge",
+        "RocksDB's integer properties (rocksdb.<name>): memtables, table readers, block cache, sizes.",
+    );
+    for (name, v) in db.storage_stats() {
+        let _ = writeln!(s, "sabot_rocksdb_property{{name=\"{name}\"}} {v}");
+    }
     s
+}
+
+/// Per view: freshness, whether it stopped, and each operator's figures; per source the
+/// rows each view's reader took.
+async fn view_metrics(db: &Database, s: &mut String) {
+    let views = db.view_metrics().await;
+    header(
+        s,
+        "sabot_view_freshness_seconds",
+        "gauge",
+        "Seconds since the view last reflected everything committed to what it reads.",
+    );
+    for v in &views {
+        if let Some(f) = v.freshness_seconds {
+            let _ = writeln!(
+                s,
+                "sabot_view_freshness_seconds{{view=\"{}\"}} {f}",
+                label(&v.name)
+            );
+        }
+    }
+    header(
+        s,
+        "sabot_view_stopped",
+        "gauge",
+        "1 when the view stopped on an error (see sabot_catalog.views).",
+    );
+    for v in &views {
+        let _ = writeln!(
+            s,
+            "sabot_view_stopped{{view=\"{}\"}} {}",
+            label(&v.name),
+            u8::from(v.stopped)
+        );
+    }
+    type Pick = fn(&sabot_dataflow::OperatorStats) -> f64;
+    let series: [(&str, &str, &str, Pick); 4] = [
+        (
+            "sabot_operator_rows_in_total",
+            "counter",
+            "Rows (changes) that reached the operator since the server started.",
+            |o| o.rows_in as f64,
+        ),
+        (
+            "sabot_operator_rows_out_total",
+            "counter",
+            "Rows (changes) the operator emitted since the server started.",
+            |o| o.rows_out as f64,
+        ),
+        (
+            "sabot_operator_busy_seconds_total",
+            "counter",
+            "Wall time the operator's step took, over all epochs since the server started.",
+            |o| o.busy_seconds,
+        ),
+        (
+            "sabot_operator_state_rows",
+            "gauge",
+            "Entries (groups, rows) the operator holds in memory, over all workers.",
+            |o| o.state_rows as f64,
+        ),
+    ];
+    for (name, kind, help, pick) in series {
+        header(s, name, kind, help);
+        for v in &views {
+            for o in &v.operators {
+                let _ = writeln!(
+                    s,
+                    "{name}{{view=\"{}\",node=\"{}\",operator=\"{}\"}} {}",
+                    label(&v.name),
+                    o.node,
+                    o.operator,
+                    pick(o)
+                );
+            }
+        }
+    }
+    header(
+        s,
+        "sabot_source_rows_total",
+        "counter",
+        "Rows each view's reader of a source has read since the server started.",
+    );
+    for v in &views {
+        for o in v.operators.iter().filter(|o| o.operator == "SourceReader") {
+            if let Some(r) = &o.relation {
+                let _ = writeln!(
+                    s,
+                    "sabot_source_rows_total{{source=\"{}\",view=\"{}\"}} {}",
+                    label(r),
+                    label(&v.name),
+                    o.rows_out
+                );
+            }
+        }
+    }
 }

@@ -97,7 +97,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     tracing::info!(pg = %config.pg_listen, http = %config.http_listen, data_dir = %config.db.data_dir.display(), "sabot is ready");
 
     tokio::spawn(checkpoint_loop(Arc::clone(&db)));
-    tokio::spawn(http::serve(http, Arc::clone(&db)));
+    tokio::spawn(http::serve(http, Arc::clone(&db), http::install_recorder()));
 
     let factory = Arc::new(handler::HandlerFactory {
         handler: Arc::new(handler::SabotHandler::new(db, auth)),

@@ -127,6 +127,30 @@ impl Store {
         Ok(())
     }
 
+    /// RocksDB's own memory and size figures, for metrics: (property without the
+    /// `rocksdb.` prefix, value). Properties RocksDB does not report are left out.
+    pub fn stats(&self) -> Vec<(&'static str, u64)> {
+        [
+            "cur-size-all-mem-tables",
+            "size-all-mem-tables",
+            "estimate-table-readers-mem",
+            "block-cache-usage",
+            "block-cache-pinned-usage",
+            "total-sst-files-size",
+            "estimate-live-data-size",
+            "estimate-num-keys",
+        ]
+        .into_iter()
+        .filter_map(|p| {
+            self.db
+                .property_int_value(&format!("rocksdb.{p}"))
+                .ok()
+                .flatten()
+                .map(|v| (p, v))
+        })
+        .collect()
+    }
+
     /// A metadata value, if set.
     pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         let mut k = vec![META];

@@ -1020,6 +1020,10 @@ fn div_round(a: i128, b: i128) -> i128 {
 }
 
 impl Operator for AggregateOp {
+    fn state_rows(&self) -> usize {
+        self.groups.len()
+    }
+
     fn name(&self) -> &'static str {
         "HashAggregate"
     }

@@ -230,6 +230,22 @@ impl AsofJoinOp {
 }
 
 impl Operator for AsofJoinOp {
+    fn state_rows(&self) -> usize {
+        let left: usize = self
+            .left
+            .values()
+            .flat_map(|t| t.values())
+            .map(BTreeMap::len)
+            .sum();
+        let right: usize = self
+            .right
+            .values()
+            .flat_map(|t| t.values())
+            .map(BTreeMap::len)
+            .sum();
+        left + right
+    }
+
     fn name(&self) -> &'static str {
         "AsofJoin"
     }

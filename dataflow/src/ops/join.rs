@@ -773,6 +773,13 @@ fn emit(
 }
 
 impl Operator for JoinOp {
+    fn state_rows(&self) -> usize {
+        self.sides
+            .iter()
+            .map(|s| s.rows.values().map(HashMap::len).sum::<usize>())
+            .sum()
+    }
+
     fn name(&self) -> &'static str {
         "HashJoin"
     }

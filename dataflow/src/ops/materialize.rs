@@ -52,6 +52,10 @@ impl MaterializeOp {
 }
 
 impl Operator for MaterializeOp {
+    fn state_rows(&self) -> usize {
+        self.rows.len()
+    }
+
     fn name(&self) -> &'static str {
         "Materialize"
     }

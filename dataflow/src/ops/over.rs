@@ -137,6 +137,10 @@ impl OverOp {
 }
 
 impl Operator for OverOp {
+    fn state_rows(&self) -> usize {
+        self.parts.values().map(BTreeMap::len).sum()
+    }
+
     fn name(&self) -> &'static str {
         "OverWindow"
     }

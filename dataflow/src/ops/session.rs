@@ -183,6 +183,10 @@ fn state_key(key: &[u8], ts: i64, row: &[u8]) -> Vec<u8> {
 }
 
 impl Operator for SessionOp {
+    fn state_rows(&self) -> usize {
+        self.keys.values().map(BTreeMap::len).sum()
+    }
+
     fn name(&self) -> &'static str {
         "SessionWindow"
     }

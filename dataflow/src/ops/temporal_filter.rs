@@ -168,6 +168,10 @@ fn state_key(time: i64, row: &[u8]) -> Vec<u8> {
 }
 
 impl Operator for TemporalFilterOp {
+    fn state_rows(&self) -> usize {
+        self.rows.len()
+    }
+
     fn name(&self) -> &'static str {
         "TemporalFilter"
     }

@@ -180,6 +180,10 @@ impl TopNOp {
 }
 
 impl Operator for TopNOp {
+    fn state_rows(&self) -> usize {
+        self.partitions.values().map(BTreeMap::len).sum()
+    }
+
     fn name(&self) -> &'static str {
         "TopN"
     }
