@@ -317,12 +317,16 @@ fn watermarked_source(nodes: &mut Vec<PlanNode>, name: &str, table: u32, delay: 
     nodes.len() - 1
 }
 
-/// Window join: `SELECT * FROM (SELECT ws, k, v FROM a) JOIN (SELECT ws, k, v FROM b)
-/// USING (ws, k)`, each side a source with `WATERMARK FOR ts AS ts - delay`.
-fn window_join_plan(delay: i64) -> StreamPlan {
+/// Window join: `SELECT * FROM (SELECT ws, k, v FROM a) <kind> JOIN (SELECT ws, k, v
+/// FROM b) USING (ws, k)`, each side a source with `WATERMARK FOR ts AS ts - delay`.
+fn window_join_plan(delay: i64, kind: sabot_dataflow::ops::join::JoinKind) -> StreamPlan {
     use sabot_dataflow::ops::join::{JoinKind, JoinSpec};
     let side = schema(&["ws", "k", "v"]);
-    let out = schema(&["ws", "k", "v", "ws2", "k2", "v2"]);
+    let out = if matches!(kind, JoinKind::LeftSemi | JoinKind::LeftAnti) {
+        Arc::clone(&side)
+    } else {
+        schema(&["ws", "k", "v", "ws2", "k2", "v2"])
+    };
     let ws = || {
         bin(
             bin(col("ts", 0), BinOp::Divide, lit(WINDOW)),
@@ -344,7 +348,7 @@ fn window_join_plan(delay: i64) -> StreamPlan {
     }
     nodes.push(PlanNode {
         kind: NodeKind::Join(JoinSpec {
-            kind: JoinKind::Inner,
+            kind,
             nulls_equal: false,
             left_keys: vec![col("ws", 0), col("k", 1)],
             right_keys: vec![col("ws", 0), col("k", 1)],
@@ -404,6 +408,81 @@ impl SideModel {
         distinct.dedup();
         distinct.len()
     }
+
+    /// Distinct (window, k, v) rows whose window not both watermarks have passed: what an
+    /// outer, semi or anti join must still keep.
+    fn kept_unless_both_passed(&self, a: &SideModel, b: &SideModel) -> usize {
+        let closed = match (a.watermark, b.watermark) {
+            (Some(x), Some(y)) => Some(x.min(y) / WINDOW * WINDOW),
+            _ => None,
+        };
+        let mut distinct: Vec<(i64, i64, i64)> = self
+            .rows
+            .iter()
+            .map(|r| (r.0 / WINDOW * WINDOW, r.1, r.2))
+            .filter(|r| closed.is_none_or(|c| r.0 >= c))
+            .collect();
+        distinct.sort();
+        distinct.dedup();
+        distinct.len()
+    }
+}
+
+/// The window join of the kept rows, computed from scratch.
+fn window_join_model(
+    ma: &SideModel,
+    mb: &SideModel,
+    kind: sabot_dataflow::ops::join::JoinKind,
+) -> Vec<Row> {
+    use sabot_dataflow::ops::join::JoinKind;
+    let w = |r: &(i64, i64, i64)| (r.0 / WINDOW * WINDOW, r.1, r.2);
+    let matches = |x: &(i64, i64, i64), y: &(i64, i64, i64)| w(x).0 == w(y).0 && x.1 == y.1;
+    let full = |x: Option<(i64, i64, i64)>, y: Option<(i64, i64, i64)>| -> Row {
+        let side = |r: Option<(i64, i64, i64)>| {
+            r.map_or([None, None, None], |r| [Some(r.0), Some(r.1), Some(r.2)])
+        };
+        side(x.map(|x| w(&x)))
+            .into_iter()
+            .chain(side(y.map(|y| w(&y))))
+            .collect()
+    };
+    let mut want: Vec<Row> = Vec::new();
+    for x in &ma.rows {
+        let n = mb.rows.iter().filter(|y| matches(x, y)).count();
+        match kind {
+            JoinKind::LeftSemi if n > 0 => want.push(full(Some(*x), None)[..3].to_vec()),
+            JoinKind::LeftAnti if n == 0 => want.push(full(Some(*x), None)[..3].to_vec()),
+            JoinKind::Inner | JoinKind::Left | JoinKind::Full => {
+                for y in mb.rows.iter().filter(|y| matches(x, y)) {
+                    want.push(full(Some(*x), Some(*y)));
+                }
+                if n == 0 && kind != JoinKind::Inner {
+                    want.push(full(Some(*x), None));
+                }
+            }
+            _ => {}
+        }
+    }
+    if kind == JoinKind::Full {
+        for y in &mb.rows {
+            if !ma.rows.iter().any(|x| matches(x, y)) {
+                want.push(full(None, Some(*y)));
+            }
+        }
+    }
+    want.sort();
+    want
+}
+
+fn join_kind() -> impl Strategy<Value = sabot_dataflow::ops::join::JoinKind> {
+    use sabot_dataflow::ops::join::JoinKind;
+    prop_oneof![
+        Just(JoinKind::Inner),
+        Just(JoinKind::Left),
+        Just(JoinKind::Full),
+        Just(JoinKind::LeftSemi),
+        Just(JoinKind::LeftAnti),
+    ]
 }
 
 fn events_batch(rows: &[(i64, i64, i64)]) -> RecordBatch {
@@ -421,13 +500,15 @@ fn events_batch(rows: &[(i64, i64, i64)]) -> RecordBatch {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(150))]
 
-    /// The join equals the join of the rows kept on each side, and each side keeps only
-    /// rows of windows the other side's watermark has not passed.
+    /// The join equals the join of the rows kept on each side. An inner join keeps only
+    /// rows of windows the other side's watermark has not passed; outer, semi and anti
+    /// joins those of windows not both watermarks have passed.
     #[test]
-    fn window_join_purges_closed_windows(a in epochs(), b in epochs(), delay in 0i64..8, workers in 1usize..=3, restart in 0usize..14) {
+    fn window_join_purges_closed_windows(a in epochs(), b in epochs(), delay in 0i64..8, workers in 1usize..=3, restart in 0usize..14, kind in join_kind()) {
+        use sabot_dataflow::ops::join::JoinKind;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let plan = window_join_plan(delay);
+        let plan = window_join_plan(delay, kind);
         let mut flow = Dataflow::try_new(plan.clone(), workers).unwrap();
         let (mut ma, mut mb) = (SideModel::default(), SideModel::default());
         let n = a.len().max(b.len());
@@ -444,20 +525,16 @@ proptest! {
             let mut batch = EpochBatch::new(e as u64 + 1);
             flow.run_epoch(&deltas, &mut batch).unwrap();
             store.commit(batch).unwrap();
-            let mut want: Vec<Row> = Vec::new();
-            for x in &ma.rows {
-                for y in &mb.rows {
-                    let (wx, wy) = (x.0 / WINDOW * WINDOW, y.0 / WINDOW * WINDOW);
-                    if wx == wy && x.1 == y.1 {
-                        want.push([wx, x.1, x.2, wy, y.1, y.2].into_iter().map(Some).collect());
-                    }
-                }
-            }
-            want.sort();
+            let want = window_join_model(&ma, &mb, kind);
             let got = rows_of(&flow.snapshot().unwrap());
-            prop_assert_eq!(&got, &want, "epoch {} with {} workers", e, workers);
-            prop_assert_eq!(store.scan(JOIN_TABLES[0]).unwrap().len(), ma.kept_against(&mb), "left rows kept after epoch {}", e);
-            prop_assert_eq!(store.scan(JOIN_TABLES[1]).unwrap().len(), mb.kept_against(&ma), "right rows kept after epoch {}", e);
+            prop_assert_eq!(&got, &want, "{:?} join, epoch {} with {} workers", kind, e, workers);
+            let (kept_a, kept_b) = if kind == JoinKind::Inner {
+                (ma.kept_against(&mb), mb.kept_against(&ma))
+            } else {
+                (ma.kept_unless_both_passed(&ma, &mb), mb.kept_unless_both_passed(&ma, &mb))
+            };
+            prop_assert_eq!(store.scan(JOIN_TABLES[0]).unwrap().len(), kept_a, "left rows kept after epoch {} ({:?})", e, kind);
+            prop_assert_eq!(store.scan(JOIN_TABLES[1]).unwrap().len(), kept_b, "right rows kept after epoch {} ({:?})", e, kind);
             if e == restart {
                 flow = Dataflow::try_new(plan.clone(), workers).unwrap();
                 flow.restore(&store).unwrap();
@@ -699,7 +776,7 @@ proptest! {
 
 #[test]
 fn explain_dot_draws_every_node_and_edge() {
-    let plan = window_join_plan(2);
+    let plan = window_join_plan(2, sabot_dataflow::ops::join::JoinKind::Inner);
     let dot = plan.explain_dot(2);
     assert!(dot.starts_with("digraph dataflow {\n"), "{dot}");
     assert!(dot.ends_with("}\n"), "{dot}");

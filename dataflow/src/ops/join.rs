@@ -354,9 +354,6 @@ impl JoinOp {
         state: &mut StateWriter,
         touched: [Vec<Vec<u8>>; 2],
     ) -> Result<()> {
-        if self.spec.kind != JoinKind::Inner {
-            return Ok(());
-        }
         let advanced = self.watermarks != self.purged_at;
         self.purged_at = self.watermarks.clone();
         let columns = |keys: &[Arc<dyn PhysicalExpr>]| -> Vec<Option<usize>> {
@@ -368,6 +365,9 @@ impl JoinOp {
             columns(&self.spec.left_keys),
             columns(&self.spec.right_keys),
         ];
+        if self.spec.kind != JoinKind::Inner {
+            return self.purge_final_keys(state, &key_columns, advanced, &touched);
+        }
         for (side, touched) in touched.iter().enumerate() {
             let other = 1 - side;
             // Per key position: the other side's watermark on its key column.
@@ -408,6 +408,63 @@ impl JoinOp {
         }
         for bound in self.spec.intervals.clone() {
             self.purge_outside_interval(bound, advanced, &touched, state)?;
+        }
+        Ok(())
+    }
+
+    /// Outer, semi and anti joins: a key behind the watermarks of both sides' key columns
+    /// gets no row on either side any more, so its output is final and both sides' rows
+    /// of it go. (Behind one side's only, a row still to come on the other side needs
+    /// them: to be padded with NULLs, or to decide a semi or anti join.)
+    fn purge_final_keys(
+        &mut self,
+        state: &mut StateWriter,
+        key_columns: &[Vec<Option<usize>>; 2],
+        advanced: bool,
+        touched: &[Vec<Vec<u8>>; 2],
+    ) -> Result<()> {
+        let thresholds: [Vec<Option<&ScalarValue>>; 2] = [0, 1].map(|side| {
+            key_columns[side]
+                .iter()
+                .map(|c| c.and_then(|c| self.watermarks[side].get(c)?.as_ref()))
+                .collect()
+        });
+        if thresholds.iter().any(|t| t.iter().all(Option::is_none)) {
+            return Ok(());
+        }
+        let mut keys: Vec<Vec<u8>> = if advanced {
+            self.sides
+                .iter()
+                .flat_map(|s| s.rows.keys().cloned())
+                .collect()
+        } else {
+            touched.iter().flatten().cloned().collect()
+        };
+        keys.sort_unstable();
+        keys.dedup();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let decoded = self.key_codec.decode(keys.iter().map(Vec::as_slice))?;
+        let (Some(left), Some(right)) = (
+            behind_watermarks(&decoded, &thresholds[0])?,
+            behind_watermarks(&decoded, &thresholds[1])?,
+        ) else {
+            return Ok(());
+        };
+        for (i, key) in keys.iter().enumerate() {
+            if !(left[i] && right[i]) {
+                continue;
+            }
+            for (side, s) in self.sides.iter_mut().enumerate() {
+                if let Some(bucket) = s.rows.remove(key) {
+                    for row in bucket.keys() {
+                        state.delete(self.tables[side], &join_prefixed(key, row));
+                    }
+                }
+                s.totals.remove(key);
+                s.matched.remove(key);
+            }
         }
         Ok(())
     }
