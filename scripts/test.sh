@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command: unit and property tests, the crash-recovery test, and the
-# .slt files over pgwire against freshly started servers.
+# The project's test command: unit and property tests, the crash-recovery test, the
+# .slt files over pgwire against freshly started servers, and the docker/ files' check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -8,3 +8,5 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast
 "$CARGO_TARGET_DIR/debug/sabot-slt" --sabot "$CARGO_TARGET_DIR/debug/sabot" --workers 2 sqllogictest/slt
+# The docker/ files parse and agree with each other and with `sabot serve` (PyYAML).
+"${SABOT_PYTHON:-python3}" docker/check.py --sabot "$CARGO_TARGET_DIR/debug/sabot"

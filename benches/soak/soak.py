@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUERIES = os.path.join(HERE, "..", "nexmark", "queries")
@@ -50,6 +51,28 @@ def rss_mib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024.0
     return float("nan")
+
+
+def engine_figures(http):
+    """From /metrics: entries held by all operators, and RocksDB's memtables, table
+    readers and block cache, in MiB."""
+    try:
+        page = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=30).read().decode()
+    except OSError:
+        return ("", "", "", "")
+    state = 0.0
+    rocks = {}
+    for line in page.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        series, value = line.rsplit(" ", 1)
+        if series.startswith("sabot_operator_state_rows{"):
+            state += float(value)
+        elif series.startswith("sabot_rocksdb_property{"):
+            rocks[series.split('"')[1]] = float(value) / (1024 * 1024)
+    return (f"{state:.0f}", f"{rocks.get('cur-size-all-mem-tables', 0):.1f}",
+            f"{rocks.get('estimate-table-readers-mem', 0):.1f}",
+            f"{rocks.get('block-cache-usage', 0):.1f}")
 
 
 def main():
@@ -106,8 +129,10 @@ def main():
         start = time.time()
         samples = []
         wm, n5, n7 = "", "", ""
+        figures = ("", "", "", "")
         with open(args.out, "w") as out:
-            out.write("elapsed_s,rss_mib,watermark,q5_rows,q7_rows\n")
+            out.write("elapsed_s,rss_mib,watermark,q5_rows,q7_rows,"
+                      "state_entries,memtables_mib,table_readers_mib,block_cache_mib\n")
             while time.time() - start < args.seconds:
                 elapsed = time.time() - start
                 if server.poll() is not None:
@@ -118,9 +143,10 @@ def main():
                         wm = psql(port, "SELECT max(date_time) FROM q7")
                     n5 = psql(port, "SELECT count(*) FROM q5")
                     n7 = psql(port, "SELECT count(*) FROM q7")
+                    figures = engine_figures(http)
                 rss = rss_mib(server.pid)
                 samples.append((elapsed, rss))
-                out.write(f"{elapsed:.1f},{rss:.1f},{wm},{n5},{n7}\n")
+                out.write(f"{elapsed:.1f},{rss:.1f},{wm},{n5},{n7},{','.join(figures)}\n")
                 out.flush()
                 time.sleep(max(0.0, 1.0 - (time.time() - start - elapsed)))
         print(f"sabot: {sabot}; {args.seconds} s; events every {args.gap_ns} ns; workers {args.workers}")

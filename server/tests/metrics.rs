@@ -143,6 +143,39 @@ async fn metrics_follow_the_dataflow() {
     assert!(get(&s, "sabot_rocksdb_property{name=\"estimate-num-keys\"}") > 0.0);
     assert!(s.contains_key("sabot_rocksdb_property{name=\"cur-size-all-mem-tables\"}"));
 
+    // Every metric the Grafana dashboard in docker/ queries is one the server exports.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docker/grafana/dashboards/sabot.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("sabot_") || word.starts_with("process_") {
+                    let family = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| word.strip_suffix(s))
+                        .filter(|f| page.contains(&format!("# TYPE {f} histogram")))
+                        .unwrap_or(word);
+                    queried.push(family.to_string());
+                }
+            }
+        }
+    }
+    assert!(queried.len() > 10, "{queried:?}");
+    for family in &queried {
+        assert!(
+            page.contains(&format!("# TYPE {family} ")),
+            "the dashboard queries {family}, which /metrics lacks"
+        );
+    }
+
     client
         .batch_execute("DROP MATERIALIZED VIEW per_k")
         .await
