@@ -630,6 +630,10 @@ pub struct OperatorStats {
     pub node: usize,
     /// What it is (`HashAggregate`, `SourceReader`, ...).
     pub operator: &'static str,
+    /// Its line in EXPLAIN.
+    pub label: String,
+    /// The nodes it reads.
+    pub inputs: Vec<usize>,
     /// The relation it reads, for sources and source readers.
     pub relation: Option<String>,
     /// Rows (changes) that reached it, and that it emitted.
@@ -897,6 +901,7 @@ impl Dataflow {
 
     /// Each operator's counters and state size.
     pub fn operator_stats(&self) -> Vec<OperatorStats> {
+        let marks = self.plan.watermark_columns().unwrap_or_default();
         self.plan
             .nodes
             .iter()
@@ -904,6 +909,8 @@ impl Dataflow {
             .map(|(i, n)| OperatorStats {
                 node: i,
                 operator: self.instances[i].first().map_or("", |op| op.name()),
+                label: self.plan.node_line(i, self.workers, &marks),
+                inputs: n.inputs.clone(),
                 relation: match &n.kind {
                     NodeKind::Source { relation } | NodeKind::Connector { relation, .. } => {
                         Some(relation.clone())
@@ -999,6 +1006,30 @@ impl Dataflow {
             _ => inputs[from][port].push(Message::Data(b.clone())),
         }
         Ok(())
+    }
+
+    /// Per operator: rows out and busy seconds since the dataflow started (cheap: no
+    /// state is walked).
+    pub fn operator_counters(&self) -> Vec<(u64, f64)> {
+        self.counters
+            .iter()
+            .map(|c| (c.rows_out, c.busy.as_secs_f64()))
+            .collect()
+    }
+
+    /// Rows that entered the view (read by its source readers, or changes of the tables
+    /// and views it reads) and changes it made to its result, since it started.
+    pub fn throughput_counters(&self) -> (u64, u64) {
+        let read = self
+            .plan
+            .nodes
+            .iter()
+            .zip(&self.counters)
+            .filter(|(n, _)| matches!(n.kind, NodeKind::Source { .. } | NodeKind::Connector { .. }))
+            .map(|(_, c)| c.rows_out)
+            .sum();
+        let written = self.counters.last().map_or(0, |c| c.rows_in);
+        (read, written)
     }
 
     /// Whether a source reader of this dataflow still has rows to read.

@@ -265,11 +265,31 @@ struct ViewEntry {
     dataflow: Dataflow,
     /// When the view last reflected everything committed to what it reads.
     synced_at: Option<std::time::SystemTime>,
+    /// Counters after each of the last epochs, for rates.
+    samples: std::collections::VecDeque<RateSample>,
 }
 
-/// A running view's figures, for `/metrics`.
+/// A view's counters after an epoch.
+struct RateSample {
+    at: std::time::Instant,
+    rows_in: u64,
+    changes: u64,
+    /// Per operator: rows out and busy seconds.
+    operators: Vec<(u64, f64)>,
+}
+
+/// Epochs a view's rates are computed over (at most; and over at most 10 seconds).
+const RATE_SAMPLES: usize = 64;
+
+/// A running view's figures, for `/metrics` and the dashboard.
 #[derive(Debug, Clone)]
 pub struct ViewMetrics {
+    /// Rows in per second and result changes per second over the last epochs (up to 10
+    /// seconds back); None until two epochs ran.
+    pub rates: Option<(f64, f64)>,
+    /// Per operator over the same time: rows out per second and the share of a core it
+    /// kept busy (empty until two epochs ran).
+    pub operator_rates: Vec<(f64, f64)>,
     pub name: String,
     /// Seconds since the view last reflected everything committed to what it reads
     /// (None before its first epoch); it grows while the view is behind or stopped.
@@ -391,6 +411,37 @@ pub struct Database {
     snapshot: RwLock<Arc<Snapshot>>,
     /// Login roles by name (persisted in the catalog).
     users: RwLock<BTreeMap<String, UserMeta>>,
+    /// The last [`CHECKPOINT_HISTORY`] epochs committed, oldest first.
+    checkpoints: parking_lot::Mutex<std::collections::VecDeque<CheckpointRecord>>,
+}
+
+/// How many committed epochs [`Database::checkpoint_history`] keeps.
+const CHECKPOINT_HISTORY: usize = 120;
+
+/// One committed epoch, for the dashboard.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointRecord {
+    pub epoch: u64,
+    /// When it committed, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// From the start of the epoch to its durable commit.
+    pub duration_ms: f64,
+    /// State and catalog entries it wrote.
+    pub writes: u64,
+}
+
+/// An object of the catalog and what it reads, for the dashboard's graph.
+#[derive(Debug, Clone, Serialize)]
+pub struct GraphNode {
+    pub name: String,
+    /// `table`, `source`, `materialized_view` or `sink`.
+    pub kind: &'static str,
+    /// The relations it reads (views: what their query reads; sinks: their relation).
+    pub inputs: Vec<String>,
+    /// Why it stopped, if it did.
+    pub error: Option<String>,
+    /// Where a sink writes.
+    pub target: Option<String>,
 }
 
 impl std::fmt::Debug for Database {
@@ -429,6 +480,7 @@ impl Database {
                 next_order: 0,
             }),
             users: RwLock::new(BTreeMap::new()),
+            checkpoints: parking_lot::Mutex::new(std::collections::VecDeque::new()),
             snapshot: RwLock::new(Arc::new(Snapshot {
                 epoch,
                 relations: BTreeMap::new(),
@@ -638,6 +690,7 @@ impl Database {
                         meta,
                         dataflow,
                         synced_at: None,
+                        samples: Default::default(),
                     });
                 }
                 CatalogEntry::User(meta) => {
@@ -734,6 +787,8 @@ impl Database {
             .views
             .iter()
             .map(|v| ViewMetrics {
+                rates: rates(&v.samples).map(|r| r.0),
+                operator_rates: rates(&v.samples).map(|r| r.1).unwrap_or_default(),
                 name: v.meta.name.clone(),
                 freshness_seconds: v.synced_at.map(|t| {
                     now.duration_since(t)
@@ -744,6 +799,60 @@ impl Database {
                 operators: v.dataflow.operator_stats(),
             })
             .collect()
+    }
+
+    /// The catalog's objects and what each reads.
+    pub async fn graph(&self) -> Vec<GraphNode> {
+        let inner = self.inner.lock().await;
+        let mut out = Vec::new();
+        for name in inner.tables.keys() {
+            out.push(GraphNode {
+                name: name.clone(),
+                kind: "table",
+                inputs: Vec::new(),
+                error: None,
+                target: None,
+            });
+        }
+        for name in inner.sources.keys() {
+            out.push(GraphNode {
+                name: name.clone(),
+                kind: "source",
+                inputs: Vec::new(),
+                error: None,
+                target: None,
+            });
+        }
+        for v in &inner.views {
+            out.push(GraphNode {
+                name: v.meta.name.clone(),
+                kind: "materialized_view",
+                inputs: v
+                    .dataflow
+                    .plan()
+                    .sources()
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect(),
+                error: v.meta.error.clone(),
+                target: None,
+            });
+        }
+        for (name, s) in &inner.sinks {
+            out.push(GraphNode {
+                name: name.clone(),
+                kind: "sink",
+                inputs: vec![s.meta.from.clone()],
+                error: s.meta.error.clone(),
+                target: Some(s.target.clone()),
+            });
+        }
+        out
+    }
+
+    /// The last committed epochs, oldest first.
+    pub fn checkpoint_history(&self) -> Vec<CheckpointRecord> {
+        self.checkpoints.lock().iter().cloned().collect()
     }
 
     /// RocksDB's memory and size figures (see [`Store::stats`]).
@@ -847,14 +956,40 @@ impl Database {
         self.store.commit(batch)?;
         inner.epoch = epoch;
         metrics::histogram!("sabot_checkpoint_duration_seconds").record(started.elapsed());
+        {
+            let mut history = self.checkpoints.lock();
+            if history.len() == CHECKPOINT_HISTORY {
+                history.pop_front();
+            }
+            history.push_back(CheckpointRecord {
+                epoch,
+                at_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                duration_ms: started.elapsed().as_secs_f64() * 1e3,
+                writes: writes as u64,
+            });
+        }
         metrics::histogram!("sabot_checkpoint_writes").record(writes as f64);
         metrics::counter!("sabot_checkpoints_total").increment(1);
         let committed = std::time::SystemTime::now();
+        let now = std::time::Instant::now();
         for v in inner.views.iter_mut() {
             // A view whose reader has more rows ready is behind what it reads.
             if v.meta.error.is_none() && !v.dataflow.wants_more() {
                 v.synced_at = Some(committed);
             }
+            let (rows_in, changes) = v.dataflow.throughput_counters();
+            if v.samples.len() == RATE_SAMPLES {
+                v.samples.pop_front();
+            }
+            let operators = v.dataflow.operator_counters();
+            v.samples.push_back(RateSample {
+                at: now,
+                rows_in,
+                changes,
+                operators,
+            });
         }
         if !prepared.is_empty() {
             crash_point("sink-committed");
@@ -1683,6 +1818,7 @@ impl Database {
             meta,
             dataflow,
             synced_at: None,
+            samples: Default::default(),
         });
         self.run_epoch(&mut inner, batch, HashSet::from([name]), &[])?;
         Ok(command("CREATE MATERIALIZED VIEW"))
@@ -2441,6 +2577,35 @@ fn source_errors_batch(snapshot: &Snapshot) -> Result<RecordBatch> {
 
 /// Refuses a read of a source (its rows exist only inside the views that read it) and
 /// of a view that stopped updating (naming the failure).
+/// Between the oldest sample at most 10 seconds old and the newest: rows in and result
+/// changes per second, and per operator rows out per second and busy share.
+type Rates = ((f64, f64), Vec<(f64, f64)>);
+
+fn rates(samples: &std::collections::VecDeque<RateSample>) -> Option<Rates> {
+    let last = samples.back()?;
+    let first = samples
+        .iter()
+        .find(|s| last.at.duration_since(s.at) <= Duration::from_secs(10))?;
+    let dt = last.at.duration_since(first.at).as_secs_f64();
+    if dt <= 0.0 {
+        return None;
+    }
+    let per_second = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
+    let operators = last
+        .operators
+        .iter()
+        .zip(&first.operators)
+        .map(|(l, f)| (per_second(l.0, f.0), (l.1 - f.1).max(0.0) / dt))
+        .collect();
+    Some((
+        (
+            per_second(last.rows_in, first.rows_in),
+            per_second(last.changes, first.changes),
+        ),
+        operators,
+    ))
+}
+
 /// Drops the qualifiers of column references (`t.ts` becomes `ts`).
 struct Unqualify;
 

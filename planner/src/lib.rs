@@ -21,7 +21,7 @@ pub mod types;
 pub mod windows;
 
 pub use engine::{
-    Database, DbConfig, Output, Relation, RelationKind, ScramVerifier, Snapshot, UserMeta,
-    ViewMetrics,
+    CheckpointRecord, Database, DbConfig, GraphNode, Output, Relation, RelationKind, ScramVerifier,
+    Snapshot, UserMeta, ViewMetrics,
 };
 pub use error::{PlanError, Result};

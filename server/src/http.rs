@@ -71,18 +71,89 @@ pub async fn serve(listener: TcpListener, db: Arc<Database>, recorder: Option<Pr
             }
             let request = String::from_utf8_lossy(&buf);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/health" => ("200 OK", "ok\n".to_string()),
-                "/metrics" => ("200 OK", metrics(&db, recorder.as_ref()).await),
-                _ => ("404 Not Found", "not found\n".to_string()),
+            const TEXT: &str = "text/plain; version=0.0.4";
+            let (status, content_type, body) = match path {
+                "/health" => ("200 OK", TEXT, "ok\n".to_string()),
+                "/metrics" => ("200 OK", TEXT, metrics(&db, recorder.as_ref()).await),
+                "/" | "/index.html" => {
+                    ("200 OK", "text/html; charset=utf-8", DASHBOARD.to_string())
+                }
+                "/api/overview" => ("200 OK", "application/json", overview(&db).await),
+                _ => ("404 Not Found", TEXT, "not found\n".to_string()),
             };
             let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nCache-Control: no-store\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = socket.write_all(response.as_bytes()).await;
         });
     }
+}
+
+/// The dashboard: one page that polls `/api/overview`.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// What the dashboard draws, as JSON: the catalog's objects with what each reads and
+/// its rows; per view its freshness, rates and operators (with their EXPLAIN lines and
+/// inputs, for the dataflow drawing); the last checkpoints; memory.
+async fn overview(db: &Database) -> String {
+    let snap = db.snapshot();
+    let views = db.view_metrics().await;
+    let objects: Vec<serde_json::Value> = db
+        .graph()
+        .await
+        .into_iter()
+        .map(|g| {
+            let rows = snap.relations.get(&g.name).and_then(|r| match r.kind {
+                RelationKind::Table | RelationKind::MaterializedView => Some(r.data.num_rows()),
+                RelationKind::Source | RelationKind::Sink => None,
+            });
+            serde_json::json!({
+                "name": g.name,
+                "kind": g.kind,
+                "inputs": g.inputs,
+                "error": g.error,
+                "target": g.target,
+                "rows": rows,
+            })
+        })
+        .collect();
+    let views: Vec<serde_json::Value> = views
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "name": v.name,
+                "freshness_seconds": v.freshness_seconds,
+                "stopped": v.stopped,
+                "rows_in_per_second": v.rates.map(|r| r.0),
+                "changes_per_second": v.rates.map(|r| r.1),
+                "operators": v.operators.iter().enumerate().map(|(i, o)| serde_json::json!({
+                    "rows_out_per_second": v.operator_rates.get(i).map(|r| r.0),
+                    "busy_share": v.operator_rates.get(i).map(|r| r.1),
+                    "node": o.node,
+                    "operator": o.operator,
+                    "label": o.label,
+                    "inputs": o.inputs,
+                    "rows_in": o.rows_in,
+                    "rows_out": o.rows_out,
+                    "busy_seconds": o.busy_seconds,
+                    "state_rows": o.state_rows,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    serde_json::json!({
+        "epoch": snap.epoch,
+        "now_ms": now_ms,
+        "objects": objects,
+        "views": views,
+        "checkpoints": db.checkpoint_history(),
+        "resident_bytes": resident_bytes(),
+    })
+    .to_string()
 }
 
 /// A label value with `\\`, `"` and newlines escaped.

@@ -92,6 +92,11 @@ impl Server {
         self.port
     }
 
+    /// The HTTP port it listens on.
+    pub fn http_port(&self) -> u16 {
+        self.http
+    }
+
     pub fn http_get(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).expect("http");
