@@ -1212,19 +1212,24 @@ impl Database {
         &self,
         snapshot: &Snapshot,
         query: &ast::Query,
+        views: &[ViewMetrics],
     ) -> Result<(SessionContext, ast::Query)> {
         let ctx = self.context(snapshot, None)?;
         let catalog = ctx
             .catalog(crate::pg_catalog::DATABASE)
             .ok_or_else(|| PlanError::Internal("no default catalog".into()))?;
         catalog.register_schema(SYSTEM_SCHEMA, Arc::new(MemorySchemaProvider::new()))?;
-        let errors = source_errors_batch(snapshot)?;
-        let watermarks = watermarks_batch(snapshot)?;
-        let system = [
-            ("source_errors", errors.schema()),
-            ("watermarks", watermarks.schema()),
+        let tables = [
+            ("source_errors", source_errors_batch(snapshot)?),
+            ("watermarks", watermarks_batch(snapshot)?),
+            ("operators", operators_batch(views)?),
+            (
+                "checkpoints",
+                checkpoints_batch(&self.checkpoint_history())?,
+            ),
         ];
-        for (name, batch) in [("source_errors", errors), ("watermarks", watermarks)] {
+        let system: Vec<(&str, SchemaRef)> = tables.iter().map(|(n, b)| (*n, b.schema())).collect();
+        for (name, batch) in tables {
             ctx.register_table(
                 TableReference::partial(SYSTEM_SCHEMA, name),
                 Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?),
@@ -1239,13 +1244,24 @@ impl Database {
         Ok((ctx, query))
     }
 
+    /// The views' operator figures when `query` may read `sabot_catalog.operators` (they
+    /// take the engine's lock, which other reads do without).
+    async fn operator_figures(&self, query: &ast::Query) -> Vec<ViewMetrics> {
+        if query.to_string().to_ascii_lowercase().contains("operators") {
+            self.view_metrics().await
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Runs a read-only query against the last committed epoch.
     pub async fn query(&self, query: &ast::Query) -> Result<Output> {
         if crate::temporal::has_asof(query) {
             return self.query_by_dataflow(query).await;
         }
         let snapshot = self.snapshot();
-        let (ctx, query) = self.read_context(&snapshot, query)?;
+        let views = self.operator_figures(query).await;
+        let (ctx, query) = self.read_context(&snapshot, query, &views)?;
         let plan = self.logical_plan(&ctx, &query).await?;
         check_readable(&snapshot, &plan)?;
         let df = ctx.execute_logical_plan(plan).await?;
@@ -1343,7 +1359,8 @@ impl Database {
         query: &ast::Query,
     ) -> Result<(SchemaRef, HashMap<String, Option<DataType>>)> {
         let snapshot = self.snapshot();
-        let (ctx, query) = self.read_context(&snapshot, query)?;
+        let views = self.operator_figures(query).await;
+        let (ctx, query) = self.read_context(&snapshot, query, &views)?;
         let plan = self.logical_plan(&ctx, &query).await?;
         let params = plan.get_parameter_types()?;
         Ok((Arc::new(plan.schema().as_arrow().clone()), params))
@@ -2330,7 +2347,8 @@ impl Database {
             }
             Statement::Query(q) => {
                 let snapshot = self.snapshot();
-                let (ctx, q) = self.read_context(&snapshot, q)?;
+                let views = self.operator_figures(q).await;
+                let (ctx, q) = self.read_context(&snapshot, q, &views)?;
                 let plan = self.logical_plan(&ctx, &q).await?;
                 let optimized = ctx.state().optimize(&plan)?;
                 format!("{}", optimized.display_indent())
@@ -2528,6 +2546,104 @@ fn watermarks_batch(snapshot: &Snapshot) -> Result<RecordBatch> {
             Arc::new(StringArray::from(column)),
             value,
             Arc::new(Int64Array::from(late)),
+        ],
+    )?)
+}
+
+/// `sabot_catalog.operators`: one row per operator of each running view.
+fn operators_batch(views: &[ViewMetrics]) -> Result<RecordBatch> {
+    let mut view = Vec::new();
+    let mut node = Vec::new();
+    let mut operator = Vec::new();
+    let mut detail = Vec::new();
+    let mut inputs = Vec::new();
+    let mut rows_in = Vec::new();
+    let mut rows_out = Vec::new();
+    let mut busy = Vec::new();
+    let mut state = Vec::new();
+    let mut rate = Vec::new();
+    let mut share = Vec::new();
+    for v in views {
+        for (i, o) in v.operators.iter().enumerate() {
+            view.push(v.name.clone());
+            node.push(i32::try_from(o.node).unwrap_or(i32::MAX));
+            operator.push(o.operator.to_string());
+            detail.push(o.label.clone());
+            inputs.push(
+                o.inputs
+                    .iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+            let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            rows_in.push(big(o.rows_in));
+            rows_out.push(big(o.rows_out));
+            busy.push(o.busy_seconds);
+            state.push(big(o.state_rows));
+            rate.push(v.operator_rates.get(i).map(|r| r.0));
+            share.push(v.operator_rates.get(i).map(|r| r.1));
+        }
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("view_name", DataType::Utf8, false),
+        Field::new("node", DataType::Int32, false),
+        Field::new("operator", DataType::Utf8, false),
+        Field::new("detail", DataType::Utf8, false),
+        Field::new("inputs", DataType::Utf8, false),
+        Field::new("rows_in", DataType::Int64, false),
+        Field::new("rows_out", DataType::Int64, false),
+        Field::new("busy_seconds", DataType::Float64, false),
+        Field::new("state_rows", DataType::Int64, false),
+        Field::new("rows_out_per_second", DataType::Float64, true),
+        Field::new("busy_share", DataType::Float64, true),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(view)),
+            Arc::new(arrow::array::Int32Array::from(node)),
+            Arc::new(StringArray::from(operator)),
+            Arc::new(StringArray::from(detail)),
+            Arc::new(StringArray::from(inputs)),
+            Arc::new(Int64Array::from(rows_in)),
+            Arc::new(Int64Array::from(rows_out)),
+            Arc::new(arrow::array::Float64Array::from(busy)),
+            Arc::new(Int64Array::from(state)),
+            Arc::new(arrow::array::Float64Array::from(rate)),
+            Arc::new(arrow::array::Float64Array::from(share)),
+        ],
+    )?)
+}
+
+/// `sabot_catalog.checkpoints`: the last committed epochs.
+fn checkpoints_batch(history: &[CheckpointRecord]) -> Result<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("epoch", DataType::Int64, false),
+        Field::new(
+            "committed_at",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new("duration_ms", DataType::Float64, false),
+        Field::new("state_writes", DataType::Int64, false),
+    ]));
+    let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(
+                history.iter().map(|c| big(c.epoch)),
+            )),
+            Arc::new(arrow::array::TimestampMillisecondArray::from_iter_values(
+                history.iter().map(|c| big(c.at_ms)),
+            )),
+            Arc::new(arrow::array::Float64Array::from_iter_values(
+                history.iter().map(|c| c.duration_ms),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                history.iter().map(|c| big(c.writes)),
+            )),
         ],
     )?)
 }

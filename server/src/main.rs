@@ -53,7 +53,27 @@ enum Command {
     },
 }
 
+/// glibc gives threads that allocate at once arenas of their own (up to eight per core),
+/// and the dataflow runs each node of each epoch on fresh scoped threads: memory freed
+/// in one arena is not reused by another, and on the soak test (benches/soak) RSS crept
+/// up by about 0.1 MiB/s. With two arenas it stays flat. `MALLOC_ARENA_MAX` in the
+/// environment wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; it runs before any thread
+        // is started.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SABOT_LOG")

@@ -130,6 +130,8 @@ async fn grafana_introspection_queries() {
         vec![
             "metrics",
             "per_host",
+            "sabot_catalog.checkpoints",
+            "sabot_catalog.operators",
             "sabot_catalog.source_errors",
             "sabot_catalog.watermarks"
         ]
