@@ -349,6 +349,26 @@ impl Split for DatagenSplit {
         self.position
     }
 
+    fn end_offset(&self) -> Option<u64> {
+        // Rows k with start + index + k * split_num <= end, for the tightest sequence.
+        let step = self.config.split_num.max(1);
+        self.config
+            .fields
+            .iter()
+            .filter_map(|f| match f {
+                FieldGen::Sequence { start, end } => {
+                    let room = i128::from(*end) - i128::from(*start) - i128::from(self.index);
+                    Some(if room < 0 {
+                        0
+                    } else {
+                        u64::try_from(room / i128::from(step) + 1).unwrap_or(u64::MAX)
+                    })
+                }
+                _ => None,
+            })
+            .min()
+    }
+
     fn seek(&mut self, offset: u64) {
         self.position = offset;
     }
@@ -403,6 +423,36 @@ mod tests {
         let c = DatagenConfig::from_options(&options, schema, 1_700_000_000_000)?;
         options.check_all_used()?;
         Ok(c)
+    }
+
+    /// Each split knows where it ends: the rows it produces until it is exhausted.
+    #[test]
+    fn end_offsets_count_the_rows_each_split_produces() {
+        for (start, end, splits) in [("1", "10", "3"), ("5", "104", "2"), ("7", "7", "4")] {
+            let c = source(&[
+                ("fields.id.kind", "sequence"),
+                ("fields.id.start", start),
+                ("fields.id.end", end),
+                ("datagen.split.num", splits),
+            ])
+            .unwrap();
+            for mut split in c.splits() {
+                let expected = split.end_offset();
+                let mut produced = 0;
+                while let Some(b) = split.next_batch(3).unwrap() {
+                    produced += b.num_rows() as u64;
+                }
+                assert_eq!(
+                    expected,
+                    Some(produced),
+                    "{start}..={end} over {splits} splits"
+                );
+                assert_eq!(split.offset(), produced);
+            }
+        }
+        // Without a sequence a split never ends.
+        let c = source(&[]).unwrap();
+        assert!(c.splits().iter().all(|s| s.end_offset().is_none()));
     }
 
     #[test]

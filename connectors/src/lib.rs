@@ -40,6 +40,12 @@ pub trait Split: Send + Sync {
     /// Continues after `offset` rows, as if they had been produced.
     fn seek(&mut self, offset: u64);
 
+    /// The offset at which the split is exhausted, when it is bounded and that is known
+    /// (for progress: `offset / end_offset`).
+    fn end_offset(&self) -> Option<u64> {
+        None
+    }
+
     /// Rows this split may produce per second of wall time (`None`: as fast as asked).
     fn rate(&self) -> Option<f64> {
         None

@@ -597,6 +597,15 @@ impl Split for NexmarkSplit {
         self.position
     }
 
+    fn end_offset(&self) -> Option<u64> {
+        // The split looks at events index, index + split_num, ... below event_num.
+        let n = self.config.event_num?;
+        Some(
+            n.saturating_sub(self.index)
+                .div_ceil(self.config.split_num.max(1)),
+        )
+    }
+
     fn seek(&mut self, offset: u64) {
         self.position = offset;
     }
@@ -620,6 +629,22 @@ mod tests {
             ("nexmark.split.num".to_string(), splits.to_string()),
         ]))
         .unwrap()
+    }
+
+    /// Each split knows its end offset: the offset it has reached once exhausted.
+    #[test]
+    fn end_offsets_are_where_splits_run_out() {
+        for (events, splits) in [(1000, 3), (7, 4), (2, 5), (50, 1)] {
+            let c = config("bid", events, splits);
+            let mut total = 0;
+            for mut s in c.splits() {
+                let end = s.end_offset().unwrap();
+                while s.next_batch(64).unwrap().is_some() {}
+                assert_eq!(s.offset(), end, "{events} events over {splits} splits");
+                total += end;
+            }
+            assert_eq!(total, events);
+        }
     }
 
     fn drain(split: &mut NexmarkSplit, chunk: usize) -> Vec<RecordBatch> {

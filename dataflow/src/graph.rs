@@ -1032,6 +1032,16 @@ impl Dataflow {
         (read, written)
     }
 
+    /// Over all source readers of this dataflow: the offsets reached and, when every
+    /// split is bounded, the offsets where they end. None without source readers.
+    pub fn source_progress(&self) -> Option<(u64, Option<u64>)> {
+        self.instances
+            .iter()
+            .flatten()
+            .filter_map(|op| op.source_progress())
+            .reduce(|a, b| (a.0 + b.0, a.1.zip(b.1).map(|(x, y)| x + y)))
+    }
+
     /// Whether a source reader of this dataflow still has rows to read.
     pub fn sources_active(&self) -> bool {
         self.instances.iter().flatten().any(|op| op.source_active())

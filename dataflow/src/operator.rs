@@ -103,6 +103,12 @@ pub trait Operator: Send + Sync {
         false
     }
 
+    /// For a source reader: the offsets its splits have reached and, when every split
+    /// is bounded and knows its end, the offsets at which they end (summed).
+    fn source_progress(&self) -> Option<(u64, Option<u64>)> {
+        None
+    }
+
     /// Whether this is a source reader with rows still to read.
     fn source_active(&self) -> bool {
         false

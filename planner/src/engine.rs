@@ -1457,6 +1457,7 @@ impl Database {
             Statement::ShowSources => Ok(self.show(RelationKind::Source)),
             Statement::ShowMaterializedViews => Ok(self.show(RelationKind::MaterializedView)),
             Statement::ShowSinks => self.show_sinks().await,
+            Statement::ShowJobs => self.show_jobs().await,
             Statement::Describe(name) => self.describe(name),
             Statement::Explain(inner) => self.explain(inner, false).await,
             Statement::ExplainDot(inner) => self.explain(inner, true).await,
@@ -1739,6 +1740,76 @@ impl Database {
         );
         self.run_epoch(&mut inner, batch, HashSet::new(), &[])?;
         Ok(command("CREATE SINK"))
+    }
+
+    /// One row per view that reads a source (a connector): whether it is still
+    /// catching up, how much its readers have read (offsets: rows, or events for
+    /// nexmark), how far through a bounded source that is, its rates and freshness.
+    async fn show_jobs(&self) -> Result<Output> {
+        let inner = self.inner.lock().await;
+        let now = std::time::SystemTime::now();
+        let mut name = Vec::new();
+        let mut status = Vec::new();
+        let mut read = Vec::new();
+        let mut total = Vec::new();
+        let mut progress = Vec::new();
+        let mut rate = Vec::new();
+        let mut fresh = Vec::new();
+        for v in &inner.views {
+            let Some((done, end)) = v.dataflow.source_progress() else {
+                continue;
+            };
+            name.push(v.meta.name.clone());
+            status.push(if v.meta.error.is_some() {
+                "stopped"
+            } else if !v.dataflow.sources_active() {
+                "finished"
+            } else if v.dataflow.wants_more() {
+                "catching up"
+            } else {
+                "following"
+            });
+            read.push(i64::try_from(done).unwrap_or(i64::MAX));
+            total.push(end.map(|e| i64::try_from(e).unwrap_or(i64::MAX)));
+            progress.push(end.map(|e| {
+                if e == 0 {
+                    100.0
+                } else {
+                    (100.0 * done as f64 / e as f64).min(100.0)
+                }
+            }));
+            rate.push(rates(&v.samples).map(|r| r.0 .0));
+            fresh.push(v.synced_at.map(|t| {
+                now.duration_since(t)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0)
+            }));
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("Name", DataType::Utf8, false),
+            Field::new("Status", DataType::Utf8, false),
+            Field::new("Read", DataType::Int64, false),
+            Field::new("Total", DataType::Int64, true),
+            Field::new("Progress", DataType::Float64, true),
+            Field::new("Rows per second", DataType::Float64, true),
+            Field::new("Freshness seconds", DataType::Float64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(name)),
+                Arc::new(StringArray::from(status)),
+                Arc::new(Int64Array::from(read)),
+                Arc::new(Int64Array::from(total)),
+                Arc::new(arrow::array::Float64Array::from(progress)),
+                Arc::new(arrow::array::Float64Array::from(rate)),
+                Arc::new(arrow::array::Float64Array::from(fresh)),
+            ],
+        )?;
+        Ok(Output::Rows {
+            schema,
+            batches: vec![batch],
+        })
     }
 
     async fn show_sinks(&self) -> Result<Output> {

@@ -256,7 +256,7 @@ pub fn display(e: &Expr) -> String {
                 Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) => {
                     Transformed::yes(Expr::Column(Column::from_name(format!(
                         "INTERVAL '{}'",
-                        interval_text(v.months, v.days, v.nanoseconds)
+                        crate::types::format_interval(v.months, v.days, v.nanoseconds / 1_000)
                     ))))
                 }
                 Expr::Column(c) if c.name == NOW_COLUMN => {
@@ -268,42 +268,6 @@ pub fn display(e: &Expr) -> String {
         .map(|t| t.data)
         .unwrap_or_else(|_| e.clone());
     shown.to_string()
-}
-
-/// An interval as PostgreSQL prints it: `1 mon 2 days 00:00:04.5`.
-fn interval_text(months: i32, days: i32, nanos: i64) -> String {
-    let mut parts = Vec::new();
-    if months != 0 {
-        parts.push(format!(
-            "{months} mon{}",
-            if months.abs() == 1 { "" } else { "s" }
-        ));
-    }
-    if days != 0 {
-        parts.push(format!(
-            "{days} day{}",
-            if days.abs() == 1 { "" } else { "s" }
-        ));
-    }
-    if nanos != 0 || parts.is_empty() {
-        let sign = if nanos < 0 { "-" } else { "" };
-        let n = nanos.unsigned_abs();
-        let secs = n / 1_000_000_000;
-        let frac = n % 1_000_000_000;
-        let mut t = format!(
-            "{sign}{:02}:{:02}:{:02}",
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60
-        );
-        if frac != 0 {
-            let f = format!("{:09}", frac);
-            t.push('.');
-            t.push_str(f.trim_end_matches('0'));
-        }
-        parts.push(t);
-    }
-    parts.join(" ")
 }
 
 /// A constant: no column, no clock.

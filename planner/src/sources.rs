@@ -332,6 +332,10 @@ impl SourceSplit for Projected {
         self.split.seek(offset)
     }
 
+    fn end_offset(&self) -> Option<u64> {
+        self.split.end_offset()
+    }
+
     fn rate(&self) -> Option<f64> {
         self.split.rate()
     }

@@ -147,3 +147,39 @@ pub fn normalize_ident(id: &ast::Ident) -> String {
         id.value.to_lowercase()
     }
 }
+
+/// PostgreSQL's default (`postgres`) interval style: `1 year 2 mons 3 days 04:05:06.5`.
+pub fn format_interval(months: i32, days: i32, micros: i64) -> String {
+    let mut parts = Vec::new();
+    let years = months / 12;
+    let mons = months % 12;
+    let plural = |n: i64, unit: &str| format!("{n} {unit}{}", if n.abs() == 1 { "" } else { "s" });
+    if years != 0 {
+        parts.push(plural(i64::from(years), "year"));
+    }
+    if mons != 0 {
+        parts.push(plural(i64::from(mons), "mon"));
+    }
+    if days != 0 {
+        parts.push(plural(i64::from(days), "day"));
+    }
+    if micros != 0 || parts.is_empty() {
+        let sign = if micros < 0 { "-" } else { "" };
+        let m = micros.unsigned_abs();
+        let secs = m / 1_000_000;
+        let frac = m % 1_000_000;
+        let mut t = format!(
+            "{sign}{:02}:{:02}:{:02}",
+            secs / 3600,
+            (secs / 60) % 60,
+            secs % 60
+        );
+        if frac != 0 {
+            let f = format!("{frac:06}");
+            t.push('.');
+            t.push_str(f.trim_end_matches('0'));
+        }
+        parts.push(t);
+    }
+    parts.join(" ")
+}

@@ -72,6 +72,8 @@ pub enum Statement {
     ShowMaterializedViews,
     /// `SHOW SINKS`.
     ShowSinks,
+    /// `SHOW JOBS`: the views reading sources, and how far they have got.
+    ShowJobs,
     /// `SHOW name` / `SHOW ALL` for session settings.
     ShowVariable(String),
     /// `SET name = value` / `SET name TO value`.
@@ -284,22 +286,36 @@ fn ends_with_words(text: &str, words: &[&str]) -> bool {
             .all(|(a, b)| a == b)
 }
 
+/// The tokens of `text` but whitespace; None when it does not tokenize.
+fn solid_tokens(text: &str) -> Option<Vec<TokenWithSpan>> {
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, text)
+        .tokenize_with_location()
+        .ok()?;
+    Some(
+        tokens
+            .into_iter()
+            .filter(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF))
+            .collect(),
+    )
+}
+
+/// Token `i` in upper case when it is an unquoted word, else empty.
+fn upper_word(solid: &[TokenWithSpan], i: usize) -> String {
+    match solid.get(i).map(|t| &t.token) {
+        Some(Token::Word(w)) if w.quote_style.is_none() => w.value.to_uppercase(),
+        _ => String::new(),
+    }
+}
+
 /// `text` without its `FOR SYSTEM_TIME AS OF PROCTIME()` clauses (sqlparser reads them
 /// in other dialects only), and where the names of the tables they followed start.
 /// Removed clauses are replaced by spaces of the same length, so positions hold.
 fn strip_system_time(text: &str) -> (String, Vec<sqlparser::tokenizer::Location>) {
-    let dialect = PostgreSqlDialect {};
-    let Ok(tokens) = Tokenizer::new(&dialect, text).tokenize_with_location() else {
+    let Some(solid) = solid_tokens(text) else {
         return (text.to_string(), Vec::new());
     };
-    let solid: Vec<&TokenWithSpan> = tokens
-        .iter()
-        .filter(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF))
-        .collect();
-    let upper = |i: usize| match solid.get(i).map(|t| &t.token) {
-        Some(Token::Word(w)) if w.quote_style.is_none() => w.value.to_uppercase(),
-        _ => String::new(),
-    };
+    let upper = |i: usize| upper_word(&solid, i);
     let starts = line_starts(text);
     let offset = |t: &TokenWithSpan, end: bool| {
         let loc = if end { t.span.end } else { t.span.start };
@@ -320,7 +336,7 @@ fn strip_system_time(text: &str) -> (String, Vec<sqlparser::tokenizer::Location>
         if let Token::Word(_) = &solid[i - 1].token {
             names.push(solid[i - 1].span.start);
         }
-        let (from, to) = (offset(solid[i], false), offset(solid[i + 6], true));
+        let (from, to) = (offset(&solid[i], false), offset(&solid[i + 6], true));
         out.replace_range(from..to, &" ".repeat(to - from));
     }
     (out, names)
@@ -334,18 +350,10 @@ pub const ASOF_MARK: &str = "__sabot_asof__";
 /// each ASOF join's right table starts. The word is replaced by spaces, so positions
 /// hold.
 fn strip_asof(text: &str) -> (String, Vec<sqlparser::tokenizer::Location>) {
-    let dialect = PostgreSqlDialect {};
-    let Ok(tokens) = Tokenizer::new(&dialect, text).tokenize_with_location() else {
+    let Some(solid) = solid_tokens(text) else {
         return (text.to_string(), Vec::new());
     };
-    let solid: Vec<&TokenWithSpan> = tokens
-        .iter()
-        .filter(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF))
-        .collect();
-    let upper = |i: usize| match solid.get(i).map(|t| &t.token) {
-        Some(Token::Word(w)) if w.quote_style.is_none() => w.value.to_uppercase(),
-        _ => String::new(),
-    };
+    let upper = |i: usize| upper_word(&solid, i);
     let starts = line_starts(text);
     let mut out = text.to_string();
     let mut names = Vec::new();
@@ -363,7 +371,7 @@ fn strip_asof(text: &str) -> (String, Vec<sqlparser::tokenizer::Location>) {
             continue;
         };
         names.push(relation.span.start);
-        let t = solid[i];
+        let t = &solid[i];
         let from = byte_offset(text, &starts, t.span.start.line, t.span.start.column);
         let to = byte_offset(text, &starts, t.span.end.line, t.span.end.column);
         out.replace_range(from..to, &" ".repeat(to - from));
@@ -488,6 +496,7 @@ fn parse_one(text: &str) -> Result<Statement, SqlError> {
         ["SHOW", "TABLES"] => return Ok(Statement::ShowTables),
         ["SHOW", "SOURCES"] => return Ok(Statement::ShowSources),
         ["SHOW", "SINKS"] => return Ok(Statement::ShowSinks),
+        ["SHOW", "JOBS"] => return Ok(Statement::ShowJobs),
         ["DROP", kw @ ("SOURCE" | "SINK"), ..] => {
             // DROP SOURCE|SINK [IF EXISTS] a, b [CASCADE]: parsed as a DROP TABLE.
             let kind = if *kw == "SOURCE" {

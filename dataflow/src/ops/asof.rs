@@ -15,9 +15,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, Int64Array, RecordBatch, UInt32Array};
-use arrow::compute::{cast, take};
-use arrow::datatypes::{DataType, Int64Type};
+use arrow::array::{Array, Int64Array, RecordBatch, UInt32Array};
+use arrow::compute::take;
 use datafusion::physical_expr::PhysicalExpr;
 use sabot_storage::{StateTableId, StateWriter};
 
@@ -26,6 +25,7 @@ use crate::codec::{join_prefixed, split_prefixed};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
 use crate::ops::join::{JoinKind, JoinSpec};
+use crate::ops::watermark::time_ints;
 use crate::row::{Partitioner, RowCodec};
 
 /// How the left row's time relates to its match's.
@@ -68,27 +68,9 @@ pub struct AsofSpec {
     pub matching: AsofMatch,
 }
 
-/// A time column as 64-bit integers in its own unit.
+/// The times of `data`'s rows by `e`, as integers.
 fn times(e: &Arc<dyn PhysicalExpr>, data: &RecordBatch) -> Result<Int64Array> {
-    let a = e.evaluate(data)?.into_array(data.num_rows())?;
-    let ints = match a.data_type() {
-        DataType::Timestamp(_, _)
-        | DataType::Date32
-        | DataType::Date64
-        | DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32 => cast(&a, &DataType::Int64)?,
-        other => {
-            return Err(DataflowError::Internal(format!(
-                "an ASOF join compares times of type {other}"
-            )))
-        }
-    };
-    Ok(ints.as_primitive::<Int64Type>().clone())
+    time_ints(&e.evaluate(data)?.into_array(data.num_rows())?)
 }
 
 /// A left row's place: its count and its match (right time, right row).

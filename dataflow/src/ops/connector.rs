@@ -33,6 +33,10 @@ pub trait SourceSplit: Send + Sync {
     fn offset(&self) -> u64;
     /// Continues from an offset returned by [`SourceSplit::offset`].
     fn seek(&mut self, offset: u64);
+    /// The offset at which a bounded split is exhausted, when known.
+    fn end_offset(&self) -> Option<u64> {
+        None
+    }
     /// Rows per second of wall time, or `None` for as fast as the dataflow goes.
     fn rate(&self) -> Option<f64>;
     /// Whether the last read took everything available now (an external source waiting
@@ -204,5 +208,15 @@ impl Operator for ConnectorOp {
 
     fn source_active(&self) -> bool {
         self.readers.iter().any(|r| !r.done)
+    }
+
+    fn source_progress(&self) -> Option<(u64, Option<u64>)> {
+        let read = self.readers.iter().map(|r| r.split.offset()).sum();
+        let end = self
+            .readers
+            .iter()
+            .map(|r| r.split.end_offset())
+            .sum::<Option<u64>>();
+        Some((read, end))
     }
 }

@@ -17,15 +17,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampNanosecondArray};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, TimestampNanosecondArray};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::physical_expr::PhysicalExpr;
 use sabot_storage::{StateTableId, StateWriter};
 
 use crate::batch::{batch_with_schema, ChangeBatch};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
+use crate::ops::watermark::time_ints;
 use crate::row::{Partitioner, RowCodec};
 
 /// How the row's time compares with the time side.
@@ -94,28 +94,9 @@ impl TemporalFilterSpec {
             Arc::new(TimestampNanosecondArray::from(vec![now_ns]).with_timezone_opt(tz));
         let batch = RecordBatch::try_new(Arc::clone(&self.now_schema), vec![clock])?;
         let t = self.now_expr.evaluate(&batch)?.into_array(1)?;
-        let t = as_i64(&t)?;
+        let t = time_ints(&t)?;
         Ok((!t.is_null(0)).then(|| t.value(0)))
     }
-}
-
-/// A time column as 64-bit integers in its own unit.
-fn as_i64(a: &ArrayRef) -> Result<arrow::array::Int64Array> {
-    let ints = match a.data_type() {
-        DataType::Timestamp(_, _)
-        | DataType::Date32
-        | DataType::Date64
-        | DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64 => cast(a, &DataType::Int64)?,
-        other => {
-            return Err(DataflowError::Internal(format!(
-                "a temporal filter compares values of type {other}"
-            )))
-        }
-    };
-    Ok(ints.as_primitive::<Int64Type>().clone())
 }
 
 pub struct TemporalFilterOp {
@@ -234,7 +215,7 @@ impl Operator for TemporalFilterOp {
             .row_expr
             .evaluate(batch.data())?
             .into_array(batch.num_rows())?;
-        let times = as_i64(&times)?;
+        let times = time_ints(&times)?;
         let bound = self.spec.bound;
         let pass: BooleanArray = times
             .iter()

@@ -152,6 +152,29 @@ pub fn behind_watermarks(
     Ok(behind.map(|b| (0..b.len()).map(|i| b.is_valid(i) && b.value(i)).collect()))
 }
 
+/// A column of times (timestamps, dates or integers) as the integers of its type, for
+/// operators that order or compare rows by time.
+pub fn time_ints(a: &ArrayRef) -> Result<Int64Array> {
+    let ints = match a.data_type() {
+        DataType::Timestamp(_, _)
+        | DataType::Date32
+        | DataType::Date64
+        | DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32 => cast(a, &DataType::Int64)?,
+        other => {
+            return Err(crate::error::DataflowError::Internal(format!(
+                "times of type {other} cannot be ordered"
+            )))
+        }
+    };
+    Ok(ints.as_primitive::<Int64Type>().clone())
+}
+
 /// A watermark value as the integer of its type (microseconds for a microsecond
 /// timestamp); `None` for NULL.
 pub fn scalar_to_i64(v: &ScalarValue) -> Result<Option<i64>> {

@@ -1,0 +1,72 @@
+//! `SHOW JOBS`: views reading sources and how far they have got. A view over a bounded,
+//! rate-limited nexmark source is seen part of the way through (0 < progress < 100,
+//! offsets growing), then finished at 100%; a view over an endless source has no
+//! total; a view over a table is no job.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Server;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_jobs_reports_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    // 40,000 events at 10,000 a second: about four seconds of reading.
+    client
+        .batch_execute(
+            "CREATE SOURCE bid WITH (connector = 'nexmark', nexmark.table.type = 'bid',
+               nexmark.event.num = '40000', nexmark.min.event.gap.in.ns = '100000');
+             CREATE SOURCE live WITH (connector = 'nexmark', nexmark.table.type = 'bid');
+             CREATE TABLE t (k INT);
+             CREATE MATERIALIZED VIEW bids AS SELECT auction, price FROM bid;
+             CREATE MATERIALIZED VIEW live_count AS SELECT count(*) AS n FROM live;
+             CREATE MATERIALIZED VIEW from_table AS SELECT k FROM t;",
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut partway: Vec<(i64, f64)> = Vec::new();
+    let finished = loop {
+        let jobs = common::rows(&client, "SHOW JOBS").await;
+        let names: Vec<&str> = jobs.iter().map(|r| r[0].as_str()).collect();
+        assert_eq!(names, ["bids", "live_count"], "{jobs:?}");
+        let live = &jobs[1];
+        assert_eq!(live[1], "following", "{live:?}");
+        assert_eq!(
+            (live[3].as_str(), live[4].as_str()),
+            ("NULL", "NULL"),
+            "{live:?}"
+        );
+        let bids = jobs[0].clone();
+        let read: i64 = bids[2].parse().unwrap();
+        let progress: f64 = bids[4].parse().unwrap();
+        assert_eq!(bids[3], "40000", "{bids:?}");
+        if bids[1] == "finished" {
+            break bids;
+        }
+        if progress > 0.0 && progress < 100.0 {
+            partway.push((read, progress));
+        }
+        assert!(Instant::now() < deadline, "never finished: {jobs:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(partway.len() >= 2, "not seen part of the way: {partway:?}");
+    assert!(
+        partway
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1),
+        "{partway:?}"
+    );
+    assert!(
+        partway.first().unwrap().0 < partway.last().unwrap().0,
+        "{partway:?}"
+    );
+    assert_eq!(finished[2], "40000", "{finished:?}");
+    assert_eq!(finished[4], "100", "{finished:?}");
+    // Every bid of the 40,000 events is in the view.
+    let n = common::rows(&client, "SELECT count(*) FROM bids").await;
+    assert_eq!(n[0][0], "36800");
+}
