@@ -1212,7 +1212,7 @@ impl Database {
         &self,
         snapshot: &Snapshot,
         query: &ast::Query,
-        views: &[ViewMetrics],
+        figures: &SystemFigures,
     ) -> Result<(SessionContext, ast::Query)> {
         let ctx = self.context(snapshot, None)?;
         let catalog = ctx
@@ -1222,7 +1222,16 @@ impl Database {
         let tables = [
             ("source_errors", source_errors_batch(snapshot)?),
             ("watermarks", watermarks_batch(snapshot)?),
-            ("operators", operators_batch(views)?),
+            ("operators", operators_batch(&figures.views)?),
+            (
+                "sources",
+                objects_batch(&figures.objects, "source", snapshot)?,
+            ),
+            (
+                "views",
+                objects_batch(&figures.objects, "materialized_view", snapshot)?,
+            ),
+            ("sinks", objects_batch(&figures.objects, "sink", snapshot)?),
             (
                 "checkpoints",
                 checkpoints_batch(&self.checkpoint_history())?,
@@ -1244,14 +1253,51 @@ impl Database {
         Ok((ctx, query))
     }
 
-    /// The views' operator figures when `query` may read `sabot_catalog.operators` (they
-    /// take the engine's lock, which other reads do without).
-    async fn operator_figures(&self, query: &ast::Query) -> Vec<ViewMetrics> {
-        if query.to_string().to_ascii_lowercase().contains("operators") {
-            self.view_metrics().await
-        } else {
-            Vec::new()
+    /// What `sabot_catalog`'s views, sources, sinks and operators show, when `query`
+    /// may read them (it takes the engine's lock, which other reads do without).
+    async fn operator_figures(&self, query: &ast::Query) -> SystemFigures {
+        if !query
+            .to_string()
+            .to_ascii_lowercase()
+            .contains(SYSTEM_SCHEMA)
+        {
+            return SystemFigures::default();
         }
+        let views = self.view_metrics().await;
+        let inner = self.inner.lock().await;
+        let objects = inner
+            .sources
+            .iter()
+            .map(|(name, s)| CatalogObject {
+                name: name.clone(),
+                kind: "source",
+                detail: s.def.connector_name().to_string(),
+                definition: s.meta.sql.clone(),
+                error: None,
+                watermark: s.watermark.as_ref().map(|(c, e)| format!("{c} AS {e}")),
+            })
+            .chain(inner.views.iter().map(|v| CatalogObject {
+                name: v.meta.name.clone(),
+                kind: "materialized_view",
+                detail: if v.meta.emit_on_window_close {
+                    "emit on window close".to_string()
+                } else {
+                    "emit on update".to_string()
+                },
+                definition: v.meta.sql.clone(),
+                error: v.meta.error.clone(),
+                watermark: None,
+            }))
+            .chain(inner.sinks.iter().map(|(name, s)| CatalogObject {
+                name: name.clone(),
+                kind: "sink",
+                detail: format!("{} → {}", s.meta.from, s.target),
+                definition: s.meta.sql.clone(),
+                error: s.meta.error.clone(),
+                watermark: None,
+            }))
+            .collect();
+        SystemFigures { views, objects }
     }
 
     /// Runs a read-only query against the last committed epoch.
@@ -2617,6 +2663,81 @@ fn watermarks_batch(snapshot: &Snapshot) -> Result<RecordBatch> {
             Arc::new(StringArray::from(column)),
             value,
             Arc::new(Int64Array::from(late)),
+        ],
+    )?)
+}
+
+/// What `sabot_catalog` shows, gathered under the engine's lock.
+#[derive(Default)]
+struct SystemFigures {
+    views: Vec<ViewMetrics>,
+    objects: Vec<CatalogObject>,
+}
+
+/// A source, view or sink for `sabot_catalog.sources`, `.views` and `.sinks`.
+struct CatalogObject {
+    name: String,
+    kind: &'static str,
+    /// The connector (sources), the emit mode (views), `from → target` (sinks).
+    detail: String,
+    definition: String,
+    error: Option<String>,
+    watermark: Option<String>,
+}
+
+/// `sabot_catalog.sources` / `.views` / `.sinks`: the objects of one kind (`name`, the
+/// connector / emit mode / `from → target`, `definition, error, watermark, rows`; rows
+/// for views only).
+fn objects_batch(
+    objects: &[CatalogObject],
+    kind: &str,
+    snapshot: &Snapshot,
+) -> Result<RecordBatch> {
+    let of_kind: Vec<&CatalogObject> = objects.iter().filter(|o| o.kind == kind).collect();
+    let detail = match kind {
+        "source" => "connector",
+        "sink" => "writes",
+        _ => "emit",
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new(detail, DataType::Utf8, false),
+        Field::new("definition", DataType::Utf8, false),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("watermark", DataType::Utf8, true),
+        Field::new("rows", DataType::Int64, true),
+    ]));
+    let rows: Vec<Option<i64>> = of_kind
+        .iter()
+        .map(|o| {
+            (o.kind == "materialized_view")
+                .then(|| snapshot.relations.get(&o.name))
+                .flatten()
+                .map(|r| i64::try_from(r.data.num_rows()).unwrap_or(i64::MAX))
+        })
+        .collect();
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                of_kind.iter().map(|o| &o.name),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                of_kind.iter().map(|o| &o.detail),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                of_kind.iter().map(|o| &o.definition),
+            )),
+            Arc::new(StringArray::from(
+                of_kind.iter().map(|o| o.error.clone()).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                of_kind
+                    .iter()
+                    .map(|o| o.watermark.clone())
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(rows)),
         ],
     )?)
 }

@@ -132,7 +132,10 @@ async fn grafana_introspection_queries() {
             "per_host",
             "sabot_catalog.checkpoints",
             "sabot_catalog.operators",
+            "sabot_catalog.sinks",
             "sabot_catalog.source_errors",
+            "sabot_catalog.sources",
+            "sabot_catalog.views",
             "sabot_catalog.watermarks"
         ]
     );
