@@ -234,6 +234,7 @@ impl KafkaConfig {
                     consumer: None,
                     next: None,
                     caught_up: false,
+                    high: None,
                 })
             })
             .collect()
@@ -249,7 +250,13 @@ pub struct KafkaSplit {
     /// The next offset to read; `None` until the startup mode is resolved.
     next: Option<i64>,
     caught_up: bool,
+    /// The partition's high watermark as last asked (the offset the next record
+    /// produced will get), and when: asked again every [`HIGH_WATERMARK_EVERY`].
+    high: Option<(i64, std::time::Instant)>,
 }
+
+/// How often a split asks the broker for its partition's high watermark (for lag).
+const HIGH_WATERMARK_EVERY: Duration = Duration::from_secs(5);
 
 impl KafkaSplit {
     fn connect(&mut self) -> Result<()> {
@@ -367,6 +374,15 @@ impl Split for KafkaSplit {
         }
         self.next = Some(next);
         self.caught_up = caught_up;
+        let stale = self
+            .high
+            .is_none_or(|(_, at)| at.elapsed() >= HIGH_WATERMARK_EVERY);
+        if stale {
+            match consumer.fetch_watermarks(&topic, partition, Duration::from_secs(2)) {
+                Ok((_, high)) => self.high = Some((high, std::time::Instant::now())),
+                Err(e) => tracing::debug!(topic, partition, error = %e, "no high watermark"),
+            }
+        }
         if records.is_empty() {
             return Ok(Some(RecordBatch::new_empty(schema)));
         }
@@ -435,5 +451,14 @@ impl Split for KafkaSplit {
 
     fn caught_up(&self) -> bool {
         self.caught_up
+    }
+
+    /// Where the split would be after reading everything in the partition now (the
+    /// high watermark as last asked, in [`Split::offset`]'s terms): the difference is
+    /// the consumer lag.
+    fn end_offset(&self) -> Option<u64> {
+        let (high, _) = self.high?;
+        let next = self.next?;
+        u64::try_from(high.max(next)).ok().map(|h| h + 1)
     }
 }

@@ -40,8 +40,9 @@ pub trait Split: Send + Sync {
     /// Continues after `offset` rows, as if they had been produced.
     fn seek(&mut self, offset: u64);
 
-    /// The offset at which the split is exhausted, when it is bounded and that is known
-    /// (for progress: `offset / end_offset`).
+    /// The offset the split would reach by reading everything there is now, when known:
+    /// where a bounded split ends, or how far an external source has got (Kafka's high
+    /// watermark). `end_offset - offset` is what is left to read (the lag).
     fn end_offset(&self) -> Option<u64> {
         None
     }

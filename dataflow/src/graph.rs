@@ -643,6 +643,9 @@ pub struct OperatorStats {
     pub busy_seconds: f64,
     /// Entries it holds in memory (groups, rows), summed over workers.
     pub state_rows: u64,
+    /// For a source reader: the offsets its splits reached and, when all know it, the
+    /// offsets they would reach reading everything there is now.
+    pub source_progress: Option<(u64, Option<u64>)>,
 }
 
 /// One watermark of a running view, for `sabot_catalog.watermarks`.
@@ -924,6 +927,10 @@ impl Dataflow {
                     .iter()
                     .map(|op| op.state_rows() as u64)
                     .sum(),
+                source_progress: self.instances[i]
+                    .iter()
+                    .filter_map(|op| op.source_progress())
+                    .reduce(|a, b| (a.0 + b.0, a.1.zip(b.1).map(|(x, y)| x + y))),
             })
             .collect()
     }

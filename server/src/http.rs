@@ -348,6 +348,25 @@ async fn view_metrics(db: &Database, s: &mut String) {
     }
     header(
         s,
+        "sabot_source_lag",
+        "gauge",
+        "Offsets each view's reader of a source has still to read: Kafka's consumer lag in records (against the high watermarks, asked every 5 s), or what is left of a bounded generator.",
+    );
+    for v in &views {
+        for o in v.operators.iter().filter(|o| o.operator == "SourceReader") {
+            if let (Some(r), Some((read, Some(end)))) = (&o.relation, o.source_progress) {
+                let _ = writeln!(
+                    s,
+                    "sabot_source_lag{{source=\"{}\",view=\"{}\"}} {}",
+                    label(r),
+                    label(&v.name),
+                    end.saturating_sub(read)
+                );
+            }
+        }
+    }
+    header(
+        s,
         "sabot_source_rows_total",
         "counter",
         "Rows each view's reader of a source has read since the server started.",

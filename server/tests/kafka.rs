@@ -131,6 +131,32 @@ async fn kafka_json_source_reads_each_record_once_across_a_crash() {
         .await
         .unwrap();
     wait_count(&client, 3000).await;
+    // Caught up: no consumer lag (the high watermarks are asked every 5 s), and SHOW
+    // JOBS has read to the end of all three partitions (3,003 records; offsets count
+    // from 1 there).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = server.http_get("/metrics");
+        let jobs = common::rows(&client, "SHOW JOBS").await;
+        let job = jobs
+            .iter()
+            .find(|r| r[0] == "totals")
+            .cloned()
+            .unwrap_or_default();
+        if page.contains("sabot_source_lag{source=\"ev\",view=\"totals\"} 0\n")
+            && job.get(2).map(String::as_str) == Some("3006")
+        {
+            assert_eq!(job[3], "3006", "{job:?}");
+            assert_eq!(job[4], "100", "{job:?}");
+            assert_eq!(job[1], "following", "{job:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lag never reached 0: {job:?}\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // The bad records are kept with where they came from and why they were skipped.
     assert_eq!(
         common::rows(

@@ -33,7 +33,8 @@ pub trait SourceSplit: Send + Sync {
     fn offset(&self) -> u64;
     /// Continues from an offset returned by [`SourceSplit::offset`].
     fn seek(&mut self, offset: u64);
-    /// The offset at which a bounded split is exhausted, when known.
+    /// The offset the split would reach by reading everything there is now (a bounded
+    /// split's end, Kafka's high watermark), when known.
     fn end_offset(&self) -> Option<u64> {
         None
     }
