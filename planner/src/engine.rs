@@ -1504,6 +1504,7 @@ impl Database {
             Statement::ShowMaterializedViews => Ok(self.show(RelationKind::MaterializedView)),
             Statement::ShowSinks => self.show_sinks().await,
             Statement::ShowJobs => self.show_jobs().await,
+            Statement::CancelJobs { names } => self.cancel_jobs(names).await,
             Statement::Describe(name) => self.describe(name),
             Statement::Explain(inner) => self.explain(inner, false).await,
             Statement::ExplainDot(inner) => self.explain(inner, true).await,
@@ -1855,6 +1856,41 @@ impl Database {
         Ok(Output::Rows {
             schema,
             batches: vec![batch],
+        })
+    }
+
+    /// Drops views that are jobs (views reading a source that is not read to its end);
+    /// like `DROP MATERIALIZED VIEW`, refused while other views read them.
+    async fn cancel_jobs(&self, names: &[ast::ObjectName]) -> Result<Output> {
+        {
+            let inner = self.inner.lock().await;
+            for n in names {
+                let name = normalize_name(n)?;
+                let Some(v) = inner.views.iter().find(|v| v.meta.name == name) else {
+                    return Err(PlanError::user(
+                        "42704",
+                        format!("job \"{name}\" does not exist (SHOW JOBS lists them)"),
+                    ));
+                };
+                if v.dataflow.source_progress().is_none() {
+                    return Err(PlanError::user(
+                        "42704",
+                        format!("\"{name}\" reads no source: it is no job (drop it instead)"),
+                    ));
+                }
+                if v.meta.error.is_none() && !v.dataflow.sources_active() {
+                    return Err(PlanError::user(
+                        "55000",
+                        format!("job \"{name}\" has finished: drop the view instead"),
+                    ));
+                }
+            }
+        }
+        self.drop(ObjectKind::MaterializedView, names, false, false)
+            .await?;
+        Ok(Output::Command {
+            tag: "CANCEL JOBS".into(),
+            rows: Some(names.len()),
         })
     }
 

@@ -69,4 +69,33 @@ async fn show_jobs_reports_progress() {
     // Every bid of the 40,000 events is in the view.
     let n = common::rows(&client, "SELECT count(*) FROM bids").await;
     assert_eq!(n[0][0], "36800");
+
+    // CANCEL JOBS drops a view still reading; finished jobs, views over tables, unknown
+    // names and views others read are refused.
+    let refused = |sql: &'static str, code: &'static str, says: &'static str| {
+        let client = &client;
+        async move {
+            let e = client.batch_execute(sql).await.unwrap_err();
+            let db = e.as_db_error().unwrap_or_else(|| panic!("{sql}: {e:?}"));
+            assert_eq!(db.code().code(), code, "{sql}: {db:?}");
+            assert!(db.message().contains(says), "{sql}: {db:?}");
+        }
+    };
+    refused("CANCEL JOBS bids", "55000", "has finished").await;
+    refused("CANCEL JOBS from_table", "42704", "reads no source").await;
+    refused("CANCEL JOBS nope", "42704", "does not exist").await;
+    client
+        .batch_execute("CREATE MATERIALIZED VIEW on_live AS SELECT n FROM live_count")
+        .await
+        .unwrap();
+    refused("CANCEL JOBS live_count", "2BP01", "depend").await;
+    client
+        .batch_execute("DROP MATERIALIZED VIEW on_live; CANCEL JOBS live_count")
+        .await
+        .unwrap();
+    let jobs = common::rows(&client, "SHOW JOBS").await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0][0], "bids");
+    let views = common::rows(&client, "SHOW MATERIALIZED VIEWS").await;
+    assert!(views.iter().all(|r| r[0] != "live_count"), "{views:?}");
 }

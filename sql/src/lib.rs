@@ -74,6 +74,10 @@ pub enum Statement {
     ShowSinks,
     /// `SHOW JOBS`: the views reading sources, and how far they have got.
     ShowJobs,
+    /// `CANCEL JOBS a, b`: stop and drop views that read sources.
+    CancelJobs {
+        names: Vec<ast::ObjectName>,
+    },
     /// `SHOW name` / `SHOW ALL` for session settings.
     ShowVariable(String),
     /// `SET name = value` / `SET name TO value`.
@@ -497,6 +501,21 @@ fn parse_one(text: &str) -> Result<Statement, SqlError> {
         ["SHOW", "SOURCES"] => return Ok(Statement::ShowSources),
         ["SHOW", "SINKS"] => return Ok(Statement::ShowSinks),
         ["SHOW", "JOBS"] => return Ok(Statement::ShowJobs),
+        ["CANCEL", "JOBS", ..] => {
+            let rest = text.trim_start()["CANCEL".len()..].trim_start();
+            let rest = &rest["JOBS".len()..];
+            return match parse_one(&format!("DROP TABLE {rest}"))? {
+                Statement::Drop {
+                    names,
+                    if_exists: false,
+                    cascade: false,
+                    ..
+                } => Ok(Statement::CancelJobs { names }),
+                _ => Err(SqlError::Unsupported(
+                    "CANCEL JOBS with IF EXISTS or CASCADE".into(),
+                )),
+            };
+        }
         ["DROP", kw @ ("SOURCE" | "SINK"), ..] => {
             // DROP SOURCE|SINK [IF EXISTS] a, b [CASCADE]: parsed as a DROP TABLE.
             let kind = if *kw == "SOURCE" {
