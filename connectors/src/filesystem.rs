@@ -104,6 +104,7 @@ impl FilesystemConfig {
                 produced: 0,
                 skip: 0,
                 caught_up: false,
+                bytes: 0,
             })
             .collect()
     }
@@ -170,6 +171,8 @@ pub struct FileSplit {
     /// Records still to pass over after a seek.
     skip: u64,
     caught_up: bool,
+    /// File bytes consumed since the split was made.
+    bytes: u64,
 }
 
 impl FileSplit {
@@ -270,6 +273,7 @@ impl Split for FileSplit {
                 buf.push(b'\n');
             }
             self.pos += used as u64;
+            self.bytes += used as u64;
             if records.len() >= max {
                 break;
             }
@@ -323,6 +327,10 @@ impl Split for FileSplit {
 
     fn caught_up(&self) -> bool {
         self.caught_up
+    }
+
+    fn bytes_read(&self) -> Option<u64> {
+        Some(self.bytes)
     }
 }
 

@@ -235,6 +235,7 @@ impl KafkaConfig {
                     next: None,
                     caught_up: false,
                     high: None,
+                    bytes: 0,
                 })
             })
             .collect()
@@ -253,6 +254,8 @@ pub struct KafkaSplit {
     /// The partition's high watermark as last asked (the offset the next record
     /// produced will get), and when: asked again every [`HIGH_WATERMARK_EVERY`].
     high: Option<(i64, std::time::Instant)>,
+    /// Key and value bytes of the records read since the split was made.
+    bytes: u64,
 }
 
 /// How often a split asks the broker for its partition's high watermark (for lag).
@@ -354,6 +357,8 @@ impl Split for KafkaSplit {
                 continue;
             }
             next = msg.offset() + 1;
+            self.bytes +=
+                (msg.key().map_or(0, <[u8]>::len) + msg.payload().map_or(0, <[u8]>::len)) as u64;
             if metadata {
                 keys.push(msg.key().map(|k| {
                     let start = key_buf.len();
@@ -456,6 +461,10 @@ impl Split for KafkaSplit {
     /// Where the split would be after reading everything in the partition now (the
     /// high watermark as last asked, in [`Split::offset`]'s terms): the difference is
     /// the consumer lag.
+    fn bytes_read(&self) -> Option<u64> {
+        Some(self.bytes)
+    }
+
     fn end_offset(&self) -> Option<u64> {
         let (high, _) = self.high?;
         let next = self.next?;

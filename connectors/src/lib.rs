@@ -47,6 +47,12 @@ pub trait Split: Send + Sync {
         None
     }
 
+    /// Bytes of input this split has read since it was made (record keys and values,
+    /// file contents); `None` for generators, which read nothing.
+    fn bytes_read(&self) -> Option<u64> {
+        None
+    }
+
     /// Rows this split may produce per second of wall time (`None`: as fast as asked).
     fn rate(&self) -> Option<f64> {
         None

@@ -646,6 +646,9 @@ pub struct OperatorStats {
     /// For a source reader: the offsets its splits reached and, when all know it, the
     /// offsets they would reach reading everything there is now.
     pub source_progress: Option<(u64, Option<u64>)>,
+    /// For a source reader over external input (Kafka, files): bytes read since the
+    /// server started.
+    pub source_bytes: Option<u64>,
 }
 
 /// One watermark of a running view, for `sabot_catalog.watermarks`.
@@ -927,6 +930,10 @@ impl Dataflow {
                     .iter()
                     .map(|op| op.state_rows() as u64)
                     .sum(),
+                source_bytes: self.instances[i]
+                    .iter()
+                    .filter_map(|op| op.source_bytes())
+                    .reduce(|a, b| a + b),
                 source_progress: self.instances[i]
                     .iter()
                     .filter_map(|op| op.source_progress())

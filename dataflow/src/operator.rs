@@ -103,6 +103,12 @@ pub trait Operator: Send + Sync {
         false
     }
 
+    /// For a source reader over external input: the bytes its splits have read since
+    /// they were made.
+    fn source_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// For a source reader: the offsets its splits have reached and, when every split
     /// is bounded and knows its end, the offsets at which they end (summed).
     fn source_progress(&self) -> Option<(u64, Option<u64>)> {

@@ -336,6 +336,10 @@ impl SourceSplit for Projected {
         self.split.end_offset()
     }
 
+    fn bytes_read(&self) -> Option<u64> {
+        self.split.bytes_read()
+    }
+
     fn rate(&self) -> Option<f64> {
         self.split.rate()
     }

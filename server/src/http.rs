@@ -348,6 +348,24 @@ async fn view_metrics(db: &Database, s: &mut String) {
     }
     header(
         s,
+        "sabot_source_bytes_total",
+        "counter",
+        "Bytes of input each view's reader of a source has read since the server started (Kafka record keys and values, file contents; generators read none).",
+    );
+    for v in &views {
+        for o in v.operators.iter().filter(|o| o.operator == "SourceReader") {
+            if let (Some(r), Some(bytes)) = (&o.relation, o.source_bytes) {
+                let _ = writeln!(
+                    s,
+                    "sabot_source_bytes_total{{source=\"{}\",view=\"{}\"}} {bytes}",
+                    label(r),
+                    label(&v.name)
+                );
+            }
+        }
+    }
+    header(
+        s,
         "sabot_source_lag",
         "gauge",
         "Offsets each view's reader of a source has still to read: Kafka's consumer lag in records (against the high watermarks, asked every 5 s), or what is left of a bounded generator.",

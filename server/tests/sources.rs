@@ -179,6 +179,20 @@ async fn filesystem_source_reads_new_files_once_across_a_crash() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0][..3], ["f", "1000", "oops,1,x"], "{errors:?}");
     assert!(errors[0][3].ends_with(":part-000.csv"), "{errors:?}");
+    // Every byte of the file was read, once (the other file does not match).
+    let want = format!(
+        "sabot_source_bytes_total{{source=\"f\",view=\"fs_totals\"}} {}\n",
+        first.len()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server.http_get("/metrics").contains(&want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "want {want}: {}",
+            server.http_get("/metrics")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // New files are picked up; the server dies after committing some of them, so the
     // restart must resume from the committed offsets.

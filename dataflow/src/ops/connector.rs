@@ -33,6 +33,10 @@ pub trait SourceSplit: Send + Sync {
     fn offset(&self) -> u64;
     /// Continues from an offset returned by [`SourceSplit::offset`].
     fn seek(&mut self, offset: u64);
+    /// Bytes of input read since the split was made; `None` for generators.
+    fn bytes_read(&self) -> Option<u64> {
+        None
+    }
     /// The offset the split would reach by reading everything there is now (a bounded
     /// split's end, Kafka's high watermark), when known.
     fn end_offset(&self) -> Option<u64> {
@@ -209,6 +213,13 @@ impl Operator for ConnectorOp {
 
     fn source_active(&self) -> bool {
         self.readers.iter().any(|r| !r.done)
+    }
+
+    fn source_bytes(&self) -> Option<u64> {
+        self.readers
+            .iter()
+            .filter_map(|r| r.split.bytes_read())
+            .reduce(|a, b| a + b)
     }
 
     fn source_progress(&self) -> Option<(u64, Option<u64>)> {
