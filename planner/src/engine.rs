@@ -1465,6 +1465,16 @@ impl Database {
 
     /// Runs one statement.
     pub async fn execute(&self, parsed: &Parsed) -> Result<Output> {
+        self.execute_with_progress(parsed, None).await
+    }
+
+    /// Runs one statement; long work (a view's backfill) reports its progress on
+    /// `progress`, for the client as NOTICE messages.
+    pub async fn execute_with_progress(
+        &self,
+        parsed: &Parsed,
+        progress: Option<Progress>,
+    ) -> Result<Output> {
         match &parsed.statement {
             Statement::Query(q) => self.query(q).await,
             Statement::CreateTable(ct) => self.create_table(ct, &parsed.text).await,
@@ -1483,6 +1493,7 @@ impl Database {
                     query,
                     query_text,
                     *emit_on_window_close,
+                    progress,
                 )
                 .await
             }
@@ -1930,6 +1941,7 @@ impl Database {
         query: &ast::Query,
         query_text: &str,
         emit_on_window_close: bool,
+        progress: Option<Progress>,
     ) -> Result<Output> {
         let name = normalize_name(name)?;
         let mut inner = self.inner.lock().await;
@@ -1972,7 +1984,7 @@ impl Database {
         }
         let epoch = inner.epoch + 1;
         let mut batch = EpochBatch::new(epoch);
-        dataflow.run_epoch(&deltas, &mut batch)?;
+        backfill(&mut dataflow, deltas, &mut batch, &name, progress.as_ref()).await?;
         let meta = ViewMeta {
             name: name.clone(),
             order: inner.next_order,
@@ -2919,8 +2931,70 @@ fn source_errors_batch(snapshot: &Snapshot) -> Result<RecordBatch> {
     )?)
 }
 
-/// Refuses a read of a source (its rows exist only inside the views that read it) and
-/// of a view that stopped updating (naming the failure).
+/// Where long work reports how far it has got (one line per message).
+pub type Progress = tokio::sync::mpsc::UnboundedSender<String>;
+
+/// Rows a backfill feeds through the view's dataflow at a time when it reports progress.
+const BACKFILL_STEP_ROWS: usize = 100_000;
+
+/// Feeds a new view the current rows of what it reads, all in the epoch `batch`
+/// commits. With `progress`, a large backfill goes in steps of [`BACKFILL_STEP_ROWS`],
+/// reporting after a step that passes a tenth of the rows or a second since the last
+/// report, and letting other tasks run in between; the result is the same as in one step (the dataflow is incremental),
+/// except with watermarks: rows behind the watermark of the steps before would be
+/// dropped as late, so a view with a watermark takes everything in one step.
+async fn backfill(
+    dataflow: &mut Dataflow,
+    deltas: HashMap<String, Vec<ChangeBatch>>,
+    batch: &mut EpochBatch,
+    view: &str,
+    progress: Option<&Progress>,
+) -> Result<()> {
+    let total: usize = deltas.values().flatten().map(ChangeBatch::num_rows).sum();
+    let watermarked = dataflow
+        .plan()
+        .nodes
+        .iter()
+        .any(|n| matches!(n.kind, sabot_dataflow::NodeKind::WatermarkFilter(_)));
+    let Some(progress) = progress.filter(|_| total > BACKFILL_STEP_ROWS && !watermarked) else {
+        dataflow.run_epoch(&deltas, batch)?;
+        return Ok(());
+    };
+    let started = std::time::Instant::now();
+    let mut reported = started;
+    let mut done = 0usize;
+    let mut step: HashMap<String, Vec<ChangeBatch>> = HashMap::new();
+    let mut in_step = 0usize;
+    let chunks: Vec<(String, ChangeBatch)> = deltas
+        .into_iter()
+        .flat_map(|(r, cs)| cs.into_iter().map(move |c| (r.clone(), c)))
+        .collect();
+    let count = chunks.len();
+    for (i, (relation, chunk)) in chunks.into_iter().enumerate() {
+        in_step += chunk.num_rows();
+        step.entry(relation).or_default().push(chunk);
+        if in_step < BACKFILL_STEP_ROWS && i + 1 < count {
+            continue;
+        }
+        dataflow.run_epoch(&std::mem::take(&mut step), batch)?;
+        let before = done;
+        done += std::mem::take(&mut in_step);
+        let tenth = |n: usize| n * 10 / total;
+        if reported.elapsed() >= Duration::from_secs(1) || tenth(done) > tenth(before) {
+            reported = std::time::Instant::now();
+            let secs = started.elapsed().as_secs_f64();
+            let _ = progress.send(format!(
+                "backfilling materialized view \"{view}\": {done} of {total} rows ({:.0}%), {:.0} rows/s",
+                100.0 * done as f64 / total as f64,
+                done as f64 / secs.max(1e-9)
+            ));
+        }
+        // Let the connection send the message (and other tasks run).
+        tokio::task::yield_now().await;
+    }
+    Ok(())
+}
+
 /// Between the oldest sample at most 10 seconds old and the newest: rows in and result
 /// changes per second, and per operator rows out per second and busy share.
 type Rates = ((f64, f64), Vec<(f64, f64)>);
@@ -2965,6 +3039,8 @@ impl ast::VisitorMut for Unqualify {
     }
 }
 
+/// Refuses a read of a source (its rows exist only inside the views that read it) and
+/// of a view that stopped updating (naming the failure).
 fn check_readable(snapshot: &Snapshot, plan: &datafusion::logical_expr::LogicalPlan) -> Result<()> {
     use datafusion::common::tree_node::TreeNodeRecursion;
     let mut problem = None;

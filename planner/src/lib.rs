@@ -21,7 +21,7 @@ pub mod types;
 pub mod windows;
 
 pub use engine::{
-    CheckpointRecord, Database, DbConfig, GraphNode, Output, Relation, RelationKind, ScramVerifier,
-    Snapshot, UserMeta, ViewMetrics,
+    CheckpointRecord, Database, DbConfig, GraphNode, Output, Progress, Relation, RelationKind,
+    ScramVerifier, Snapshot, UserMeta, ViewMetrics,
 };
 pub use error::{PlanError, Result};

@@ -159,7 +159,22 @@ impl SabotHandler {
                     Err(e) => Ok(Response::Error(Box::new(error_info(&e)))),
                 };
             }
-            _ => self.db.execute(parsed).await,
+            _ => {
+                // Long work (a view's backfill) reports progress: NOTICEs while it runs.
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+                let run = self.db.execute_with_progress(parsed, Some(tx));
+                tokio::pin!(run);
+                let out = loop {
+                    tokio::select! {
+                        out = &mut run => break out,
+                        Some(msg) = rx.recv() => send_notice(client, msg).await?,
+                    }
+                };
+                while let Ok(msg) = rx.try_recv() {
+                    send_notice(client, msg).await?;
+                }
+                out
+            }
         };
         match output {
             Ok(Output::Rows { schema, batches }) => {
@@ -184,6 +199,22 @@ impl SabotHandler {
             Err(e) => Ok(Response::Error(Box::new(error_info(&e)))),
         }
     }
+}
+
+/// Sends a NOTICE (SQLSTATE 00000) to the client now.
+async fn send_notice<C>(client: &mut C, message: String) -> PgWireResult<()>
+where
+    C: futures::Sink<PgWireBackendMessage> + Unpin,
+    PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
+{
+    use futures::SinkExt;
+    let info = ErrorInfo::new("NOTICE".into(), "00000".into(), message);
+    client
+        .send(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(
+            info,
+        )))
+        .await?;
+    Ok(())
 }
 
 fn show_variable(settings: &Settings, name: &str, db: &Database) -> sabot_planner::Result<Output> {

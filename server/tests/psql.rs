@@ -166,3 +166,71 @@ async fn psql_lists_sabot_objects() {
         psql(port, "sabot", "sabot", command);
     }
 }
+
+/// A large backfill reports its progress while it runs: psql prints NOTICEs, one per
+/// tenth of the rows, counts rising to the total; a small one says nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_shows_backfill_progress_as_notices() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE big (k BIGINT, v BIGINT);
+             INSERT INTO big SELECT value % 1000, value FROM generate_series(1, 600000);
+             CREATE TABLE small (k BIGINT);
+             INSERT INTO small VALUES (1), (2);
+             FLUSH;",
+        )
+        .await
+        .unwrap();
+    let run = |sql: &str| {
+        let out = Command::new("psql")
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .args([
+                "-p",
+                &server.port().to_string(),
+                "-U",
+                "sabot",
+                "-d",
+                "sabot",
+            ])
+            .args(["-c", sql])
+            .output()
+            .expect("psql");
+        assert!(out.status.success(), "{sql}: {out:?}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let notices = run(
+        "CREATE MATERIALIZED VIEW per_k AS SELECT k, count(*) AS n, sum(v) AS s FROM big GROUP BY k",
+    );
+    let done: Vec<u64> = notices
+        .lines()
+        .map(|l| {
+            let rest = l
+                .strip_prefix("NOTICE:  backfilling materialized view \"per_k\": ")
+                .unwrap_or_else(|| panic!("not a progress notice: {l}"));
+            assert!(rest.contains(" of 600000 rows ("), "{l}");
+            rest.split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert!(done.len() >= 5, "{notices}");
+    assert!(done.windows(2).all(|w| w[0] < w[1]), "{notices}");
+    assert_eq!(done.last(), Some(&600_000), "{notices}");
+    assert!(
+        notices.lines().last().is_some_and(|l| l.contains("(100%)")),
+        "{notices}"
+    );
+    assert_eq!(
+        common::rows(&client, "SELECT count(*), sum(n), sum(s) FROM per_k").await,
+        vec![vec![
+            "1000".to_string(),
+            "600000".to_string(),
+            (600_000u64 * 600_001 / 2).to_string()
+        ]]
+    );
+    assert_eq!(
+        run("CREATE MATERIALIZED VIEW tiny AS SELECT k FROM small"),
+        ""
+    );
+}
