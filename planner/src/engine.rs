@@ -129,6 +129,32 @@ pub struct Snapshot {
     pub watermarks: Vec<(String, sabot_dataflow::WatermarkStatus)>,
 }
 
+/// One line of `SHOW JOBS`.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub name: String,
+    /// `backfilling`, `catching up`, `following`, `finished` or `stopped`.
+    pub status: &'static str,
+    /// Rows backfilled, or the source readers' offsets.
+    pub read: u64,
+    /// What there is to read now, when known.
+    pub total: Option<u64>,
+    pub rows_per_second: Option<f64>,
+    /// When the view last reflected everything committed to what it reads.
+    pub synced_at: Option<std::time::SystemTime>,
+}
+
+/// A backfill in progress (`CREATE MATERIALIZED VIEW` over tables and views), seen by
+/// `SHOW JOBS` and stopped by `CANCEL JOBS` from other sessions while it runs.
+#[derive(Debug)]
+struct BackfillJob {
+    view: String,
+    done: usize,
+    total: usize,
+    started: std::time::Instant,
+    cancel: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum CatalogEntry {
@@ -413,6 +439,10 @@ pub struct Database {
     users: RwLock<BTreeMap<String, UserMeta>>,
     /// The last [`CHECKPOINT_HISTORY`] epochs committed, oldest first.
     checkpoints: parking_lot::Mutex<std::collections::VecDeque<CheckpointRecord>>,
+    /// Backfills running now.
+    backfills: parking_lot::Mutex<Vec<BackfillJob>>,
+    /// The views reading sources, as of the last epoch (see [`Database::refresh_jobs`]).
+    jobs: parking_lot::Mutex<Vec<JobRow>>,
 }
 
 /// How many committed epochs [`Database::checkpoint_history`] keeps.
@@ -481,6 +511,8 @@ impl Database {
             }),
             users: RwLock::new(BTreeMap::new()),
             checkpoints: parking_lot::Mutex::new(std::collections::VecDeque::new()),
+            backfills: parking_lot::Mutex::new(Vec::new()),
+            jobs: parking_lot::Mutex::new(Vec::new()),
             snapshot: RwLock::new(Arc::new(Snapshot {
                 epoch,
                 relations: BTreeMap::new(),
@@ -773,6 +805,7 @@ impl Database {
             for v in inner.views.iter_mut().filter(|v| v.meta.error.is_none()) {
                 v.synced_at = Some(now);
             }
+            self.refresh_jobs(&inner);
             return Ok(inner.epoch);
         }
         let next = inner.epoch + 1;
@@ -1131,6 +1164,7 @@ impl Database {
                     .map(|w| (v.meta.name.clone(), w))
             })
             .collect();
+        self.refresh_jobs(inner);
         *self.snapshot.write() = Arc::new(Snapshot {
             epoch: inner.epoch,
             relations,
@@ -1138,6 +1172,35 @@ impl Database {
             watermarks,
         });
         Ok(())
+    }
+
+    /// Records the views reading sources as `SHOW JOBS` shows them (read without the
+    /// engine's lock, which a backfill holds).
+    fn refresh_jobs(&self, inner: &Inner) {
+        let jobs = inner
+            .views
+            .iter()
+            .filter_map(|v| {
+                let (read, total) = v.dataflow.source_progress()?;
+                Some(JobRow {
+                    name: v.meta.name.clone(),
+                    status: if v.meta.error.is_some() {
+                        "stopped"
+                    } else if !v.dataflow.sources_active() {
+                        "finished"
+                    } else if v.dataflow.wants_more() {
+                        "catching up"
+                    } else {
+                        "following"
+                    },
+                    read,
+                    total,
+                    rows_per_second: rates(&v.samples).map(|r| r.0 .0),
+                    synced_at: v.synced_at,
+                })
+            })
+            .collect();
+        *self.jobs.lock() = jobs;
     }
 
     /// A DataFusion context over `snapshot`, with `overlay` replacing one relation's data.
@@ -1804,45 +1867,53 @@ impl Database {
     /// catching up, how much its readers have read (offsets: rows, or events for
     /// nexmark), how far through a bounded source that is, its rates and freshness.
     async fn show_jobs(&self) -> Result<Output> {
-        let inner = self.inner.lock().await;
-        let now = std::time::SystemTime::now();
-        let mut name = Vec::new();
-        let mut status = Vec::new();
-        let mut read = Vec::new();
-        let mut total = Vec::new();
-        let mut progress = Vec::new();
-        let mut rate = Vec::new();
-        let mut fresh = Vec::new();
-        for v in &inner.views {
-            let Some((done, end)) = v.dataflow.source_progress() else {
-                continue;
-            };
-            name.push(v.meta.name.clone());
-            status.push(if v.meta.error.is_some() {
-                "stopped"
-            } else if !v.dataflow.sources_active() {
-                "finished"
-            } else if v.dataflow.wants_more() {
-                "catching up"
-            } else {
-                "following"
-            });
-            read.push(i64::try_from(done).unwrap_or(i64::MAX));
-            total.push(end.map(|e| i64::try_from(e).unwrap_or(i64::MAX)));
-            progress.push(end.map(|e| {
-                if e == 0 {
-                    100.0
-                } else {
-                    (100.0 * done as f64 / e as f64).min(100.0)
+        // Read without the engine's lock: a backfill holds it while it runs.
+        let mut jobs: Vec<JobRow> = self
+            .backfills
+            .lock()
+            .iter()
+            .map(|b| {
+                let secs = b.started.elapsed().as_secs_f64();
+                JobRow {
+                    name: b.view.clone(),
+                    status: "backfilling",
+                    read: b.done as u64,
+                    total: Some(b.total as u64),
+                    rows_per_second: (secs > 0.0).then(|| b.done as f64 / secs),
+                    synced_at: None,
                 }
-            }));
-            rate.push(rates(&v.samples).map(|r| r.0 .0));
-            fresh.push(v.synced_at.map(|t| {
-                now.duration_since(t)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(0.0)
-            }));
-        }
+            })
+            .collect();
+        jobs.extend(self.jobs.lock().iter().cloned());
+        let now = std::time::SystemTime::now();
+        let name: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
+        let status: Vec<&str> = jobs.iter().map(|j| j.status).collect();
+        let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let read: Vec<i64> = jobs.iter().map(|j| big(j.read)).collect();
+        let total: Vec<Option<i64>> = jobs.iter().map(|j| j.total.map(big)).collect();
+        let progress: Vec<Option<f64>> = jobs
+            .iter()
+            .map(|j| {
+                j.total.map(|e| {
+                    if e == 0 {
+                        100.0
+                    } else {
+                        (100.0 * j.read as f64 / e as f64).min(100.0)
+                    }
+                })
+            })
+            .collect();
+        let rate: Vec<Option<f64>> = jobs.iter().map(|j| j.rows_per_second).collect();
+        let fresh: Vec<Option<f64>> = jobs
+            .iter()
+            .map(|j| {
+                j.synced_at.map(|t| {
+                    now.duration_since(t)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0)
+                })
+            })
+            .collect();
         let schema = Arc::new(Schema::new(vec![
             Field::new("Name", DataType::Utf8, false),
             Field::new("Status", DataType::Utf8, false),
@@ -1873,6 +1944,23 @@ impl Database {
     /// Drops views that are jobs (views reading a source that is not read to its end);
     /// like `DROP MATERIALIZED VIEW`, refused while other views read them.
     async fn cancel_jobs(&self, names: &[ast::ObjectName]) -> Result<Output> {
+        // A backfill holds the engine's lock: it is told to stop, and its CREATE fails.
+        let running: Vec<String> = names.iter().map(normalize_name).collect::<Result<_>>()?;
+        {
+            let mut backfills = self.backfills.lock();
+            if running
+                .iter()
+                .all(|n| backfills.iter().any(|b| &b.view == n))
+            {
+                for b in backfills.iter_mut().filter(|b| running.contains(&b.view)) {
+                    b.cancel = true;
+                }
+                return Ok(Output::Command {
+                    tag: "CANCEL JOBS".into(),
+                    rows: Some(names.len()),
+                });
+            }
+        }
         {
             let inner = self.inner.lock().await;
             for n in names {
@@ -1984,7 +2072,8 @@ impl Database {
         }
         let epoch = inner.epoch + 1;
         let mut batch = EpochBatch::new(epoch);
-        backfill(&mut dataflow, deltas, &mut batch, &name, progress.as_ref()).await?;
+        self.backfill(&mut dataflow, deltas, &mut batch, &name, progress.as_ref())
+            .await?;
         let meta = ViewMeta {
             name: name.clone(),
             order: inner.next_order,
@@ -2937,62 +3026,110 @@ pub type Progress = tokio::sync::mpsc::UnboundedSender<String>;
 /// Rows a backfill feeds through the view's dataflow at a time when it reports progress.
 const BACKFILL_STEP_ROWS: usize = 100_000;
 
-/// Feeds a new view the current rows of what it reads, all in the epoch `batch`
-/// commits. With `progress`, a large backfill goes in steps of [`BACKFILL_STEP_ROWS`],
-/// reporting after a step that passes a tenth of the rows or a second since the last
-/// report, and letting other tasks run in between; the result is the same as in one step (the dataflow is incremental),
-/// except with watermarks: rows behind the watermark of the steps before would be
-/// dropped as late, so a view with a watermark takes everything in one step.
-async fn backfill(
-    dataflow: &mut Dataflow,
-    deltas: HashMap<String, Vec<ChangeBatch>>,
-    batch: &mut EpochBatch,
-    view: &str,
-    progress: Option<&Progress>,
-) -> Result<()> {
-    let total: usize = deltas.values().flatten().map(ChangeBatch::num_rows).sum();
-    let watermarked = dataflow
-        .plan()
-        .nodes
-        .iter()
-        .any(|n| matches!(n.kind, sabot_dataflow::NodeKind::WatermarkFilter(_)));
-    let Some(progress) = progress.filter(|_| total > BACKFILL_STEP_ROWS && !watermarked) else {
-        dataflow.run_epoch(&deltas, batch)?;
-        return Ok(());
-    };
-    let started = std::time::Instant::now();
-    let mut reported = started;
-    let mut done = 0usize;
-    let mut step: HashMap<String, Vec<ChangeBatch>> = HashMap::new();
-    let mut in_step = 0usize;
-    let chunks: Vec<(String, ChangeBatch)> = deltas
-        .into_iter()
-        .flat_map(|(r, cs)| cs.into_iter().map(move |c| (r.clone(), c)))
-        .collect();
-    let count = chunks.len();
-    for (i, (relation, chunk)) in chunks.into_iter().enumerate() {
-        in_step += chunk.num_rows();
-        step.entry(relation).or_default().push(chunk);
-        if in_step < BACKFILL_STEP_ROWS && i + 1 < count {
-            continue;
+impl Database {
+    /// Feeds a new view the current rows of what it reads, all in the epoch `batch`
+    /// commits. Past [`BACKFILL_STEP_ROWS`] rows it goes in steps: between them other
+    /// tasks run, `SHOW JOBS` shows how far it has got, `CANCEL JOBS` stops it (the
+    /// CREATE then fails and nothing of the view stays), and with `progress` it reports
+    /// after a step that passes a tenth of the rows or a second since the last report.
+    /// The result is the same as in one step (the dataflow is incremental), except with
+    /// watermarks: rows behind the watermark of the steps before would be dropped as
+    /// late, so a view with a watermark takes everything in one step.
+    async fn backfill(
+        &self,
+        dataflow: &mut Dataflow,
+        deltas: HashMap<String, Vec<ChangeBatch>>,
+        batch: &mut EpochBatch,
+        view: &str,
+        progress: Option<&Progress>,
+    ) -> Result<()> {
+        let total: usize = deltas.values().flatten().map(ChangeBatch::num_rows).sum();
+        let watermarked = dataflow
+            .plan()
+            .nodes
+            .iter()
+            .any(|n| matches!(n.kind, sabot_dataflow::NodeKind::WatermarkFilter(_)));
+        if total <= BACKFILL_STEP_ROWS || watermarked {
+            dataflow.run_epoch(&deltas, batch)?;
+            return Ok(());
         }
-        dataflow.run_epoch(&std::mem::take(&mut step), batch)?;
-        let before = done;
-        done += std::mem::take(&mut in_step);
-        let tenth = |n: usize| n * 10 / total;
-        if reported.elapsed() >= Duration::from_secs(1) || tenth(done) > tenth(before) {
-            reported = std::time::Instant::now();
-            let secs = started.elapsed().as_secs_f64();
-            let _ = progress.send(format!(
-                "backfilling materialized view \"{view}\": {done} of {total} rows ({:.0}%), {:.0} rows/s",
-                100.0 * done as f64 / total as f64,
-                done as f64 / secs.max(1e-9)
-            ));
-        }
-        // Let the connection send the message (and other tasks run).
-        tokio::task::yield_now().await;
+        let started = std::time::Instant::now();
+        self.backfills.lock().push(BackfillJob {
+            view: view.to_string(),
+            done: 0,
+            total,
+            started,
+            cancel: false,
+        });
+        let result = self
+            .backfill_steps(dataflow, deltas, batch, view, progress, total, started)
+            .await;
+        self.backfills.lock().retain(|j| j.view != view);
+        result
     }
-    Ok(())
+
+    #[allow(clippy::too_many_arguments)]
+    async fn backfill_steps(
+        &self,
+        dataflow: &mut Dataflow,
+        deltas: HashMap<String, Vec<ChangeBatch>>,
+        batch: &mut EpochBatch,
+        view: &str,
+        progress: Option<&Progress>,
+        total: usize,
+        started: std::time::Instant,
+    ) -> Result<()> {
+        let mut reported = started;
+        let mut done = 0usize;
+        let mut step: HashMap<String, Vec<ChangeBatch>> = HashMap::new();
+        let mut in_step = 0usize;
+        let chunks: Vec<(String, ChangeBatch)> = deltas
+            .into_iter()
+            .flat_map(|(r, cs)| cs.into_iter().map(move |c| (r.clone(), c)))
+            .collect();
+        let count = chunks.len();
+        for (i, (relation, chunk)) in chunks.into_iter().enumerate() {
+            in_step += chunk.num_rows();
+            step.entry(relation).or_default().push(chunk);
+            if in_step < BACKFILL_STEP_ROWS && i + 1 < count {
+                continue;
+            }
+            dataflow.run_epoch(&std::mem::take(&mut step), batch)?;
+            let before = done;
+            done += std::mem::take(&mut in_step);
+            let cancelled = {
+                let mut jobs = self.backfills.lock();
+                let job = jobs.iter_mut().find(|j| j.view == view);
+                if let Some(j) = job {
+                    j.done = done;
+                    j.cancel
+                } else {
+                    false
+                }
+            };
+            if cancelled {
+                return Err(PlanError::user(
+                    "57014",
+                    format!("canceling the backfill of materialized view \"{view}\" (CANCEL JOBS)"),
+                ));
+            }
+            let tenth = |n: usize| n * 10 / total;
+            if let Some(progress) = progress {
+                if reported.elapsed() >= Duration::from_secs(1) || tenth(done) > tenth(before) {
+                    reported = std::time::Instant::now();
+                    let secs = started.elapsed().as_secs_f64();
+                    let _ = progress.send(format!(
+                        "backfilling materialized view \"{view}\": {done} of {total} rows ({:.0}%), {:.0} rows/s",
+                        100.0 * done as f64 / total as f64,
+                        done as f64 / secs.max(1e-9)
+                    ));
+                }
+            }
+            // Let the connection send the message, and other sessions run.
+            tokio::task::yield_now().await;
+        }
+        Ok(())
+    }
 }
 
 /// Between the oldest sample at most 10 seconds old and the newest: rows in and result

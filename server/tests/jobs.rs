@@ -99,3 +99,58 @@ async fn show_jobs_reports_progress() {
     let views = common::rows(&client, "SHOW MATERIALIZED VIEWS").await;
     assert!(views.iter().all(|r| r[0] != "live_count"), "{views:?}");
 }
+
+/// A backfill over a table is a job while its CREATE runs: another session sees it in
+/// SHOW JOBS with its progress and can cancel it; the CREATE then fails (57014) and
+/// leaves nothing behind, and the same view can be created afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_shows_in_show_jobs_and_can_be_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE big (k BIGINT, v BIGINT);
+             INSERT INTO big SELECT value % 1000, value FROM generate_series(1, 800000);
+             FLUSH;",
+        )
+        .await
+        .unwrap();
+    const VIEW: &str = "CREATE MATERIALIZED VIEW j AS
+        SELECT k, count(*) AS n, sum(v) AS s, count(DISTINCT v % 97) AS d FROM big GROUP BY k";
+    let creator = server.connect().await;
+    let create = tokio::spawn(async move { creator.batch_execute(VIEW).await });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let seen = loop {
+        let jobs = common::rows(&client, "SHOW JOBS").await;
+        if let Some(j) = jobs.iter().find(|r| r[0] == "j") {
+            break j.clone();
+        }
+        assert!(
+            !create.is_finished() && Instant::now() < deadline,
+            "the backfill was never seen"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(seen[1], "backfilling", "{seen:?}");
+    assert_eq!(seen[3], "800000", "{seen:?}");
+    let read: u64 = seen[2].parse().unwrap();
+    assert!(read < 800_000, "{seen:?}");
+    client.batch_execute("CANCEL JOBS j").await.unwrap();
+    let e = create.await.unwrap().unwrap_err();
+    let db = e.as_db_error().unwrap_or_else(|| panic!("{e:?}"));
+    assert_eq!(db.code().code(), "57014", "{db:?}");
+    assert!(common::rows(&client, "SHOW JOBS").await.is_empty());
+    let views = common::rows(&client, "SHOW MATERIALIZED VIEWS").await;
+    assert!(views.is_empty(), "{views:?}");
+    // Nothing of it stayed: the same view can be made, complete.
+    client.batch_execute(VIEW).await.unwrap();
+    assert_eq!(
+        common::rows(&client, "SELECT count(*), sum(n), min(d) FROM j").await,
+        vec![vec![
+            "1000".to_string(),
+            "800000".to_string(),
+            "97".to_string()
+        ]]
+    );
+}
