@@ -93,6 +93,34 @@ pub fn join_prefixed(key: &[u8], rest: &[u8]) -> Vec<u8> {
     v
 }
 
+/// The state key of a row kept by key and time (session windows, ASOF joins, temporal
+/// filters): the key, the time (8 bytes, big endian), then the row.
+pub fn timed_row_key(key: &[u8], time: i64, row: &[u8]) -> Vec<u8> {
+    let mut rest = Vec::with_capacity(8 + row.len());
+    rest.extend_from_slice(&time.to_be_bytes());
+    rest.extend_from_slice(row);
+    join_prefixed(key, &rest)
+}
+
+/// A state entry written under [`timed_row_key`] with its multiplicity (8 bytes, little
+/// endian): (key, time, row, multiplicity).
+pub fn split_timed_row<'a>(k: &'a [u8], v: &[u8]) -> Result<(&'a [u8], i64, &'a [u8], i64)> {
+    let (key, rest) = split_prefixed(k)?;
+    let (Some(time), Some(row), Ok(count)) = (rest.get(..8), rest.get(8..), <[u8; 8]>::try_from(v))
+    else {
+        return Err(DataflowError::Corrupt("timed row state entry".into()));
+    };
+    let time: [u8; 8] = time
+        .try_into()
+        .map_err(|_| DataflowError::Corrupt("timed row time".into()))?;
+    Ok((
+        key,
+        i64::from_be_bytes(time),
+        row,
+        i64::from_le_bytes(count),
+    ))
+}
+
 /// The state key of a row kept in order within a partition (top-N, window functions):
 /// the partition, the order key, then the row.
 pub fn ordered_row_key(partition: &[u8], order: &[u8], row: &[u8]) -> Vec<u8> {

@@ -21,7 +21,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use sabot_storage::{StateTableId, StateWriter};
 
 use crate::batch::{batch_with_schema, ChangeBatch};
-use crate::codec::{join_prefixed, split_prefixed};
+use crate::codec::{split_timed_row, timed_row_key};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
 use crate::ops::join::{JoinKind, JoinSpec};
@@ -105,12 +105,6 @@ pub struct AsofJoinOp {
     dirty: BTreeSet<(usize, Vec<u8>, i64, Vec<u8>)>,
     /// Output of left rows that cannot match (NULL key or time) in a LEFT join.
     passthrough: Vec<ChangeBatch>,
-}
-
-fn state_key(key: &[u8], time: i64, row: &[u8]) -> Vec<u8> {
-    let mut rest = ((time as u64) ^ (1 << 63)).to_be_bytes().to_vec();
-    rest.extend_from_slice(row);
-    join_prefixed(key, &rest)
 }
 
 /// The match of a left row at `time` among `rows`.
@@ -411,7 +405,7 @@ impl Operator for AsofJoinOp {
             }
         }
         for (side, key, t, row) in std::mem::take(&mut self.dirty) {
-            let k = state_key(&key, t, &row);
+            let k = timed_row_key(&key, t, &row);
             let count = if side == 0 {
                 self.left
                     .get(&key)
@@ -453,27 +447,15 @@ impl Operator for AsofJoinOp {
     ) -> Result<()> {
         let side = usize::from(table == self.tables[1]);
         for (k, v) in entries {
-            let (key, rest) = split_prefixed(k)?;
+            let (key, t, row, count) = split_timed_row(k, v)?;
             if !partitioner.owns(key) {
                 continue;
             }
-            let (Some(t), Some(row), Ok(count)) = (
-                rest.get(..8),
-                rest.get(8..),
-                <[u8; 8]>::try_from(v.as_slice()),
-            ) else {
-                return Err(DataflowError::Corrupt("ASOF join state entry".into()));
-            };
-            let t = u64::from_be_bytes(
-                t.try_into()
-                    .map_err(|_| DataflowError::Corrupt("ASOF join time".into()))?,
-            ) ^ (1 << 63);
-            let count = i64::from_le_bytes(count);
             if side == 0 {
                 self.left
                     .entry(key.to_vec())
                     .or_default()
-                    .entry(t as i64)
+                    .entry(t)
                     .or_default()
                     .insert(
                         row.to_vec(),
@@ -486,7 +468,7 @@ impl Operator for AsofJoinOp {
                 self.right
                     .entry(key.to_vec())
                     .or_default()
-                    .entry(t as i64)
+                    .entry(t)
                     .or_default()
                     .insert(row.to_vec(), count);
             }

@@ -21,7 +21,7 @@ use datafusion::common::ScalarValue;
 use sabot_storage::{StateTableId, StateWriter};
 
 use crate::batch::{batch_with_schema, ChangeBatch};
-use crate::codec::{join_prefixed, split_prefixed};
+use crate::codec::{split_timed_row, timed_row_key};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
 use crate::ops::watermark::scalar_to_i64;
@@ -164,7 +164,7 @@ impl SessionOp {
                 .collect();
             for (ts, row) in closed {
                 rows.remove(&(ts, row.clone()));
-                state.delete(self.table, &state_key(key, ts, &row));
+                state.delete(self.table, &timed_row_key(key, ts, &row));
             }
             if rows.is_empty() {
                 emptied.push(key.clone());
@@ -174,12 +174,6 @@ impl SessionOp {
             self.keys.remove(&k);
         }
     }
-}
-
-fn state_key(key: &[u8], ts: i64, row: &[u8]) -> Vec<u8> {
-    let mut rest = ts.to_be_bytes().to_vec();
-    rest.extend_from_slice(row);
-    join_prefixed(key, &rest)
 }
 
 impl Operator for SessionOp {
@@ -280,7 +274,7 @@ impl Operator for SessionOp {
                 .get(&key)
                 .and_then(|r| r.get(&(ts, row.clone())))
                 .copied();
-            let k = state_key(&key, ts, &row);
+            let k = timed_row_key(&key, ts, &row);
             match count {
                 Some(c) if c < 0 => {
                     return Err(DataflowError::Internal(format!(
@@ -324,25 +318,14 @@ impl Operator for SessionOp {
         partitioner: Partitioner,
     ) -> Result<()> {
         for (k, v) in entries {
-            let (key, rest) = split_prefixed(k)?;
+            let (key, ts, row, count) = split_timed_row(k, v)?;
             if !partitioner.owns(key) {
                 continue;
             }
-            let (Some(ts), Some(row), Ok(count)) = (
-                rest.get(..8),
-                rest.get(8..),
-                <[u8; 8]>::try_from(v.as_slice()),
-            ) else {
-                return Err(DataflowError::Corrupt("session state entry".into()));
-            };
-            let ts = i64::from_be_bytes(
-                ts.try_into()
-                    .map_err(|_| DataflowError::Corrupt("session time".into()))?,
-            );
             self.keys
                 .entry(key.to_vec())
                 .or_default()
-                .insert((ts, row.to_vec()), i64::from_le_bytes(count));
+                .insert((ts, row.to_vec()), count);
         }
         Ok(())
     }

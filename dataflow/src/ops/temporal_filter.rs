@@ -23,6 +23,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use sabot_storage::{StateTableId, StateWriter};
 
 use crate::batch::{batch_with_schema, ChangeBatch};
+use crate::codec::{split_timed_row, timed_row_key};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
 use crate::ops::watermark::time_ints;
@@ -113,7 +114,7 @@ pub struct TemporalFilterOp {
     threshold_moved: bool,
 }
 
-/// The state key of the threshold, shorter than any row's key (8 bytes of time first).
+/// The state key of the threshold, shorter than any row's ([`timed_row_key`]).
 const THRESHOLD_KEY: &[u8] = b"t";
 
 impl TemporalFilterOp {
@@ -139,13 +140,6 @@ impl TemporalFilterOp {
         }
         self.dirty.insert(slot);
     }
-}
-
-fn state_key(time: i64, row: &[u8]) -> Vec<u8> {
-    // Sign bit flipped: keys sort by time in the store too.
-    let mut k = ((time as u64) ^ (1 << 63)).to_be_bytes().to_vec();
-    k.extend_from_slice(row);
-    k
 }
 
 impl Operator for TemporalFilterOp {
@@ -252,7 +246,7 @@ impl Operator for TemporalFilterOp {
             }
         }
         for (time, row) in std::mem::take(&mut self.dirty) {
-            let key = state_key(time, &row);
+            let key = timed_row_key(&[], time, &row);
             match self.rows.get(&(time, row)) {
                 Some(c) if *c < 0 => {
                     return Err(DataflowError::Internal(format!(
@@ -287,20 +281,11 @@ impl Operator for TemporalFilterOp {
                 self.threshold = Some(i64::from_le_bytes(t));
                 continue;
             }
-            let (Some(time), Some(row), Ok(count)) =
-                (k.get(..8), k.get(8..), <[u8; 8]>::try_from(v.as_slice()))
-            else {
-                return Err(DataflowError::Corrupt("temporal filter state entry".into()));
-            };
+            let (_, time, row, count) = split_timed_row(k, v)?;
             if !partitioner.owns(row) {
                 continue;
             }
-            let time = u64::from_be_bytes(
-                time.try_into()
-                    .map_err(|_| DataflowError::Corrupt("temporal filter time".into()))?,
-            ) ^ (1 << 63);
-            self.rows
-                .insert((time as i64, row.to_vec()), i64::from_le_bytes(count));
+            self.rows.insert((time, row.to_vec()), count);
         }
         Ok(())
     }
