@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{PlanError, Result};
 use crate::ingest::Ingest;
+use crate::pg_catalog::Session;
 use crate::sinks::sink_spec;
 use crate::sources::SourceDef;
 use crate::stream::StreamPlanner;
@@ -152,7 +153,8 @@ struct BackfillJob {
     done: usize,
     total: usize,
     started: std::time::Instant,
-    cancel: bool,
+    /// Set to stop it: the error its CREATE fails with.
+    cancel: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1218,6 +1220,9 @@ impl Database {
         }
         ctx.register_udf(crate::now::now_marker());
         ctx.register_udf(crate::now::proctime_marker());
+        for f in crate::pg_catalog::general_functions() {
+            ctx.register_udf(f);
+        }
         // PostgreSQL's name for the sample variance.
         ctx.register_udaf(
             datafusion::functions_aggregate::variance::var_samp_udaf()
@@ -1276,6 +1281,7 @@ impl Database {
         snapshot: &Snapshot,
         query: &ast::Query,
         figures: &SystemFigures,
+        session: &Session,
     ) -> Result<(SessionContext, ast::Query)> {
         let ctx = self.context(snapshot, None)?;
         let catalog = ctx
@@ -1311,7 +1317,7 @@ impl Database {
         if crate::pg_catalog::mentions_catalog(&query) {
             let names = snapshot.relations.keys().cloned().collect();
             crate::pg_catalog::rewrite(&mut query, &names);
-            crate::pg_catalog::register(&ctx, snapshot, &system, &self.users())?;
+            crate::pg_catalog::register(&ctx, snapshot, &system, &self.users(), session)?;
         }
         Ok((ctx, query))
     }
@@ -1365,18 +1371,31 @@ impl Database {
 
     /// Runs a read-only query against the last committed epoch.
     pub async fn query(&self, query: &ast::Query) -> Result<Output> {
+        self.query_in(query, &Session::default()).await
+    }
+
+    /// [`Database::query`] as `session` sees it: its role and settings in the catalog.
+    pub async fn query_in(&self, query: &ast::Query, session: &Session) -> Result<Output> {
         if crate::temporal::has_asof(query) {
             return self.query_by_dataflow(query).await;
         }
         let snapshot = self.snapshot();
         let views = self.operator_figures(query).await;
-        let (ctx, query) = self.read_context(&snapshot, query, &views)?;
-        let plan = self.logical_plan(&ctx, &query).await?;
+        let (ctx, mut rewritten) = self.read_context(&snapshot, query, &views, session)?;
+        crate::colnames::alias_expressions(&mut rewritten);
+        let plan = self.logical_plan(&ctx, &rewritten).await?;
         check_readable(&snapshot, &plan)?;
         let df = ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
-        Ok(Output::Rows { schema, batches })
+        let named = crate::colnames::rename(query, &schema);
+        if named == schema {
+            return Ok(Output::Rows { schema, batches });
+        }
+        Ok(Output::Rows {
+            batches: crate::colnames::with_names(&named, batches)?,
+            schema: named,
+        })
     }
 
     /// Runs a query that DataFusion cannot (an ASOF join) as a view would compute it: its
@@ -1469,10 +1488,13 @@ impl Database {
     ) -> Result<(SchemaRef, HashMap<String, Option<DataType>>)> {
         let snapshot = self.snapshot();
         let views = self.operator_figures(query).await;
-        let (ctx, query) = self.read_context(&snapshot, query, &views)?;
-        let plan = self.logical_plan(&ctx, &query).await?;
+        let (ctx, mut rewritten) =
+            self.read_context(&snapshot, query, &views, &Session::default())?;
+        crate::colnames::alias_expressions(&mut rewritten);
+        let plan = self.logical_plan(&ctx, &rewritten).await?;
         let params = plan.get_parameter_types()?;
-        Ok((Arc::new(plan.schema().as_arrow().clone()), params))
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        Ok((crate::colnames::rename(query, &schema), params))
     }
 
     /// Plans a view's query into a dataflow whose state tables start at `first_table`.
@@ -1528,7 +1550,8 @@ impl Database {
 
     /// Runs one statement.
     pub async fn execute(&self, parsed: &Parsed) -> Result<Output> {
-        self.execute_with_progress(parsed, None).await
+        self.execute_with_progress(parsed, &Session::default(), None)
+            .await
     }
 
     /// Runs one statement; long work (a view's backfill) reports its progress on
@@ -1536,10 +1559,11 @@ impl Database {
     pub async fn execute_with_progress(
         &self,
         parsed: &Parsed,
+        session: &Session,
         progress: Option<Progress>,
     ) -> Result<Output> {
         match &parsed.statement {
-            Statement::Query(q) => self.query(q).await,
+            Statement::Query(q) => self.query_in(q, session).await,
             Statement::CreateTable(ct) => self.create_table(ct, &parsed.text).await,
             Statement::CreateSource(cs) => self.create_source(cs, &parsed.text).await,
             Statement::CreateSink(cs) => self.create_sink(cs, &parsed.text).await,
@@ -1592,7 +1616,10 @@ impl Database {
             Statement::User(_) => Err(PlanError::Internal(
                 "roles are created by the session, which hashes the password".into(),
             )),
-            Statement::SetVariable { .. } | Statement::ShowVariable(_) => Err(PlanError::Internal(
+            Statement::SetTransaction => Ok(command("SET")),
+            Statement::SetVariable { .. }
+            | Statement::ResetVariable { .. }
+            | Statement::ShowVariable(_) => Err(PlanError::Internal(
                 "session settings are handled by the session".into(),
             )),
         }
@@ -1953,7 +1980,10 @@ impl Database {
                 .all(|n| backfills.iter().any(|b| &b.view == n))
             {
                 for b in backfills.iter_mut().filter(|b| running.contains(&b.view)) {
-                    b.cancel = true;
+                    b.cancel = Some(format!(
+                        "canceling the backfill of materialized view \"{}\" (CANCEL JOBS)",
+                        b.view
+                    ));
                 }
                 return Ok(Output::Command {
                     tag: "CANCEL JOBS".into(),
@@ -2602,7 +2632,7 @@ impl Database {
             Statement::Query(q) => {
                 let snapshot = self.snapshot();
                 let views = self.operator_figures(q).await;
-                let (ctx, q) = self.read_context(&snapshot, q, &views)?;
+                let (ctx, q) = self.read_context(&snapshot, q, &views, &Session::default())?;
                 let plan = self.logical_plan(&ctx, &q).await?;
                 let optimized = ctx.state().optimize(&plan)?;
                 format!("{}", optimized.display_indent())
@@ -3020,8 +3050,24 @@ fn source_errors_batch(snapshot: &Snapshot) -> Result<RecordBatch> {
     )?)
 }
 
-/// Where long work reports how far it has got (one line per message).
-pub type Progress = tokio::sync::mpsc::UnboundedSender<String>;
+/// A statement's line to its client while it runs: long work (a view's backfill) reports
+/// how far it has got on `notices`, one line per message, and stops between steps once
+/// `cancel` is set (the client sent a CancelRequest).
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    pub cancel: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Progress {
+    fn cancelled(&self) -> bool {
+        self.cancel.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn cancelled_by_client() -> PlanError {
+    PlanError::user("57014", "canceling statement due to user request")
+}
 
 /// Rows a backfill feeds through the view's dataflow at a time when it reports progress.
 const BACKFILL_STEP_ROWS: usize = 100_000;
@@ -3043,6 +3089,9 @@ impl Database {
         view: &str,
         progress: Option<&Progress>,
     ) -> Result<()> {
+        if progress.is_some_and(Progress::cancelled) {
+            return Err(cancelled_by_client());
+        }
         let total: usize = deltas.values().flatten().map(ChangeBatch::num_rows).sum();
         let watermarked = dataflow
             .plan()
@@ -3059,7 +3108,7 @@ impl Database {
             done: 0,
             total,
             started,
-            cancel: false,
+            cancel: None,
         });
         let result = self
             .backfill_steps(dataflow, deltas, batch, view, progress, total, started)
@@ -3100,25 +3149,23 @@ impl Database {
             let cancelled = {
                 let mut jobs = self.backfills.lock();
                 let job = jobs.iter_mut().find(|j| j.view == view);
-                if let Some(j) = job {
+                job.and_then(|j| {
                     j.done = done;
-                    j.cancel
-                } else {
-                    false
-                }
+                    j.cancel.clone()
+                })
             };
-            if cancelled {
-                return Err(PlanError::user(
-                    "57014",
-                    format!("canceling the backfill of materialized view \"{view}\" (CANCEL JOBS)"),
-                ));
+            if let Some(message) = cancelled {
+                return Err(PlanError::user("57014", message));
+            }
+            if progress.is_some_and(Progress::cancelled) {
+                return Err(cancelled_by_client());
             }
             let tenth = |n: usize| n * 10 / total;
-            if let Some(progress) = progress {
+            if let Some(notices) = progress.and_then(|p| p.notices.as_ref()) {
                 if reported.elapsed() >= Duration::from_secs(1) || tenth(done) > tenth(before) {
                     reported = std::time::Instant::now();
                     let secs = started.elapsed().as_secs_f64();
-                    let _ = progress.send(format!(
+                    let _ = notices.send(format!(
                         "backfilling materialized view \"{view}\": {done} of {total} rows ({:.0}%), {:.0} rows/s",
                         100.0 * done as f64 / total as f64,
                         done as f64 / secs.max(1e-9)

@@ -8,6 +8,7 @@
 //! - [`types`] maps SQL types to Arrow and back.
 //! - [`pg_catalog`] is PostgreSQL's system catalog over a snapshot, for clients.
 
+pub mod colnames;
 pub mod engine;
 pub mod error;
 pub mod ingest;
@@ -25,3 +26,4 @@ pub use engine::{
     ScramVerifier, Snapshot, UserMeta, ViewMetrics,
 };
 pub use error::{PlanError, Result};
+pub use pg_catalog::Session;

@@ -79,6 +79,30 @@ pub const DEFAULT_SETTINGS: &[(&str, &str)] = &[
     ("transaction_read_only", "off"),
 ];
 
+/// The client session a statement runs in, as the catalog shows it: who is logged in
+/// (`current_user`) and what it has `SET` (`current_setting`, `pg_settings`).
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    /// The role logged in; `None` reads as the owner, `sabot`.
+    pub user: Option<String>,
+    /// Settings changed with `SET`, by lowercase name.
+    pub settings: BTreeMap<String, String>,
+}
+
+impl Session {
+    /// A setting as this session sees it: its own `SET`, else the server's default.
+    pub fn setting(&self, name: &str) -> Option<String> {
+        self.settings
+            .get(name)
+            .cloned()
+            .or_else(|| default_setting(name).map(str::to_string))
+    }
+
+    fn user(&self) -> &str {
+        self.user.as_deref().unwrap_or(OWNER)
+    }
+}
+
 /// A setting's default, if Sabot knows the setting.
 pub fn default_setting(name: &str) -> Option<&'static str> {
     DEFAULT_SETTINGS
@@ -356,6 +380,14 @@ const CATALOGS: &[(&str, &str)] = &[
     (
         "pg_views",
         "schemaname:n viewname:n viewowner:n definition:t",
+    ),
+    (
+        "pg_stat_user_tables",
+        "relid:o schemaname:n relname:n seq_scan:l seq_tup_read:l idx_scan:l idx_tup_fetch:l \
+         n_tup_ins:l n_tup_upd:l n_tup_del:l n_tup_hot_upd:l n_live_tup:l n_dead_tup:l \
+         n_mod_since_analyze:l n_ins_since_vacuum:l last_vacuum:t last_autovacuum:t \
+         last_analyze:t last_autoanalyze:t vacuum_count:l autovacuum_count:l analyze_count:l \
+         autoanalyze_count:l",
     ),
     (
         "pg_tables",
@@ -849,6 +881,7 @@ struct CatalogRel {
     primary_key: Vec<String>,
     definition: String,
     bytes: usize,
+    rows: usize,
 }
 
 impl CatalogRel {
@@ -886,6 +919,7 @@ fn user_relations(snapshot: &Snapshot) -> Vec<CatalogRel> {
                 primary_key: r.primary_key.clone(),
                 definition: r.definition.clone(),
                 bytes: r.data.get_array_memory_size(),
+                rows: r.data.num_rows(),
             })
         })
         .collect();
@@ -898,6 +932,7 @@ fn user_relations(snapshot: &Snapshot) -> Vec<CatalogRel> {
 struct Lookup {
     by_oid: HashMap<u32, CatalogRel>,
     by_name: HashMap<String, u32>,
+    session: Session,
 }
 
 impl Lookup {
@@ -926,6 +961,7 @@ pub fn register(
     snapshot: &Snapshot,
     system: &[(&str, SchemaRef)],
     users: &[UserMeta],
+    session: &Session,
 ) -> Result<()> {
     let mut rels = user_relations(snapshot);
     for (i, (name, schema)) in system.iter().enumerate() {
@@ -938,6 +974,7 @@ pub fn register(
             primary_key: Vec::new(),
             definition: String::new(),
             bytes: 0,
+            rows: 0,
         });
     }
     for (i, (name, spec)) in CATALOGS.iter().enumerate() {
@@ -950,6 +987,7 @@ pub fn register(
             primary_key: Vec::new(),
             definition: String::new(),
             bytes: 0,
+            rows: 0,
         });
     }
     for (i, (name, spec)) in INFORMATION_SCHEMA.iter().enumerate() {
@@ -962,13 +1000,17 @@ pub fn register(
             primary_key: Vec::new(),
             definition: String::new(),
             bytes: 0,
+            rows: 0,
         });
     }
     let catalog = ctx
         .catalog(DATABASE)
         .ok_or_else(|| PlanError::Internal("no default catalog".into()))?;
     for (schema, tables) in [
-        ("pg_catalog", catalog_tables(&rels, users)?),
+        (
+            "pg_catalog",
+            catalog_tables(&rels, users, session, &builtin_functions(ctx))?,
+        ),
         ("information_schema", information_schema(&rels)?),
     ] {
         catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
@@ -990,6 +1032,7 @@ pub fn register(
     let lookup = Arc::new(Lookup {
         by_name,
         by_oid: rels.into_iter().map(|r| (r.oid, r)).collect(),
+        session: session.clone(),
     });
     for f in functions(&lookup) {
         ctx.register_udf(ScalarUDF::new_from_impl(f));
@@ -997,14 +1040,114 @@ pub fn register(
     Ok(())
 }
 
+/// A function queries can call, as `pg_proc` lists it.
+struct BuiltinFunction {
+    name: String,
+    /// `f` (scalar), `a` (aggregate) or `w` (window).
+    kind: char,
+    volatility: Volatility,
+    /// How many arguments, where the signature fixes it.
+    args: Option<usize>,
+    variadic: bool,
+}
+
+/// OIDs of `pg_proc` rows: functions in name order from here.
+const FIRST_FUNCTION_OID: u32 = 20000;
+
+/// Every function `ctx` knows (DataFusion's and Sabot's), by name and kind, except
+/// Sabot's internal markers.
+fn builtin_functions(ctx: &SessionContext) -> Vec<BuiltinFunction> {
+    fn arity(t: &TypeSignature) -> (Option<usize>, bool) {
+        match t {
+            TypeSignature::Nullary => (Some(0), false),
+            TypeSignature::Exact(v) => (Some(v.len()), false),
+            TypeSignature::Uniform(n, _) | TypeSignature::Any(n) => (Some(*n), false),
+            TypeSignature::Coercible(v) => (Some(v.len()), false),
+            TypeSignature::Variadic(_)
+            | TypeSignature::VariadicAny
+            | TypeSignature::UserDefined => (None, true),
+            _ => (None, false),
+        }
+    }
+    let state = ctx.state();
+    let mut out = Vec::new();
+    let mut add = |name: &str, kind: char, sig: &Signature| {
+        if name.starts_with("sabot_") || name.starts_with("__") {
+            return;
+        }
+        let (args, variadic) = arity(&sig.type_signature);
+        out.push(BuiltinFunction {
+            name: name.to_string(),
+            kind,
+            volatility: sig.volatility,
+            args,
+            variadic,
+        });
+    };
+    for (name, f) in state.scalar_functions() {
+        add(name, 'f', f.signature());
+    }
+    for (name, f) in state.aggregate_functions() {
+        add(name, 'a', f.signature());
+    }
+    for (name, f) in state.window_functions() {
+        add(name, 'w', f.signature());
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name).then(a.kind.cmp(&b.kind)));
+    out
+}
+
 fn catalog_tables(
     rels: &[CatalogRel],
     users: &[UserMeta],
+    session: &Session,
+    functions: &[BuiltinFunction],
 ) -> Result<Vec<(&'static str, RecordBatch)>> {
     let mut rows: BTreeMap<&'static str, Vec<Vec<(&'static str, V)>>> = BTreeMap::new();
     let mut add = |table: &'static str, row: Vec<(&'static str, V)>| {
         rows.entry(table).or_default().push(row);
     };
+    for (i, f) in functions.iter().enumerate() {
+        let volatile = match f.volatility {
+            Volatility::Immutable => "i",
+            Volatility::Stable => "s",
+            Volatility::Volatile => "v",
+        };
+        add(
+            "pg_proc",
+            vec![
+                (
+                    "oid",
+                    V::Oid(FIRST_FUNCTION_OID + u32::try_from(i).unwrap_or(0)),
+                ),
+                ("proname", s(f.name.clone())),
+                ("pronamespace", V::Oid(PG_CATALOG_OID)),
+                ("proowner", V::Oid(OWNER_OID)),
+                // internal
+                ("prolang", V::Oid(12)),
+                ("procost", V::Float(1.0)),
+                ("prorows", V::Float(0.0)),
+                // "any"
+                ("provariadic", V::Oid(if f.variadic { 2276 } else { 0 })),
+                ("prokind", s(f.kind.to_string())),
+                ("prosecdef", V::Bool(false)),
+                ("proleakproof", V::Bool(false)),
+                ("proisstrict", V::Bool(false)),
+                ("proretset", V::Bool(false)),
+                ("provolatile", s(volatile)),
+                ("proparallel", s("s")),
+                (
+                    "pronargs",
+                    V::Int(f.args.map_or(0, |n| i64::try_from(n).unwrap_or(0))),
+                ),
+                ("pronargdefaults", V::Int(0)),
+                // Result types depend on the arguments: "any".
+                ("prorettype", V::Oid(2276)),
+                ("proargtypes", s("")),
+                ("prosrc", s(f.name.clone())),
+            ],
+        );
+    }
     for (oid, name) in [
         (PG_CATALOG_OID, "pg_catalog"),
         (PUBLIC_OID, "public"),
@@ -1078,18 +1221,26 @@ fn catalog_tables(
             ],
         );
     }
-    for (name, value) in DEFAULT_SETTINGS {
+    let mut settings: BTreeMap<&str, (&str, bool)> = DEFAULT_SETTINGS
+        .iter()
+        .map(|(n, v)| (*n, (*v, false)))
+        .collect();
+    for (name, value) in &session.settings {
+        settings.insert(name, (value, true));
+    }
+    for (name, (value, set)) in settings {
+        let default = default_setting(name).unwrap_or("");
         add(
             "pg_settings",
             vec![
-                ("name", s(*name)),
-                ("setting", s(*value)),
+                ("name", s(name)),
+                ("setting", s(value)),
                 ("category", s("Sabot")),
                 ("context", s("user")),
                 ("vartype", s("string")),
-                ("source", s("default")),
-                ("boot_val", s(*value)),
-                ("reset_val", s(*value)),
+                ("source", s(if set { "session" } else { "default" })),
+                ("boot_val", s(default)),
+                ("reset_val", s(default)),
                 ("pending_restart", V::Bool(false)),
             ],
         );
@@ -1275,8 +1426,8 @@ fn catalog_tables(
         if r.namespace != PUBLIC_OID {
             continue;
         }
-        match r.kind {
-            'r' => add(
+        if r.kind == 'r' {
+            add(
                 "pg_tables",
                 vec![
                     ("schemaname", s("public")),
@@ -1287,7 +1438,39 @@ fn catalog_tables(
                     ("hastriggers", V::Bool(false)),
                     ("rowsecurity", V::Bool(false)),
                 ],
-            ),
+            );
+        }
+        if matches!(r.kind, 'r' | 'm') {
+            // Row counts are exact: every relation's rows are in the snapshot.
+            let rows = i64::try_from(r.rows).unwrap_or(i64::MAX);
+            let mut row = vec![
+                ("relid", V::Oid(r.oid)),
+                ("schemaname", s("public")),
+                ("relname", s(r.name.clone())),
+                ("n_live_tup", V::Int(rows)),
+                ("n_tup_ins", V::Int(rows)),
+            ];
+            for zero in [
+                "seq_scan",
+                "seq_tup_read",
+                "idx_scan",
+                "idx_tup_fetch",
+                "n_tup_upd",
+                "n_tup_del",
+                "n_tup_hot_upd",
+                "n_dead_tup",
+                "n_mod_since_analyze",
+                "n_ins_since_vacuum",
+                "vacuum_count",
+                "autovacuum_count",
+                "analyze_count",
+                "autoanalyze_count",
+            ] {
+                row.push((zero, V::Int(0)));
+            }
+            add("pg_stat_user_tables", row);
+        }
+        match r.kind {
             'm' => add(
                 "pg_matviews",
                 vec![
@@ -1522,6 +1705,142 @@ impl ScalarUDFImpl for CatalogFn {
     }
 }
 
+/// An identifier as PostgreSQL's `quote_ident` writes it: quoted unless it is all
+/// lowercase letters, digits and underscores, not starting with a digit.
+pub fn quote_ident(v: &str) -> String {
+    let plain = v
+        .chars()
+        .enumerate()
+        .all(|(i, c)| c == '_' || c.is_ascii_lowercase() || (i > 0 && c.is_ascii_digit()));
+    if plain && !v.is_empty() {
+        v.to_string()
+    } else {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    }
+}
+
+/// A value as PostgreSQL's `quote_literal` writes it (`E'...'` when it has backslashes).
+fn quote_literal(v: &str) -> String {
+    let body = v.replace('\'', "''");
+    if v.contains('\\') {
+        format!("E'{}'", body.replace('\\', "\\\\"))
+    } else {
+        format!("'{body}'")
+    }
+}
+
+/// PostgreSQL's `format(formatstr, args...)`: `%s` (the value as text, NULL as empty),
+/// `%I` (an identifier, quoted as needed), `%L` (a literal, NULL as `NULL`) and `%%`,
+/// each with an optional position (`%2$s`), `-` flag and width. Functions every query
+/// can call (not only catalog reads).
+pub fn general_functions() -> Vec<ScalarUDF> {
+    let format = CatalogFn {
+        name: "format",
+        signature: Signature::variadic_any(Volatility::Stable),
+        ret: DataType::Utf8,
+        body: Box::new(|args, n| {
+            let texts: Vec<StringArray> = args.iter().map(texts).collect::<DfResult<_>>()?;
+            let (spec, values) = texts
+                .split_first()
+                .ok_or_else(|| DataFusionError::Plan("format() needs a format string".into()))?;
+            let mut out = StringBuilder::new();
+            for row in 0..n {
+                if spec.is_null(row) {
+                    out.append_null();
+                    continue;
+                }
+                let arg = |i: usize| {
+                    values
+                        .get(i)
+                        .map(|a| (!a.is_null(row)).then(|| a.value(row)))
+                };
+                out.append_value(format_row(spec.value(row), arg)?);
+            }
+            Ok(Arc::new(out.finish()))
+        }),
+    };
+    vec![ScalarUDF::new_from_impl(format)]
+}
+
+/// One row of `format`: `arg(i)` is the i-th argument after the format string (`None`
+/// past the last, `Some(None)` for NULL).
+fn format_row<'a>(spec: &str, arg: impl Fn(usize) -> Option<Option<&'a str>>) -> DfResult<String> {
+    let err = |m: &str| DataFusionError::Execution(m.to_string());
+    let mut out = String::with_capacity(spec.len());
+    let mut chars = spec.chars().peekable();
+    let mut next = 0usize;
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&'%') {
+            chars.next();
+            out.push('%');
+            continue;
+        }
+        let mut digits = String::new();
+        while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+            digits.push(*d);
+            chars.next();
+        }
+        let mut position = None;
+        if chars.peek() == Some(&'$') {
+            chars.next();
+            let p: usize = digits
+                .parse()
+                .map_err(|_| err("format specifies argument 0"))?;
+            position = Some(
+                p.checked_sub(1)
+                    .ok_or_else(|| err("format specifies argument 0"))?,
+            );
+            digits.clear();
+        }
+        let left = if digits.is_empty() && chars.peek() == Some(&'-') {
+            chars.next();
+            true
+        } else {
+            false
+        };
+        while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+            digits.push(*d);
+            chars.next();
+        }
+        let width: usize = if digits.is_empty() {
+            0
+        } else {
+            digits.parse().unwrap_or(0)
+        };
+        let kind = chars
+            .next()
+            .ok_or_else(|| err("unterminated format() type specifier"))?;
+        let index = position.unwrap_or(next);
+        next = index + 1;
+        let value = arg(index).ok_or_else(|| err("too few arguments for format()"))?;
+        let text = match (kind, value) {
+            ('s', v) => v.unwrap_or("").to_string(),
+            ('I', Some(v)) => quote_ident(v),
+            ('I', None) => return Err(err("null values cannot be formatted as an SQL identifier")),
+            ('L', Some(v)) => quote_literal(v),
+            ('L', None) => "NULL".to_string(),
+            (other, _) => {
+                return Err(err(&format!(
+                    "unrecognized format() type specifier \"{other}\""
+                )))
+            }
+        };
+        let pad = width.saturating_sub(text.chars().count());
+        if left {
+            out.push_str(&text);
+            out.extend(std::iter::repeat_n(' ', pad));
+        } else {
+            out.extend(std::iter::repeat_n(' ', pad));
+            out.push_str(&text);
+        }
+    }
+    Ok(out)
+}
+
 fn catalog_fn(
     name: &'static str,
     arities: &[usize],
@@ -1628,12 +1947,14 @@ fn functions(lookup: &Arc<Lookup>) -> Vec<CatalogFn> {
         catalog_fn("current_schema", &[0], DataType::Utf8, |_, n| {
             Ok(constant_text(n, Some("public")))
         }),
-        catalog_fn("current_user", &[0], DataType::Utf8, |_, n| {
-            Ok(constant_text(n, Some(OWNER)))
-        }),
-        catalog_fn("session_user", &[0], DataType::Utf8, |_, n| {
-            Ok(constant_text(n, Some(OWNER)))
-        }),
+    ];
+    for name in ["current_user", "session_user", "user"] {
+        let l = Arc::clone(lookup);
+        fns.push(catalog_fn(name, &[0], DataType::Utf8, move |_, n| {
+            Ok(constant_text(n, Some(l.session.user())))
+        }));
+    }
+    fns.extend([
         catalog_fn("version", &[0], DataType::Utf8, |_, n| {
             let v = format!(
                 "PostgreSQL {SERVER_VERSION} {} on {}, Sabot {}",
@@ -1654,18 +1975,7 @@ fn functions(lookup: &Arc<Lookup>) -> Vec<CatalogFn> {
             let t = texts(&args[0])?;
             Ok(Arc::new(
                 t.iter()
-                    .map(|v| {
-                        v.map(|v| {
-                            let plain = v.chars().enumerate().all(|(i, c)| {
-                                c == '_' || c.is_ascii_lowercase() || (i > 0 && c.is_ascii_digit())
-                            });
-                            if plain && !v.is_empty() {
-                                v.to_string()
-                            } else {
-                                format!("\"{}\"", v.replace('"', "\"\""))
-                            }
-                        })
-                    })
+                    .map(|v| v.map(quote_ident))
                     .collect::<StringArray>(),
             ))
         }),
@@ -1677,7 +1987,7 @@ fn functions(lookup: &Arc<Lookup>) -> Vec<CatalogFn> {
                     .collect::<StringArray>(),
             ))
         }),
-    ];
+    ]);
     for name in [
         "obj_description",
         "col_description",
@@ -1805,12 +2115,12 @@ fn functions(lookup: &Arc<Lookup>) -> Vec<CatalogFn> {
             })
         },
     ));
+    let l = Arc::clone(lookup);
     fns.push(catalog_fn(
         "current_setting",
         &[1, 2],
         DataType::Utf8,
-        |args, _| {
-            // The server's defaults: a session's own SET is not visible to a query.
+        move |args, _| {
             let names = texts(&args[0])?;
             let missing_ok = match args.get(1) {
                 Some(m) => arrow::compute::cast(m, &DataType::Boolean)?
@@ -1821,7 +2131,7 @@ fn functions(lookup: &Arc<Lookup>) -> Vec<CatalogFn> {
             };
             let mut out = StringBuilder::new();
             for (i, name) in names.iter().enumerate() {
-                match name.map(|n| (n, default_setting(&n.to_ascii_lowercase()))) {
+                match name.map(|n| (n, l.session.setting(&n.to_ascii_lowercase()))) {
                     None => out.append_null(),
                     Some((_, Some(v))) => out.append_value(v),
                     Some((_, None)) if missing_ok.get(i).copied().flatten() == Some(true) => {
@@ -1837,9 +2147,6 @@ fn functions(lookup: &Arc<Lookup>) -> Vec<CatalogFn> {
             Ok(Arc::new(out.finish()))
         },
     ));
-    fns.push(catalog_fn("user", &[0], DataType::Utf8, |_, n| {
-        Ok(constant_text(n, Some(OWNER)))
-    }));
     for (name, upper) in [("array_lower", false), ("array_upper", true)] {
         fns.push(catalog_fn(name, &[2], DataType::Int32, move |args, _| {
             // One-dimensional arrays: bounds 1 and the length, NULL when empty.
@@ -3207,6 +3514,24 @@ mod tests {
             rewritten("SELECT 'items'::regclass, c.oid::regclass, c.reltype::regtype::text FROM pg_class c"),
             "SELECT to_regclass('items'), sabot_regclass_name(c.oid), format_type(c.reltype, NULL)::TEXT FROM pg_catalog.pg_class c"
         );
+    }
+
+    #[test]
+    fn format_follows_postgres() {
+        let args = ["public", "My Table", "it's", "a\\b"];
+        let arg = |i: usize| args.get(i).map(|a| Some(*a));
+        assert_eq!(
+            format_row("%I.%I = %L, %s%%", arg).unwrap(),
+            "public.\"My Table\" = 'it''s', a\\b%"
+        );
+        assert_eq!(
+            format_row("%4$L|%1$-8s|%1$8s", arg).unwrap(),
+            "E'a\\\\b'|public  |  public"
+        );
+        assert_eq!(format_row("%s %L", |_| Some(None)).unwrap(), " NULL");
+        assert!(format_row("%s %s %s %s %s", arg).is_err());
+        assert!(format_row("%I", |_| Some(None)).is_err());
+        assert!(format_row("%x", arg).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, StringArray};
@@ -12,6 +13,7 @@ use parking_lot::Mutex;
 use pgwire::api::auth::sasl::scram::ScramAuth;
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::{self, StartupHandler};
+use pgwire::api::cancel::CancelHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{FieldFormat, FieldInfo, QueryResponse, Response, Tag};
@@ -22,20 +24,72 @@ use pgwire::api::{
     RandomPidSecretKeyGenerator, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::response::NoticeResponse;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use sabot_planner::pg_catalog::{default_setting, DEFAULT_SETTINGS, SERVER_VERSION};
-use sabot_planner::{Database, Output, PlanError, UserMeta};
+use sabot_planner::{Database, Output, PlanError, Progress, Session, UserMeta};
 use sabot_sql::{Parsed, Statement, UserStatement};
 
 use crate::auth::{verifier, AuthMode, Roles, SCRAM_ITERATIONS};
+use crate::cancel::{Cancels, Registration};
 use crate::copy::copy_out;
 use crate::encode::{encode_rows, fields};
 use crate::params::{bind, infer_types, SabotStatement};
 
-/// Session settings (`SET` / `SHOW`), per connection.
+/// Session settings (`SET` / `SHOW` / `RESET`), per connection.
 #[derive(Debug, Default)]
-struct Settings(Mutex<BTreeMap<String, String>>);
+struct Settings {
+    /// What the client's startup message set (`application_name`, `DateStyle`, ...):
+    /// as in PostgreSQL, the session starts with these and `RESET` returns to them.
+    startup: BTreeMap<String, String>,
+    current: Mutex<BTreeMap<String, String>>,
+}
+
+impl Settings {
+    fn from_startup(parameters: &std::collections::HashMap<String, String>) -> Self {
+        const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
+        let startup: BTreeMap<String, String> = parameters
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_"))
+            .collect();
+        Self {
+            current: Mutex::new(startup.clone()),
+            startup,
+        }
+    }
+
+    fn set(&self, name: &str, value: &str) {
+        self.current
+            .lock()
+            .insert(name.to_string(), value.to_string());
+    }
+
+    /// `RESET name`, or `RESET ALL` with `None`.
+    fn reset(&self, name: Option<&str>) {
+        let mut current = self.current.lock();
+        match name {
+            None => *current = self.startup.clone(),
+            Some(n) => match self.startup.get(n) {
+                Some(v) => {
+                    current.insert(n.to_string(), v.clone());
+                }
+                None => {
+                    current.remove(n);
+                }
+            },
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<String> {
+        self.current.lock().get(name).cloned()
+    }
+
+    fn all(&self) -> BTreeMap<String, String> {
+        self.current.lock().clone()
+    }
+}
 
 /// The handler shared by every connection.
 pub struct SabotHandler {
@@ -46,6 +100,30 @@ pub struct SabotHandler {
     auth: AuthMode,
     /// SCRAM-SHA-256 login, with `--auth password`.
     sasl: Option<SASLAuthStartupHandler<auth::DefaultServerParameterProvider>>,
+    /// Sessions a CancelRequest can reach.
+    cancels: Arc<Cancels>,
+}
+
+/// What a CancelRequest does to the statement a session runs.
+enum OnCancel {
+    /// Reads hold nothing that must be finished: they stop at once.
+    Stop,
+    /// A view's backfill stops between steps, and its CREATE fails with nothing left.
+    Backfill,
+    /// Statements that change state run to their end.
+    Finish,
+}
+
+fn on_cancel(statement: &Statement) -> OnCancel {
+    match statement {
+        Statement::Query(_) | Statement::Explain(_) | Statement::ExplainDot(_) => OnCancel::Stop,
+        Statement::CreateMaterializedView { .. } => OnCancel::Backfill,
+        _ => OnCancel::Finish,
+    }
+}
+
+fn query_canceled() -> PlanError {
+    PlanError::user("57014", "canceling statement due to user request")
 }
 
 /// The parameters every session starts with: PostgreSQL 15 (clients pick their
@@ -73,6 +151,17 @@ impl SabotHandler {
             }),
             db,
             pids: RandomPidSecretKeyGenerator::default(),
+            cancels: Arc::new(Cancels::default()),
+        }
+    }
+
+    /// Makes a session that has finished its startup reachable by CancelRequest.
+    fn register_for_cancel<C: ClientInfo>(&self, client: &C) {
+        if client.session_extensions().get::<Registration>().is_none() {
+            let (pid, key) = client.pid_and_secret_key();
+            client
+                .session_extensions()
+                .insert(self.cancels.register(pid, &key));
         }
     }
 
@@ -138,12 +227,34 @@ impl SabotHandler {
     {
         let settings = client
             .session_extensions()
-            .get_or_insert_with(Settings::default);
+            .get_or_insert_with(|| Settings::from_startup(client.metadata()));
+        let session = Session {
+            user: client.metadata().get("user").cloned(),
+            settings: settings.all(),
+        };
+        let cancel = client
+            .session_extensions()
+            .get::<Registration>()
+            .map(|r| Arc::clone(&r.notify));
+        let cancelled = async {
+            match &cancel {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(cancelled);
         let output = match &parsed.statement {
             Statement::SetVariable { name, value } => {
-                settings.0.lock().insert(name.clone(), value.clone());
+                settings.set(name, value);
                 Ok(Output::Command {
                     tag: "SET".into(),
+                    rows: None,
+                })
+            }
+            Statement::ResetVariable { name, discard } => {
+                settings.reset(name.as_deref());
+                Ok(Output::Command {
+                    tag: if *discard { "DISCARD ALL" } else { "RESET" }.into(),
                     rows: None,
                 })
             }
@@ -153,7 +264,11 @@ impl SabotHandler {
                 self.user_statement(&me, u).await
             }
             Statement::CopyTo { query, options } => {
-                return match self.db.query(query).await {
+                let read = tokio::select! {
+                    out = self.db.query_in(query, &session) => out,
+                    () = &mut cancelled => Err(query_canceled()),
+                };
+                return match read {
                     Ok(Output::Rows { schema, batches }) => copy_out(&schema, &batches, options),
                     Ok(_) => Err(PgWireError::ApiError("COPY gave no rows".into())),
                     Err(e) => Ok(Response::Error(Box::new(error_info(&e)))),
@@ -162,12 +277,28 @@ impl SabotHandler {
             _ => {
                 // Long work (a view's backfill) reports progress: NOTICEs while it runs.
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-                let run = self.db.execute_with_progress(parsed, Some(tx));
+                let progress = Progress {
+                    notices: Some(tx),
+                    cancel: Arc::default(),
+                };
+                let stop = Arc::clone(&progress.cancel);
+                let run = self
+                    .db
+                    .execute_with_progress(parsed, &session, Some(progress));
                 tokio::pin!(run);
+                let mut cancel_seen = false;
                 let out = loop {
                     tokio::select! {
                         out = &mut run => break out,
                         Some(msg) = rx.recv() => send_notice(client, msg).await?,
+                        () = &mut cancelled, if !cancel_seen => {
+                            cancel_seen = true;
+                            match on_cancel(&parsed.statement) {
+                                OnCancel::Stop => break Err(query_canceled()),
+                                OnCancel::Backfill => stop.store(true, Ordering::SeqCst),
+                                OnCancel::Finish => {}
+                            }
+                        }
                     }
                 };
                 while let Ok(msg) = rx.try_recv() {
@@ -227,7 +358,7 @@ fn show_variable(settings: &Settings, name: &str, db: &Database) -> sabot_planne
     let value = if name == "all" {
         None
     } else {
-        let set = settings.0.lock().get(name).cloned();
+        let set = settings.get(name);
         let value = set
             .or_else(|| default_setting(name).map(str::to_string))
             .or_else(|| match name {
@@ -252,7 +383,7 @@ fn show_variable(settings: &Settings, name: &str, db: &Database) -> sabot_planne
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect();
-            all.extend(settings.0.lock().clone());
+            all.extend(settings.all());
             all.into_iter().unzip()
         }
     };
@@ -498,7 +629,14 @@ impl StartupHandler for SabotHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if let Some(sasl) = &self.sasl {
-            return sasl.on_startup(client, message).await;
+            sasl.on_startup(client, message).await?;
+            if matches!(
+                client.state(),
+                pgwire::api::PgWireConnectionState::ReadyForQuery
+            ) {
+                self.register_for_cancel(client);
+            }
+            return Ok(());
         }
         if let PgWireFrontendMessage::Startup(ref startup) = message {
             auth::protocol_negotiation(client, startup).await?;
@@ -506,6 +644,7 @@ impl StartupHandler for SabotHandler {
             let (pid, key) = self.pids.generate(client);
             client.set_pid_and_secret_key(pid, key);
             auth::finish_authentication(client, &server_parameters()).await?;
+            self.register_for_cancel(client);
         }
         Ok(())
     }
@@ -527,5 +666,18 @@ impl PgWireServerHandlers for HandlerFactory {
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
         Arc::clone(&self.handler)
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::clone(&self.handler)
+    }
+}
+
+#[async_trait]
+impl CancelHandler for SabotHandler {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        if !self.cancels.cancel(request.pid, &request.secret_key) {
+            tracing::debug!(pid = request.pid, "cancel request for no session: ignored");
+        }
     }
 }

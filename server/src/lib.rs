@@ -6,6 +6,7 @@
 //! parameters.
 
 pub mod auth;
+pub mod cancel;
 pub mod copy;
 pub mod encode;
 pub mod handler;

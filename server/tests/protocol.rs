@@ -173,3 +173,288 @@ async fn prepared_statements_with_parameters() {
         .get(0);
     assert_eq!(n, 8);
 }
+
+/// Execute with a row limit: a portal hands its rows over in pieces (PortalSuspended
+/// between them), in order, and ends with the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portals_return_rows_in_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE p (n BIGINT); INSERT INTO p SELECT value FROM generate_series(1, 10); FLUSH",
+        )
+        .await
+        .unwrap();
+    let tx = client.transaction().await.unwrap();
+    let stmt = tx
+        .prepare("SELECT n FROM p WHERE n > $1 ORDER BY n")
+        .await
+        .unwrap();
+    let portal = tx.bind(&stmt, &[&0i64]).await.unwrap();
+    let mut pieces = Vec::new();
+    loop {
+        let rows = tx.query_portal(&portal, 3).await.unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        pieces.push(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>());
+    }
+    assert_eq!(
+        pieces,
+        vec![vec![1, 2, 3], vec![4, 5, 6], vec![7, 8, 9], vec![10]]
+    );
+    // Two portals at once keep their own places.
+    let a = tx.bind(&stmt, &[&5i64]).await.unwrap();
+    let b = tx.bind(&stmt, &[&8i64]).await.unwrap();
+    let first_a = tx.query_portal(&a, 2).await.unwrap();
+    let first_b = tx.query_portal(&b, 2).await.unwrap();
+    let rest_a = tx.query_portal(&a, 0).await.unwrap();
+    let ints = |rows: &[tokio_postgres::Row]| rows.iter().map(|r| r.get(0)).collect::<Vec<i64>>();
+    assert_eq!(ints(&first_a), [6, 7]);
+    assert_eq!(ints(&first_b), [9, 10]);
+    assert_eq!(ints(&rest_a), [8, 9, 10]);
+    tx.commit().await.unwrap();
+}
+
+fn canceled(e: &tokio_postgres::Error) -> String {
+    let db = e.as_db_error().unwrap_or_else(|| panic!("{e:?}"));
+    assert_eq!(db.code().code(), "57014", "{db:?}");
+    db.message().to_string()
+}
+
+/// A CancelRequest (on its own connection, with the session's key) stops a running
+/// query, and the session goes on; one sent while nothing runs changes nothing. A
+/// view's backfill stops between steps and its CREATE leaves nothing. A request with
+/// the wrong key is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_requests_stop_queries_and_backfills() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE c (x BIGINT);
+             INSERT INTO c SELECT value FROM generate_series(1, 2000)",
+        )
+        .await
+        .unwrap();
+    // Nothing runs: the request is ignored, and the next statement runs whole.
+    client
+        .cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        common::rows(&client, "SELECT count(*) FROM c").await[0][0],
+        "2000"
+    );
+
+    // 8 billion rows: it runs until cancelled.
+    const ENDLESS: &str = "SELECT sum(a.x * b.x + c.x) FROM c a, c b, c c";
+    let token = client.cancel_token();
+    let started = std::time::Instant::now();
+    let cancel = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let e = client.simple_query(ENDLESS).await.unwrap_err();
+    assert_eq!(canceled(&e), "canceling statement due to user request");
+    cancel.await.unwrap().unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(common::rows(&client, "SELECT 1").await[0][0], "1");
+
+    // The extended protocol too, and another session's key does not reach it.
+    let other = server.connect().await;
+    let token = client.cancel_token();
+    let wrong = other.cancel_token();
+    let cancel = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        wrong.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let started = std::time::Instant::now();
+    let e = client.query(ENDLESS, &[]).await.unwrap_err();
+    canceled(&e);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    cancel.await.unwrap().unwrap();
+    assert_eq!(
+        common::rows(&other, "SELECT count(*) FROM c").await[0][0],
+        "2000"
+    );
+
+    // A backfill past one step.
+    client
+        .batch_execute(
+            "CREATE TABLE big (k BIGINT, v BIGINT);
+             INSERT INTO big SELECT value % 1000, value FROM generate_series(1, 800000);
+             FLUSH;",
+        )
+        .await
+        .unwrap();
+    // A self-join: its backfill takes about 15 seconds here (debug build), in steps.
+    const VIEW: &str = "CREATE MATERIALIZED VIEW j AS
+        SELECT a.k, count(*) AS n, sum(b.v) AS s FROM big a JOIN big b ON a.v = b.v GROUP BY a.k";
+    let token = client.cancel_token();
+    let create = tokio::spawn(async move { client.batch_execute(VIEW).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !common::rows(&other, "SHOW JOBS")
+        .await
+        .iter()
+        .any(|r| r[0] == "j")
+    {
+        if create.is_finished() {
+            panic!("the CREATE ended unseen: {:?}", create.await);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backfill was never seen"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let asked = std::time::Instant::now();
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = create.await.unwrap().unwrap_err();
+    assert_eq!(canceled(&e), "canceling statement due to user request");
+    // It stopped at the next step, not at the end.
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(6),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(common::rows(&other, "SHOW MATERIALIZED VIEWS")
+        .await
+        .is_empty());
+    assert!(common::rows(&other, "SHOW JOBS").await.is_empty());
+}
+
+/// `SET` is the session's own: `current_setting`, `SHOW` and `pg_settings` see it, other
+/// sessions do not. `current_user` is the role logged in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_settings_are_seen_by_current_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let a = server.connect().await;
+    let b = server.connect().await;
+    a.batch_execute("SET application_name = 'grafana'; SET search_path TO public")
+        .await
+        .unwrap();
+    let q = "SELECT current_setting('application_name'), current_setting('server_version_num'), \
+             current_user, (SELECT source FROM pg_settings WHERE name = 'application_name')";
+    assert_eq!(
+        common::rows(&a, q).await,
+        vec![vec!["grafana", "150000", "test", "session"]]
+    );
+    assert_eq!(
+        common::rows(&b, q).await,
+        vec![vec!["", "150000", "test", "default"]]
+    );
+    // Prepared, too.
+    let row = a
+        .query_one("SELECT current_setting($1)", &[&"application_name"])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "grafana");
+    assert_eq!(
+        common::rows(&a, "SHOW application_name").await,
+        vec![vec!["grafana"]]
+    );
+    let e = a
+        .simple_query("SELECT current_setting('no_such_setting')")
+        .await
+        .unwrap_err();
+    let db = e.as_db_error().unwrap_or_else(|| panic!("{e:?}"));
+    assert!(
+        db.message()
+            .contains("unrecognized configuration parameter \"no_such_setting\""),
+        "{db:?}"
+    );
+    assert_eq!(
+        common::rows(
+            &a,
+            "SELECT current_setting('no_such_setting', true) IS NULL"
+        )
+        .await,
+        vec![vec!["t"]]
+    );
+    // RESET puts one back, RESET ALL and DISCARD ALL every one.
+    a.batch_execute("SET timezone = 'Europe/Paris'; RESET application_name")
+        .await
+        .unwrap();
+    let both = "SELECT current_setting('application_name'), current_setting('timezone')";
+    assert_eq!(common::rows(&a, both).await, vec![vec!["", "Europe/Paris"]]);
+    a.batch_execute("SET application_name = 'x'; RESET ALL")
+        .await
+        .unwrap();
+    assert_eq!(common::rows(&a, both).await, vec![vec!["", "UTC"]]);
+    a.batch_execute("SET application_name = 'x'; DISCARD ALL")
+        .await
+        .unwrap();
+    assert_eq!(common::rows(&a, both).await, vec![vec!["", "UTC"]]);
+
+    // The startup message's parameters are the session's settings, and what RESET
+    // returns to.
+    let (c, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=test dbname=sabot application_name=dashboards",
+            server.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    assert_eq!(
+        common::rows(&c, both).await,
+        vec![vec!["dashboards", "UTC"]]
+    );
+    c.batch_execute("SET application_name = 'x'; RESET application_name")
+        .await
+        .unwrap();
+    assert_eq!(
+        common::rows(&c, both).await,
+        vec![vec!["dashboards", "UTC"]]
+    );
+}
+
+/// Result columns are named as PostgreSQL names them (a function by its name, a cast by
+/// its type, anything else `?column?`), in Describe and in the rows alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_columns_have_postgres_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute("CREATE TABLE n (x BIGINT, y TEXT)")
+        .await
+        .unwrap();
+    // DataFusion alone refuses x twice and x beside x::text (names must be unique).
+    let sql = "SELECT x, n.y, count(*), sum(x) AS \"Total\", x + 1, '7'::int, x::text, \
+               current_setting('timezone'), CASE WHEN x > 0 THEN 1 END, \
+               (SELECT max(x) FROM n), x FROM n GROUP BY x, y";
+    let expected = [
+        "x",
+        "y",
+        "count",
+        "Total",
+        "?column?",
+        "int4",
+        "x",
+        "current_setting",
+        "case",
+        "max",
+        "x",
+    ];
+    let stmt = client.prepare(sql).await.unwrap();
+    let described: Vec<&str> = stmt.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(described, expected);
+    let simple = client.simple_query(sql).await.unwrap();
+    let Some(tokio_postgres::SimpleQueryMessage::RowDescription(cols)) = simple.first() else {
+        panic!("{simple:?}");
+    };
+    let named: Vec<&str> = cols.iter().map(|c| c.name()).collect();
+    assert_eq!(named, expected);
+}

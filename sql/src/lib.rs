@@ -85,6 +85,16 @@ pub enum Statement {
         name: String,
         value: String,
     },
+    /// `RESET name` / `RESET ALL` (`name` None) / `DISCARD ALL` (`discard`): back to the
+    /// server's defaults.
+    ResetVariable {
+        name: Option<String>,
+        discard: bool,
+    },
+    /// `SET [SESSION CHARACTERISTICS AS] TRANSACTION ...`: accepted; every read sees one
+    /// committed epoch whatever level is asked for (pgJDBC sends it on
+    /// `setTransactionIsolation`).
+    SetTransaction,
     /// `DESCRIBE name`: the columns of a table or view.
     Describe(ast::ObjectName),
     /// `BEGIN`, `START TRANSACTION`, `COMMIT`, `ROLLBACK`: accepted; every statement is
@@ -713,6 +723,19 @@ fn convert(stmt: ast::Statement, text: &str) -> Result<Statement, SqlError> {
                 .join(" "),
         ),
         S::Set(set) => convert_set(set)?,
+        S::Reset(r) => Statement::ResetVariable {
+            name: match r.reset {
+                ast::Reset::ALL => None,
+                ast::Reset::ConfigurationParameter(n) => Some(n.to_string().to_lowercase()),
+            },
+            discard: false,
+        },
+        S::Discard {
+            object_type: ast::DiscardObject::ALL,
+        } => Statement::ResetVariable {
+            name: None,
+            discard: true,
+        },
         S::Copy {
             source,
             to,
@@ -872,6 +895,7 @@ fn convert_set(set: ast::Set) -> Result<Statement, SqlError> {
             name: "timezone".into(),
             value: value.to_string().trim_matches('\'').to_string(),
         }),
+        ast::Set::SetTransaction { .. } => Ok(Statement::SetTransaction),
         ast::Set::SetNames { charset_name, .. } => Ok(Statement::SetVariable {
             name: "client_encoding".into(),
             value: charset_name.to_string(),
