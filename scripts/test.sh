@@ -10,3 +10,7 @@ cargo test --workspace --no-fail-fast
 "$CARGO_TARGET_DIR/debug/sabot-slt" --sabot "$CARGO_TARGET_DIR/debug/sabot" --workers 2 sqllogictest/slt
 # The docker/ files parse and agree with each other and with `sabot serve` (PyYAML).
 "${SABOT_PYTHON:-python3}" docker/check.py --sabot "$CARGO_TARGET_DIR/debug/sabot"
+# The Nexmark benchmark's smoke run: a few thousand events through every query, each
+# view finished, q0/q1 holding exactly the generated bids (correctness, not speed).
+"${SABOT_PYTHON:-python3}" benches/nexmark/bench.py --sabot "$CARGO_TARGET_DIR/debug/sabot" \
+  --events 20000 --workers 2 --check
