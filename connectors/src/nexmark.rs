@@ -679,7 +679,10 @@ mod tests {
         let prices = batch.column(2).as_primitive::<Int64Type>();
         for (i, line) in lines.iter().take(10).enumerate() {
             assert_eq!(line["price"], prices.value(i));
-            assert_eq!(line["auction"], batch.column(0).as_primitive::<Int64Type>().value(i));
+            assert_eq!(
+                line["auction"],
+                batch.column(0).as_primitive::<Int64Type>().value(i)
+            );
         }
         // ISO 8601, as Flink's JSON format reads it.
         let first = lines[0]["date_time"].as_str().unwrap();

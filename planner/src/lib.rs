@@ -26,4 +26,4 @@ pub use engine::{
     ScramVerifier, Snapshot, UserMeta, ViewMetrics,
 };
 pub use error::{PlanError, Result};
-pub use pg_catalog::Session;
+pub use pg_catalog::{Activity, Session, SessionControl};

@@ -80,13 +80,43 @@ pub const DEFAULT_SETTINGS: &[(&str, &str)] = &[
 ];
 
 /// The client session a statement runs in, as the catalog shows it: who is logged in
-/// (`current_user`) and what it has `SET` (`current_setting`, `pg_settings`).
+/// (`current_user`), what it has `SET` (`current_setting`, `pg_settings`), its process id
+/// (`pg_backend_pid()`), and the server's other sessions (`pg_stat_activity`,
+/// `pg_cancel_backend`, `pg_terminate_backend`).
 #[derive(Debug, Clone, Default)]
 pub struct Session {
     /// The role logged in; `None` reads as the owner, `sabot`.
     pub user: Option<String>,
     /// Settings changed with `SET`, by lowercase name.
     pub settings: BTreeMap<String, String>,
+    /// The process id the session was given at startup (its CancelRequest key's).
+    pub pid: Option<i32>,
+    /// The server's sessions, where the statement comes from a client.
+    pub sessions: Option<Arc<dyn SessionControl>>,
+}
+
+/// One client session, as `pg_stat_activity` shows it.
+#[derive(Debug, Clone)]
+pub struct Activity {
+    pub pid: i32,
+    pub user: String,
+    pub application_name: String,
+    pub backend_start: std::time::SystemTime,
+    /// The statement running, or last run, and when it started.
+    pub query: Option<(String, std::time::SystemTime)>,
+    /// `active` while a statement runs, else `idle`.
+    pub active: bool,
+}
+
+/// What a session may do to the server's others (the server keeps them).
+pub trait SessionControl: std::fmt::Debug + Send + Sync {
+    fn activity(&self) -> Vec<Activity>;
+    /// Stops the statement session `pid` runs, as a CancelRequest does. False when no
+    /// session has that pid.
+    fn cancel(&self, pid: i32) -> bool;
+    /// Ends session `pid`: its running statement stops and the connection closes (an
+    /// idle one closes at its next message).
+    fn terminate(&self, pid: i32) -> bool;
 }
 
 impl Session {
@@ -300,6 +330,8 @@ fn typmod(field: &Field) -> i32 {
 #[derive(Debug, Clone)]
 enum V {
     Null,
+    /// Microseconds since the epoch (a `timestamptz`).
+    Micros(i64),
     Oid(u32),
     Str(String),
     Bool(bool),
@@ -372,6 +404,13 @@ const CATALOGS: &[(&str, &str)] = &[
         "objoid:o classoid:o objsubid:i description:t",
     ),
     ("pg_shdescription", "objoid:o classoid:o description:t"),
+    (
+        "pg_stat_activity",
+        "datid:o datname:n pid:i leader_pid:i usesysid:o usename:n application_name:t \
+         client_addr:t client_hostname:t client_port:i backend_start:T xact_start:T \
+         query_start:T state_change:T wait_event_type:t wait_event:t state:t backend_xid:t \
+         backend_xmin:t query_id:l query:t backend_type:t",
+    ),
     (
         "pg_matviews",
         "schemaname:n matviewname:n matviewowner:n tablespace:n hasindexes:b ispopulated:b \
@@ -747,6 +786,13 @@ fn column_type(kind: char) -> (DataType, Option<&'static str>) {
         'i' => (DataType::Int32, None),
         'l' => (DataType::Int64, None),
         'f' => (DataType::Float32, None),
+        'T' => (
+            DataType::Timestamp(
+                arrow::datatypes::TimeUnit::Microsecond,
+                Some("+00:00".into()),
+            ),
+            None,
+        ),
         'a' => (
             DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
             None,
@@ -818,6 +864,15 @@ fn catalog_batch(spec: &str, rows: &[Vec<(&str, V)>]) -> Result<RecordBatch> {
                     .collect::<arrow::array::Int32Array>(),
             ),
             DataType::Int64 => Arc::new(values.map(int).collect::<Int64Array>()),
+            DataType::Timestamp(_, tz) => Arc::new(
+                values
+                    .map(|v| match v {
+                        V::Micros(x) => Some(x),
+                        _ => None,
+                    })
+                    .collect::<arrow::array::TimestampMicrosecondArray>()
+                    .with_timezone_opt(tz.clone()),
+            ),
             DataType::Float32 => Arc::new(
                 values
                     .map(|v| match v {
@@ -1107,6 +1162,39 @@ fn catalog_tables(
     let mut add = |table: &'static str, row: Vec<(&'static str, V)>| {
         rows.entry(table).or_default().push(row);
     };
+    let micros = |t: std::time::SystemTime| {
+        V::Micros(
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+        )
+    };
+    let sessions = session
+        .sessions
+        .as_ref()
+        .map(|c| c.activity())
+        .unwrap_or_default();
+    for a in sessions {
+        let mut row = vec![
+            ("datid", V::Oid(DATABASE_OID)),
+            ("datname", s(DATABASE)),
+            ("pid", V::Int(i64::from(a.pid))),
+            ("usename", s(a.user.clone())),
+            ("application_name", s(a.application_name.clone())),
+            ("client_addr", s("127.0.0.1")),
+            ("backend_start", micros(a.backend_start)),
+            ("state", s(if a.active { "active" } else { "idle" })),
+            ("backend_type", s("client backend")),
+        ];
+        if let Some((query, started)) = &a.query {
+            row.push(("query", s(query.clone())));
+            row.push(("query_start", micros(*started)));
+            row.push(("state_change", micros(*started)));
+            if a.active {
+                row.push(("xact_start", micros(*started)));
+            }
+        }
+        add("pg_stat_activity", row);
+    }
     for (i, f) in functions.iter().enumerate() {
         let volatile = match f.volatility {
             Volatility::Immutable => "i",
@@ -2115,6 +2203,42 @@ fn functions(lookup: &Arc<Lookup>) -> Vec<CatalogFn> {
             })
         },
     ));
+    let l = Arc::clone(lookup);
+    fns.push(catalog_fn(
+        "pg_backend_pid",
+        &[0],
+        DataType::Int32,
+        move |_, n| {
+            Ok(Arc::new(arrow::array::Int32Array::from(vec![
+                l.session.pid;
+                n
+            ])))
+        },
+    ));
+    for (name, terminate) in [("pg_cancel_backend", false), ("pg_terminate_backend", true)] {
+        let l = Arc::clone(lookup);
+        fns.push(catalog_fn(
+            name,
+            &[1, 2],
+            DataType::Boolean,
+            move |args, _| {
+                let pids = int64s(&args[0])?;
+                Ok(Arc::new(
+                    pids.iter()
+                        .map(|p| {
+                            let pid = i32::try_from(p?).ok()?;
+                            let control = l.session.sessions.as_ref()?;
+                            Some(if terminate {
+                                control.terminate(pid)
+                            } else {
+                                control.cancel(pid)
+                            })
+                        })
+                        .collect::<BooleanArray>(),
+                ))
+            },
+        ));
+    }
     let l = Arc::clone(lookup);
     fns.push(catalog_fn(
         "current_setting",

@@ -28,11 +28,11 @@ use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::response::NoticeResponse;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use sabot_planner::pg_catalog::{default_setting, DEFAULT_SETTINGS, SERVER_VERSION};
-use sabot_planner::{Database, Output, PlanError, Progress, Session, UserMeta};
+use sabot_planner::{Database, Output, PlanError, Progress, Session, SessionControl, UserMeta};
 use sabot_sql::{Parsed, Statement, UserStatement};
 
 use crate::auth::{verifier, AuthMode, Roles, SCRAM_ITERATIONS};
-use crate::cancel::{Cancels, Registration};
+use crate::cancel::{Cancels, Registration, SessionEntry};
 use crate::copy::copy_out;
 use crate::encode::{encode_rows, fields};
 use crate::params::{bind, infer_types, SabotStatement};
@@ -126,6 +126,15 @@ fn query_canceled() -> PlanError {
     PlanError::user("57014", "canceling statement due to user request")
 }
 
+/// `pg_terminate_backend` ended the session: FATAL, so the connection closes.
+fn terminated() -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".into(),
+        "57P01".into(),
+        "terminating connection due to administrator command".into(),
+    )))
+}
+
 /// The parameters every session starts with: PostgreSQL 15 (clients pick their
 /// introspection queries by it).
 fn server_parameters() -> auth::DefaultServerParameterProvider {
@@ -159,9 +168,12 @@ impl SabotHandler {
     fn register_for_cancel<C: ClientInfo>(&self, client: &C) {
         if client.session_extensions().get::<Registration>().is_none() {
             let (pid, key) = client.pid_and_secret_key();
-            client
-                .session_extensions()
-                .insert(self.cancels.register(pid, &key));
+            let meta = client.metadata();
+            let text = |k: &str| meta.get(k).map_or("", String::as_str);
+            let registration =
+                self.cancels
+                    .register(pid, &key, text("user"), text("application_name"));
+            client.session_extensions().insert(registration);
         }
     }
 
@@ -225,20 +237,54 @@ impl SabotHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let entry = client
+            .session_extensions()
+            .get::<Registration>()
+            .map(|r| Arc::clone(&r.entry));
+        if entry.as_ref().is_some_and(|e| e.terminated()) {
+            return Err(terminated());
+        }
+        if let Some(e) = &entry {
+            e.start(&parsed.text);
+        }
+        let out = self
+            .run_statement(client, parsed, format, entry.as_deref())
+            .await;
+        if let Some(e) = &entry {
+            e.finish();
+            if e.terminated() {
+                return Err(terminated());
+            }
+        }
+        out
+    }
+
+    /// [`SabotHandler::run`] for a session that is not ended.
+    async fn run_statement<C>(
+        &self,
+        client: &mut C,
+        parsed: &Parsed,
+        format: &Format,
+        entry: Option<&SessionEntry>,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
         let settings = client
             .session_extensions()
             .get_or_insert_with(|| Settings::from_startup(client.metadata()));
+        let sessions: Arc<dyn SessionControl> = Arc::clone(&self.cancels) as _;
         let session = Session {
             user: client.metadata().get("user").cloned(),
             settings: settings.all(),
+            pid: entry.map(|e| e.pid),
+            sessions: Some(sessions),
         };
-        let cancel = client
-            .session_extensions()
-            .get::<Registration>()
-            .map(|r| Arc::clone(&r.notify));
         let cancelled = async {
-            match &cancel {
-                Some(n) => n.notified().await,
+            match entry {
+                Some(e) => e.notify.notified().await,
                 None => std::future::pending().await,
             }
         };
@@ -246,6 +292,9 @@ impl SabotHandler {
         let output = match &parsed.statement {
             Statement::SetVariable { name, value } => {
                 settings.set(name, value);
+                if let Some(e) = entry.filter(|_| name == "application_name") {
+                    e.set_application_name(value);
+                }
                 Ok(Output::Command {
                     tag: "SET".into(),
                     rows: None,
@@ -253,6 +302,9 @@ impl SabotHandler {
             }
             Statement::ResetVariable { name, discard } => {
                 settings.reset(name.as_deref());
+                if let Some(e) = entry {
+                    e.set_application_name(&settings.get("application_name").unwrap_or_default());
+                }
                 Ok(Output::Command {
                     tag: if *discard { "DISCARD ALL" } else { "RESET" }.into(),
                     rows: None,
@@ -676,7 +728,10 @@ impl PgWireServerHandlers for HandlerFactory {
 #[async_trait]
 impl CancelHandler for SabotHandler {
     async fn on_cancel_request(&self, request: CancelRequest) {
-        if !self.cancels.cancel(request.pid, &request.secret_key) {
+        if !self
+            .cancels
+            .cancel_request(request.pid, &request.secret_key)
+        {
             tracing::debug!(pid = request.pid, "cancel request for no session: ignored");
         }
     }
