@@ -4,7 +4,8 @@
 //! server version, schemas, tables (with and without a schema, the latter through its
 //! `search_path` constraint) and a table's columns. Metabase's sync queries (tables,
 //! privileges, fields, foreign keys, indexes, enums) as its PostgreSQL driver renders
-//! them. Superset introspects through SQLAlchemy's inspector, which `clients.rs` runs.
+//! them. Superset introspects through SQLAlchemy's inspector, which `clients.rs` runs;
+//! its own queries (catalogs, search path, stopping a query by pid) are replayed here.
 
 mod common;
 
@@ -340,4 +341,51 @@ async fn metabase_sync_queries() {
         .await
         .unwrap();
     assert_eq!(texts(&view_rows), strings(&[&["a", "1"], &["b", "2"]]));
+}
+
+/// Superset's own queries beyond SQLAlchemy's inspector (`PostgresEngineSpec` in
+/// apache/superset): the catalogs, the search path it sets before a query in SQL Lab,
+/// the backend pid it records, and how it stops a running query from another
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn superset_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let lab = server.connect().await;
+    let admin = server.connect().await;
+    assert_eq!(
+        rows(
+            &lab,
+            "\nSELECT datname FROM pg_database\nWHERE datistemplate = false;\n            "
+        )
+        .await,
+        strings(&[&["sabot"]])
+    );
+    lab.batch_execute("set search_path = \"public\"")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&lab, "SHOW search_path").await,
+        strings(&[&["public"]])
+    );
+    let pid = rows(&lab, "SELECT pg_backend_pid()").await[0][0].clone();
+    lab.batch_execute(
+        "CREATE TABLE c (x BIGINT); INSERT INTO c SELECT value FROM generate_series(1, 2000); FLUSH",
+    )
+    .await
+    .unwrap();
+    let running = tokio::spawn(async move {
+        lab.simple_query("SELECT sum(a.x * b.x + c.x) FROM c a, c b, c c")
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let stopped = rows(
+        &admin,
+        &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid='{pid}'"),
+    )
+    .await;
+    assert_eq!(stopped, strings(&[&["t"]]));
+    let e = running.await.unwrap().unwrap_err();
+    let db = e.as_db_error().unwrap_or_else(|| panic!("{e:?}"));
+    assert_eq!(db.code().code(), "57P01", "{db:?}");
 }
