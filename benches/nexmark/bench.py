@@ -14,7 +14,8 @@ epoch visible. Reported per query:
   (seconds since the view last reflected everything committed to what it reads);
 - the view's rows at the end.
 
-With --flink, flink_job.py runs the same query (flink/qN.sql, Flink's dialect) in a
+With --flink, flink_job.py runs the same query (flink/qN.sql where Flink needs it
+written differently, else the query through flink_dialect()) in a
 PyFlink venv over the events `sabot nexmark-gen` wrote as JSON lines, read by Flink's
 filesystem source with the same watermark, parallelism = --workers, into a blackhole
 sink; its time is the job's own (from submission to the end of the bounded input, JVM
@@ -201,14 +202,39 @@ def check(name, result, events):
         assert wrong[0][0] == 0, f"q2 has rows of other auctions: {wrong}"
 
 
+# Queries Flink runs: flink/qN.sql where the query must be written differently (window
+# TVFs), else Sabot's text through flink_dialect().
+FLINK_QUERIES = {f"q{n}" for n in (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 14, 15, 16, 17, 18, 19,
+                                   20, 21, 22)}
+
+
+def flink_dialect(sql):
+    """Sabot's spelling of a few functions as Flink SQL spells them."""
+    sql = sql.replace("'%Y-%m-%d'", "'yyyy-MM-dd'").replace("'%H:%M'", "'HH:mm'")
+    sql = re.sub(r"\bto_char\(", "DATE_FORMAT(", sql)
+    # (regexp_match(s, p))[n] is REGEXP_EXTRACT(s, p, n).
+    sql = re.sub(r"\(regexp_match\((\w+), ('[^']*')\)\)\[(\d+)\]", r"REGEXP_EXTRACT(\1, \2, \3)", sql)
+    # Column names that are keywords in Flink SQL.
+    sql = re.sub(r"\bAS (day|date|time|minute|avg|final)\b", r"AS `\1`", sql)
+    # split_part counts from 1, SPLIT_INDEX from 0.
+    sql = re.sub(r"split_part\((\w+), ('[^']*'), (\d+)\)",
+                 lambda m: f"SPLIT_INDEX({m[1]}, {m[2]}, {int(m[3]) - 1})", sql)
+    return sql
+
+
 def run_flink(flink_python, data_dir, name, workers):
-    """flink_job.py for one query; None without flink/qN.sql."""
-    query = HERE / "flink" / f"{name}.sql"
-    if not query.exists():
+    """flink_job.py for one query; None for a query with no Flink version."""
+    if name not in FLINK_QUERIES:
         return None
+    own = HERE / "flink" / f"{name}.sql"
+    sql = own.read_text() if own.exists() else flink_dialect(
+        (HERE / "queries" / f"{name}.sql").read_text())
+    query = Path(tempfile.mkdtemp(prefix="flink-query-")) / f"{name}.sql"
+    query.write_text(sql)
     cmd = [str(flink_python), str(HERE / "flink_job.py"), "--data", str(data_dir),
            "--query", str(query), "--parallelism", str(workers)]
     done = subprocess.run(cmd, capture_output=True)
+    shutil.rmtree(query.parent, ignore_errors=True)
     if done.returncode != 0:
         raise RuntimeError(f"flink {name} failed:\n{done.stderr.decode()[-3000:]}")
     return json.loads(done.stdout.decode().strip().splitlines()[-1])
@@ -262,6 +288,9 @@ def main():
     ap.add_argument("--flink", action="store_true", help="also run Flink SQL (needs Java 17 and the venv)")
     ap.add_argument("--flink-python", default=os.environ.get("SABOT_FLINK_PYTHON"),
                     help="python of a venv with apache-flink (default: $SABOT_FLINK_PYTHON)")
+    ap.add_argument("--flink-events",
+                    help="a directory `sabot nexmark-gen --events N` wrote (N = --events); "
+                         "default: write one for this run")
     ap.add_argument("--json", help="write every figure here")
     ap.add_argument("--svg", help="write a bar chart here")
     ap.add_argument("--check", action="store_true", help="smoke test: check the views' rows")
@@ -274,8 +303,11 @@ def main():
             print("Flink skipped: needs `java` (17) on PATH and --flink-python / "
                   "$SABOT_FLINK_PYTHON (a venv with apache-flink)", file=sys.stderr)
             args.flink = False
+        elif args.flink_events:
+            flink_events = Path(args.flink_events)
         else:
             flink_data = Path(tempfile.mkdtemp(prefix="nexmark-events-"))
+            flink_events = flink_data
             subprocess.run([args.sabot, "nexmark-gen", "--events", str(args.events),
                             "--out", str(flink_data)], check=True,
                            stderr=subprocess.DEVNULL)
@@ -301,7 +333,7 @@ def main():
         r["events_per_cpu_s"] = args.events / r["cpu_seconds"] if r["cpu_seconds"] else None
         entry["sabot"] = r
         if args.flink:
-            f = run_flink(args.flink_python, flink_data, name, args.workers)
+            f = run_flink(args.flink_python, flink_events, name, args.workers)
             if f is not None:
                 f["events_per_s"] = args.events / f["seconds"]
                 f["events_per_s_per_core"] = f["events_per_s"] / args.workers
