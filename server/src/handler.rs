@@ -282,9 +282,15 @@ impl SabotHandler {
             pid: entry.map(|e| e.pid),
             sessions: Some(sessions),
         };
-        let cancelled = async {
-            match entry {
-                Some(e) => e.notify.notified().await,
+        // Registered as a waiter now, before the statement first runs: a cancel that
+        // comes while the first poll of a long statement is still running is not lost.
+        let mut notified = entry.map(|e| Box::pin(e.notify.notified()));
+        if let Some(n) = notified.as_mut() {
+            n.as_mut().enable();
+        }
+        let cancelled = async move {
+            match notified {
+                Some(n) => n.await,
                 None => std::future::pending().await,
             }
         };
