@@ -577,12 +577,28 @@ impl SabotHandler {
                 Ok((schema, _)) => schema,
                 Err(e) => return Err(PgWireError::UserError(Box::new(error_info(&e)))),
             },
+            Statement::ShowVariable(name) if name == "all" => Arc::new(Schema::new(vec![
+                Field::new("name", DataType::Utf8, false),
+                Field::new("setting", DataType::Utf8, false),
+            ])),
             Statement::ShowVariable(name) => {
                 Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]))
             }
-            Statement::ShowTables | Statement::ShowMaterializedViews => {
-                Arc::new(Schema::new(vec![Field::new("Name", DataType::Utf8, false)]))
-            }
+            // Statements that only read the catalog: their columns are those of running
+            // them (clients that prepare them, as psycopg does from the fifth time, take
+            // the columns from Describe and then expect exactly those).
+            Statement::ShowTables
+            | Statement::ShowSources
+            | Statement::ShowMaterializedViews
+            | Statement::ShowSinks
+            | Statement::ShowJobs
+            | Statement::Describe(_)
+            | Statement::Explain(_)
+            | Statement::ExplainDot(_) => match self.db.execute(parsed).await {
+                Ok(Output::Rows { schema, .. }) => schema,
+                Ok(_) => return Ok(vec![]),
+                Err(e) => return Err(PgWireError::UserError(Box::new(error_info(&e)))),
+            },
             _ => return Ok(vec![]),
         };
         Ok(fields(&schema, |i| {

@@ -543,3 +543,41 @@ async fn sessions_are_seen_and_stopped_through_the_catalog() {
     let left = common::rows(&admin, "SELECT count(*) FROM pg_stat_activity").await;
     assert_eq!(left[0][0], "1");
 }
+
+/// Statements that return rows describe their columns when prepared (psycopg prepares
+/// a query from its fifth run and then trusts Describe), and the rows match them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_show_describe_and_explain_describe_their_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (k INT, v TEXT);
+             CREATE SOURCE bid WITH (connector = 'nexmark', nexmark.table.type = 'bid');
+             CREATE MATERIALIZED VIEW live AS SELECT count(*) AS n FROM bid;",
+        )
+        .await
+        .unwrap();
+    for (sql, columns) in [
+        ("SHOW JOBS", 7),
+        ("SHOW TABLES", 1),
+        ("SHOW MATERIALIZED VIEWS", 1),
+        ("SHOW SOURCES", 0),
+        ("DESCRIBE t", 0),
+        ("EXPLAIN SELECT k FROM t", 0),
+        ("SHOW ALL", 2),
+        ("SHOW timezone", 1),
+    ] {
+        let stmt = client.prepare(sql).await.unwrap();
+        assert!(!stmt.columns().is_empty(), "{sql}: no columns described");
+        if columns > 0 {
+            assert_eq!(stmt.columns().len(), columns, "{sql}");
+        }
+        for _ in 0..2 {
+            let rows = client.query(&stmt, &[]).await.unwrap();
+            assert!(!rows.is_empty(), "{sql}");
+            assert_eq!(rows[0].len(), stmt.columns().len(), "{sql}");
+        }
+    }
+}
