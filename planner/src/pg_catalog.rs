@@ -1894,10 +1894,16 @@ fn format_row<'a>(spec: &str, arg: impl Fn(usize) -> Option<Option<&'a str>>) ->
             digits.push(*d);
             chars.next();
         }
+        // PostgreSQL allows widths up to INT_MAX; past a million a row would take a
+        // megabyte of padding per value, so larger ones are refused.
         let width: usize = if digits.is_empty() {
             0
         } else {
-            digits.parse().unwrap_or(0)
+            digits
+                .parse()
+                .ok()
+                .filter(|w| *w <= 1_000_000)
+                .ok_or_else(|| err("format() width must be at most 1000000"))?
         };
         let kind = chars
             .next()
@@ -3656,6 +3662,8 @@ mod tests {
         assert!(format_row("%s %s %s %s %s", arg).is_err());
         assert!(format_row("%I", |_| Some(None)).is_err());
         assert!(format_row("%x", arg).is_err());
+        assert!(format_row("%99999999999999999999s", arg).is_err());
+        assert!(format_row("%2000000s", arg).is_err());
     }
 
     #[test]
