@@ -14,3 +14,6 @@ cargo test --workspace --no-fail-fast
 # view finished, q0/q1 holding exactly the generated bids (correctness, not speed).
 "${SABOT_PYTHON:-python3}" benches/nexmark/bench.py --sabot "$CARGO_TARGET_DIR/debug/sabot" \
   --events 20000 --workers 2 --check
+# The same queries as CREATE SINK ... AS into a blackhole: each one runs to its end.
+"${SABOT_PYTHON:-python3}" benches/nexmark/bench.py --sabot "$CARGO_TARGET_DIR/debug/sabot" \
+  --events 20000 --workers 2 --check --sink

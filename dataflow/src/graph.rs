@@ -78,6 +78,15 @@ pub enum NodeKind {
     Union,
     /// Keeps the result rows of the view.
     Materialize,
+    /// Keeps the result rows of a view whose plan only adds rows: as they arrive, on the
+    /// worker that made them, without encoding them (see [`crate::ops::materialize`]).
+    MaterializeAppendOnly,
+    /// The end of a sink's query: passes the changes on without keeping rows. `keyed`
+    /// (a plan that retracts): consolidated per row per epoch, inputs hash-exchanged by
+    /// row as for `Materialize`.
+    Emit {
+        keyed: bool,
+    },
 }
 
 /// One node: what it does, where its inputs come from, its output schema and the state
@@ -136,7 +145,9 @@ impl StreamPlan {
                 | NodeKind::Project { .. }
                 | NodeKind::ProcessingTime
                 | NodeKind::Union
-                | NodeKind::Materialize => inputs,
+                | NodeKind::Materialize
+                | NodeKind::MaterializeAppendOnly
+                | NodeKind::Emit { .. } => inputs,
                 // A temporal join's output comes from its left rows only, as they arrive.
                 NodeKind::Join(spec) if spec.temporal => n
                     .inputs
@@ -385,6 +396,8 @@ impl StreamPlan {
             ),
             NodeKind::Union => "Union".to_string(),
             NodeKind::Materialize => "Materialize".to_string(),
+            NodeKind::MaterializeAppendOnly => "Materialize (append-only)".to_string(),
+            NodeKind::Emit { .. } => "Emit (sink)".to_string(),
         };
         let exchange = if workers > 1 && is_keyed(&n.kind) {
             " [hash exchange]"
@@ -464,6 +477,7 @@ fn is_keyed(kind: &NodeKind) -> bool {
             | NodeKind::Over(_)
             | NodeKind::TemporalFilter(_)
             | NodeKind::Materialize
+            | NodeKind::Emit { keyed: true }
     )
 }
 
@@ -521,7 +535,15 @@ fn instantiate(node: &PlanNode, partitioner: Partitioner) -> Result<Box<dyn Oper
         NodeKind::Union => Box::new(UnionOp::new(Arc::clone(&node.schema))),
         NodeKind::ProcessingTime => Box::new(ProcessingTimeOp::new(Arc::clone(&node.schema))),
         NodeKind::Materialize => {
-            Box::new(MaterializeOp::try_new(Arc::clone(&node.schema), table(0)?)?)
+            Box::new(MaterializeOp::keyed(Arc::clone(&node.schema), table(0)?)?)
+        }
+        NodeKind::MaterializeAppendOnly => Box::new(MaterializeOp::append_only(
+            Arc::clone(&node.schema),
+            table(0)?,
+            partitioner,
+        )?),
+        NodeKind::Emit { keyed } => {
+            Box::new(MaterializeOp::emit(Arc::clone(&node.schema), *keyed)?)
         }
     })
 }
@@ -589,10 +611,12 @@ fn exchange_for(node: &PlanNode, input_schemas: &[SchemaRef]) -> Result<Exchange
                 vec![spec.partition_codec()?],
             )
         }
-        NodeKind::Materialize | NodeKind::TemporalFilter(_) => Exchange::Hash(
-            Box::new(|_, b: &RecordBatch| Ok(b.columns().to_vec())),
-            vec![RowCodec::for_schema(&input_schemas[0])?],
-        ),
+        NodeKind::Materialize | NodeKind::Emit { keyed: true } | NodeKind::TemporalFilter(_) => {
+            Exchange::Hash(
+                Box::new(|_, b: &RecordBatch| Ok(b.columns().to_vec())),
+                vec![RowCodec::for_schema(&input_schemas[0])?],
+            )
+        }
         _ => Exchange::None,
     })
 }
@@ -685,7 +709,8 @@ impl Dataflow {
         }
         match plan.nodes.last() {
             Some(PlanNode {
-                kind: NodeKind::Materialize,
+                kind:
+                    NodeKind::Materialize | NodeKind::MaterializeAppendOnly | NodeKind::Emit { .. },
                 ..
             }) => {}
             _ => {
@@ -1067,19 +1092,22 @@ impl Dataflow {
     }
 
     /// The view's current contents.
-    pub fn snapshot(&self) -> Result<RecordBatch> {
+    pub fn snapshot(&self) -> Result<Vec<RecordBatch>> {
         let last = self
             .instances
             .last()
             .ok_or_else(|| DataflowError::Internal("empty dataflow".into()))?;
-        let schema = Arc::clone(&self.plan.nodes[self.plan.nodes.len() - 1].schema);
         let mut parts = Vec::new();
         for op in last {
-            if let Some(b) = op.snapshot()? {
-                parts.push(b);
-            }
+            parts.extend(op.snapshot()?);
         }
-        Ok(arrow::compute::concat_batches(&schema, &parts)?)
+        Ok(parts)
+    }
+
+    /// The view's current rows as one batch.
+    pub fn snapshot_batch(&self) -> Result<RecordBatch> {
+        let schema = Arc::clone(&self.plan.nodes[self.plan.nodes.len() - 1].schema);
+        Ok(arrow::compute::concat_batches(&schema, &self.snapshot()?)?)
     }
 }
 

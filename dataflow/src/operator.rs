@@ -120,8 +120,9 @@ pub trait Operator: Send + Sync {
         false
     }
 
-    /// The current contents, for operators that hold a materialized result.
-    fn snapshot(&self) -> Result<Option<RecordBatch>> {
-        Ok(None)
+    /// The current contents, for operators that hold a materialized result: batches
+    /// that share their arrays with the operator's (cheap to take at every epoch).
+    fn snapshot(&self) -> Result<Vec<RecordBatch>> {
+        Ok(Vec::new())
     }
 }

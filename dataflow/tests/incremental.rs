@@ -125,14 +125,14 @@ fn check(
         let mut b = EpochBatch::new(e as u64 + 1);
         flow.run_epoch(&deltas, &mut b).unwrap();
         store.commit(b).unwrap();
-        let got = rows_of(&flow.snapshot().unwrap());
+        let got = rows_of(&flow.snapshot_batch().unwrap());
         let mut want = recompute(&data);
         want.sort();
         prop_assert_eq!(&got, &want, "epoch {} with {} workers", e, workers);
         if e == restart_at {
             flow = Dataflow::try_new(plan.clone(), workers).unwrap();
             flow.restore(&store).unwrap();
-            let again = rows_of(&flow.snapshot().unwrap());
+            let again = rows_of(&flow.snapshot_batch().unwrap());
             prop_assert_eq!(&again, &want, "after restart at epoch {}", e);
         }
     }

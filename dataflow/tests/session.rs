@@ -138,7 +138,7 @@ fn run(
         let mut b = EpochBatch::new(n as u64 + 1);
         flow.run_epoch(&deltas, &mut b).unwrap();
         store.commit(b).unwrap();
-        let got = rows_of(&flow.snapshot().unwrap());
+        let got = rows_of(&flow.snapshot_batch().unwrap());
         prop_assert_eq!(
             &got,
             &recompute(&rows, gap, keyed),

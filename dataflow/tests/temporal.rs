@@ -161,7 +161,7 @@ fn run(
         flow.run_epoch(&deltas, &mut b).unwrap();
         store.commit(b).unwrap();
         prop_assert_eq!(
-            &rows_of(&flow.snapshot().unwrap()),
+            &rows_of(&flow.snapshot_batch().unwrap()),
             &want,
             "epoch {} with {} workers",
             e,

@@ -164,7 +164,7 @@ fn run(
         let mut b = EpochBatch::new(n as u64 + 1);
         flow.run_epoch(&deltas, &mut b).unwrap();
         store.commit(b).unwrap();
-        let got = rows_of(&flow.snapshot().unwrap());
+        let got = rows_of(&flow.snapshot_batch().unwrap());
         prop_assert_eq!(
             &got,
             &recompute(&rows, &conditions, latest),
@@ -212,13 +212,13 @@ fn time_driven_while_rows_wait() {
     flow.run_epoch(&deltas, &mut b).unwrap();
     store.commit(b).unwrap();
     assert!(flow.time_driven());
-    assert_eq!(rows_of(&flow.snapshot().unwrap()).len(), 2);
+    assert_eq!(rows_of(&flow.snapshot_batch().unwrap()).len(), 2);
     flow.set_clock(Some(20));
     let mut b = EpochBatch::new(2);
     flow.run_epoch(&Default::default(), &mut b).unwrap();
     store.commit(b).unwrap();
     assert_eq!(
-        rows_of(&flow.snapshot().unwrap()),
+        rows_of(&flow.snapshot_batch().unwrap()),
         vec![vec![Some(2), Some(30)]]
     );
     assert!(flow.time_driven());
@@ -226,6 +226,6 @@ fn time_driven_while_rows_wait() {
     let mut b = EpochBatch::new(3);
     flow.run_epoch(&Default::default(), &mut b).unwrap();
     store.commit(b).unwrap();
-    assert!(rows_of(&flow.snapshot().unwrap()).is_empty());
+    assert!(rows_of(&flow.snapshot_batch().unwrap()).is_empty());
     assert!(!flow.time_driven());
 }

@@ -205,7 +205,7 @@ fn run(
                 );
             }
         }
-        let got = rows_of(&flow.snapshot().unwrap());
+        let got = rows_of(&flow.snapshot_batch().unwrap());
         prop_assert_eq!(
             &got,
             &model.result(eowc),
@@ -526,7 +526,7 @@ proptest! {
             flow.run_epoch(&deltas, &mut batch).unwrap();
             store.commit(batch).unwrap();
             let want = window_join_model(&ma, &mb, kind);
-            let got = rows_of(&flow.snapshot().unwrap());
+            let got = rows_of(&flow.snapshot_batch().unwrap());
             prop_assert_eq!(&got, &want, "{:?} join, epoch {} with {} workers", kind, e, workers);
             let (kept_a, kept_b) = if kind == JoinKind::Inner {
                 (ma.kept_against(&mb), mb.kept_against(&ma))
@@ -658,7 +658,7 @@ proptest! {
                 }
             }
             want.sort();
-            let got = rows_of(&flow.snapshot().unwrap());
+            let got = rows_of(&flow.snapshot_batch().unwrap());
             prop_assert_eq!(&got, &want, "epoch {} with {} workers", e, workers);
             prop_assert_eq!(store.scan(JOIN_TABLES[0]).unwrap().len(), kept_within(&ma, &mb, 5), "left rows kept after epoch {}", e);
             prop_assert_eq!(store.scan(JOIN_TABLES[1]).unwrap().len(), kept_within(&mb, &ma, 3), "right rows kept after epoch {}", e);
@@ -755,7 +755,7 @@ proptest! {
                 .into_iter()
                 .map(|(ws, (v, k))| vec![Some(ws), Some(k), Some(v)])
                 .collect();
-            prop_assert_eq!(&rows_of(&flow.snapshot().unwrap()), &want, "epoch {} with {} workers", n, workers);
+            prop_assert_eq!(&rows_of(&flow.snapshot_batch().unwrap()), &want, "epoch {} with {} workers", n, workers);
             let closed = side.watermark.map(|w| w / WINDOW * WINDOW);
             let mut open: Vec<(i64, i64, i64)> = side
                 .rows

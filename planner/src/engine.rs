@@ -37,7 +37,9 @@ use sabot_dataflow::ops::connector::SourceFactory;
 use sabot_dataflow::ops::watermark::WatermarkSpec;
 use sabot_dataflow::{ChangeBatch, Dataflow, TableState};
 use sabot_sql::sqlparser::ast;
-use sabot_sql::{CreateSink, CreateSource, ObjectKind, Parsed, Statement, TransactionKind};
+use sabot_sql::{
+    CreateSink, CreateSource, ObjectKind, Parsed, SinkFrom, Statement, TransactionKind,
+};
 use sabot_storage::{EpochBatch, StateTableId, StateWriter, Store};
 use serde::{Deserialize, Serialize};
 
@@ -95,7 +97,8 @@ pub enum RelationKind {
 pub struct Relation {
     pub kind: RelationKind,
     pub schema: SchemaRef,
-    pub data: RecordBatch,
+    /// Its rows, in batches that share their arrays with the engine's state.
+    pub data: Vec<RecordBatch>,
     /// Primary key column names (tables only).
     pub primary_key: Vec<String>,
     /// The failure that stopped this view, if any.
@@ -104,6 +107,34 @@ pub struct Relation {
     pub oid: u32,
     /// The statement that created it (for views, the query).
     pub definition: String,
+}
+
+impl Relation {
+    pub fn num_rows(&self) -> usize {
+        self.data.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    /// Bytes its rows take in memory.
+    pub fn memory_size(&self) -> usize {
+        self.data
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum()
+    }
+
+    /// Its rows as insertions of at most `rows` rows each (a backfill's input).
+    pub fn insert_batches(&self, rows: usize) -> Vec<ChangeBatch> {
+        let mut out = Vec::new();
+        for b in &self.data {
+            let mut offset = 0;
+            while offset < b.num_rows() {
+                let len = rows.min(b.num_rows() - offset);
+                out.push(ChangeBatch::inserts(b.slice(offset, len)));
+                offset += len;
+            }
+        }
+        out
+    }
 }
 
 /// Object ids of user relations start here, as in PostgreSQL.
@@ -275,6 +306,26 @@ struct ViewMeta {
     /// `EMIT ON WINDOW CLOSE`.
     #[serde(default)]
     emit_on_window_close: bool,
+    /// The query of a `CREATE SINK ... AS`: it runs like a view under the sink's name
+    /// but keeps no rows and cannot be read; it goes with its sink.
+    #[serde(default)]
+    sink: bool,
+}
+
+/// Refuses a second sink onto the same target.
+fn check_target(inner: &Inner, target: &str) -> Result<()> {
+    match inner.sinks.values().find(|s| s.target == target) {
+        Some(other) => Err(PlanError::user(
+            "42710",
+            format!("sink \"{}\" already writes to {target}", other.meta.name),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The catalog key of a sink's query (the sink has the name's own key).
+fn sink_query_key(name: &str) -> String {
+    format!("\u{0}sink-query\u{0}{name}")
 }
 
 struct TableEntry {
@@ -343,7 +394,11 @@ impl Inner {
             Some(RelationKind::Table)
         } else if self.sources.contains_key(name) {
             Some(RelationKind::Source)
-        } else if self.views.iter().any(|v| v.meta.name == name) {
+        } else if self
+            .views
+            .iter()
+            .any(|v| v.meta.name == name && !v.meta.sink)
+        {
             Some(RelationKind::MaterializedView)
         } else if self.sinks.contains_key(name) {
             Some(RelationKind::Sink)
@@ -406,6 +461,29 @@ impl Inner {
         }
     }
 
+    /// The query of sink `name` when it was made with `CREATE SINK ... AS`.
+    fn sink_query(&self, name: &str) -> Option<&ViewEntry> {
+        self.views
+            .iter()
+            .find(|v| v.meta.sink && v.meta.name == name)
+    }
+
+    /// What a sink reads, for listings: the relation, or its query.
+    fn sink_from(&self, s: &SinkEntry) -> String {
+        match self.sink_query(&s.meta.name) {
+            Some(v) => format!("AS {}", v.meta.sql),
+            None => s.meta.from.clone(),
+        }
+    }
+
+    /// Why a sink stopped: its own error, or its query's.
+    fn sink_error(&self, s: &SinkEntry) -> Option<String> {
+        s.meta.error.clone().or_else(|| {
+            self.sink_query(&s.meta.name)
+                .and_then(|v| v.meta.error.clone())
+        })
+    }
+
     /// Views that read `name`, directly or through other views, in creation order, then
     /// the sinks that write any of them.
     fn dependents(&self, name: &str) -> Vec<String> {
@@ -419,11 +497,15 @@ impl Inner {
                 .any(|s| affected.contains(*s))
             {
                 affected.insert(v.meta.name.clone());
-                out.push(v.meta.name.clone());
+                // A sink's query goes with its sink, listed below.
+                if !v.meta.sink {
+                    out.push(v.meta.name.clone());
+                }
             }
         }
         for s in self.sinks.values() {
-            if affected.contains(&s.meta.from) {
+            // A sink with its own query reads from under its own name.
+            if affected.contains(&s.meta.from) && s.meta.name != name {
                 out.push(s.meta.name.clone());
             }
         }
@@ -715,6 +797,7 @@ impl Database {
                             meta.first_state_table,
                             &inner,
                             meta.emit_on_window_close,
+                            meta.sink,
                         )
                         .await?;
                     dataflow.restore(&self.store)?;
@@ -858,7 +941,7 @@ impl Database {
                 target: None,
             });
         }
-        for v in &inner.views {
+        for v in inner.views.iter().filter(|v| !v.meta.sink) {
             out.push(GraphNode {
                 name: v.meta.name.clone(),
                 kind: "materialized_view",
@@ -874,11 +957,22 @@ impl Database {
             });
         }
         for (name, s) in &inner.sinks {
+            // A sink with a query of its own reads what its query reads.
+            let inputs = match inner.sink_query(name) {
+                Some(v) => v
+                    .dataflow
+                    .plan()
+                    .sources()
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect(),
+                None => vec![s.meta.from.clone()],
+            };
             out.push(GraphNode {
                 name: name.clone(),
                 kind: "sink",
-                inputs: vec![s.meta.from.clone()],
-                error: s.meta.error.clone(),
+                inputs,
+                error: inner.sink_error(s),
                 target: Some(s.target.clone()),
             });
         }
@@ -1102,7 +1196,7 @@ impl Database {
                     name.clone(),
                     Relation {
                         kind: RelationKind::Table,
-                        data: t.state.contents()?,
+                        data: vec![t.state.contents()?],
                         primary_key: t
                             .state
                             .primary_key()
@@ -1121,7 +1215,7 @@ impl Database {
                     name.clone(),
                     Relation {
                         kind: RelationKind::Source,
-                        data: RecordBatch::new_empty(Arc::clone(&schema)),
+                        data: Vec::new(),
                         schema,
                         primary_key: Vec::new(),
                         error: None,
@@ -1129,13 +1223,17 @@ impl Database {
                         definition: src.meta.sql.clone(),
                     },
                 );
-            } else if let Some(v) = inner.views.iter().find(|v| &v.meta.name == name) {
+            } else if let Some(v) = inner
+                .views
+                .iter()
+                .find(|v| &v.meta.name == name && !v.meta.sink)
+            {
                 let data = v.dataflow.snapshot()?;
                 relations.insert(
                     name.clone(),
                     Relation {
                         kind: RelationKind::MaterializedView,
-                        schema: data.schema(),
+                        schema: inner.columns(name)?,
                         data,
                         primary_key: Vec::new(),
                         error: v.meta.error.clone(),
@@ -1209,7 +1307,7 @@ impl Database {
     fn context(
         &self,
         snapshot: &Snapshot,
-        overlay: Option<(&str, RecordBatch)>,
+        overlay: Option<(&str, Vec<RecordBatch>)>,
     ) -> Result<SessionContext> {
         let config = SessionConfig::new()
             .with_target_partitions(self.config.workers.max(1))
@@ -1235,7 +1333,7 @@ impl Database {
                 Some((n, b)) if *n == name => b.clone(),
                 _ => rel.data.clone(),
             };
-            let table = MemTable::try_new(Arc::clone(&rel.schema), vec![vec![data]])?;
+            let table = MemTable::try_new(Arc::clone(&rel.schema), vec![data])?;
             ctx.register_table(TableReference::bare(name.clone()), Arc::new(table))?;
         }
         Ok(ctx)
@@ -1345,24 +1443,30 @@ impl Database {
                 error: None,
                 watermark: s.watermark.as_ref().map(|(c, e)| format!("{c} AS {e}")),
             })
-            .chain(inner.views.iter().map(|v| CatalogObject {
-                name: v.meta.name.clone(),
-                kind: "materialized_view",
-                detail: if v.meta.emit_on_window_close {
-                    "emit on window close".to_string()
-                } else {
-                    "emit on update".to_string()
-                },
-                definition: v.meta.sql.clone(),
-                error: v.meta.error.clone(),
-                watermark: None,
-            }))
+            .chain(
+                inner
+                    .views
+                    .iter()
+                    .filter(|v| !v.meta.sink)
+                    .map(|v| CatalogObject {
+                        name: v.meta.name.clone(),
+                        kind: "materialized_view",
+                        detail: if v.meta.emit_on_window_close {
+                            "emit on window close".to_string()
+                        } else {
+                            "emit on update".to_string()
+                        },
+                        definition: v.meta.sql.clone(),
+                        error: v.meta.error.clone(),
+                        watermark: None,
+                    }),
+            )
             .chain(inner.sinks.iter().map(|(name, s)| CatalogObject {
                 name: name.clone(),
                 kind: "sink",
-                detail: format!("{} → {}", s.meta.from, s.target),
+                detail: format!("{} → {}", inner.sink_from(s), s.target),
                 definition: s.meta.sql.clone(),
-                error: s.meta.error.clone(),
+                error: inner.sink_error(s),
                 watermark: None,
             }))
             .collect();
@@ -1409,7 +1513,7 @@ impl Database {
         let snapshot = self.snapshot();
         let mut flow = {
             let inner = self.inner.lock().await;
-            self.plan_view(&body, 0, &inner, false).await?.0
+            self.plan_view(&body, 0, &inner, false, false).await?.0
         };
         let mut deltas = HashMap::new();
         for node in &flow.plan().nodes {
@@ -1435,13 +1539,10 @@ impl Database {
                     format!("materialized view \"{relation}\" has stopped updating: {err}"),
                 ));
             }
-            deltas.insert(
-                relation.clone(),
-                vec![ChangeBatch::inserts(rel.data.clone())],
-            );
+            deltas.insert(relation.clone(), rel.insert_batches(usize::MAX));
         }
         flow.run_epoch(&deltas, &mut EpochBatch::new(snapshot.epoch))?;
-        let result = flow.snapshot()?;
+        let result = flow.snapshot_batch()?;
         let schema = result.schema();
         if order_by.is_none() && limit.is_none() && fetch.is_none() {
             return Ok(Output::Rows {
@@ -1505,6 +1606,7 @@ impl Database {
         first_table: StateTableId,
         inner: &Inner,
         emit_on_window_close: bool,
+        for_sink: bool,
     ) -> Result<(Dataflow, StateTableId)> {
         let sources = inner.source_factories();
         let snapshot = self.snapshot();
@@ -1544,6 +1646,7 @@ impl Database {
             .with_watermarks(watermarks)
             .with_append_only(append_only)
             .emit_on_window_close(emit_on_window_close)
+            .for_sink(for_sink)
             .plan(&optimized)?;
         Ok((Dataflow::try_new(stream, self.config.workers)?, next))
     }
@@ -1566,7 +1669,7 @@ impl Database {
             Statement::Query(q) => self.query_in(q, session).await,
             Statement::CreateTable(ct) => self.create_table(ct, &parsed.text).await,
             Statement::CreateSource(cs) => self.create_source(cs, &parsed.text).await,
-            Statement::CreateSink(cs) => self.create_sink(cs, &parsed.text).await,
+            Statement::CreateSink(cs) => self.create_sink(cs, &parsed.text, progress).await,
             Statement::CreateMaterializedView {
                 name,
                 if_not_exists,
@@ -1802,13 +1905,25 @@ impl Database {
         Ok(command("CREATE SOURCE"))
     }
 
-    async fn create_sink(&self, cs: &CreateSink, sql: &str) -> Result<Output> {
+    async fn create_sink(
+        &self,
+        cs: &CreateSink,
+        sql: &str,
+        progress: Option<Progress>,
+    ) -> Result<Output> {
         let name = normalize_name(&cs.name)?;
-        let from = normalize_name(&cs.from)?;
         let mut inner = self.inner.lock().await;
         if let Some(kind) = inner.exists(&name) {
             return already_exists(&name, kind, cs.if_not_exists, "CREATE SINK");
         }
+        let from = match &cs.from {
+            SinkFrom::Relation(r) => normalize_name(r)?,
+            SinkFrom::Query { query, text } => {
+                return self
+                    .create_sink_as(cs, sql, name, query, text, inner, progress)
+                    .await
+            }
+        };
         match inner.exists(&from) {
             Some(RelationKind::MaterializedView | RelationKind::Table) => {}
             Some(RelationKind::Source) => {
@@ -1831,15 +1946,7 @@ impl Database {
         }
         let columns = inner.columns(&from)?;
         let mut spec = sink_spec(cs, inner.append_only(&from), &columns)?;
-        if let Some(other) = inner.sinks.values().find(|s| s.target == spec.target) {
-            return Err(PlanError::user(
-                "42710",
-                format!(
-                    "sink \"{}\" already writes to {}",
-                    other.meta.name, spec.target
-                ),
-            ));
-        }
+        check_target(&inner, &spec.target)?;
         // Commit pending changes first: the sink starts with the relation's contents as of
         // a committed epoch and every later change reaches it through the changelog.
         let next = inner.epoch + 1;
@@ -1858,13 +1965,7 @@ impl Database {
         spec.writer
             .recover(0, Vec::new())
             .map_err(|e| PlanError::user("58030", e.to_string()))?;
-        let mut initial = Vec::new();
-        let mut offset = 0;
-        while offset < rel.data.num_rows() {
-            let len = BACKFILL_BATCH_ROWS.min(rel.data.num_rows() - offset);
-            initial.push(ChangeBatch::inserts(rel.data.slice(offset, len)));
-            offset += len;
-        }
+        let initial = rel.insert_batches(BACKFILL_BATCH_ROWS);
         let meta = SinkMeta {
             name: name.clone(),
             order: inner.next_order,
@@ -1877,6 +1978,85 @@ impl Database {
         batch.put_catalog(&name, catalog_bytes(&CatalogEntry::Sink(meta.clone()))?);
         inner.next_state_table += 1;
         inner.next_order += 1;
+        inner.sinks.insert(
+            name,
+            SinkEntry {
+                meta,
+                writer: spec.writer,
+                target: spec.target,
+                initial,
+            },
+        );
+        self.run_epoch(&mut inner, batch, HashSet::new(), &[])?;
+        Ok(command("CREATE SINK"))
+    }
+
+    /// `CREATE SINK name AS query`: the query runs as a dataflow of its own (a view that
+    /// keeps no rows and cannot be read, under the sink's name) whose changes go only to
+    /// the sink. Its first output is the query over the current rows, as for a view.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_sink_as(
+        &self,
+        cs: &CreateSink,
+        sql: &str,
+        name: String,
+        query: &ast::Query,
+        query_text: &str,
+        mut inner: tokio::sync::MutexGuard<'_, Inner>,
+        progress: Option<Progress>,
+    ) -> Result<Output> {
+        let next = inner.epoch + 1;
+        self.run_epoch(&mut inner, EpochBatch::new(next), HashSet::new(), &[])?;
+        let first = inner.next_state_table;
+        let (mut dataflow, next) = self.plan_view(query, first, &inner, false, true).await?;
+        let last = dataflow
+            .plan()
+            .nodes
+            .last()
+            .ok_or_else(|| PlanError::Internal("a sink's query has no plan".into()))?;
+        let append_only = matches!(last.kind, sabot_dataflow::NodeKind::Emit { keyed: false });
+        let columns = Arc::clone(&last.schema);
+        let mut spec = sink_spec(cs, append_only, &columns)?;
+        check_target(&inner, &spec.target)?;
+        let deltas = self.backfill_inputs(&dataflow, &inner)?;
+        let mut batch = EpochBatch::new(inner.epoch + 1);
+        let initial = self
+            .backfill(&mut dataflow, deltas, &mut batch, &name, progress.as_ref())
+            .await?;
+        spec.writer
+            .recover(0, Vec::new())
+            .map_err(|e| PlanError::user("58030", e.to_string()))?;
+        let view = ViewMeta {
+            name: name.clone(),
+            order: inner.next_order,
+            sql: query_text.to_string(),
+            first_state_table: first,
+            error: None,
+            emit_on_window_close: false,
+            sink: true,
+        };
+        batch.put_catalog(
+            &sink_query_key(&name),
+            catalog_bytes(&CatalogEntry::View(view.clone()))?,
+        );
+        inner.next_state_table = next;
+        let meta = SinkMeta {
+            name: name.clone(),
+            order: inner.next_order + 1,
+            sql: sql.to_string(),
+            from: name.clone(),
+            state_table: inner.next_state_table,
+            error: None,
+        };
+        batch.put_catalog(&name, catalog_bytes(&CatalogEntry::Sink(meta.clone()))?);
+        inner.next_state_table += 1;
+        inner.next_order += 2;
+        inner.views.push(ViewEntry {
+            meta: view,
+            dataflow,
+            synced_at: None,
+            samples: Default::default(),
+        });
         inner.sinks.insert(
             name,
             SinkEntry {
@@ -2041,9 +2221,9 @@ impl Database {
             Arc::clone(&schema),
             vec![
                 column(&|s| Some(s.meta.name.clone())),
-                column(&|s| Some(s.meta.from.clone())),
+                column(&|s| Some(inner.sink_from(s))),
                 column(&|s| Some(s.target.clone())),
-                column(&|s| s.meta.error.clone()),
+                column(&|s| inner.sink_error(s)),
             ],
         )?;
         Ok(Output::Rows {
@@ -2072,34 +2252,9 @@ impl Database {
         self.run_epoch(&mut inner, EpochBatch::new(next), HashSet::new(), &[])?;
         let first = inner.next_state_table;
         let (mut dataflow, next) = self
-            .plan_view(query, first, &inner, emit_on_window_close)
+            .plan_view(query, first, &inner, emit_on_window_close, false)
             .await?;
-        let snapshot = self.snapshot();
-        let mut deltas: HashMap<String, Vec<ChangeBatch>> = HashMap::new();
-        for source in dataflow.plan().sources() {
-            if inner.sources.contains_key(source) {
-                // A source is read by the view itself, from its start.
-                continue;
-            }
-            let rel = snapshot
-                .relations
-                .get(source)
-                .ok_or_else(|| PlanError::Internal(format!("source {source} vanished")))?;
-            if let Some(err) = &rel.error {
-                return Err(PlanError::user(
-                    "55000",
-                    format!("materialized view \"{source}\" has stopped updating: {err}"),
-                ));
-            }
-            let mut chunks = Vec::new();
-            let mut offset = 0;
-            while offset < rel.data.num_rows() {
-                let len = BACKFILL_BATCH_ROWS.min(rel.data.num_rows() - offset);
-                chunks.push(ChangeBatch::inserts(rel.data.slice(offset, len)));
-                offset += len;
-            }
-            deltas.insert(source.to_string(), chunks);
-        }
+        let deltas = self.backfill_inputs(&dataflow, &inner)?;
         let epoch = inner.epoch + 1;
         let mut batch = EpochBatch::new(epoch);
         self.backfill(&mut dataflow, deltas, &mut batch, &name, progress.as_ref())
@@ -2111,6 +2266,7 @@ impl Database {
             first_state_table: first,
             error: None,
             emit_on_window_close,
+            sink: false,
         };
         batch.put_catalog(&name, catalog_bytes(&CatalogEntry::View(meta.clone()))?);
         inner.next_state_table = next;
@@ -2123,6 +2279,34 @@ impl Database {
         });
         self.run_epoch(&mut inner, batch, HashSet::from([name]), &[])?;
         Ok(command("CREATE MATERIALIZED VIEW"))
+    }
+
+    /// What a new dataflow's backfill reads: the current rows of the tables and views
+    /// it reads (sources it reads itself, from their start).
+    fn backfill_inputs(
+        &self,
+        dataflow: &Dataflow,
+        inner: &Inner,
+    ) -> Result<HashMap<String, Vec<ChangeBatch>>> {
+        let snapshot = self.snapshot();
+        let mut deltas: HashMap<String, Vec<ChangeBatch>> = HashMap::new();
+        for source in dataflow.plan().sources() {
+            if inner.sources.contains_key(source) {
+                continue;
+            }
+            let rel = snapshot
+                .relations
+                .get(source)
+                .ok_or_else(|| PlanError::Internal(format!("source {source} vanished")))?;
+            if let Some(err) = &rel.error {
+                return Err(PlanError::user(
+                    "55000",
+                    format!("materialized view \"{source}\" has stopped updating: {err}"),
+                ));
+            }
+            deltas.insert(source.to_string(), rel.insert_batches(BACKFILL_BATCH_ROWS));
+        }
+        Ok(deltas)
     }
 
     async fn drop(
@@ -2202,6 +2386,18 @@ impl Database {
             } else if let Some(sink) = inner.sinks.remove(name) {
                 // What it wrote stays where it wrote it; undelivered output is dropped.
                 batch.drop_state_table(sink.meta.state_table);
+                // `CREATE SINK ... AS`: its query goes with it.
+                if let Some(pos) = inner
+                    .views
+                    .iter()
+                    .position(|v| &v.meta.name == name && v.meta.sink)
+                {
+                    let v = inner.views.remove(pos);
+                    for table in v.dataflow.plan().state_tables() {
+                        batch.drop_state_table(table);
+                    }
+                    batch.delete_catalog(&sink_query_key(name));
+                }
             } else if inner.sources.remove(name).is_some() {
                 // A source keeps no state of its own: its readers live in the views.
             } else if let Some(pos) = inner.views.iter().position(|v| &v.meta.name == name) {
@@ -2359,7 +2555,7 @@ impl Database {
         let schema = Arc::clone(table.state.schema());
         let current = table.state.contents()?;
         let snapshot = self.snapshot();
-        let ctx = self.context(&snapshot, Some((name, current)))?;
+        let ctx = self.context(&snapshot, Some((name, vec![current])))?;
         let qualifier = alias
             .map(|a| quote_ident(&a.name.value))
             .unwrap_or_else(|| quote_ident(name));
@@ -2621,7 +2817,7 @@ impl Database {
                 let inner = self.inner.lock().await;
                 let first = inner.next_state_table;
                 let (dataflow, _) = self
-                    .plan_view(query, first, &inner, *emit_on_window_close)
+                    .plan_view(query, first, &inner, *emit_on_window_close, false)
                     .await?;
                 if dot {
                     dataflow.plan().explain_dot(self.config.workers)
@@ -2880,7 +3076,7 @@ fn objects_batch(
             (o.kind == "materialized_view")
                 .then(|| snapshot.relations.get(&o.name))
                 .flatten()
-                .map(|r| i64::try_from(r.data.num_rows()).unwrap_or(i64::MAX))
+                .map(|r| i64::try_from(r.num_rows()).unwrap_or(i64::MAX))
         })
         .collect();
     Ok(RecordBatch::try_new(
@@ -3088,7 +3284,7 @@ impl Database {
         batch: &mut EpochBatch,
         view: &str,
         progress: Option<&Progress>,
-    ) -> Result<()> {
+    ) -> Result<Vec<ChangeBatch>> {
         if progress.is_some_and(Progress::cancelled) {
             return Err(cancelled_by_client());
         }
@@ -3099,8 +3295,7 @@ impl Database {
             .iter()
             .any(|n| matches!(n.kind, sabot_dataflow::NodeKind::WatermarkFilter(_)));
         if total <= BACKFILL_STEP_ROWS || watermarked {
-            dataflow.run_epoch(&deltas, batch)?;
-            return Ok(());
+            return Ok(dataflow.run_epoch(&deltas, batch)?);
         }
         let started = std::time::Instant::now();
         self.backfills.lock().push(BackfillJob {
@@ -3127,7 +3322,8 @@ impl Database {
         progress: Option<&Progress>,
         total: usize,
         started: std::time::Instant,
-    ) -> Result<()> {
+    ) -> Result<Vec<ChangeBatch>> {
+        let mut out = Vec::new();
         let mut reported = started;
         let mut done = 0usize;
         let mut step: HashMap<String, Vec<ChangeBatch>> = HashMap::new();
@@ -3143,7 +3339,7 @@ impl Database {
             if in_step < BACKFILL_STEP_ROWS && i + 1 < count {
                 continue;
             }
-            dataflow.run_epoch(&std::mem::take(&mut step), batch)?;
+            out.extend(dataflow.run_epoch(&std::mem::take(&mut step), batch)?);
             let before = done;
             done += std::mem::take(&mut in_step);
             let cancelled = {
@@ -3175,7 +3371,7 @@ impl Database {
             // Let the connection send the message, and other sessions run.
             tokio::task::yield_now().await;
         }
-        Ok(())
+        Ok(out)
     }
 }
 

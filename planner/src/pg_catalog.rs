@@ -973,8 +973,8 @@ fn user_relations(snapshot: &Snapshot) -> Vec<CatalogRel> {
                 schema: Arc::clone(&r.schema),
                 primary_key: r.primary_key.clone(),
                 definition: r.definition.clone(),
-                bytes: r.data.get_array_memory_size(),
-                rows: r.data.num_rows(),
+                bytes: r.memory_size(),
+                rows: r.num_rows(),
             })
         })
         .collect();

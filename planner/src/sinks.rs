@@ -1,11 +1,12 @@
 //! Sinks declared with `CREATE SINK`: options and format checked, the writer built.
 
 use arrow::datatypes::SchemaRef;
+use sabot_connectors::sink::blackhole::BlackholeSink;
 use sabot_connectors::sink::filesystem::FilesystemSink;
 use sabot_connectors::sink::kafka::KafkaSink;
 use sabot_connectors::sink::{SinkFormat, SinkWriter};
 use sabot_connectors::{ConnectorError, Options};
-use sabot_sql::CreateSink;
+use sabot_sql::{CreateSink, SinkFrom};
 
 use crate::error::{PlanError, Result};
 
@@ -46,6 +47,21 @@ fn options_error(e: ConnectorError) -> PlanError {
 /// Checks `cs`'s options and format and builds its writer. `append_only` tells whether
 /// the relation it reads never retracts rows (what `FORMAT PLAIN` needs).
 pub fn sink_spec(cs: &CreateSink, append_only: bool, columns: &SchemaRef) -> Result<SinkSpec> {
+    let blackhole = cs
+        .options
+        .iter()
+        .any(|(k, v)| k == "connector" && v.eq_ignore_ascii_case("blackhole"));
+    if blackhole {
+        // It writes nothing, so it takes any changes and needs no format.
+        let options = Options::new(cs.options.clone());
+        let _ = options.get("connector");
+        options.check_all_used().map_err(options_error)?;
+        return Ok(SinkSpec {
+            format: SinkFormat::Debezium,
+            writer: Box::new(BlackholeSink::new()),
+            target: format!("blackhole:{}", cs.name),
+        });
+    }
     let Some(f) = &cs.format else {
         return Err(PlanError::user(
             "42601",
@@ -81,9 +97,12 @@ pub fn sink_spec(cs: &CreateSink, append_only: bool, columns: &SchemaRef) -> Res
                 return Err(PlanError::user(
                     "42P17",
                     format!(
-                        "\"{}\" can delete or update rows, which FORMAT PLAIN cannot express; \
+                        "{} can delete or update rows, which FORMAT PLAIN cannot express; \
                          use FORMAT DEBEZIUM, or force_append_only = 'true' to drop deletes",
-                        cs.from
+                        match &cs.from {
+                            SinkFrom::Relation(r) => format!("\"{r}\""),
+                            SinkFrom::Query { .. } => "the sink's query".to_string(),
+                        }
                     ),
                 ));
             }
@@ -127,7 +146,7 @@ pub fn sink_spec(cs: &CreateSink, append_only: bool, columns: &SchemaRef) -> Res
         other => {
             return Err(PlanError::user(
                 "22023",
-                format!("unknown sink connector '{other}' (filesystem, kafka)"),
+                format!("unknown sink connector '{other}' (filesystem, kafka, blackhole)"),
             ))
         }
     };

@@ -44,6 +44,8 @@ pub struct StreamPlanner<'a> {
     emit_on_window_close: bool,
     /// The relations whose rows are only ever added.
     append_only: HashSet<String>,
+    /// Plan a sink's query (see [`StreamPlanner::for_sink`]).
+    for_sink: bool,
 }
 
 impl<'a> StreamPlanner<'a> {
@@ -62,7 +64,14 @@ impl<'a> StreamPlanner<'a> {
             watermarks: HashMap::new(),
             emit_on_window_close: false,
             append_only: HashSet::new(),
+            for_sink: false,
         }
+    }
+
+    /// The query of a `CREATE SINK ... AS`: it ends in `Emit`, keeping no rows.
+    pub fn for_sink(mut self, on: bool) -> Self {
+        self.for_sink = on;
+        self
     }
 
     /// The relations whose rows are only ever added (a temporal join's left side must be).
@@ -99,6 +108,19 @@ impl<'a> StreamPlanner<'a> {
         let mut plan = StreamPlan { nodes: self.nodes };
         if self.emit_on_window_close {
             mark_emit_on_window_close(&mut plan)?;
+        }
+        // A plan that only adds rows keeps them without a key (no retraction needs to
+        // find its row).
+        let append_only = plan.append_only(&|r| self.append_only.contains(r));
+        if let Some(last) = plan.nodes.last_mut() {
+            if self.for_sink {
+                last.kind = NodeKind::Emit {
+                    keyed: !append_only,
+                };
+                last.state_tables.clear();
+            } else if append_only {
+                last.kind = NodeKind::MaterializeAppendOnly;
+            }
         }
         Ok((plan, self.next_table))
     }

@@ -105,7 +105,7 @@ async fn overview(db: &Database) -> String {
         .into_iter()
         .map(|g| {
             let rows = snap.relations.get(&g.name).and_then(|r| match r.kind {
-                RelationKind::Table | RelationKind::MaterializedView => Some(r.data.num_rows()),
+                RelationKind::Table | RelationKind::MaterializedView => Some(r.num_rows()),
                 RelationKind::Source | RelationKind::Sink => None,
             });
             serde_json::json!({
@@ -211,7 +211,7 @@ async fn metrics(db: &Database, recorder: Option<&PrometheusHandle>) -> String {
             s,
             "sabot_relation_rows{{name=\"{}\",kind=\"{kind}\"}} {}",
             label(name),
-            rel.data.num_rows()
+            rel.num_rows()
         );
     }
     let _ = writeln!(

@@ -3,7 +3,9 @@
 //! sinks; the server crashes mid-stream three times (at failpoints before and after an
 //! epoch with sink output commits, then by SIGKILL) and is restarted. Afterwards the plain sink's
 //! lines must be exactly the matching bids from the generator, and replaying the
-//! Debezium sink's inserts and deletes must give exactly the view's final rows.
+//! Debezium sink's inserts and deletes must give exactly the view's final rows. The
+//! same two queries also run as `CREATE SINK ... AS` (their own dataflows, no view in
+//! between), and their output must be the same.
 
 mod common;
 
@@ -79,6 +81,8 @@ async fn filesystem_sinks_write_each_change_once_across_a_crash() {
     let out = tempfile::tempdir().unwrap();
     let plain_dir = out.path().join("plain");
     let agg_dir = out.path().join("agg");
+    let plain_direct = out.path().join("plain_direct");
+    let agg_direct = out.path().join("agg_direct");
     // First run: the server crashes after the 20th epoch whose sink output is prepared,
     // before that epoch commits (its pending files must be thrown away).
     let server = Server::start_with_env(dir.path(), &[("SABOT_FAILPOINTS", "sink-prepared@20")]);
@@ -94,9 +98,16 @@ async fn filesystem_sinks_write_each_change_once_across_a_crash() {
              CREATE SINK picked_out FROM picked
                WITH (connector = 'filesystem', path = '{}') FORMAT PLAIN ENCODE JSON;
              CREATE SINK channel_out FROM by_channel
+               WITH (connector = 'filesystem', path = '{}') FORMAT DEBEZIUM ENCODE JSON;
+             CREATE SINK picked_direct AS SELECT auction, bidder, price FROM bid WHERE price % 10 = 3
+               WITH (connector = 'filesystem', path = '{}') FORMAT PLAIN ENCODE JSON;
+             CREATE SINK channel_direct AS
+               SELECT channel, count(*) AS n, sum(price) AS s FROM bid GROUP BY channel
                WITH (connector = 'filesystem', path = '{}') FORMAT DEBEZIUM ENCODE JSON;",
             plain_dir.display(),
-            agg_dir.display()
+            agg_dir.display(),
+            plain_direct.display(),
+            agg_direct.display()
         ))
         .await
         .unwrap();
@@ -143,30 +154,51 @@ async fn filesystem_sinks_write_each_change_once_across_a_crash() {
     // Give a wrongly replayed epoch time to show up as extra lines.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let mut got_plain: BTreeMap<(i64, i64, i64), i64> = BTreeMap::new();
-    for v in sink_lines(&plain_dir) {
-        let n = |k: &str| v[k].as_i64().unwrap_or_else(|| panic!("{k} in {v}"));
-        *got_plain
-            .entry((n("auction"), n("bidder"), n("price")))
-            .or_default() += 1;
+    for dir in [&plain_dir, &plain_direct] {
+        let mut got_plain: BTreeMap<(i64, i64, i64), i64> = BTreeMap::new();
+        for v in sink_lines(dir) {
+            let n = |k: &str| v[k].as_i64().unwrap_or_else(|| panic!("{k} in {v}"));
+            *got_plain
+                .entry((n("auction"), n("bidder"), n("price")))
+                .or_default() += 1;
+        }
+        assert_eq!(
+            got_plain.values().sum::<i64>(),
+            total,
+            "plain sink line count in {}",
+            dir.display()
+        );
+        assert!(
+            got_plain == want_plain,
+            "plain sink lines in {} differ from the generator's bids",
+            dir.display()
+        );
     }
-    assert_eq!(
-        got_plain.values().sum::<i64>(),
-        total,
-        "plain sink line count"
-    );
-    assert!(
-        got_plain == want_plain,
-        "plain sink lines differ from the generator's bids"
-    );
     assert_eq!(
         scalar(&client, "SELECT count(*) FROM picked").await,
         total.to_string()
     );
 
     // Replaying the changelog gives the view.
+    let want_agg = rows(
+        &client,
+        "SELECT channel, n, s FROM by_channel ORDER BY channel",
+    )
+    .await;
+    for dir in [&agg_dir, &agg_direct] {
+        let replayed = replay(dir);
+        assert_eq!(replayed, want_agg, "replay of {}", dir.display());
+        assert!(
+            sink_lines(dir).len() > replayed.len(),
+            "the aggregate sink should carry updates, not only final rows"
+        );
+    }
+}
+
+/// The rows a Debezium changelog of (channel, n, s) leaves, sorted.
+fn replay(dir: &Path) -> Vec<Vec<String>> {
     let mut replayed: BTreeMap<Vec<String>, i64> = BTreeMap::new();
-    for v in sink_lines(&agg_dir) {
+    for v in sink_lines(dir) {
         let (row, w) = match v["op"].as_str() {
             Some("c") => (&v["after"], 1),
             Some("d") => (&v["before"], -1),
@@ -177,17 +209,5 @@ async fn filesystem_sinks_write_each_change_once_across_a_crash() {
     }
     replayed.retain(|_, w| *w != 0);
     assert!(replayed.values().all(|w| *w == 1), "{replayed:?}");
-    let replayed: Vec<Vec<String>> = replayed.into_keys().collect();
-    assert_eq!(
-        replayed,
-        rows(
-            &client,
-            "SELECT channel, n, s FROM by_channel ORDER BY channel"
-        )
-        .await
-    );
-    assert!(
-        sink_lines(&agg_dir).len() > replayed.len(),
-        "the aggregate sink should carry updates, not only final rows"
-    );
+    replayed.into_keys().collect()
 }

@@ -18,7 +18,7 @@ pub use sqlparser;
 mod sink;
 mod source;
 mod user;
-pub use sink::CreateSink;
+pub use sink::{CreateSink, SinkFrom};
 pub use source::{CreateSource, Format};
 pub use user::{UserOptions, UserStatement};
 

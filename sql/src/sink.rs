@@ -1,13 +1,14 @@
 //! `CREATE SINK`, with RisingWave's syntax:
 //!
 //! ```sql
-//! CREATE SINK [IF NOT EXISTS] name FROM view
+//! CREATE SINK [IF NOT EXISTS] name { FROM view | AS query }
 //!   WITH (connector = 'filesystem', path = '/data/out', ...)
 //!   [FORMAT PLAIN | DEBEZIUM | UPSERT ENCODE JSON [(key = 'value', ...)]];
 //! ```
 //!
-//! `CREATE SINK name AS SELECT ...` is recognised and refused with a pointer to the
-//! `FROM view` form.
+//! With `AS query` the query runs as a dataflow of its own whose changes only go to the
+//! sink (nothing is kept for reading). Its `WITH (` is the first one outside
+//! parentheses after the query starts (a query's own `WITH name AS (...)` has a name).
 
 use sqlparser::ast;
 use sqlparser::dialect::PostgreSqlDialect;
@@ -22,12 +23,33 @@ use crate::{byte_offset, line_starts, syntax_error, Format, SqlError};
 pub struct CreateSink {
     pub name: ast::ObjectName,
     pub if_not_exists: bool,
-    /// The materialized view (or table) whose changes the sink writes.
-    pub from: ast::ObjectName,
+    /// What the sink writes the changes of.
+    pub from: SinkFrom,
     /// `WITH (...)` options, keys lower-cased, in the order given.
     pub options: Vec<(String, String)>,
     /// `FORMAT x ENCODE y (...)`, upper-cased format and encode.
     pub format: Option<Format>,
+}
+
+/// What a sink writes the changes of.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkFrom {
+    /// `FROM name`: a materialized view or table.
+    Relation(ast::ObjectName),
+    /// `AS query`, with the query's text (kept to plan it again on recovery).
+    Query {
+        query: Box<ast::Query>,
+        text: String,
+    },
+}
+
+impl std::fmt::Display for SinkFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkFrom::Relation(name) => write!(f, "{name}"),
+            SinkFrom::Query { .. } => f.write_str("the sink's query"),
+        }
+    }
 }
 
 /// Parses a statement that starts with `CREATE SINK`.
@@ -59,23 +81,55 @@ pub fn parse_create_sink(text: &str) -> Result<CreateSink, SqlError> {
     }
     let (name, next) = object_name(text, &tokens, i, &at, &position)?;
     i = next;
-    match word(i).as_deref() {
-        Some("FROM") => {}
+    let from = match word(i).as_deref() {
+        Some("FROM") => {
+            let (from, next) = object_name(text, &tokens, i + 1, &at, &position)?;
+            i = next;
+            SinkFrom::Relation(from)
+        }
         Some("AS") => {
-            return Err(SqlError::Unsupported(
-                "CREATE SINK ... AS SELECT (create a materialized view and use CREATE SINK ... FROM it)"
-                    .into(),
-            ))
+            let start = i + 1;
+            let mut depth = 0i32;
+            let mut end = start;
+            while end < tokens.len() {
+                match &tokens[end].token {
+                    Token::LParen => depth += 1,
+                    Token::RParen => depth -= 1,
+                    _ => {}
+                }
+                if depth == 0
+                    && end > start
+                    && word(end).as_deref() == Some("WITH")
+                    && tokens.get(end + 1).map(|t| &t.token) == Some(&Token::LParen)
+                {
+                    break;
+                }
+                end += 1;
+            }
+            let options_first = word(start).as_deref() == Some("WITH")
+                && tokens.get(start + 1).map(|t| &t.token) == Some(&Token::LParen);
+            if end == start || options_first {
+                return Err(err(
+                    "expected a query after AS",
+                    tokens.get(start).and_then(position).or(end_position),
+                ));
+            }
+            let from = at(&tokens[start]);
+            let to = tokens.get(end).map(&at).unwrap_or(text.len());
+            let query = parse_query(text, from, to)?;
+            i = end;
+            SinkFrom::Query {
+                query: Box::new(query),
+                text: text[from..to].trim_end().to_string(),
+            }
         }
         _ => {
             return Err(err(
-                "expected FROM after the sink's name",
+                "expected FROM or AS after the sink's name",
                 tokens.get(i).and_then(position).or(end_position),
             ))
         }
-    }
-    let (from, next) = object_name(text, &tokens, i + 1, &at, &position)?;
-    i = next;
+    };
     if word(i).as_deref() != Some("WITH")
         || tokens.get(i + 1).map(|t| &t.token) != Some(&Token::LParen)
     {
@@ -99,6 +153,33 @@ pub fn parse_create_sink(text: &str) -> Result<CreateSink, SqlError> {
         options,
         format,
     })
+}
+
+/// The query in `text[from..to]`, with error positions in `text`'s terms.
+fn parse_query(text: &str, from: usize, to: usize) -> Result<ast::Query, SqlError> {
+    // Blank out what comes before the query (keeping line breaks) so that the
+    // parser's line and column are those of the whole statement.
+    let mut padded: String = text[..from]
+        .chars()
+        .map(|c| if c == '\n' { '\n' } else { ' ' })
+        .collect();
+    padded.push_str(&text[from..to]);
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect)
+        .try_with_sql(&padded)
+        .map_err(|e| syntax_error(&e, text))?;
+    let query = parser.parse_query().map_err(|e| syntax_error(&e, text))?;
+    if parser.peek_token().token != Token::EOF {
+        return Err(syntax_error(
+            &sqlparser::parser::ParserError::ParserError(format!(
+                "unexpected {} after the sink's query{}",
+                parser.peek_token().token,
+                parser.peek_token().span.start
+            )),
+            text,
+        ));
+    }
+    Ok(*query)
 }
 
 /// A possibly qualified, possibly quoted name starting at token `i`.
@@ -161,14 +242,46 @@ mod tests {
     }
 
     #[test]
+    fn as_a_query() {
+        let s = parse_create_sink(
+            "CREATE SINK out AS WITH w AS (SELECT a FROM t WHERE b IN (1, 2)) \
+             SELECT a, count(*) FROM w GROUP BY a \
+             WITH (connector = 'blackhole')",
+        )
+        .unwrap();
+        let SinkFrom::Query { query, text } = &s.from else {
+            panic!("{:?}", s.from)
+        };
+        assert!(text.starts_with("WITH w AS (SELECT a"), "{text}");
+        assert!(text.ends_with("GROUP BY a"), "{text}");
+        assert!(query.to_string().contains("count(*)"));
+        assert_eq!(s.options, vec![("connector".into(), "blackhole".into())]);
+        assert!(s.format.is_none());
+    }
+
+    #[test]
     fn errors() {
-        assert!(matches!(
-            parse_create_sink("CREATE SINK s AS SELECT 1"),
-            Err(SqlError::Unsupported(_))
-        ));
+        match parse_create_sink("CREATE SINK s AS SELECT 1") {
+            Err(SqlError::Syntax { message, position }) => {
+                assert!(message.contains("expected WITH"), "{message}");
+                assert_eq!(position, Some(26));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_create_sink("CREATE SINK s AS WITH (connector = 'x')") {
+            Err(SqlError::Syntax { message, .. }) => {
+                assert!(message.contains("expected a query"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A mistake inside the query points into the whole statement.
+        match parse_create_sink("CREATE SINK s AS SELECT a FRM t WITH (connector = 'x')") {
+            Err(SqlError::Syntax { position, .. }) => assert_eq!(position, Some(31)),
+            other => panic!("{other:?}"),
+        }
         match parse_create_sink("CREATE SINK s mv WITH (connector = 'x')") {
             Err(SqlError::Syntax { message, position }) => {
-                assert!(message.contains("expected FROM"), "{message}");
+                assert!(message.contains("expected FROM or AS"), "{message}");
                 assert_eq!(position, Some(15));
             }
             other => panic!("{other:?}"),

@@ -13,6 +13,7 @@
 //! checkpoint never committed, so its changes will be computed again) is thrown away.
 //! Each change therefore reaches readers exactly once.
 
+pub mod blackhole;
 pub mod filesystem;
 pub mod kafka;
 
