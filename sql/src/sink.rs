@@ -164,9 +164,13 @@ fn parse_query(text: &str, from: usize, to: usize) -> Result<ast::Query, SqlErro
         .map(|c| if c == '\n' { '\n' } else { ' ' })
         .collect();
     padded.push_str(&text[from..to]);
+    // The same dialect extensions as a view's query (FOR SYSTEM_TIME AS OF PROCTIME(),
+    // ASOF JOIN); they keep positions.
+    let (plain, temporal) = crate::strip_system_time(&padded);
+    let (plain, asof) = crate::strip_asof(&plain);
     let dialect = PostgreSqlDialect {};
     let mut parser = Parser::new(&dialect)
-        .try_with_sql(&padded)
+        .try_with_sql(&plain)
         .map_err(|e| syntax_error(&e, text))?;
     let query = parser.parse_query().map_err(|e| syntax_error(&e, text))?;
     if parser.peek_token().token != Token::EOF {
@@ -179,7 +183,17 @@ fn parse_query(text: &str, from: usize, to: usize) -> Result<ast::Query, SqlErro
             text,
         ));
     }
-    Ok(*query)
+    let mut stmt = ast::Statement::Query(query);
+    if !temporal.is_empty() {
+        crate::mark_system_time(&mut stmt, &temporal);
+    }
+    if !asof.is_empty() {
+        crate::mark_asof(&mut stmt, &asof)?;
+    }
+    match stmt {
+        ast::Statement::Query(q) => Ok(*q),
+        _ => Err(err("expected a query after AS", None)),
+    }
 }
 
 /// A possibly qualified, possibly quoted name starting at token `i`.
@@ -257,6 +271,21 @@ mod tests {
         assert!(query.to_string().contains("count(*)"));
         assert_eq!(s.options, vec![("connector".into(), "blackhole".into())]);
         assert!(s.format.is_none());
+        // A view's dialect extensions work in a sink's query too.
+        let s = parse_create_sink(
+            "CREATE SINK out AS SELECT b.x, s.v FROM b JOIN side FOR SYSTEM_TIME AS OF PROCTIME() s \
+             ON b.k = s.k WITH (connector = 'blackhole')",
+        )
+        .unwrap();
+        let SinkFrom::Query { query, .. } = &s.from else {
+            panic!("{:?}", s.from)
+        };
+        assert!(
+            query
+                .to_string()
+                .contains("FOR SYSTEM_TIME AS OF PROCTIME()"),
+            "{query}"
+        );
     }
 
     #[test]
