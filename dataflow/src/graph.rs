@@ -131,6 +131,31 @@ impl StreamPlan {
     /// joins of append-only inputs are; aggregates, top-N and outer/semi/anti joins
     /// revise earlier output.
     pub fn append_only(&self, relation_append_only: &dyn Fn(&str) -> bool) -> bool {
+        self.append_only_nodes(relation_append_only)
+            .last()
+            .copied()
+            .unwrap_or(true)
+    }
+
+    /// Tells each aggregate and top-N whether its input only adds rows (see
+    /// [`Self::append_only`]), so that it keeps only the state such input needs.
+    pub fn mark_append_only_inputs(&mut self, relation_append_only: &dyn Fn(&str) -> bool) {
+        let memo = self.append_only_nodes(relation_append_only);
+        for n in &mut self.nodes {
+            let input = n
+                .inputs
+                .first()
+                .is_some_and(|i| memo.get(*i).copied().unwrap_or(false));
+            match &mut n.kind {
+                NodeKind::Aggregate(spec) => spec.append_only_input = input,
+                NodeKind::TopN(spec) => spec.append_only_input = input,
+                _ => {}
+            }
+        }
+    }
+
+    /// Per node: whether its output only adds rows.
+    fn append_only_nodes(&self, relation_append_only: &dyn Fn(&str) -> bool) -> Vec<bool> {
         let mut memo: Vec<bool> = Vec::with_capacity(self.nodes.len());
         for n in &self.nodes {
             let inputs = n
@@ -164,7 +189,7 @@ impl StreamPlan {
             };
             memo.push(here);
         }
-        memo.last().copied().unwrap_or(true)
+        memo
     }
 
     /// Every state table of the plan.
@@ -522,9 +547,11 @@ fn instantiate(node: &PlanNode, partitioner: Partitioner) -> Result<Box<dyn Oper
         NodeKind::Project { exprs } => {
             Box::new(ProjectOp::new(exprs.clone(), Arc::clone(&node.schema)))
         }
-        NodeKind::Aggregate(spec) => {
-            Box::new(AggregateOp::try_new(spec.clone(), table(0)?, partitioner)?)
-        }
+        NodeKind::Aggregate(spec) => Box::new(AggregateOp::try_new(
+            spec.clone(),
+            [table(0)?, table(1)?],
+            partitioner,
+        )?),
         NodeKind::Join(spec) => Box::new(JoinOp::try_new(spec.clone(), [table(0)?, table(1)?])?),
         NodeKind::AsofJoin(spec) => {
             Box::new(AsofJoinOp::try_new(spec.clone(), [table(0)?, table(1)?])?)

@@ -6,9 +6,9 @@
 //! duplicate key, a NULL key) changes nothing. Changes accumulate as a pending changelog
 //! until the coordinator takes them at the next barrier.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use arrow::datatypes::SchemaRef;
 use sabot_storage::{StateTableId, StateWriter};

@@ -162,7 +162,7 @@ fn materialize(input: usize, schema: SchemaRef, table: u32) -> PlanNode {
 /// SELECT k, count(*), count(v), sum(v), min(v), max(v), sum(v) FILTER (WHERE v > 5),
 /// bool_and(v > 10), count(DISTINCT v), sum(DISTINCT v) FILTER (WHERE v > 5)
 /// FROM in0 GROUP BY k
-fn aggregate_plan(global: bool) -> StreamPlan {
+fn aggregate_plan(global: bool, append_only_input: bool) -> StreamPlan {
     let cols = ["c", "cv", "s", "mn", "mx", "sf", "ba", "cd", "sdf"];
     let (group_count, out) = if global {
         (0, schema(&cols))
@@ -213,6 +213,7 @@ fn aggregate_plan(global: bool) -> StreamPlan {
         input_schema: Arc::clone(&pre_schema),
         output_schema: Arc::clone(&out),
         emit_on_window_close: false,
+        append_only_input,
     };
     StreamPlan {
         nodes: vec![
@@ -227,7 +228,7 @@ fn aggregate_plan(global: bool) -> StreamPlan {
                 kind: NodeKind::Aggregate(spec),
                 inputs: vec![1],
                 schema: Arc::clone(&out),
-                state_tables: vec![1],
+                state_tables: vec![1, 3],
             },
             materialize(2, out, 2),
         ],
@@ -498,7 +499,13 @@ fn filter_recompute(d: &Inputs) -> Vec<Row> {
 /// SELECT *, row_number() OVER (PARTITION BY k ORDER BY v DESC NULLS FIRST, id) FROM in0
 /// keeping positions offset+1 ..= offset+limit (without PARTITION BY when `partitioned` is
 /// false; without the row number column when `row_number` is false).
-fn topn_plan(partitioned: bool, row_number: bool, offset: usize, limit: usize) -> StreamPlan {
+fn topn_plan(
+    partitioned: bool,
+    row_number: bool,
+    offset: usize,
+    limit: usize,
+    append_only_input: bool,
+) -> StreamPlan {
     let input = schema(&["id", "k", "v"]);
     let out = if row_number {
         schema(&["id", "k", "v", "rn"])
@@ -521,6 +528,7 @@ fn topn_plan(partitioned: bool, row_number: bool, offset: usize, limit: usize) -
         row_number,
         input_schema: input,
         output_schema: Arc::clone(&out),
+        append_only_input,
     };
     StreamPlan {
         nodes: vec![
@@ -570,6 +578,32 @@ fn topn_recompute(
     }
 }
 
+/// Epochs that only insert rows, each under an id of its own (an append-only input).
+fn append_epochs() -> impl Strategy<Value = Vec<Vec<Op>>> {
+    let row = (
+        proptest::option::weighted(0.9, 0i64..4),
+        proptest::option::weighted(0.85, -5i64..20),
+    );
+    proptest::collection::vec(proptest::collection::vec(row, 0..12), 1..14).prop_map(|epochs| {
+        let mut id = 0;
+        epochs
+            .into_iter()
+            .map(|rows| {
+                rows.into_iter()
+                    .map(|row| {
+                        id += 1;
+                        Op {
+                            input: 0,
+                            id,
+                            row: Some(row),
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    })
+}
+
 fn epochs(inputs: usize) -> impl Strategy<Value = Vec<Vec<Op>>> {
     proptest::collection::vec(proptest::collection::vec(op_strategy(inputs), 0..25), 1..12)
 }
@@ -579,12 +613,12 @@ proptest! {
 
     #[test]
     fn aggregate_by_key(e in epochs(1), workers in 1usize..=2, restart in 0usize..12) {
-        check(aggregate_plan(false), 1, e, workers, restart, aggregate_recompute(false))?;
+        check(aggregate_plan(false, false), 1, e, workers, restart, aggregate_recompute(false))?;
     }
 
     #[test]
     fn global_aggregate(e in epochs(1), workers in 1usize..=2, restart in 0usize..12) {
-        check(aggregate_plan(true), 1, e, workers, restart, aggregate_recompute(true))?;
+        check(aggregate_plan(true, false), 1, e, workers, restart, aggregate_recompute(true))?;
     }
 
     #[test]
@@ -609,7 +643,19 @@ proptest! {
 
     #[test]
     fn top_n(partitioned in any::<bool>(), row_number in any::<bool>(), offset in 0usize..3, limit in 1usize..4, e in epochs(1), workers in 1usize..=2, restart in 0usize..12) {
-        check(topn_plan(partitioned, row_number, offset, limit), 1, e, workers, restart, topn_recompute(partitioned, row_number, offset, limit))?;
+        check(topn_plan(partitioned, row_number, offset, limit, false), 1, e, workers, restart, topn_recompute(partitioned, row_number, offset, limit))?;
+    }
+
+    // Over an input that only adds rows, MIN/MAX keep one value and DISTINCT calls a set.
+    #[test]
+    fn aggregate_over_append_only_input(global in any::<bool>(), e in append_epochs(), workers in 1usize..=3, restart in 0usize..14) {
+        check(aggregate_plan(global, true), 1, e, workers, restart, aggregate_recompute(global))?;
+    }
+
+    // Over an input that only adds rows, a partition keeps its first offset + limit rows.
+    #[test]
+    fn top_n_over_append_only_input(partitioned in any::<bool>(), row_number in any::<bool>(), offset in 0usize..3, limit in 0usize..4, e in append_epochs(), workers in 1usize..=3, restart in 0usize..14) {
+        check(topn_plan(partitioned, row_number, offset, limit, true), 1, e, workers, restart, topn_recompute(partitioned, row_number, offset, limit))?;
     }
 
     #[test]

@@ -29,6 +29,7 @@ use sabot_storage::{EpochBatch, Store};
 
 const WINDOW: i64 = 10;
 const AGG_TABLE: u32 = 2;
+const DISTINCT_TABLE: u32 = 9;
 
 fn lit(v: i64) -> Arc<dyn PhysicalExpr> {
     Arc::new(Literal::new(ScalarValue::Int64(Some(v))))
@@ -85,10 +86,11 @@ fn plan(delay: i64, eowc: bool) -> StreamPlan {
                     input_schema: pre,
                     output_schema: Arc::clone(&out),
                     emit_on_window_close: eowc,
+                    append_only_input: false,
                 }),
                 inputs: vec![2],
                 schema: Arc::clone(&out),
-                state_tables: vec![AGG_TABLE],
+                state_tables: vec![AGG_TABLE, DISTINCT_TABLE],
             },
             PlanNode {
                 kind: NodeKind::Materialize,
@@ -708,6 +710,7 @@ fn top_per_window_plan(delay: i64) -> StreamPlan {
             row_number: false,
             input_schema: Arc::clone(&side),
             output_schema: Arc::clone(&side),
+            append_only_input: false,
         }),
         inputs: vec![2],
         schema: Arc::clone(&side),

@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::compute::SortOptions;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::{DFSchema, JoinType};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::common::{DFSchema, JoinType, ScalarValue};
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{
@@ -109,6 +109,8 @@ impl<'a> StreamPlanner<'a> {
         if self.emit_on_window_close {
             mark_emit_on_window_close(&mut plan)?;
         }
+        // Aggregates and top-Ns over inputs that only add rows keep less state.
+        plan.mark_append_only_inputs(&|r| self.append_only.contains(r));
         // A plan that only adds rows keeps them without a key (no retraction needs to
         // find its row).
         let append_only = plan.append_only(&|r| self.append_only.contains(r));
@@ -173,7 +175,7 @@ impl<'a> StreamPlanner<'a> {
             )));
         }
         let physical = self.state.create_physical_expr(expr.clone(), schema)?;
-        Ok(checked_arithmetic(physical)?)
+        Ok(checked_arithmetic(physical, schema.as_arrow())?)
     }
 
     fn node(&mut self, plan: &LogicalPlan) -> Result<usize> {
@@ -341,8 +343,9 @@ impl<'a> StreamPlanner<'a> {
                     input_schema: Arc::clone(&schema),
                     output_schema: Arc::clone(&schema),
                     emit_on_window_close: false,
+                    append_only_input: false,
                 };
-                let tables = self.tables(1);
+                let tables = self.tables(2);
                 Ok(self.push(NodeKind::Aggregate(spec), vec![id], schema, tables))
             }
             LogicalPlan::Distinct(Distinct::On(d)) => {
@@ -528,8 +531,9 @@ impl<'a> StreamPlanner<'a> {
             input_schema: flag_schema,
             output_schema: Arc::clone(&stats_schema),
             emit_on_window_close: false,
+            append_only_input: false,
         };
-        let tables = self.tables(1);
+        let tables = self.tables(2);
         let stats = self.push(
             NodeKind::Aggregate(spec),
             vec![flag],
@@ -1057,6 +1061,7 @@ impl<'a> StreamPlanner<'a> {
             row_number: row_number_schema.is_some(),
             input_schema,
             output_schema: Arc::clone(&output_schema),
+            append_only_input: false,
         };
         let tables = self.tables(1);
         Ok(self.push(NodeKind::TopN(spec), vec![id], output_schema, tables))
@@ -1322,8 +1327,9 @@ impl<'a> StreamPlanner<'a> {
             input_schema: pre_schema,
             output_schema: Arc::clone(&output_schema),
             emit_on_window_close: false,
+            append_only_input: false,
         };
-        let tables = self.tables(1);
+        let tables = self.tables(2);
         Ok(self.push(NodeKind::Aggregate(spec), vec![pre], output_schema, tables))
     }
 
@@ -1624,13 +1630,17 @@ fn mark_emit_on_window_close(plan: &mut StreamPlan) -> Result<()> {
 }
 
 /// The expression with integer `+`, `-` and `*` raising an error on overflow, as in
-/// PostgreSQL, instead of wrapping around (DataFusion's default).
+/// PostgreSQL, instead of wrapping around (DataFusion's default). A timestamp plus or
+/// minus a constant interval of a fixed length (no months or days, as in window bounds
+/// and `ts - INTERVAL '10' SECOND`) becomes integer arithmetic on the timestamp's ticks:
+/// the same values, without Arrow's per-value calendar arithmetic.
 fn checked_arithmetic(
     expr: Arc<dyn PhysicalExpr>,
+    schema: &Schema,
 ) -> datafusion::common::Result<Arc<dyn PhysicalExpr>> {
     use datafusion::common::tree_node::{Transformed, TreeNode};
     use datafusion::logical_expr::Operator;
-    use datafusion::physical_expr::expressions::BinaryExpr;
+    use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Literal};
     Ok(expr
         .transform_up(|e| {
             let Some(b) = e.downcast_ref::<BinaryExpr>() else {
@@ -1642,11 +1652,56 @@ fn checked_arithmetic(
             ) {
                 return Ok(Transformed::no(e));
             }
+            if let (DataType::Timestamp(unit, tz), Operator::Plus | Operator::Minus) =
+                (b.left().data_type(schema)?, b.op())
+            {
+                if let Some(n) = fixed_interval_nanos(b.right()).and_then(|n| ticks(n, unit)) {
+                    let as_int: Arc<dyn PhysicalExpr> =
+                        Arc::new(CastExpr::new(Arc::clone(b.left()), DataType::Int64, None));
+                    let moved = BinaryExpr::new(
+                        as_int,
+                        *b.op(),
+                        Arc::new(Literal::new(ScalarValue::Int64(Some(n)))),
+                    )
+                    .with_fail_on_overflow(true);
+                    let back = CastExpr::new(Arc::new(moved), DataType::Timestamp(unit, tz), None);
+                    return Ok(Transformed::yes(Arc::new(back) as Arc<dyn PhysicalExpr>));
+                }
+            }
             let checked = BinaryExpr::new(Arc::clone(b.left()), *b.op(), Arc::clone(b.right()))
                 .with_fail_on_overflow(true);
             Ok(Transformed::yes(Arc::new(checked) as Arc<dyn PhysicalExpr>))
         })?
         .data)
+}
+
+/// A literal interval's length in nanoseconds, when it has no months or days (its
+/// length is then the same wherever it is added).
+fn fixed_interval_nanos(expr: &Arc<dyn PhysicalExpr>) -> Option<i128> {
+    let lit = expr.downcast_ref::<datafusion::physical_expr::expressions::Literal>()?;
+    match lit.value() {
+        ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 && v.days == 0 => {
+            Some(i128::from(v.nanoseconds))
+        }
+        ScalarValue::IntervalDayTime(Some(v)) if v.days == 0 => {
+            Some(i128::from(v.milliseconds) * 1_000_000)
+        }
+        _ => None,
+    }
+}
+
+/// `nanos` in ticks of `unit`, if it is a whole number of them.
+fn ticks(nanos: i128, unit: TimeUnit) -> Option<i64> {
+    let per_tick: i128 = match unit {
+        TimeUnit::Second => 1_000_000_000,
+        TimeUnit::Millisecond => 1_000_000,
+        TimeUnit::Microsecond => 1_000,
+        TimeUnit::Nanosecond => 1,
+    };
+    if nanos % per_tick != 0 {
+        return None;
+    }
+    i64::try_from(nanos / per_tick).ok()
 }
 
 /// Whether a plan yields exactly one row whatever its input: an aggregate without

@@ -10,9 +10,10 @@
 //! `ORDER BY` key. A `DISTINCT` call keeps per group how often each value occurs and
 //! feeds its accumulator only when a value appears or disappears.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use arrow::array::{
     Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, RecordBatch,
 };
@@ -23,7 +24,7 @@ use datafusion::common::ScalarValue;
 use sabot_storage::{StateTableId, StateWriter};
 
 use crate::batch::{batch_with_schema, ChangeBatch};
-use crate::codec::{Reader, Writer};
+use crate::codec::{split_prefixed, Reader, Writer};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
 use crate::ops::watermark::{behind_watermarks, raise};
@@ -110,6 +111,10 @@ pub struct AggregateSpec {
     /// Emit each group once, final, when a watermark on one of its group columns passes
     /// its key (`EMIT ON WINDOW CLOSE`), instead of every change as it happens.
     pub emit_on_window_close: bool,
+    /// The input only ever adds rows (the planner proves it). MIN/MAX then keep only
+    /// their current value and DISTINCT calls only whether a value was seen, so state
+    /// stays small; a retraction arriving anyway is refused as a bug.
+    pub append_only_input: bool,
 }
 
 /// How a call accumulates, chosen from its function and argument type.
@@ -191,7 +196,7 @@ struct Group {
     rows: i64,
     accs: Vec<Acc>,
     /// Per call: for DISTINCT calls, how often each value occurs.
-    distinct: Vec<Option<BTreeMap<Vec<u8>, i64>>>,
+    distinct: Vec<Option<HashMap<Vec<u8>, i64>>>,
 }
 
 /// Extra digits DataFusion gives AVG over decimals.
@@ -205,9 +210,16 @@ pub struct AggregateOp {
     value_codecs: Vec<Option<RowCodec>>,
     /// For calls with ORDER BY: the codec of their order key.
     order_codecs: Vec<Option<RowCodec>>,
+    /// Groups: key → row count and accumulators.
     table: StateTableId,
+    /// DISTINCT calls' values, one entry each: `join_prefixed(group key, call (u16, big
+    /// endian) ++ value)` → multiplicity (i64, little endian). Kept apart from the
+    /// group so that an epoch writes only the values it changed.
+    distinct_table: StateTableId,
     partitioner: Partitioner,
     groups: HashMap<Vec<u8>, Group>,
+    /// DISTINCT values changed this epoch, as their state keys in `distinct_table`.
+    distinct_dirty: HashSet<Vec<u8>>,
     /// Groups touched this epoch → their result before the epoch (None: no row).
     dirty: HashMap<Vec<u8>, Option<Vec<OutVal>>>,
     /// Per group column: the input watermark (groups with a key below it are closed).
@@ -219,7 +231,7 @@ pub struct AggregateOp {
 impl AggregateOp {
     pub fn try_new(
         spec: AggregateSpec,
-        table: StateTableId,
+        [table, distinct_table]: [StateTableId; 2],
         partitioner: Partitioner,
     ) -> Result<Self> {
         let input = &spec.input_schema;
@@ -227,6 +239,12 @@ impl AggregateOp {
             .iter()
             .map(|f| f.data_type().clone())
             .collect();
+        if spec.calls.len() > usize::from(u16::MAX) {
+            return Err(DataflowError::user(
+                "54000",
+                format!("too many aggregate calls: {}", spec.calls.len()),
+            ));
+        }
         let mut methods = Vec::new();
         let mut value_codecs = Vec::new();
         let mut order_codecs = Vec::new();
@@ -279,8 +297,10 @@ impl AggregateOp {
             methods,
             value_codecs,
             table,
+            distinct_table,
             partitioner,
             groups: HashMap::new(),
+            distinct_dirty: HashSet::new(),
             dirty: HashMap::new(),
         })
     }
@@ -310,6 +330,11 @@ impl AggregateOp {
             if let Some(g) = self.groups.remove(&key) {
                 if self.spec.emit_on_window_close && g.rows > 0 {
                     emitted.push((key.clone(), self.outputs(&g)));
+                }
+                for (c, values) in g.distinct.iter().enumerate() {
+                    for value in values.iter().flat_map(|v| v.keys()) {
+                        state.delete(self.distinct_table, &distinct_key(&key, c, value));
+                    }
                 }
             }
             state.delete(self.table, &key);
@@ -360,7 +385,7 @@ impl AggregateOp {
                 .spec
                 .calls
                 .iter()
-                .map(|c| c.distinct.then(BTreeMap::new))
+                .map(|c| c.distinct.then(HashMap::new))
                 .collect(),
         }
     }
@@ -529,18 +554,9 @@ impl AggregateOp {
                 }
             }
         }
-        for d in &g.distinct {
-            match d {
-                Some(values) => {
-                    w.u8(1).i64(values.len() as i64);
-                    for (v, c) in values {
-                        w.bytes(v).i64(*c);
-                    }
-                }
-                None => {
-                    w.u8(0);
-                }
-            }
+        // DISTINCT values are entries of their own (`distinct_table`).
+        for _ in &g.distinct {
+            w.u8(0);
         }
         w.finish()
     }
@@ -601,12 +617,12 @@ impl AggregateOp {
             });
         }
         let mut distinct = Vec::with_capacity(self.methods.len());
-        for _ in &self.methods {
+        for call in &self.spec.calls {
             distinct.push(match r.u8()? {
-                0 => None,
+                0 => call.distinct.then(HashMap::new),
                 _ => {
                     let n = r.i64()?;
-                    let mut values = BTreeMap::new();
+                    let mut values = HashMap::new();
                     for _ in 0..n {
                         let v = r.bytes()?.to_vec();
                         values.insert(v, r.i64()?);
@@ -824,6 +840,47 @@ fn accumulate(acc: &mut Acc, arg: &PreparedArg, i: usize, w: i64) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// The state key of a DISTINCT call's value in its group (the layout of
+/// [`crate::codec::join_prefixed`], built in one allocation).
+fn distinct_key(group: &[u8], call: usize, value: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + group.len() + 2 + value.len());
+    k.extend_from_slice(&(group.len() as u32).to_le_bytes());
+    k.extend_from_slice(group);
+    k.extend_from_slice(&(call as u16).to_be_bytes());
+    k.extend_from_slice(value);
+    k
+}
+
+/// Append-only MIN/MAX: only the current extreme can still be the result.
+fn keep_extreme(values: &mut BTreeMap<Vec<u8>, i64>, max: bool) {
+    while values.len() > 1 {
+        if max {
+            values.pop_first();
+        } else {
+            values.pop_last();
+        }
+    }
+}
+
+/// Adds `w` to the count of a DISTINCT call's `value`, removing it at zero; returns the
+/// count before.
+fn add_distinct(values: &mut HashMap<Vec<u8>, i64>, value: &[u8], w: i64) -> i64 {
+    match values.get_mut(value) {
+        Some(c) => {
+            let before = *c;
+            *c += w;
+            if *c == 0 {
+                values.remove(value);
+            }
+            before
+        }
+        None => {
+            values.insert(value.to_vec(), w);
+            0
+        }
+    }
 }
 
 /// Adds `w` to the count of `value`, removing it at zero; returns the count before.
@@ -1051,9 +1108,15 @@ impl Operator for AggregateOp {
             .map(|c| c.filter.map(|f| data.column(f).as_boolean().clone()))
             .collect();
         let empty: &[u8] = &[];
+        let append_only = self.spec.append_only_input;
         for (i, &w) in weights.iter().enumerate() {
             if w == 0 {
                 continue;
+            }
+            if w < 0 && append_only {
+                return Err(DataflowError::Internal(
+                    "a retraction reached an aggregate over an append-only input".into(),
+                ));
             }
             let key: &[u8] = keys.as_ref().map(|k| k.row(i).data()).unwrap_or(empty);
             let existed = self.groups.contains_key(key);
@@ -1075,8 +1138,13 @@ impl Operator for AggregateOp {
                 .get_mut(key)
                 .ok_or_else(|| DataflowError::Internal("group vanished".into()))?;
             group.rows += w;
-            for (c, ((acc, arg), filter)) in
-                group.accs.iter_mut().zip(&args).zip(&filters).enumerate()
+            for (c, (((acc, arg), filter), method)) in group
+                .accs
+                .iter_mut()
+                .zip(&args)
+                .zip(&filters)
+                .zip(&self.methods)
+                .enumerate()
             {
                 if let Some(f) = filter {
                     if !f.is_valid(i) || !f.value(i) {
@@ -1085,9 +1153,20 @@ impl Operator for AggregateOp {
                 }
                 let w = match (&mut group.distinct[c], &distinct[c]) {
                     (Some(seen), Some(values)) => {
+                        let value = values.row(i).data();
+                        let before = if append_only {
+                            // No copy of a value ever goes: seen once is all to know.
+                            if seen.contains_key(value) {
+                                continue;
+                            }
+                            seen.insert(value.to_vec(), 1);
+                            0
+                        } else {
+                            add_distinct(seen, value, w)
+                        };
+                        self.distinct_dirty.insert(distinct_key(key, c, value));
                         // A DISTINCT call sees a value when it first appears and when
                         // its last copy goes.
-                        let before = add_count(seen, values.row(i).data(), w);
                         match (before > 0, before + w > 0) {
                             (false, true) => 1,
                             (true, false) => -1,
@@ -1097,6 +1176,11 @@ impl Operator for AggregateOp {
                     _ => w,
                 };
                 accumulate(acc, arg, i, w)?;
+                if append_only {
+                    if let (Acc::Ordered(values), Method::Ordered { max }) = (acc, method) {
+                        keep_extreme(values, *max);
+                    }
+                }
             }
         }
         Ok(())
@@ -1146,6 +1230,23 @@ impl Operator for AggregateOp {
                 changes.push((key, a, 1));
             }
         }
+        for k in std::mem::take(&mut self.distinct_dirty) {
+            let (group, rest) = split_prefixed(&k)?;
+            let count = match rest {
+                [hi, lo, value @ ..] => self
+                    .groups
+                    .get(group)
+                    .and_then(|g| g.distinct.get(usize::from(u16::from_be_bytes([*hi, *lo]))))
+                    .and_then(Option::as_ref)
+                    .and_then(|values| values.get(value))
+                    .copied(),
+                _ => None,
+            };
+            match count {
+                Some(n) if n > 0 => state.put(self.distinct_table, &k, &n.to_le_bytes()),
+                _ => state.delete(self.distinct_table, &k),
+            }
+        }
         if !changes.is_empty() {
             let rows: Vec<(&[u8], &[OutVal], i64)> = changes
                 .iter()
@@ -1164,18 +1265,53 @@ impl Operator for AggregateOp {
     }
 
     fn state_tables(&self) -> Vec<StateTableId> {
-        vec![self.table]
+        vec![self.table, self.distinct_table]
     }
 
     fn restore(
         &mut self,
-        _table: StateTableId,
+        table: StateTableId,
         entries: &[(Vec<u8>, Vec<u8>)],
         partitioner: Partitioner,
     ) -> Result<()> {
+        if table == self.distinct_table {
+            let blank = self.new_group();
+            for (k, v) in entries {
+                let (group, rest) = split_prefixed(k)?;
+                if !partitioner.owns(group) {
+                    continue;
+                }
+                let ([hi, lo, value @ ..], Ok(count)) = (rest, <[u8; 8]>::try_from(v.as_slice()))
+                else {
+                    return Err(DataflowError::Corrupt(
+                        "malformed DISTINCT value entry".into(),
+                    ));
+                };
+                let call = usize::from(u16::from_be_bytes([*hi, *lo]));
+                let g = self
+                    .groups
+                    .entry(group.to_vec())
+                    .or_insert_with(|| blank.clone());
+                let Some(Some(values)) = g.distinct.get_mut(call) else {
+                    return Err(DataflowError::Corrupt(format!(
+                        "DISTINCT value entry for call {call}, which is not DISTINCT"
+                    )));
+                };
+                values.insert(value.to_vec(), i64::from_le_bytes(count));
+            }
+            return Ok(());
+        }
         for (k, v) in entries {
             if partitioner.owns(k) {
-                let g = self.decode_group(v)?;
+                let mut g = self.decode_group(v)?;
+                // DISTINCT values restored first stay.
+                if let Some(old) = self.groups.remove(k) {
+                    for (d, o) in g.distinct.iter_mut().zip(old.distinct) {
+                        if o.as_ref().is_some_and(|o| !o.is_empty()) {
+                            *d = o;
+                        }
+                    }
+                }
                 self.groups.insert(k.clone(), g);
             }
         }

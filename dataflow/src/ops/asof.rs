@@ -11,10 +11,11 @@
 //! `>=`/`>`) or first (for `<=`/`<`) in the order of their encoded rows, which for
 //! plain values is ascending value order, NULLs first.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use ahash::AHashMap as HashMap;
 use arrow::array::{Array, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::take;
 use datafusion::physical_expr::PhysicalExpr;

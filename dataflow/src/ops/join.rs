@@ -14,9 +14,9 @@
 //! Rows with a NULL in a key column never match: kept only if their side is preserved,
 //! and then always padded (or anti).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::{cast, take_record_batch};
 use arrow::datatypes::{DataType, SchemaRef};
@@ -153,7 +153,8 @@ struct Side {
     totals: HashMap<Vec<u8>, i64>,
     /// With a join filter: join key → row → how many rows of the other side it matches.
     matched: HashMap<Vec<u8>, HashMap<Vec<u8>, i64>>,
-    dirty: HashSet<(Vec<u8>, Vec<u8>)>,
+    /// Rows changed this epoch, as their state keys (`join_prefixed(key, row)`).
+    dirty: HashSet<Vec<u8>>,
 }
 
 impl Side {
@@ -214,12 +215,20 @@ impl Side {
                 self.rows.remove(key);
             }
         }
-        self.dirty.insert((key.to_vec(), row.to_vec()));
-        let before = self.total(key);
+        self.dirty.insert(join_prefixed(key, row));
+        let before = match self.totals.get_mut(key) {
+            Some(t) => {
+                let before = *t;
+                *t += w;
+                before
+            }
+            None => {
+                self.totals.insert(key.to_vec(), w);
+                0
+            }
+        };
         if before + w == 0 {
             self.totals.remove(key);
-        } else {
-            self.totals.insert(key.to_vec(), before + w);
         }
         before
     }
@@ -343,6 +352,32 @@ impl JoinOp {
             self.sides[1].add(key, rows.row(i).data(), w);
         }
         Ok(())
+    }
+
+    /// Whether a watermark seen so far (or an interval bound) lets a purge drop rows:
+    /// without one, no purge runs and the keys touched need not be noted. (A watermark
+    /// arriving later is a watermark that advanced: that purge looks at every key.)
+    fn purge_possible(&self) -> bool {
+        if !self.spec.intervals.is_empty() {
+            return true;
+        }
+        let keyed = |side: usize| {
+            let keys = if side == 0 {
+                &self.spec.left_keys
+            } else {
+                &self.spec.right_keys
+            };
+            keys.iter().any(|k| {
+                k.downcast_ref::<Column>()
+                    .and_then(|c| self.watermarks[side].get(c.index()))
+                    .is_some_and(Option::is_some)
+            })
+        };
+        if self.spec.kind == JoinKind::Inner {
+            keyed(0) || keyed(1)
+        } else {
+            keyed(0) && keyed(1)
+        }
     }
 
     /// An inner join keyed on a column with a watermark on the other side drops the rows
@@ -833,7 +868,7 @@ impl Operator for JoinOp {
     fn state_rows(&self) -> usize {
         self.sides
             .iter()
-            .map(|s| s.rows.values().map(HashMap::len).sum::<usize>())
+            .map(|s| s.rows.values().map(|m| m.len()).sum::<usize>())
             .sum()
     }
 
@@ -976,13 +1011,15 @@ impl Operator for JoinOp {
             self.temporal_lookup(&batch, out)?;
         }
         let mut touched: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
+        // Keys touched matter only to a purge.
+        let purging = self.purge_possible();
         for ((side, table), touched) in self.sides.iter_mut().zip(self.tables).zip(&mut touched) {
-            for (key, row) in side.dirty.drain() {
-                if touched.last() != Some(&key) {
-                    touched.push(key.clone());
+            for state_key in side.dirty.drain() {
+                let (key, row) = split_prefixed(&state_key)?;
+                if purging && touched.last().map(Vec::as_slice) != Some(key) {
+                    touched.push(key.to_vec());
                 }
-                let count = side.rows.get(&key).and_then(|b| b.get(&row)).copied();
-                let state_key = join_prefixed(&key, &row);
+                let count = side.rows.get(key).and_then(|b| b.get(row)).copied();
                 match count {
                     Some(c) if c < 0 => {
                         return Err(DataflowError::Internal(format!(

@@ -9,9 +9,10 @@
 //! window expressions over one Arrow batch per partition, and emits the difference
 //! between the two result sets. The cost of a change is the size of its partition.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::compute::SortOptions;
 use arrow::datatypes::SchemaRef;

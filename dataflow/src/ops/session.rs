@@ -11,9 +11,10 @@
 //! reason every row still to come out has a `window_end` above the watermark, which is
 //! the watermark of the output's `window_end` column.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int64Type, SchemaRef};

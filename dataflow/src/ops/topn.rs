@@ -9,9 +9,10 @@
 //! in an epoch its current output is noted; at the barrier the new output is compared
 //! with it and only the difference is emitted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use ahash::AHashMap as HashMap;
 use arrow::array::{ArrayRef, RecordBatch, UInt64Array};
 use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, SchemaRef};
@@ -21,7 +22,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use sabot_storage::{StateTableId, StateWriter};
 
 use crate::batch::{batch_with_schema, ChangeBatch};
-use crate::codec::{ordered_row_key, split_ordered_row};
+use crate::codec::{ordered_row_key, split_ordered_key, split_ordered_row};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
 use crate::ops::watermark::{behind_watermarks, raise};
@@ -44,6 +45,10 @@ pub struct TopNSpec {
     pub input_schema: SchemaRef,
     /// The input columns, then the row number if `row_number`.
     pub output_schema: SchemaRef,
+    /// The input only ever adds rows (the planner proves it): a row pushed out of a
+    /// partition's first `offset + limit` can never come back, so it is not kept. A
+    /// retraction arriving anyway is refused as a bug.
+    pub append_only_input: bool,
 }
 
 impl TopNSpec {
@@ -93,8 +98,8 @@ pub struct TopNOp {
     partitions: HashMap<Vec<u8>, Rows>,
     /// Partitions touched this epoch → their output before the epoch.
     before: HashMap<Vec<u8>, Output>,
-    /// (partition, order key, row) entries changed this epoch.
-    dirty: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+    /// Entries changed this epoch, as their state keys ([`ordered_row_key`]).
+    dirty: Vec<Vec<u8>>,
     /// Per partition expression: the watermark of its input column (plain columns only).
     watermarks: Vec<Option<ScalarValue>>,
     purged_at: Vec<Option<ScalarValue>>,
@@ -205,26 +210,70 @@ impl Operator for TopNOp {
         };
         let orders = self.order_codec.encode(&self.spec.order_columns(data)?)?;
         let rows = self.row_codec.encode(data.columns())?;
+        let append_only = self.spec.append_only_input;
+        let end = self.spec.offset.saturating_add(self.spec.limit);
         for (i, &w) in batch.weights().values().iter().enumerate() {
             if w == 0 {
                 continue;
             }
             let partition: &[u8] = partitions.as_ref().map(|p| p.row(i).data()).unwrap_or(&[]);
+            if append_only {
+                if w < 0 {
+                    return Err(DataflowError::Internal(
+                        "a retraction reached a top-N over an append-only input".into(),
+                    ));
+                }
+                // A row after the last of a full partition's first `end` rows changes
+                // nothing, now or later.
+                let beyond = end == 0
+                    || match self.partitions.get(partition) {
+                        Some(bucket) if bucket.len() >= end => {
+                            bucket.last_key_value().is_some_and(|((o, r), _)| {
+                                (orders.row(i).data(), rows.row(i).data())
+                                    > (o.as_slice(), r.as_slice())
+                            })
+                        }
+                        _ => false,
+                    };
+                if beyond {
+                    continue;
+                }
+            }
             if !self.before.contains_key(partition) {
                 let output = self.output(partition);
                 self.before.insert(partition.to_vec(), output);
             }
-            let entry = (orders.row(i).data().to_vec(), rows.row(i).data().to_vec());
-            let bucket = self.partitions.entry(partition.to_vec()).or_default();
-            let count = bucket.entry(entry.clone()).or_insert(0);
-            *count += w;
-            if *count == 0 {
-                bucket.remove(&entry);
-                if bucket.is_empty() {
-                    self.partitions.remove(partition);
+            let (order, row) = (orders.row(i).data(), rows.row(i).data());
+            self.dirty.push(ordered_row_key(partition, order, row));
+            let bucket = match self.partitions.get_mut(partition) {
+                Some(b) => b,
+                None => self.partitions.entry(partition.to_vec()).or_default(),
+            };
+            let entry = (order.to_vec(), row.to_vec());
+            match bucket.get_mut(&entry) {
+                Some(count) => {
+                    *count += w;
+                    if *count == 0 {
+                        bucket.remove(&entry);
+                        if bucket.is_empty() {
+                            self.partitions.remove(partition);
+                        }
+                    }
+                }
+                None => {
+                    bucket.insert(entry, w);
+                    if append_only {
+                        // Entries past the first `end` hold rows past position `end`
+                        // (each entry holds at least one row): they can never be output
+                        // again.
+                        while bucket.len() > end {
+                            if let Some(((order, row), _)) = bucket.pop_last() {
+                                self.dirty.push(ordered_row_key(partition, &order, &row));
+                            }
+                        }
+                    }
                 }
             }
-            self.dirty.push((partition.to_vec(), entry.0, entry.1));
         }
         Ok(())
     }
@@ -235,10 +284,15 @@ impl Operator for TopNOp {
         state: &mut StateWriter,
         out: &mut Vec<ChangeBatch>,
     ) -> Result<()> {
-        for (partition, order, row) in std::mem::take(&mut self.dirty) {
-            let key = ordered_row_key(&partition, &order, &row);
-            let entry = (order, row);
-            match self.partitions.get(&partition).and_then(|p| p.get(&entry)) {
+        // The lookup key, its buffers reused from entry to entry.
+        let mut entry: (Vec<u8>, Vec<u8>) = Default::default();
+        for key in std::mem::take(&mut self.dirty) {
+            let (partition, order, row) = split_ordered_key(&key)?;
+            entry.0.clear();
+            entry.0.extend_from_slice(order);
+            entry.1.clear();
+            entry.1.extend_from_slice(row);
+            match self.partitions.get(partition).and_then(|p| p.get(&entry)) {
                 Some(c) if *c < 0 => {
                     return Err(DataflowError::Internal(format!(
                         "top-N row multiplicity would become {c}"

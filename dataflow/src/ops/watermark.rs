@@ -213,10 +213,13 @@ pub fn monotone_column(e: &Arc<dyn PhysicalExpr>) -> Option<usize> {
         return Some(c.index());
     }
     if let Some(c) = e.downcast_ref::<CastExpr>() {
+        // Between times and their ticks (Int64: the planner moves a timestamp by a
+        // fixed interval as `CAST(CAST(ts AS BIGINT) + n AS TIMESTAMP)`). Only
+        // timestamps carry watermarks, and casting one to its ticks keeps the order.
         let time_like = |t: &DataType| {
             matches!(
                 t,
-                DataType::Timestamp(..) | DataType::Date32 | DataType::Date64
+                DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 | DataType::Int64
             )
         };
         return (time_like(c.cast_type())).then(|| monotone_column(c.expr()))?;
