@@ -6,12 +6,13 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BinaryArray, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
+use crate::avro::AvroFormat;
 use crate::error::{ConnectorError, Result};
 use crate::options::Options;
 use crate::source_errors::SourceErrors;
 
 /// How a record's bytes encode a row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Encoding {
     /// One JSON object per record; fields by column name, missing ones NULL.
     Json,
@@ -20,6 +21,8 @@ pub enum Encoding {
     /// Records as they are, in the columns of [`raw_schema`], for a consumer that
     /// decodes them itself (tables with `FORMAT UPSERT` or `FORMAT DEBEZIUM`).
     Raw,
+    /// Avro in the Confluent wire format, schemas from a registry.
+    Avro(Arc<AvroFormat>),
 }
 
 /// `key` and `value` bytes (either may be NULL, e.g. a Kafka tombstone) and the record's
@@ -59,12 +62,29 @@ pub fn raw_batch(
 }
 
 impl Encoding {
-    /// `ENCODE JSON` or `ENCODE CSV (delimiter = ',', without_header = 'false')`; the
-    /// format options are read from `options`. Returns the encoding and, for CSV,
+    pub fn is_json(&self) -> bool {
+        matches!(self, Encoding::Json)
+    }
+
+    pub fn is_raw(&self) -> bool {
+        matches!(self, Encoding::Raw)
+    }
+
+    pub fn is_avro(&self) -> bool {
+        matches!(self, Encoding::Avro(_))
+    }
+
+    /// `ENCODE JSON`, `ENCODE CSV (delimiter = ',', without_header = 'false')` or
+    /// `ENCODE AVRO (schema.registry = '...')`; the format options are read from
+    /// `options`. Returns the encoding and, for CSV,
     /// whether each file starts with a header line.
     pub fn from_format(encode: &str, options: &Options) -> Result<(Self, bool)> {
         match encode.to_ascii_uppercase().as_str() {
             "JSON" => Ok((Encoding::Json, false)),
+            "AVRO" => Ok((
+                Encoding::Avro(Arc::new(AvroFormat::from_options(options)?)),
+                false,
+            )),
             "CSV" => {
                 let delimiter = match options.get("delimiter") {
                     None => b',',
@@ -89,7 +109,7 @@ impl Encoding {
                 Ok((Encoding::Csv { delimiter }, !without_header))
             }
             other => Err(ConnectorError::Options(format!(
-                "ENCODE {other} is not supported yet (JSON and CSV are)"
+                "ENCODE {other} is not supported yet (JSON, CSV and AVRO are)"
             ))),
         }
     }
@@ -107,7 +127,7 @@ pub struct Record {
 /// batch. Tries the whole buffer at once; when that fails, decodes record by record and
 /// logs each bad one to `errors` (as `split`/offset) instead of returning it.
 pub fn decode_records(
-    encoding: Encoding,
+    encoding: &Encoding,
     schema: &SchemaRef,
     buf: &[u8],
     records: &[Record],
@@ -119,7 +139,7 @@ pub fn decode_records(
 
 /// [`decode_records`], also returning the offset of each decoded row's record.
 pub fn decode_records_with_offsets(
-    encoding: Encoding,
+    encoding: &Encoding,
     schema: &SchemaRef,
     buf: &[u8],
     records: &[Record],
@@ -129,7 +149,10 @@ pub fn decode_records_with_offsets(
     if records.is_empty() {
         return Ok((RecordBatch::new_empty(Arc::clone(schema)), Vec::new()));
     }
-    if encoding == Encoding::Raw {
+    if let Encoding::Avro(avro) = encoding {
+        return avro.decode(schema, buf, records, split, errors);
+    }
+    if encoding.is_raw() {
         let ranges: Vec<Option<(usize, usize)>> =
             records.iter().map(|r| Some((r.start, r.end))).collect();
         let offsets: Vec<u64> = records.iter().map(|r| r.offset).collect();
@@ -144,7 +167,7 @@ pub fn decode_records_with_offsets(
     }
     let shape_ok = |r: &Record| match encoding {
         Encoding::Json => is_object(&buf[r.start..r.end]),
-        Encoding::Csv { .. } | Encoding::Raw => true,
+        Encoding::Csv { .. } | Encoding::Raw | Encoding::Avro(_) => true,
     };
     if records.iter().all(shape_ok) {
         let whole = &buf[records[0].start..records[records.len() - 1].end];
@@ -186,7 +209,7 @@ fn is_object(payload: &[u8]) -> bool {
 /// Decodes exactly `rows` rows from `bytes`; an error when there are more or fewer or a
 /// value does not fit its column.
 fn decode(
-    encoding: Encoding,
+    encoding: &Encoding,
     schema: &SchemaRef,
     bytes: &[u8],
     rows: usize,
@@ -203,11 +226,13 @@ fn decode(
             }
             decoder.flush().map_err(|e| e.to_string())?
         }
-        Encoding::Raw => return Err("raw records are not decoded".to_string()),
+        Encoding::Raw | Encoding::Avro(_) => {
+            return Err("raw and Avro records are not decoded here".to_string())
+        }
         Encoding::Csv { delimiter } => {
             let mut decoder = arrow::csv::ReaderBuilder::new(Arc::clone(schema))
                 .with_header(false)
-                .with_delimiter(delimiter)
+                .with_delimiter(*delimiter)
                 .with_batch_size(rows + 1)
                 .build_decoder();
             let mut rest = bytes;
@@ -272,7 +297,7 @@ mod tests {
             r#"{"id": 4}"#,
             r#"{"id": 5}{"id": 6}"#,
         ]);
-        let b = decode_records(Encoding::Json, &schema(), &buf, &recs, "0", &errors).unwrap();
+        let b = decode_records(&Encoding::Json, &schema(), &buf, &recs, "0", &errors).unwrap();
         let ids: Vec<i64> = b.column(0).as_primitive::<Int64Type>().values().to_vec();
         assert_eq!(ids, vec![1, 4]);
         let e = errors.entries();
@@ -287,7 +312,7 @@ mod tests {
         let errors = SourceErrors::new(10);
         let (buf, recs) = records(&["1,a", "2,\"b,c\"", "x,d", "4,"]);
         let b = decode_records(
-            Encoding::Csv { delimiter: b',' },
+            &Encoding::Csv { delimiter: b',' },
             &schema(),
             &buf,
             &recs,

@@ -1,4 +1,5 @@
-//! Connector errors: all of them the user's (bad options or column definitions).
+//! Connector errors: the user's (bad options or column definitions), or a service the
+//! connector needs being away.
 
 use thiserror::Error;
 
@@ -10,6 +11,10 @@ pub enum ConnectorError {
     /// The declared columns do not fit the connector.
     #[error("{0}")]
     Schema(String),
+    /// Something the connector needs (a schema registry) cannot be reached now; the same
+    /// records can be read again later.
+    #[error("{0}")]
+    Unavailable(String),
     /// Writing a sink's output failed.
     #[error("{0}")]
     Write(String),

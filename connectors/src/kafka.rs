@@ -336,7 +336,7 @@ impl Split for KafkaSplit {
         let mut keys: Vec<Option<(usize, usize)>> = Vec::new();
         let mut null_value: Vec<bool> = Vec::new();
         let mut timestamps: Vec<Option<i64>> = Vec::new();
-        let raw = self.config.encoding == Encoding::Raw;
+        let raw = self.config.encoding.is_raw();
         let metadata = raw || !self.config.includes.is_empty();
         let mut next = self.next.unwrap_or(0);
         let mut caught_up = false;
@@ -400,14 +400,26 @@ impl Split for KafkaSplit {
             let offsets = records.iter().map(|r| r.offset).collect();
             return Ok(Some(raw_batch(&key_buf, &keys, &buf, &values, offsets)?));
         }
-        let (batch, kept) = decode_records_with_offsets(
-            self.config.encoding,
+        let decoded = decode_records_with_offsets(
+            &self.config.encoding,
             &self.config.schema,
             &buf,
             &records,
             &partition.to_string(),
             &self.config.errors,
-        )?;
+        );
+        let (batch, kept) = match decoded {
+            Err(ConnectorError::Unavailable(e)) => {
+                // The records cannot be decoded now (the schema registry is away): read
+                // them again next epoch.
+                tracing::warn!(topic, partition, error = %e, "cannot decode records yet; retrying");
+                self.next = i64::try_from(records[0].offset).ok();
+                self.consumer = None;
+                self.caught_up = true;
+                return Ok(Some(RecordBatch::new_empty(schema)));
+            }
+            other => other?,
+        };
         if self.config.includes.is_empty() {
             return Ok(Some(batch));
         }

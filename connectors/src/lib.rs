@@ -8,6 +8,7 @@
 //! Built in: [`nexmark`] (the Nexmark auction benchmark's person/auction/bid events) and
 //! [`datagen`] (per-column sequence and random generators); external: [`kafka`].
 
+pub mod avro;
 pub mod datagen;
 pub mod decode;
 pub mod error;

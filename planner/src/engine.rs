@@ -47,7 +47,7 @@ use crate::error::{PlanError, Result};
 use crate::ingest::Ingest;
 use crate::pg_catalog::Session;
 use crate::sinks::sink_spec;
-use crate::sources::SourceDef;
+use crate::sources::{AvroColumns, SourceDef};
 use crate::stream::StreamPlanner;
 use crate::types::{column_field, normalize_ident, normalize_name, sql_type_name};
 
@@ -250,6 +250,9 @@ struct SourceMeta {
     sql: String,
     /// When it was created (ms since the epoch): fixed, so regenerated data is the same.
     created_ms: i64,
+    /// `ENCODE AVRO` without declared columns: the schema they were derived from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    avro_schema: Option<String>,
 }
 
 struct SourceEntry {
@@ -768,7 +771,12 @@ impl Database {
                             meta.name
                         )));
                     };
-                    let def = source_def(&meta.name, &cs, meta.created_ms)?;
+                    let def = source_def(
+                        &meta.name,
+                        &cs,
+                        meta.created_ms,
+                        AvroColumns::Recorded(meta.avro_schema.as_deref()),
+                    )?;
                     inner.next_order = inner.next_order.max(meta.order + 1);
                     changed.insert(meta.name.clone());
                     inner.sources.insert(
@@ -1875,7 +1883,7 @@ impl Database {
         }
         let name = normalize_name(&cs.table.name)?;
         let created_ms = chrono::Utc::now().timestamp_millis();
-        let def = source_def(&name, cs, created_ms)?;
+        let def = source_def(&name, cs, created_ms, AvroColumns::Registry)?;
         if let Some(decl) = &cs.watermark {
             let ctx = self.context(&self.snapshot(), None)?;
             watermark_spec(&ctx, &def.schema(), decl)?;
@@ -1889,6 +1897,7 @@ impl Database {
             order: inner.next_order,
             sql: sql.to_string(),
             created_ms,
+            avro_schema: def.avro_schema().map(str::to_string),
         };
         let mut batch = EpochBatch::new(inner.epoch + 1);
         batch.put_catalog(&name, catalog_bytes(&CatalogEntry::Source(meta.clone()))?);
@@ -2960,7 +2969,12 @@ fn quote_ident(s: &str) -> String {
 
 /// The schema and primary key columns of a `CREATE TABLE`.
 /// The definition of a source from its statement.
-fn source_def(name: &str, cs: &CreateSource, created_ms: i64) -> Result<SourceDef> {
+fn source_def(
+    name: &str,
+    cs: &CreateSource,
+    created_ms: i64,
+    avro_columns: AvroColumns<'_>,
+) -> Result<SourceDef> {
     let declared = if cs.table.columns.is_empty() {
         Arc::new(Schema::empty())
     } else {
@@ -2980,6 +2994,7 @@ fn source_def(name: &str, cs: &CreateSource, created_ms: i64) -> Result<SourceDe
         &cs.include,
         declared,
         created_ms,
+        avro_columns,
     )
 }
 

@@ -1,11 +1,13 @@
 //! Sources declared with `CREATE SOURCE`: their columns checked against the connector,
 //! and the connector's splits handed to the dataflow.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::compute::cast;
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use sabot_connectors::avro::AvroFormat;
 use sabot_connectors::datagen::DatagenConfig;
 use sabot_connectors::decode::Encoding;
 use sabot_connectors::filesystem::FilesystemConfig;
@@ -18,6 +20,7 @@ use sabot_dataflow::DataflowError;
 use sabot_sql::Format;
 
 use crate::error::{PlanError, Result};
+use crate::types::SQL_TYPE_KEY;
 
 #[derive(Debug, Clone)]
 enum Connector {
@@ -36,11 +39,24 @@ pub struct SourceDef {
     schema: SchemaRef,
     /// For each declared column, the connector column it reads.
     projection: Vec<usize>,
+    /// `ENCODE AVRO` with no declared columns: the registry's schema they came from.
+    avro_schema: Option<String>,
+}
+
+/// Where an Avro source without declared columns takes them from.
+#[derive(Debug, Clone, Copy)]
+pub enum AvroColumns<'a> {
+    /// The schema registry's latest schema for the topic's values (`CREATE SOURCE`).
+    Registry,
+    /// The schema recorded when the source was created (recovery: the columns do not
+    /// change, and the registry need not be up).
+    Recorded(Option<&'a str>),
 }
 
 fn options_error(e: ConnectorError) -> PlanError {
     match e {
         ConnectorError::Schema(m) => PlanError::user("42804", m),
+        ConnectorError::Unavailable(m) => PlanError::user("08000", m),
         other => PlanError::user("22023", other.to_string()),
     }
 }
@@ -55,6 +71,7 @@ impl SourceDef {
         include: &[(String, Option<String>)],
         declared: SchemaRef,
         created_ms: i64,
+        avro_columns: AvroColumns<'_>,
     ) -> Result<Self> {
         let options = Options::new(options.iter().cloned());
         let connector = options
@@ -83,7 +100,7 @@ impl SourceDef {
         })?;
         format_options.check_all_used().map_err(options_error)?;
         let generated = |what: &str| -> Result<()> {
-            if encoding != Encoding::Json || header {
+            if !encoding.is_json() || header {
                 return Err(PlanError::user(
                     "22023",
                     format!("the {what} connector generates rows itself: only FORMAT PLAIN ENCODE JSON (or none) applies"),
@@ -91,6 +108,12 @@ impl SourceDef {
             }
             Ok(())
         };
+        let mut avro_schema = None;
+        let mut declared = declared;
+        if let (Encoding::Avro(avro), "kafka") = (&encoding, connector.as_str()) {
+            let topic = options.get("topic").unwrap_or_default();
+            (declared, avro_schema) = avro_source_columns(avro, topic, declared, avro_columns)?;
+        }
         let (connector, produced) = match connector.as_str() {
             "nexmark" => {
                 generated("nexmark")?;
@@ -131,7 +154,12 @@ impl SourceDef {
                     encoding,
                     header,
                 )
-                .map_err(options_error)?;
+                .map_err(|e| match e {
+                    ConnectorError::Options(m) if m.starts_with("ENCODE") => {
+                        PlanError::user("0A000", m)
+                    }
+                    other => options_error(other),
+                })?;
                 (Connector::Filesystem(c), Arc::clone(&declared))
             }
             "s3" => {
@@ -212,7 +240,13 @@ impl SourceDef {
             connector,
             schema,
             projection,
+            avro_schema,
         })
+    }
+
+    /// The Avro schema an undeclared source's columns came from, to be recorded.
+    pub fn avro_schema(&self) -> Option<&str> {
+        self.avro_schema.as_deref()
     }
 
     pub fn schema(&self) -> SchemaRef {
@@ -353,4 +387,58 @@ impl SourceDef {
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// The columns of a Kafka source with `ENCODE AVRO`, and the schema they were derived
+/// from (when none were declared). Declared columns are checked against the subject's
+/// latest schema at `CREATE SOURCE`, when it has one.
+fn avro_source_columns(
+    avro: &AvroFormat,
+    topic: &str,
+    declared: SchemaRef,
+    at: AvroColumns<'_>,
+) -> Result<(SchemaRef, Option<String>)> {
+    let subject = format!("{topic}-value");
+    let text = match at {
+        AvroColumns::Recorded(text) => text.map(str::to_string),
+        AvroColumns::Registry => avro.latest(&subject).map_err(options_error)?,
+    };
+    let Some(text) = text else {
+        if declared.fields().is_empty() {
+            return Err(PlanError::user(
+                "42804",
+                format!("the schema registry has no subject {subject} to take the columns from: declare them"),
+            ));
+        }
+        // Declared before anything was registered: checked as records come.
+        return Ok((declared, None));
+    };
+    if !declared.fields().is_empty() {
+        if matches!(at, AvroColumns::Registry) {
+            AvroFormat::check(&text, &declared)
+                .map_err(|e| PlanError::user("42804", format!("subject {subject}: {e}")))?;
+        }
+        return Ok((declared, None));
+    }
+    let fields: Vec<Field> = AvroFormat::columns(&text)
+        .map_err(|e| PlanError::user("42804", format!("subject {subject}: {e}")))?
+        .into_iter()
+        .map(|(f, nested)| {
+            if nested {
+                f.with_metadata(HashMap::from([(
+                    SQL_TYPE_KEY.to_string(),
+                    "jsonb".to_string(),
+                )]))
+            } else {
+                f
+            }
+        })
+        .collect();
+    if fields.is_empty() {
+        return Err(PlanError::user(
+            "42804",
+            format!("subject {subject}: the Avro schema has no fields to read"),
+        ));
+    }
+    Ok((Arc::new(Schema::new(fields)), Some(text)))
 }

@@ -1,0 +1,350 @@
+//! A Confluent schema registry client: schemas by id and a subject's latest schema,
+//! over HTTP/1.1 (`GET`, JSON answers).
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most an answer may be: schemas are small.
+const MAX_ANSWER: u64 = 16 << 20;
+
+/// Why the registry did not give a schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryError {
+    /// The registry answered that it does not have it (404).
+    NotFound(String),
+    /// The registry could not be reached or failed (network, 5xx): try again later.
+    Unavailable(String),
+    /// The registry answered something that is not a schema (4xx other than 404,
+    /// malformed JSON).
+    Bad(String),
+}
+
+impl std::fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegistryError::NotFound(m) | RegistryError::Unavailable(m) | RegistryError::Bad(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+/// One registry address: `http://host:port[/prefix]`.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    /// `host:port`, for the connection and the Host header.
+    authority: String,
+    prefix: String,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    endpoints: Vec<Endpoint>,
+    /// `Basic ...` credentials.
+    authorization: Option<String>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("endpoints", &self.endpoints)
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "(set)"),
+            )
+            .finish()
+    }
+}
+
+/// Standard base64 with padding (HTTP basic authentication).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+impl Registry {
+    /// `urls`: one or more comma-separated `http://host:port[/path]` addresses, tried in
+    /// order.
+    pub fn new(urls: &str, user: Option<&str>, password: Option<&str>) -> Result<Self, String> {
+        let mut endpoints = Vec::new();
+        for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let rest = if let Some(r) = url.strip_prefix("http://") {
+                r
+            } else if url.starts_with("https://") {
+                return Err(format!(
+                    "schema.registry {url}: https is not supported yet; use an http:// address"
+                ));
+            } else {
+                return Err(format!(
+                    "schema.registry must be http://host:port, not '{url}'"
+                ));
+            };
+            let (authority, path) = match rest.find('/') {
+                Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+                None => (rest, ""),
+            };
+            if authority.is_empty() || authority.contains('@') {
+                return Err(format!(
+                    "schema.registry '{url}' has no host (credentials go in schema.registry.username and schema.registry.password)"
+                ));
+            }
+            let authority = if authority.contains(':') {
+                authority.to_string()
+            } else {
+                format!("{authority}:80")
+            };
+            endpoints.push(Endpoint {
+                authority,
+                prefix: path.to_string(),
+            });
+        }
+        if endpoints.is_empty() {
+            return Err("schema.registry is empty".into());
+        }
+        let authorization = match (user, password) {
+            (None, None) => None,
+            (Some(u), p) => Some(format!(
+                "Basic {}",
+                base64(format!("{u}:{}", p.unwrap_or_default()).as_bytes())
+            )),
+            (None, Some(_)) => {
+                return Err("schema.registry.password needs schema.registry.username".into())
+            }
+        };
+        Ok(Self {
+            endpoints,
+            authorization,
+        })
+    }
+
+    /// The schema text of a schema id.
+    pub fn schema_by_id(&self, id: u32) -> Result<String, RegistryError> {
+        let answer = self.get(&format!("/schemas/ids/{id}"))?;
+        schema_text(&answer, &format!("schema id {id}"))
+    }
+
+    /// The latest schema text registered under `subject`.
+    pub fn latest(&self, subject: &str) -> Result<String, RegistryError> {
+        let answer = self.get(&format!("/subjects/{}/versions/latest", percent(subject)))?;
+        schema_text(&answer, &format!("subject {subject}"))
+    }
+
+    /// `GET path` from the first endpoint that answers.
+    fn get(&self, path: &str) -> Result<Value, RegistryError> {
+        let mut last = None;
+        for e in &self.endpoints {
+            match self.get_from(e, path) {
+                Err(RegistryError::Unavailable(m)) => last = Some(m),
+                other => return other,
+            }
+        }
+        Err(RegistryError::Unavailable(last.unwrap_or_default()))
+    }
+
+    fn get_from(&self, e: &Endpoint, path: &str) -> Result<Value, RegistryError> {
+        let url = format!("http://{}{}{path}", e.authority, e.prefix);
+        let unavailable =
+            |what: String| RegistryError::Unavailable(format!("schema registry {url}: {what}"));
+        let addr = e
+            .authority
+            .to_socket_addrs()
+            .map_err(|err| unavailable(err.to_string()))?
+            .next()
+            .ok_or_else(|| unavailable("no address".into()))?;
+        let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+            .map_err(|err| unavailable(err.to_string()))?;
+        let io = |err: std::io::Error| unavailable(err.to_string());
+        stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+        stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+        let mut request = format!(
+            "GET {}{path} HTTP/1.1\r\nHost: {}\r\nAccept: application/vnd.schemaregistry.v1+json, application/json\r\nUser-Agent: sabot\r\nConnection: close\r\n",
+            e.prefix, e.authority
+        );
+        if let Some(a) = &self.authorization {
+            request.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).map_err(io)?;
+        let mut answer = Vec::new();
+        stream
+            .take(MAX_ANSWER)
+            .read_to_end(&mut answer)
+            .map_err(io)?;
+        let (status, body) = parse_response(&answer).map_err(unavailable)?;
+        let json = || -> Result<Value, RegistryError> {
+            serde_json::from_slice(&body).map_err(|err| {
+                RegistryError::Bad(format!(
+                    "schema registry {url}: the answer is not JSON: {err}"
+                ))
+            })
+        };
+        let message = || {
+            json()
+                .ok()
+                .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect())
+        };
+        match status {
+            200..=299 => json(),
+            404 => Err(RegistryError::NotFound(format!(
+                "schema registry {url}: not found ({})",
+                message()
+            ))),
+            401 | 403 => Err(RegistryError::Bad(format!(
+                "schema registry {url}: not allowed ({status}: {})",
+                message()
+            ))),
+            500.. => Err(unavailable(format!("{status}: {}", message()))),
+            _ => Err(RegistryError::Bad(format!(
+                "schema registry {url}: {status}: {}",
+                message()
+            ))),
+        }
+    }
+}
+
+/// The `schema` of an answer; only Avro schemas (`schemaType` absent or `AVRO`).
+fn schema_text(answer: &Value, what: &str) -> Result<String, RegistryError> {
+    if let Some(t) = answer.get("schemaType").and_then(Value::as_str) {
+        if !t.eq_ignore_ascii_case("AVRO") {
+            return Err(RegistryError::Bad(format!(
+                "{what} is a {t} schema, not Avro"
+            )));
+        }
+    }
+    answer
+        .get("schema")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| {
+            RegistryError::Bad(format!("the registry's answer for {what} has no schema"))
+        })
+}
+
+/// Escapes what a path segment cannot hold.
+fn percent(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The status and body of an HTTP/1.1 response (`Content-Length`, chunked, or to the
+/// end of the connection).
+fn parse_response(answer: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    let head_end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("an incomplete HTTP response")?;
+    let head = std::str::from_utf8(&answer[..head_end]).map_err(|_| "a garbled HTTP response")?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or("an HTTP response without a status")?;
+    let mut chunked = false;
+    let mut length = None;
+    for l in lines {
+        let Some((name, value)) = l.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse::<usize>().ok();
+        }
+    }
+    let body = &answer[head_end + 4..];
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = body;
+        loop {
+            let line_end = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or("a truncated chunked HTTP body")?;
+            let size_text =
+                std::str::from_utf8(&rest[..line_end]).map_err(|_| "a garbled chunk")?;
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| "a garbled chunk size")?;
+            rest = &rest[line_end + 2..];
+            if size == 0 {
+                return Ok((status, out));
+            }
+            if rest.len() < size {
+                return Err("a truncated chunked HTTP body".into());
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = rest.get(size + 2..).unwrap_or_default();
+        }
+    }
+    match length {
+        Some(n) if body.len() < n => Err("a truncated HTTP body".into()),
+        Some(n) => Ok((status, body[..n].to_vec())),
+        None => Ok((status, body.to_vec())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_and_responses() {
+        assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(base64(b"a"), "YQ==");
+        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+        assert_eq!(parse_response(plain).unwrap(), (200, b"{}".to_vec()));
+        let chunked =
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n3\r\n\":1\r\n1\r\n}\r\n0\r\n\r\n";
+        assert_eq!(
+            parse_response(chunked).unwrap(),
+            (404, br#"{"a":1}"#.to_vec())
+        );
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}").is_err());
+    }
+
+    #[test]
+    fn addresses() {
+        assert!(Registry::new("https://r:8081", None, None).is_err());
+        assert!(Registry::new("r:8081", None, None).is_err());
+        let r = Registry::new("http://a:1/base/, http://b", Some("u"), None).unwrap();
+        assert_eq!(r.endpoints[0].prefix, "/base");
+        assert_eq!(r.endpoints[1].authority, "b:80");
+        assert_eq!(percent("topic-value"), "topic-value");
+        assert_eq!(percent("a b/c"), "a%20b%2Fc");
+        // Nothing listens on port 1: unavailable, not an answer.
+        let down = Registry::new("http://127.0.0.1:1", None, None).unwrap();
+        assert!(matches!(
+            down.schema_by_id(1),
+            Err(RegistryError::Unavailable(_))
+        ));
+    }
+}
