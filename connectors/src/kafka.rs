@@ -236,6 +236,7 @@ impl KafkaConfig {
                     caught_up: false,
                     high: None,
                     bytes: 0,
+                    retry_at: None,
                 })
             })
             .collect()
@@ -256,7 +257,12 @@ pub struct KafkaSplit {
     high: Option<(i64, std::time::Instant)>,
     /// Key and value bytes of the records read since the split was made.
     bytes: u64,
+    /// Records could not be decoded (the schema registry was away): not before then.
+    retry_at: Option<std::time::Instant>,
 }
+
+/// How long a split waits before reading again records it could not decode.
+const DECODE_RETRY: Duration = Duration::from_secs(1);
 
 /// How often a split asks the broker for its partition's high watermark (for lag).
 const HIGH_WATERMARK_EVERY: Duration = Duration::from_secs(5);
@@ -317,6 +323,14 @@ impl Split for KafkaSplit {
         let schema = Arc::clone(&self.config.output);
         let topic = self.config.topic.clone();
         let partition = self.partition;
+        if self
+            .retry_at
+            .is_some_and(|at| std::time::Instant::now() < at)
+        {
+            self.caught_up = true;
+            return Ok(Some(RecordBatch::new_empty(schema)));
+        }
+        self.retry_at = None;
         if let Err(e) = self.connect() {
             // The broker may be away: try again next epoch.
             tracing::warn!(topic, partition, error = %e, "kafka source not connected; retrying");
@@ -416,6 +430,7 @@ impl Split for KafkaSplit {
                 self.next = i64::try_from(records[0].offset).ok();
                 self.consumer = None;
                 self.caught_up = true;
+                self.retry_at = Some(std::time::Instant::now() + DECODE_RETRY);
                 return Ok(Some(RecordBatch::new_empty(schema)));
             }
             other => other?,

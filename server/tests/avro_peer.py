@@ -7,6 +7,10 @@ Driven over stdin, one JSON command per line; answers one JSON line each:
   {"cmd": "produce", "topic": t, "partition": p, "schema": s, "values": [...],
    "key_schema": ks, "keys": [...]}      values may hold null (a tombstone)
   {"cmd": "produce_raw", "topic": t, "partition": p, "hex": ["00ff..", ...]}
+  {"cmd": "consume", "topic": t, "min": n}
+                                        every record of t (at least n), keys and values
+                                        decoded by AvroDeserializer with the schemas the
+                                        registry has: {"records": [{"key", "value"}]}
   {"cmd": "registry", "ids": false}     answer 503 for schemas by id (a registry that is
                                         failing); true: answer again
 
@@ -21,9 +25,11 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from confluent_kafka import Producer
+import time
+
+from confluent_kafka import Consumer, Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 USER, PASSWORD = "sabot", "s3cret"
@@ -120,6 +126,34 @@ def coerce(schema, value):
     return out
 
 
+def consume(bootstrap, client, topic, least):
+    """Every record of `topic`: at least `least`, then until none comes for a second."""
+    deserialize = AvroDeserializer(client)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"peer-{time.time()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    out = []
+    deadline = time.time() + 60
+    quiet_since = time.time()
+    while time.time() < deadline:
+        msg = consumer.poll(0.2)
+        if msg is None or msg.error():
+            if len(out) >= least and time.time() - quiet_since > 1.0:
+                break
+            continue
+        quiet_since = time.time()
+        key = msg.key()
+        value = msg.value()
+        out.append({
+            "key": None if key is None else deserialize(
+                key, SerializationContext(topic, MessageField.KEY)),
+            "value": None if value is None else deserialize(
+                value, SerializationContext(topic, MessageField.VALUE)),
+        })
+    consumer.close()
+    return out
+
+
 def main():
     bootstrap = sys.argv[1]
     registry = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -157,6 +191,10 @@ def main():
                 producer.produce(cmd["topic"], value=bytes.fromhex(h),
                                  partition=cmd["partition"])
             producer.flush(30)
+        elif cmd["cmd"] == "consume":
+            records = consume(bootstrap, client, cmd["topic"], cmd["min"])
+            print(json.dumps({"ok": True, "records": records}, default=str), flush=True)
+            continue
         elif cmd["cmd"] == "registry":
             if cmd["ids"]:
                 IDS_UP.set()

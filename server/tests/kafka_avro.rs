@@ -53,15 +53,31 @@ impl Peer {
         }
     }
 
-    fn send(&mut self, cmd: Value) {
+    fn send(&mut self, cmd: Value) -> Value {
         writeln!(self.stdin, "{cmd}").unwrap();
         self.stdin.flush().unwrap();
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
-        assert!(
-            line.contains("\"ok\""),
+        let answer: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("avro_peer.py answered {line:?} to {cmd}: {e}"));
+        assert_eq!(
+            answer["ok"],
+            json!(true),
             "avro_peer.py answered {line:?} to {cmd}"
         );
+        answer
+    }
+
+    /// Every record of `topic` (at least `least`), decoded by Confluent's
+    /// AvroDeserializer: `(key, value)`.
+    fn consume(&mut self, topic: &str, least: usize) -> Vec<(Value, Value)> {
+        let answer = self.send(json!({"cmd": "consume", "topic": topic, "min": least}));
+        answer["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["key"].clone(), r["value"].clone()))
+            .collect()
     }
 
     fn produce(&mut self, topic: &str, partition: i32, schema: &Value, values: Vec<Value>) {
@@ -144,7 +160,14 @@ async fn avro_sources_and_tables_through_a_schema_registry() {
         return;
     };
     let cluster = MockCluster::<DefaultProducerContext>::new(1).expect("mock Kafka cluster");
-    for (topic, partitions) in [("orders", 3), ("users", 1), ("cdc", 1)] {
+    let topics = [
+        ("orders", 3),
+        ("users", 1),
+        ("cdc", 1),
+        ("status_out", 2),
+        ("users_out", 1),
+    ];
+    for (topic, partitions) in topics {
         cluster
             .create_topic(topic, partitions, 1)
             .expect("create topic");
@@ -372,6 +395,17 @@ async fn avro_sources_and_tables_through_a_schema_registry() {
     assert_eq!(code, "42804", "{msg}");
     assert!(msg.contains("column customer is string"), "{msg}");
 
+    // Sinks: Debezium envelopes of a view's changes and upserts of a table, in Avro.
+    client
+        .batch_execute(&format!(
+            "CREATE SINK status_out FROM per_status WITH ({}) FORMAT DEBEZIUM {avro};
+             CREATE SINK users_out FROM users WITH ({}, primary_key = 'id') FORMAT UPSERT {avro};",
+            kafka("status_out"),
+            kafka("users_out")
+        ))
+        .await
+        .unwrap();
+
     // After a crash the columns are those recorded at CREATE SOURCE (the registry's
     // latest schema has changed since), and every record counts once.
     peer.produce("orders", 0, &v1, orders(1, 3000, 10));
@@ -389,5 +423,56 @@ async fn avro_sources_and_tables_through_a_schema_registry() {
     assert_eq!(
         rows(&client, "SELECT * FROM users ORDER BY id").await,
         vec![vec!["1", "ann", "9"], vec!["3", "cy", "7"]]
+    );
+
+    // The sinks' topics, decoded with the registered schemas by Confluent's
+    // deserializer: replaying the envelopes gives the view's rows, and the last record
+    // per key the table's.
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let row_of = |r: &Value| {
+        ["status", "n", "ids", "amount", "notes"]
+            .iter()
+            .map(|c| text(&r[*c]))
+            .collect::<Vec<_>>()
+    };
+    let mut replayed: std::collections::HashMap<Vec<String>, i64> = Default::default();
+    for (key, value) in peer.consume("status_out", 3) {
+        assert_eq!(key, Value::Null);
+        match value["op"].as_str() {
+            Some("c") => *replayed.entry(row_of(&value["after"])).or_default() += 1,
+            Some("d") => *replayed.entry(row_of(&value["before"])).or_default() -= 1,
+            other => panic!("op {other:?} in {value}"),
+        }
+    }
+    replayed.retain(|_, n| *n != 0);
+    let mut replayed: Vec<Vec<String>> = replayed
+        .into_iter()
+        .flat_map(|(row, n)| {
+            assert_eq!(n, 1, "{row:?} replayed {n} times");
+            Some(row)
+        })
+        .collect();
+    replayed.sort();
+    assert_eq!(
+        replayed,
+        rows(
+            &client,
+            "SELECT status, n, ids, amount, notes FROM per_status ORDER BY status"
+        )
+        .await
+    );
+    let mut users: std::collections::BTreeMap<i64, Value> = Default::default();
+    for (key, value) in peer.consume("users_out", 2) {
+        users.insert(key["id"].as_i64().unwrap(), value);
+    }
+    assert_eq!(
+        users.into_iter().collect::<Vec<_>>(),
+        vec![
+            (1, json!({"id": 1, "name": "ann", "score": 9})),
+            (3, json!({"id": 3, "name": "cy", "score": 7})),
+        ]
     );
 }

@@ -15,6 +15,7 @@
 mod read;
 pub mod registry;
 mod schema;
+pub mod write;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,10 +26,12 @@ use arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
 use crate::decode::Record;
 use crate::error::{ConnectorError, Result};
 use crate::options::Options;
+use crate::sink::SinkFormat;
 use crate::source_errors::SourceErrors;
 use read::Plan;
 use registry::{Registry, RegistryError};
 pub use schema::Node;
+use write::AvroEncoder;
 
 /// A plan for one writer schema id and one set of target columns, or why there is none.
 type PlanEntry = Arc<std::result::Result<Plan, String>>;
@@ -65,21 +68,70 @@ fn registry_error(e: RegistryError) -> ConnectorError {
     }
 }
 
+/// The registry of `schema.registry` (required), `schema.registry.username`,
+/// `schema.registry.password`.
+fn registry_of(options: &Options) -> Result<Registry> {
+    let url = options.get("schema.registry").ok_or_else(|| {
+        ConnectorError::Options(
+            "schema.registry = 'http://host:port' is needed for ENCODE AVRO (records carry the id of their schema there)".into(),
+        )
+    })?;
+    Registry::new(
+        url,
+        options.get("schema.registry.username"),
+        options.get("schema.registry.password"),
+    )
+    .map_err(ConnectorError::Options)
+}
+
+/// `ENCODE AVRO` for a Kafka sink: its value schema (and, for `FORMAT UPSERT`, key
+/// schema), registered under the topic's subjects when the sink is made.
+#[derive(Debug, Clone)]
+pub struct AvroSink {
+    pub value: AvroEncoder,
+    pub key: Option<AvroEncoder>,
+}
+
+impl AvroSink {
+    /// Makes the schemas of sink `name`'s records (rows of `columns`; Debezium
+    /// envelopes for `FORMAT DEBEZIUM`; `key` columns as the key for `FORMAT UPSERT`)
+    /// and registers them as `<topic>-value` and `<topic>-key`.
+    pub fn try_new(
+        options: &Options,
+        name: &str,
+        topic: &str,
+        format: SinkFormat,
+        columns: &SchemaRef,
+        key: &[usize],
+    ) -> Result<Self> {
+        let registry = registry_of(options)?;
+        let value = match format {
+            SinkFormat::Debezium => write::debezium_schema(name, columns.fields())?,
+            _ => write::record_schema(name, columns.fields())?,
+        };
+        let register = |subject: String, schema: serde_json::Value| -> Result<AvroEncoder> {
+            let id = registry
+                .register(&subject, &schema.to_string())
+                .map_err(registry_error)?;
+            Ok(AvroEncoder::new(id))
+        };
+        let value = register(format!("{topic}-value"), value)?;
+        let key = if format == SinkFormat::Upsert {
+            let fields = columns.project(key)?.fields().clone();
+            let schema = write::record_schema(&format!("{name}_key"), &fields)?;
+            Some(register(format!("{topic}-key"), schema)?)
+        } else {
+            None
+        };
+        Ok(Self { value, key })
+    }
+}
+
 impl AvroFormat {
     /// `schema.registry` (required), `schema.registry.username`,
     /// `schema.registry.password`.
     pub fn from_options(options: &Options) -> Result<Self> {
-        let url = options.get("schema.registry").ok_or_else(|| {
-            ConnectorError::Options(
-                "schema.registry = 'http://host:port' is needed for ENCODE AVRO (records carry the id of their schema there)".into(),
-            )
-        })?;
-        let registry = Registry::new(
-            url,
-            options.get("schema.registry.username"),
-            options.get("schema.registry.password"),
-        )
-        .map_err(ConnectorError::Options)?;
+        let registry = registry_of(options)?;
         Ok(Self {
             registry,
             writers: Mutex::new(HashMap::new()),

@@ -148,11 +148,33 @@ impl Registry {
         schema_text(&answer, &format!("subject {subject}"))
     }
 
-    /// `GET path` from the first endpoint that answers.
+    /// Registers `schema` under `subject` (or finds it there): its id.
+    pub fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
+        let body = serde_json::json!({ "schema": schema }).to_string();
+        let answer = self.request(
+            &format!("/subjects/{}/versions", percent(subject)),
+            Some(&body),
+        )?;
+        answer
+            .get("id")
+            .and_then(Value::as_u64)
+            .and_then(|id| u32::try_from(id).ok())
+            .ok_or_else(|| {
+                RegistryError::Bad(format!(
+                    "the registry's answer to registering subject {subject} has no id: {answer}"
+                ))
+            })
+    }
+
     fn get(&self, path: &str) -> Result<Value, RegistryError> {
+        self.request(path, None)
+    }
+
+    /// `GET path`, or `POST path` with a JSON `body`, to the first endpoint that answers.
+    fn request(&self, path: &str, body: Option<&str>) -> Result<Value, RegistryError> {
         let mut last = None;
         for e in &self.endpoints {
-            match self.get_from(e, path) {
+            match self.request_to(e, path, body) {
                 Err(RegistryError::Unavailable(m)) => last = Some(m),
                 other => return other,
             }
@@ -160,7 +182,12 @@ impl Registry {
         Err(RegistryError::Unavailable(last.unwrap_or_default()))
     }
 
-    fn get_from(&self, e: &Endpoint, path: &str) -> Result<Value, RegistryError> {
+    fn request_to(
+        &self,
+        e: &Endpoint,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<Value, RegistryError> {
         let url = format!("http://{}{}{path}", e.authority, e.prefix);
         let unavailable =
             |what: String| RegistryError::Unavailable(format!("schema registry {url}: {what}"));
@@ -175,14 +202,22 @@ impl Registry {
         let io = |err: std::io::Error| unavailable(err.to_string());
         stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
         stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+        let method = if body.is_some() { "POST" } else { "GET" };
         let mut request = format!(
-            "GET {}{path} HTTP/1.1\r\nHost: {}\r\nAccept: application/vnd.schemaregistry.v1+json, application/json\r\nUser-Agent: sabot\r\nConnection: close\r\n",
+            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nAccept: application/vnd.schemaregistry.v1+json, application/json\r\nUser-Agent: sabot\r\nConnection: close\r\n",
             e.prefix, e.authority
         );
         if let Some(a) = &self.authorization {
             request.push_str(&format!("Authorization: {a}\r\n"));
         }
+        if let Some(b) = body {
+            request.push_str(&format!(
+                "Content-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\n",
+                b.len()
+            ));
+        }
         request.push_str("\r\n");
+        request.push_str(body.unwrap_or_default());
         stream.write_all(request.as_bytes()).map_err(io)?;
         let mut answer = Vec::new();
         stream

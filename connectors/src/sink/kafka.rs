@@ -1,4 +1,5 @@
-//! The `kafka` sink: each change is one JSON record, written exactly once across crashes.
+//! The `kafka` sink: each change is one record (JSON, or Avro through a schema
+//! registry), written exactly once across crashes.
 //!
 //! ```sql
 //! CREATE SINK s FROM mv WITH (
@@ -25,7 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Int64Array, RecordBatch};
+use arrow::array::{Int64Array, RecordBatch, UInt32Array};
+use arrow::compute::take_record_batch;
 use arrow::row::{RowConverter, SortField};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -34,7 +36,8 @@ use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::{encode_json, SinkFormat, SinkWriter};
+use super::{debezium_batch, encode_json, expand, SinkFormat, SinkWriter};
+use crate::avro::AvroSink;
 use crate::error::{ConnectorError, Result};
 use crate::kafka::{partition_count, METADATA_TIMEOUT};
 use crate::options::Options;
@@ -80,10 +83,24 @@ struct Outgoing {
     records: Vec<OutRecord>,
 }
 
+/// How a Kafka sink encodes its records.
+#[derive(Debug, Clone, Copy)]
+pub enum KafkaEncode<'a> {
+    Json,
+    /// Avro through the schema registry of `options` (see [`AvroSink`]): sink `name`'s
+    /// rows of `columns`.
+    Avro {
+        name: &'a str,
+        columns: &'a arrow::datatypes::SchemaRef,
+    },
+}
+
 pub struct KafkaSink {
     topic: String,
     servers: String,
     format: SinkFormat,
+    /// `None`: JSON.
+    avro: Option<AvroSink>,
     upsert_key: Vec<usize>,
     partitions: i32,
     producer: BaseProducer<Context>,
@@ -109,7 +126,12 @@ fn kafka_error(what: &str, e: impl std::fmt::Display) -> ConnectorError {
 impl KafkaSink {
     /// Checks the options and asks the broker how many partitions the topic has.
     /// `upsert_key`: for FORMAT UPSERT, the key columns of the rows written.
-    pub fn try_new(options: &Options, format: SinkFormat, upsert_key: Vec<usize>) -> Result<Self> {
+    pub fn try_new(
+        options: &Options,
+        format: SinkFormat,
+        upsert_key: Vec<usize>,
+        encode: KafkaEncode<'_>,
+    ) -> Result<Self> {
         let topic = options
             .get("topic")
             .ok_or_else(|| ConnectorError::Options("a kafka sink needs topic = '...'".into()))?
@@ -135,10 +157,22 @@ impl KafkaSink {
             })
             .map_err(|e| ConnectorError::Options(format!("cannot create a Kafka producer: {e}")))?;
         let partitions = partition_count(producer.client(), &servers, &topic)?;
+        let avro = match encode {
+            KafkaEncode::Json => None,
+            KafkaEncode::Avro { name, columns } => Some(AvroSink::try_new(
+                options,
+                name,
+                &topic,
+                format,
+                columns,
+                &upsert_key,
+            )?),
+        };
         Ok(Self {
             topic,
             servers,
             format,
+            avro,
             upsert_key,
             partitions: i32::try_from(partitions).unwrap_or(i32::MAX),
             producer,
@@ -371,34 +405,74 @@ fn partition_of(bytes: &[u8], partitions: i32) -> i32 {
 }
 
 impl KafkaSink {
-    /// FORMAT PLAIN / DEBEZIUM: one record per line, no key, partitioned by the row.
+    /// The records of FORMAT PLAIN / DEBEZIUM changes, each with the row it came from.
+    fn payloads(
+        &self,
+        batch: &RecordBatch,
+        weights: &Int64Array,
+    ) -> Result<(Vec<Vec<u8>>, Vec<u32>)> {
+        let Some(avro) = &self.avro else {
+            let encoded = encode_json(self.format, batch, weights)?;
+            let lines = encoded.lines().map(<[u8]>::to_vec).collect();
+            return Ok((lines, encoded.rows));
+        };
+        let (rows, inserted) = expand(self.format, weights)?;
+        if rows.is_empty() {
+            return Ok((Vec::new(), rows));
+        }
+        let taken = take_record_batch(batch, &UInt32Array::from(rows.clone()))?;
+        let records = match self.format {
+            SinkFormat::Debezium => debezium_batch(&taken, &inserted)?,
+            _ => taken,
+        };
+        Ok((avro.value.encode(&records)?, rows))
+    }
+
+    /// FORMAT PLAIN / DEBEZIUM: one record per change, no key, partitioned by the row.
     fn line_records(&self, changes: &[(RecordBatch, Int64Array)]) -> Result<Vec<OutRecord>> {
         let mut records = Vec::new();
         for (batch, weights) in changes {
-            let encoded = encode_json(self.format, batch, weights)?;
-            if encoded.rows.is_empty() {
+            let (payloads, rows) = self.payloads(batch, weights)?;
+            if rows.is_empty() {
                 continue;
             }
             let row_bytes = row_bytes(batch, batch.columns())?;
-            for (line, row) in encoded.lines().zip(&encoded.rows) {
+            for (payload, row) in payloads.into_iter().zip(&rows) {
                 records.push(OutRecord {
                     seq: records.len() as u32,
                     partition: partition_of(row_bytes.row(*row as usize).as_ref(), self.partitions),
                     key: None,
-                    payload: Some(line.to_vec()),
+                    payload: Some(payload),
                 });
             }
         }
         Ok(records)
     }
+
+    /// Each row of `batch` as a record value, or (`key`) as a record key.
+    fn rows(&self, batch: &RecordBatch, key: bool) -> Result<Vec<Vec<u8>>> {
+        let encoder = self
+            .avro
+            .as_ref()
+            .map(|a| if key { a.key.as_ref() } else { Some(&a.value) });
+        match encoder {
+            None => json_lines(batch),
+            Some(Some(e)) => e.encode(batch),
+            Some(None) => Err(ConnectorError::Write(
+                "kafka sink: no Avro key schema (FORMAT UPSERT registers one)".into(),
+            )),
+        }
+    }
 }
 
-/// FORMAT UPSERT: per key (the `key` columns, as a JSON object), the epoch's last
-/// inserted row, or a tombstone when the key was only deleted.
+/// FORMAT UPSERT: per key (the `key` columns, encoded by `encode(keys, true)`), the
+/// epoch's last inserted row (`encode(rows, false)`), or a tombstone when the key was
+/// only deleted.
 fn upsert_records(
     changes: &[(RecordBatch, Int64Array)],
     key: &[usize],
     partitions: i32,
+    encode: impl Fn(&RecordBatch, bool) -> Result<Vec<Vec<u8>>>,
 ) -> Result<Vec<OutRecord>> {
     // key JSON → (first seen, row JSON or None for a delete)
     let mut by_key: HashMap<Vec<u8>, (usize, Option<Vec<u8>>)> = HashMap::new();
@@ -407,8 +481,8 @@ fn upsert_records(
             continue;
         }
         let keys = batch.project(key)?;
-        let key_lines = json_lines(&keys)?;
-        let value_lines = json_lines(batch)?;
+        let key_lines = encode(&keys, true)?;
+        let value_lines = encode(batch, false)?;
         for ((k, v), w) in key_lines.iter().zip(&value_lines).zip(weights.values()) {
             let order = by_key.len();
             let entry = by_key.entry(k.to_vec()).or_insert((order, None));
@@ -463,7 +537,9 @@ impl SinkWriter for KafkaSink {
         changes: &[(RecordBatch, Int64Array)],
     ) -> Result<Option<Vec<u8>>> {
         let records = if self.format == SinkFormat::Upsert {
-            upsert_records(changes, &self.upsert_key, self.partitions)?
+            upsert_records(changes, &self.upsert_key, self.partitions, |b, key| {
+                self.rows(b, key)
+            })?
         } else {
             self.line_records(changes)?
         };
@@ -559,7 +635,7 @@ mod tests {
         .unwrap();
         // Key 1 updated (old row out, new row in), key 2 deleted, key 3 inserted.
         let weights = Int64Array::from(vec![-1, 1, -1, 1]);
-        let records = upsert_records(&[(batch, weights)], &[0], 3).unwrap();
+        let records = upsert_records(&[(batch, weights)], &[0], 3, |b, _| json_lines(b)).unwrap();
         let got: Vec<(String, Option<String>)> = records
             .iter()
             .map(|r| {

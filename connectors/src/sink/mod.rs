@@ -87,18 +87,15 @@ impl Encoded {
     }
 }
 
-/// Encodes changes as JSON lines in `format`; weights expand into that many lines.
-pub fn encode_json(
-    format: SinkFormat,
-    batch: &RecordBatch,
-    weights: &Int64Array,
-) -> Result<Encoded> {
-    let mut out = Vec::new();
-    let indices: Vec<u32>;
-    match format {
-        SinkFormat::Plain { force_append_only } => {
-            let mut rows = Vec::new();
-            for (i, w) in weights.values().iter().enumerate() {
+/// The rows changes expand to in `format` (a row of weight ±n, n times), and whether
+/// each is an insert. FORMAT PLAIN refuses deletes unless `force_append_only`, which drops
+/// them.
+pub fn expand(format: SinkFormat, weights: &Int64Array) -> Result<(Vec<u32>, Vec<bool>)> {
+    let mut rows = Vec::new();
+    let mut inserted = Vec::new();
+    for (i, w) in weights.values().iter().enumerate() {
+        match format {
+            SinkFormat::Plain { force_append_only } => {
                 if *w < 0 && !force_append_only {
                     return Err(ConnectorError::Write(
                         "a FORMAT PLAIN sink received a delete; use FORMAT DEBEZIUM or force_append_only = 'true'".into(),
@@ -106,62 +103,73 @@ pub fn encode_json(
                 }
                 for _ in 0..(*w).max(0) {
                     rows.push(i as u32);
+                    inserted.push(true);
                 }
             }
-            indices = rows;
-            if !indices.is_empty() {
-                let rows = take_record_batch(batch, &UInt32Array::from(indices.clone()))?;
-                write_lines(&mut out, &rows)?;
-            }
-        }
-        SinkFormat::Upsert => {
-            return Err(ConnectorError::Write(
-                "FORMAT UPSERT records are keyed, not JSON lines".into(),
-            ))
-        }
-        SinkFormat::Debezium => {
-            let mut rows = Vec::new();
-            let mut inserted = Vec::new();
-            for (i, w) in weights.values().iter().enumerate() {
+            SinkFormat::Debezium | SinkFormat::Upsert => {
                 for _ in 0..w.unsigned_abs() {
                     rows.push(i as u32);
                     inserted.push(*w > 0);
                 }
             }
-            indices = rows;
-            if indices.is_empty() {
-                return Ok(Encoded {
-                    bytes: out,
-                    rows: indices,
-                });
-            }
-            let rows = take_record_batch(batch, &UInt32Array::from(indices.clone()))?;
-            let fields: Fields = rows.schema().fields().clone();
-            let columns: Vec<ArrayRef> = rows.columns().to_vec();
-            let deleted: Vec<bool> = inserted.iter().map(|i| !i).collect();
-            let row_struct = |valid: Vec<bool>| -> Result<ArrayRef> {
-                Ok(Arc::new(StructArray::try_new(
-                    fields.clone(),
-                    columns.clone(),
-                    Some(NullBuffer::from(valid)),
-                )?))
-            };
-            let before = row_struct(deleted)?;
-            let after = row_struct(inserted.clone())?;
-            let op: ArrayRef = Arc::new(StringArray::from_iter_values(inserted.iter().map(|i| {
-                if *i {
-                    "c"
-                } else {
-                    "d"
-                }
-            })));
-            let schema = Arc::new(Schema::new(vec![
-                Field::new("before", DataType::Struct(fields.clone()), true),
-                Field::new("after", DataType::Struct(fields.clone()), true),
-                Field::new("op", DataType::Utf8, false),
-            ]));
-            let envelopes = RecordBatch::try_new(schema, vec![before, after, op])?;
-            write_lines(&mut out, &envelopes)?;
+        }
+    }
+    Ok((rows, inserted))
+}
+
+/// The columns of a Debezium envelope over rows of `fields`.
+pub fn debezium_fields(fields: &Fields) -> Fields {
+    Fields::from(vec![
+        Field::new("before", DataType::Struct(fields.clone()), true),
+        Field::new("after", DataType::Struct(fields.clone()), true),
+        Field::new("op", DataType::Utf8, false),
+    ])
+}
+
+/// Debezium envelopes of `rows` (already expanded): `after` and op `c` for an insert,
+/// `before` and op `d` for a delete.
+pub fn debezium_batch(rows: &RecordBatch, inserted: &[bool]) -> Result<RecordBatch> {
+    let fields: Fields = rows.schema().fields().clone();
+    let columns: Vec<ArrayRef> = rows.columns().to_vec();
+    let deleted: Vec<bool> = inserted.iter().map(|i| !i).collect();
+    let row_struct = |valid: Vec<bool>| -> Result<ArrayRef> {
+        Ok(Arc::new(StructArray::try_new(
+            fields.clone(),
+            columns.clone(),
+            Some(NullBuffer::from(valid)),
+        )?))
+    };
+    let before = row_struct(deleted)?;
+    let after = row_struct(inserted.to_vec())?;
+    let op: ArrayRef = Arc::new(StringArray::from_iter_values(inserted.iter().map(|i| {
+        if *i {
+            "c"
+        } else {
+            "d"
+        }
+    })));
+    let schema = Arc::new(Schema::new(debezium_fields(&fields)));
+    Ok(RecordBatch::try_new(schema, vec![before, after, op])?)
+}
+
+/// Encodes changes as JSON lines in `format`; weights expand into that many lines.
+pub fn encode_json(
+    format: SinkFormat,
+    batch: &RecordBatch,
+    weights: &Int64Array,
+) -> Result<Encoded> {
+    if format == SinkFormat::Upsert {
+        return Err(ConnectorError::Write(
+            "FORMAT UPSERT records are keyed, not JSON lines".into(),
+        ));
+    }
+    let (indices, inserted) = expand(format, weights)?;
+    let mut out = Vec::new();
+    if !indices.is_empty() {
+        let rows = take_record_batch(batch, &UInt32Array::from(indices.clone()))?;
+        match format {
+            SinkFormat::Debezium => write_lines(&mut out, &debezium_batch(&rows, &inserted)?)?,
+            _ => write_lines(&mut out, &rows)?,
         }
     }
     Ok(Encoded {
