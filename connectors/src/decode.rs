@@ -9,6 +9,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use crate::avro::AvroFormat;
 use crate::error::{ConnectorError, Result};
 use crate::options::Options;
+use crate::protobuf::ProtobufFormat;
 use crate::source_errors::SourceErrors;
 
 /// How a record's bytes encode a row.
@@ -23,6 +24,8 @@ pub enum Encoding {
     Raw,
     /// Avro in the Confluent wire format, schemas from a registry.
     Avro(Arc<AvroFormat>),
+    /// Serialized protobuf messages of one type, from a descriptor set.
+    Protobuf(Arc<ProtobufFormat>),
 }
 
 /// `key` and `value` bytes (either may be NULL, e.g. a Kafka tombstone) and the record's
@@ -74,15 +77,23 @@ impl Encoding {
         matches!(self, Encoding::Avro(_))
     }
 
-    /// `ENCODE JSON`, `ENCODE CSV (delimiter = ',', without_header = 'false')` or
-    /// `ENCODE AVRO (schema.registry = '...')`; the format options are read from
-    /// `options`. Returns the encoding and, for CSV,
+    pub fn is_protobuf(&self) -> bool {
+        matches!(self, Encoding::Protobuf(_))
+    }
+
+    /// `ENCODE JSON`, `ENCODE CSV (delimiter = ',', without_header = 'false')`,
+    /// `ENCODE AVRO (schema.registry = '...')` or `ENCODE PROTOBUF (message = '...',
+    /// schema.location = '...')`; the format options are read from `options`. Returns the encoding and, for CSV,
     /// whether each file starts with a header line.
     pub fn from_format(encode: &str, options: &Options) -> Result<(Self, bool)> {
         match encode.to_ascii_uppercase().as_str() {
             "JSON" => Ok((Encoding::Json, false)),
             "AVRO" => Ok((
                 Encoding::Avro(Arc::new(AvroFormat::from_options(options)?)),
+                false,
+            )),
+            "PROTOBUF" => Ok((
+                Encoding::Protobuf(Arc::new(ProtobufFormat::from_options(options)?)),
                 false,
             )),
             "CSV" => {
@@ -109,10 +120,22 @@ impl Encoding {
                 Ok((Encoding::Csv { delimiter }, !without_header))
             }
             other => Err(ConnectorError::Options(format!(
-                "ENCODE {other} is not supported yet (JSON, CSV and AVRO are)"
+                "ENCODE {other} is not supported yet (JSON, CSV, AVRO and PROTOBUF are)"
             ))),
         }
     }
+}
+
+/// Whether values decoded as `from` may fill a column of type `to`: the same kind of value
+/// (numbers as numbers, times as times), or anything as text.
+pub(crate) fn fits(from: &DataType, to: &DataType) -> bool {
+    use DataType::*;
+    let same_kind = from == to
+        || *to == Utf8
+        || (from.is_numeric() && to.is_numeric())
+        || (matches!(from, Date32 | Timestamp(..)) && matches!(to, Date32 | Timestamp(..)))
+        || (matches!(from, Time32(_) | Time64(_)) && matches!(to, Time32(_) | Time64(_)));
+    same_kind && arrow::compute::can_cast_types(from, to)
 }
 
 /// One record: its position (an offset within its split) and its bytes in a buffer.
@@ -152,6 +175,9 @@ pub fn decode_records_with_offsets(
     if let Encoding::Avro(avro) = encoding {
         return avro.decode(schema, buf, records, split, errors);
     }
+    if let Encoding::Protobuf(proto) = encoding {
+        return proto.decode(schema, buf, records, split, errors);
+    }
     if encoding.is_raw() {
         let ranges: Vec<Option<(usize, usize)>> =
             records.iter().map(|r| Some((r.start, r.end))).collect();
@@ -167,7 +193,7 @@ pub fn decode_records_with_offsets(
     }
     let shape_ok = |r: &Record| match encoding {
         Encoding::Json => is_object(&buf[r.start..r.end]),
-        Encoding::Csv { .. } | Encoding::Raw | Encoding::Avro(_) => true,
+        Encoding::Csv { .. } | Encoding::Raw | Encoding::Avro(_) | Encoding::Protobuf(_) => true,
     };
     if records.iter().all(shape_ok) {
         let whole = &buf[records[0].start..records[records.len() - 1].end];
@@ -226,8 +252,8 @@ fn decode(
             }
             decoder.flush().map_err(|e| e.to_string())?
         }
-        Encoding::Raw | Encoding::Avro(_) => {
-            return Err("raw and Avro records are not decoded here".to_string())
+        Encoding::Raw | Encoding::Avro(_) | Encoding::Protobuf(_) => {
+            return Err("raw, Avro and Protobuf records are not decoded here".to_string())
         }
         Encoding::Csv { delimiter } => {
             let mut decoder = arrow::csv::ReaderBuilder::new(Arc::clone(schema))

@@ -57,9 +57,9 @@ impl FilesystemConfig {
                 "a filesystem source needs its columns declared".into(),
             ));
         }
-        if encoding.is_avro() {
+        if encoding.is_avro() || encoding.is_protobuf() {
             return Err(ConnectorError::Options(
-                "ENCODE AVRO reads Kafka records in the schema registry's wire format; Avro files are not supported yet".into(),
+                "ENCODE AVRO and PROTOBUF read Kafka records (one message each); Avro and Protobuf files are not supported yet".into(),
             ));
         }
         let path = options

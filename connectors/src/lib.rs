@@ -17,6 +17,7 @@ pub mod filesystem;
 pub mod kafka;
 pub mod nexmark;
 pub mod options;
+pub mod protobuf;
 mod rng;
 pub mod sink;
 pub mod source_errors;

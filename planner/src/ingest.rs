@@ -98,6 +98,9 @@ impl Ingest {
         let (encoding, header) =
             Encoding::from_format(encode, &format_options).map_err(options_error)?;
         format_options.check_all_used().map_err(options_error)?;
+        if let Encoding::Protobuf(proto) = &encoding {
+            proto.check(&schema).map_err(options_error)?;
+        }
         if table_format != TableFormat::Plain {
             if !encoding.is_json() && !encoding.is_avro() {
                 return Err(PlanError::user(
@@ -134,10 +137,10 @@ impl Ingest {
                     .collect();
                 (splits, Arc::new(SourceErrors::new(DEFAULT_KEPT)))
             }
-            "filesystem" | "posix_fs" if encoding.is_avro() => {
+            "filesystem" | "posix_fs" if encoding.is_avro() || encoding.is_protobuf() => {
                 return Err(PlanError::user(
                     "0A000",
-                    "ENCODE AVRO reads Kafka records in the schema registry's wire format; Avro files are not supported yet",
+                    "ENCODE AVRO and PROTOBUF read Kafka records (one message each); Avro and Protobuf files are not supported yet",
                 ))
             }
             "filesystem" | "posix_fs" => {

@@ -114,6 +114,13 @@ impl SourceDef {
             let topic = options.get("topic").unwrap_or_default();
             (declared, avro_schema) = avro_source_columns(avro, topic, declared, avro_columns)?;
         }
+        if let (Encoding::Protobuf(proto), "kafka") = (&encoding, connector.as_str()) {
+            if declared.fields().is_empty() {
+                declared = Arc::new(Schema::new(tag_json(proto.columns())));
+            } else {
+                proto.check(&declared).map_err(options_error)?;
+            }
+        }
         let (connector, produced) = match connector.as_str() {
             "nexmark" => {
                 generated("nexmark")?;
@@ -420,11 +427,25 @@ fn avro_source_columns(
         }
         return Ok((declared, None));
     }
-    let fields: Vec<Field> = AvroFormat::columns(&text)
-        .map_err(|e| PlanError::user("42804", format!("subject {subject}: {e}")))?
+    let fields = tag_json(
+        AvroFormat::columns(&text)
+            .map_err(|e| PlanError::user("42804", format!("subject {subject}: {e}")))?,
+    );
+    if fields.is_empty() {
+        return Err(PlanError::user(
+            "42804",
+            format!("subject {subject}: the Avro schema has no fields to read"),
+        ));
+    }
+    Ok((Arc::new(Schema::new(fields)), Some(text)))
+}
+
+/// Derived columns, those holding JSON text typed `jsonb` for clients.
+fn tag_json(columns: Vec<(Field, bool)>) -> Vec<Field> {
+    columns
         .into_iter()
-        .map(|(f, nested)| {
-            if nested {
+        .map(|(f, json)| {
+            if json {
                 f.with_metadata(HashMap::from([(
                     SQL_TYPE_KEY.to_string(),
                     "jsonb".to_string(),
@@ -433,12 +454,5 @@ fn avro_source_columns(
                 f
             }
         })
-        .collect();
-    if fields.is_empty() {
-        return Err(PlanError::user(
-            "42804",
-            format!("subject {subject}: the Avro schema has no fields to read"),
-        ));
-    }
-    Ok((Arc::new(Schema::new(fields)), Some(text)))
+        .collect()
 }

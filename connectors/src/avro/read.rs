@@ -14,10 +14,11 @@ use arrow::array::{
     Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, StructArray,
 };
 use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
-use arrow::compute::{can_cast_types, cast_with_options, CastOptions};
+use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, Fields, SchemaRef};
 
 use super::schema::Node;
+use crate::decode::fits;
 
 /// The most items of an array or map block beyond one per byte left (items that take no
 /// bytes: nulls).
@@ -665,18 +666,6 @@ impl Col {
         };
         cast_with_options(&natural, &self.target, &options).map_err(|e| e.to_string())
     }
-}
-
-/// Whether Avro values of type `from` read as `to`: the same kind of value (numbers as
-/// numbers, times as times), or any primitive as text.
-fn fits(from: &DataType, to: &DataType) -> bool {
-    use DataType::*;
-    let same_kind = from == to
-        || *to == Utf8
-        || (from.is_numeric() && to.is_numeric())
-        || (matches!(from, Date32 | Timestamp(..)) && matches!(to, Date32 | Timestamp(..)))
-        || (matches!(from, Time32(_) | Time64(_)) && matches!(to, Time32(_) | Time64(_)));
-    same_kind && can_cast_types(from, to)
 }
 
 /// The same values under a logical type of the same width (date32 over int32, say).
