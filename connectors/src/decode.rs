@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BinaryArray, RecordBatch, UInt64Array};
+use arrow::array::{ArrayRef, BinaryArray, Int64Array, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::avro::AvroFormat;
@@ -28,13 +28,14 @@ pub enum Encoding {
     Protobuf(Arc<ProtobufFormat>),
 }
 
-/// `key` and `value` bytes (either may be NULL, e.g. a Kafka tombstone) and the record's
-/// offset in its split.
+/// `key` and `value` bytes (either may be NULL, e.g. a Kafka tombstone), the record's
+/// offset in its split, and its timestamp (ms since 1970, when it has one).
 pub fn raw_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("key", DataType::Binary, true),
         Field::new("value", DataType::Binary, true),
         Field::new("offset", DataType::UInt64, false),
+        Field::new("timestamp", DataType::Int64, true),
     ]))
 }
 
@@ -53,6 +54,7 @@ pub fn raw_batch(
     buf: &[u8],
     values: &[Option<(usize, usize)>],
     offsets: Vec<u64>,
+    timestamps: Vec<Option<i64>>,
 ) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(
         raw_schema(),
@@ -60,6 +62,7 @@ pub fn raw_batch(
             binary_column(key_buf, keys),
             binary_column(buf, values),
             Arc::new(UInt64Array::from(offsets)),
+            Arc::new(Int64Array::from(timestamps)),
         ],
     )?)
 }
@@ -188,6 +191,7 @@ pub fn decode_records_with_offsets(
             buf,
             &ranges,
             offsets.clone(),
+            vec![None; records.len()],
         )?;
         return Ok((batch, offsets));
     }

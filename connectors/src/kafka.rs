@@ -74,7 +74,8 @@ impl Include {
         }
     }
 
-    fn data_type(self) -> DataType {
+    /// The column's type.
+    pub fn data_type(self) -> DataType {
         match self {
             Include::Key => DataType::Binary,
             Include::Partition => DataType::Int32,
@@ -412,7 +413,9 @@ impl Split for KafkaSplit {
                 .map(|(r, null)| (!null).then_some((r.start, r.end)))
                 .collect();
             let offsets = records.iter().map(|r| r.offset).collect();
-            return Ok(Some(raw_batch(&key_buf, &keys, &buf, &values, offsets)?));
+            return Ok(Some(raw_batch(
+                &key_buf, &keys, &buf, &values, offsets, timestamps,
+            )?));
         }
         let decoded = decode_records_with_offsets(
             &self.config.encoding,

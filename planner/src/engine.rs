@@ -31,6 +31,7 @@ use datafusion::logical_expr::ExprSchemable;
 use datafusion::sql::parser::Statement as DfStatement;
 use parking_lot::RwLock;
 use sabot_connectors::failpoint::crash_point;
+use sabot_connectors::kafka::Include;
 use sabot_connectors::sink::SinkWriter;
 use sabot_connectors::source_errors::SourceErrors;
 use sabot_dataflow::ops::connector::SourceFactory;
@@ -731,7 +732,10 @@ impl Database {
                                 )))
                             }
                         };
-                    let (schema, pk) = table_schema(&ct)?;
+                    let (schema, pk) = match &connector {
+                        Some(cs) => connector_table_schema(cs)?,
+                        None => table_schema(&ct)?,
+                    };
                     let ingest = match (connector, meta.offsets_table) {
                         (Some(cs), Some(offsets)) => {
                             let mut ingest = Ingest::try_new(
@@ -740,6 +744,7 @@ impl Database {
                                 Arc::clone(&schema),
                                 &pk,
                                 offsets,
+                                &cs.include,
                             )?;
                             ingest.restore(self.store.scan(offsets)?)?;
                             Some(ingest)
@@ -1832,6 +1837,7 @@ impl Database {
                 Arc::clone(&schema),
                 &pk,
                 offsets,
+                &cs.include,
             )?),
             _ => None,
         };
@@ -1864,14 +1870,8 @@ impl Database {
     /// `CREATE TABLE ... WITH (connector = ...)`: a table whose rows come from a
     /// connector (see [`crate::ingest`]).
     async fn create_connector_table(&self, cs: &CreateSource, sql: &str) -> Result<Output> {
-        if !cs.include.is_empty() {
-            return Err(PlanError::user(
-                "0A000",
-                "INCLUDE is not supported for tables yet (it is for kafka sources)",
-            ));
-        }
         let name = normalize_name(&cs.table.name)?;
-        let (schema, pk) = table_schema(&cs.table)?;
+        let (schema, pk) = connector_table_schema(cs)?;
         let connector = has_connector(cs).then_some(cs);
         self.add_table(name, cs.table.if_not_exists, sql, schema, pk, connector, cs)
             .await
@@ -2968,6 +2968,34 @@ fn quote_ident(s: &str) -> String {
 }
 
 /// The schema and primary key columns of a `CREATE TABLE`.
+/// A connector table's columns: the declared ones, then the INCLUDEd record metadata
+/// (`INCLUDE key AS k`), and its primary key.
+fn connector_table_schema(cs: &CreateSource) -> Result<(SchemaRef, Vec<usize>)> {
+    let (schema, pk) = table_schema(&cs.table)?;
+    if cs.include.is_empty() {
+        return Ok((schema, pk));
+    }
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for (kind, name) in &cs.include {
+        let include = Include::parse(kind)
+            .ok_or_else(|| PlanError::user("42601", format!("unknown INCLUDE {kind}")))?;
+        let name = name
+            .clone()
+            .unwrap_or_else(|| include.default_name().to_string());
+        if fields.iter().any(|f| *f.name() == name) {
+            return Err(PlanError::user(
+                "42701",
+                format!("INCLUDE ... AS {name}: the table already has a column {name}"),
+            ));
+        }
+        fields.push(Field::new(name, include.data_type(), true));
+    }
+    Ok((
+        Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
+        pk,
+    ))
+}
+
 /// The definition of a source from its statement.
 fn source_def(
     name: &str,

@@ -24,12 +24,14 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, Int32Array, RecordBatch, UInt32Array};
 use arrow::compute::{cast, take};
-use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
+use arrow::datatypes::{
+    DataType, Field, Fields, Int64Type, Schema, SchemaRef, TimestampMicrosecondType, UInt64Type,
+};
 use sabot_connectors::decode::{decode_records_with_offsets, raw_schema, Encoding, Record};
 use sabot_connectors::filesystem::FilesystemConfig;
-use sabot_connectors::kafka::KafkaConfig;
+use sabot_connectors::kafka::{Include, KafkaConfig};
 use sabot_connectors::source_errors::{SourceErrors, DEFAULT_KEPT};
 use sabot_connectors::{ConnectorError, Options, Split};
 use sabot_dataflow::ops::connector::MAX_ROWS_PER_EPOCH;
@@ -53,7 +55,12 @@ pub struct Ingest {
     written: Vec<Option<u64>>,
     format: TableFormat,
     encoding: Encoding,
+    /// The table's columns: the decoded ones, then the INCLUDEd ones.
     schema: SchemaRef,
+    /// The columns records decode into.
+    value_schema: SchemaRef,
+    /// Record metadata added after the decoded columns (`INCLUDE key AS k`).
+    includes: Vec<Include>,
     /// The primary key columns, as a schema (what an upsert key decodes into).
     key_schema: SchemaRef,
     /// Debezium's envelope over the table's columns.
@@ -74,12 +81,14 @@ fn options_error(e: ConnectorError) -> PlanError {
 
 impl Ingest {
     /// Checks the connector, format and key of `CREATE TABLE name (...) WITH (...)`.
+    /// `schema` ends with the columns of `include` (kind, name).
     pub fn try_new(
         options: &[(String, String)],
         format: Option<&Format>,
         schema: SchemaRef,
         pk: &[usize],
         offsets_table: StateTableId,
+        include: &[(String, Option<String>)],
     ) -> Result<Self> {
         let options = Options::new(options.iter().cloned());
         let format_options = Options::new(format.map(|f| f.options.clone()).unwrap_or_default());
@@ -98,9 +107,7 @@ impl Ingest {
         let (encoding, header) =
             Encoding::from_format(encode, &format_options).map_err(options_error)?;
         format_options.check_all_used().map_err(options_error)?;
-        if let Encoding::Protobuf(proto) = &encoding {
-            proto.check(&schema).map_err(options_error)?;
-        }
+
         if table_format != TableFormat::Plain {
             if !encoding.is_json() && !encoding.is_avro() {
                 return Err(PlanError::user(
@@ -119,6 +126,27 @@ impl Ingest {
             .get("connector")
             .map(str::to_ascii_lowercase)
             .unwrap_or_default();
+        let includes = include
+            .iter()
+            .map(|(kind, _)| {
+                Include::parse(kind)
+                    .ok_or_else(|| PlanError::user("42601", format!("unknown INCLUDE {kind}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if !includes.is_empty() && connector != "kafka" {
+            return Err(PlanError::user(
+                "0A000",
+                "INCLUDE applies to kafka tables and sources only",
+            ));
+        }
+        let decoded = schema.fields().len() - includes.len().min(schema.fields().len());
+        if pk.iter().any(|k| *k >= decoded) {
+            return Err(PlanError::user(
+                "0A000",
+                "an INCLUDEd column cannot be part of the primary key yet",
+            ));
+        }
+        let value_schema = Arc::new(schema.project(&(0..decoded).collect::<Vec<_>>())?);
         let (splits, errors): (Vec<Box<dyn Split>>, Arc<SourceErrors>) = match connector.as_str() {
             "kafka" => {
                 if header {
@@ -168,12 +196,15 @@ impl Ingest {
             }
         };
         options.check_all_used().map_err(options_error)?;
+        if let Encoding::Protobuf(proto) = &encoding {
+            proto.check(&value_schema).map_err(options_error)?;
+        }
         let key_schema = Arc::new(Schema::new(
             pk.iter()
                 .map(|i| schema.field(*i).as_ref().clone().with_nullable(true))
                 .collect::<Vec<Field>>(),
         ));
-        let row_fields: Fields = schema
+        let row_fields: Fields = value_schema
             .fields()
             .iter()
             .map(|f| Arc::new(f.as_ref().clone().with_nullable(true)))
@@ -196,6 +227,8 @@ impl Ingest {
             format: table_format,
             encoding,
             schema,
+            value_schema,
+            includes,
             key_schema,
             envelope: Arc::new(Schema::new(envelope)),
             offsets_table,
@@ -283,9 +316,9 @@ impl Ingest {
         let keys = raw.column(0).as_binary::<i32>();
         let values = raw.column(1).as_binary::<i32>();
         match self.format {
-            TableFormat::Plain => avro.prepare(&self.schema, values.iter().flatten()),
+            TableFormat::Plain => avro.prepare(&self.value_schema, values.iter().flatten()),
             TableFormat::Upsert => {
-                avro.prepare(&self.schema, values.iter().flatten())?;
+                avro.prepare(&self.value_schema, values.iter().flatten())?;
                 let deletes = (0..raw.num_rows())
                     .filter(|i| values.is_null(*i) && keys.is_valid(*i))
                     .map(|i| keys.value(i));
@@ -304,29 +337,29 @@ impl Ingest {
         match self.format {
             TableFormat::Plain => {
                 let all: Vec<u32> = (0..raw.num_rows() as u32).collect();
-                let rows = self.decode(
+                let (rows, kept) = self.decode_with_offsets(
                     &self.encoding,
-                    &self.schema,
+                    &self.value_schema,
                     values,
                     offsets,
                     &all,
                     &split_name,
                 )?;
-                self.upsert(table, rows)
+                self.upsert(table, self.with_includes(rows, &kept, raw, split)?)
             }
             TableFormat::Upsert => {
                 let kinds: Vec<bool> = (0..raw.num_rows()).map(|i| values.is_valid(i)).collect();
                 for (is_upsert, run) in runs(&kinds) {
                     if is_upsert {
-                        let rows = self.decode(
+                        let (rows, kept) = self.decode_with_offsets(
                             &self.encoding,
-                            &self.schema,
+                            &self.value_schema,
                             values,
                             offsets,
                             &run,
                             &split_name,
                         )?;
-                        self.upsert(table, rows)?;
+                        self.upsert(table, self.with_includes(rows, &kept, raw, split)?)?;
                     } else {
                         let k = self.decode(
                             &self.encoding,
@@ -353,7 +386,7 @@ impl Ingest {
                     &present,
                     &split_name,
                 )?;
-                self.apply_debezium(&env, &env_offsets, &split_name, table)
+                self.apply_debezium(&env, &env_offsets, raw, split, table)
             }
         }
     }
@@ -410,6 +443,58 @@ impl Ingest {
             .map_err(|e| PlanError::user("22000", e.to_string()))
     }
 
+    /// `rows` (decoded from the records at `offsets` of `raw`, split `split`) followed by
+    /// the INCLUDEd columns.
+    fn with_includes(
+        &self,
+        rows: RecordBatch,
+        offsets: &[u64],
+        raw: &RecordBatch,
+        split: usize,
+    ) -> Result<RecordBatch> {
+        if self.includes.is_empty() {
+            return Ok(rows);
+        }
+        let raw_offsets = raw.column(2).as_primitive::<UInt64Type>().values();
+        let idx = offsets
+            .iter()
+            .map(|o| {
+                raw_offsets
+                    .binary_search(o)
+                    .map(|i| i as u32)
+                    .map_err(|_| PlanError::Internal(format!("record {o} is not in its poll")))
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        let idx = UInt32Array::from(idx);
+        let mut columns = rows.columns().to_vec();
+        for include in &self.includes {
+            columns.push(match include {
+                Include::Key => take(raw.column(0), &idx, None)?,
+                Include::Partition => Arc::new(Int32Array::from(vec![split as i32; idx.len()])),
+                Include::Offset => cast(&take(raw.column(2), &idx, None)?, &DataType::Int64)?,
+                Include::Timestamp => {
+                    let ms = take(raw.column(3), &idx, None)?;
+                    Arc::new(
+                        ms.as_primitive::<Int64Type>()
+                            .unary::<_, TimestampMicrosecondType>(|v| v.saturating_mul(1000))
+                            .with_timezone("+00:00"),
+                    )
+                }
+            });
+        }
+        let fields: Vec<Field> = rows
+            .schema()
+            .fields()
+            .iter()
+            .chain(self.schema.fields().iter().skip(rows.num_columns()))
+            .map(|f| f.as_ref().clone())
+            .collect();
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?)
+    }
+
     fn upsert(&self, table: &mut TableState, rows: RecordBatch) -> Result<()> {
         let rows = conform(rows, &self.schema)?;
         if table.primary_key().is_empty() {
@@ -437,9 +522,12 @@ impl Ingest {
         &self,
         env: &RecordBatch,
         offsets: &[u64],
-        split: &str,
+        raw: &RecordBatch,
+        split_index: usize,
         table: &mut TableState,
     ) -> Result<()> {
+        let split = split_index.to_string();
+        let split = split.as_str();
         // The envelope's fields, from the top level or from `payload`.
         let payload = env.column(3).as_struct();
         let pick = |top: usize| -> ArrayRef {
@@ -488,7 +576,11 @@ impl Ingest {
             let rows = take(side.as_ref(), &idx, None)?;
             let rows = RecordBatch::from(rows.as_struct().clone());
             if is_upsert {
-                self.upsert(table, rows)?;
+                let kept: Vec<u64> = run
+                    .iter()
+                    .map(|r| offsets[keep[*r as usize] as usize])
+                    .collect();
+                self.upsert(table, self.with_includes(rows, &kept, raw, split_index)?)?;
             } else {
                 let keys: Vec<ArrayRef> = table
                     .primary_key()

@@ -461,8 +461,9 @@ async fn upsert_table_from_kafka_is_exact_across_a_crash() {
     let client = server.connect().await;
     client
         .batch_execute(&format!(
-            "CREATE TABLE users (id BIGINT PRIMARY KEY, name VARCHAR, score INT) WITH (
-               connector = 'kafka', topic = 'users', properties.bootstrap.server = '{bootstrap}')
+            "CREATE TABLE users (id BIGINT PRIMARY KEY, name VARCHAR, score INT)
+               INCLUDE key AS k INCLUDE partition AS p INCLUDE offset AS o INCLUDE timestamp
+               WITH (connector = 'kafka', topic = 'users', properties.bootstrap.server = '{bootstrap}')
              FORMAT UPSERT ENCODE JSON;
              CREATE MATERIALIZED VIEW user_stats AS SELECT count(*) AS n, sum(score) AS s FROM users;"
         ))
@@ -522,6 +523,17 @@ async fn upsert_table_from_kafka_is_exact_across_a_crash() {
     assert!(
         common::rows(&client, "SELECT id, name, score FROM users ORDER BY id").await == want,
         "the table is not the last upsert of each key"
+    );
+    // The INCLUDEd record metadata is the last upsert's: id 10's was the fifth of the
+    // last five records on partition 0, after 250 + 50 + 50 + 1 there.
+    let hex: String = br#"{"id": 10}"#.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        row(
+            &client,
+            "SELECT k, p, o, _rw_kafka_timestamp > '2020-01-01 00:00:00+00' FROM users WHERE id = 10"
+        )
+        .await,
+        vec![format!("\\x{hex}"), "0".into(), "355".into(), "t".into()]
     );
     let sum: i64 = (1..=400).map(score).sum();
     assert_eq!(
