@@ -26,6 +26,8 @@ pub enum Encoding {
     Avro(Arc<AvroFormat>),
     /// Serialized protobuf messages of one type, from a descriptor set.
     Protobuf(Arc<ProtobufFormat>),
+    /// Parquet files (whole files, not records: the filesystem connector reads them).
+    Parquet,
 }
 
 /// `key` and `value` bytes (either may be NULL, e.g. a Kafka tombstone), the record's
@@ -84,6 +86,10 @@ impl Encoding {
         matches!(self, Encoding::Protobuf(_))
     }
 
+    pub fn is_parquet(&self) -> bool {
+        matches!(self, Encoding::Parquet)
+    }
+
     /// `ENCODE JSON`, `ENCODE CSV (delimiter = ',', without_header = 'false')`,
     /// `ENCODE AVRO (schema.registry = '...')` or `ENCODE PROTOBUF (message = '...',
     /// schema.location = '...')`; the format options are read from `options`. Returns the encoding and, for CSV,
@@ -95,6 +101,7 @@ impl Encoding {
                 Encoding::Avro(Arc::new(AvroFormat::from_options(options)?)),
                 false,
             )),
+            "PARQUET" => Ok((Encoding::Parquet, false)),
             "PROTOBUF" => Ok((
                 Encoding::Protobuf(Arc::new(ProtobufFormat::from_options(options)?)),
                 false,
@@ -123,7 +130,7 @@ impl Encoding {
                 Ok((Encoding::Csv { delimiter }, !without_header))
             }
             other => Err(ConnectorError::Options(format!(
-                "ENCODE {other} is not supported yet (JSON, CSV, AVRO and PROTOBUF are)"
+                "ENCODE {other} is not supported yet (JSON, CSV, AVRO, PROTOBUF and PARQUET are)"
             ))),
         }
     }
@@ -197,7 +204,11 @@ pub fn decode_records_with_offsets(
     }
     let shape_ok = |r: &Record| match encoding {
         Encoding::Json => is_object(&buf[r.start..r.end]),
-        Encoding::Csv { .. } | Encoding::Raw | Encoding::Avro(_) | Encoding::Protobuf(_) => true,
+        Encoding::Csv { .. }
+        | Encoding::Raw
+        | Encoding::Avro(_)
+        | Encoding::Protobuf(_)
+        | Encoding::Parquet => true,
     };
     if records.iter().all(shape_ok) {
         let whole = &buf[records[0].start..records[records.len() - 1].end];
@@ -256,8 +267,8 @@ fn decode(
             }
             decoder.flush().map_err(|e| e.to_string())?
         }
-        Encoding::Raw | Encoding::Avro(_) | Encoding::Protobuf(_) => {
-            return Err("raw, Avro and Protobuf records are not decoded here".to_string())
+        Encoding::Raw | Encoding::Avro(_) | Encoding::Protobuf(_) | Encoding::Parquet => {
+            return Err("raw, Avro, Protobuf and Parquet records are not decoded here".to_string())
         }
         Encoding::Csv { delimiter } => {
             let mut decoder = arrow::csv::ReaderBuilder::new(Arc::clone(schema))

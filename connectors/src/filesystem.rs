@@ -1,5 +1,6 @@
 //! The `filesystem` connector (also `posix_fs`): the files of a local directory, read
-//! line by line as JSON objects or CSV, new files picked up as they appear.
+//! line by line as JSON objects or CSV, or as Parquet files (`ENCODE PARQUET`), new
+//! files picked up as they appear.
 //!
 //! ```sql
 //! CREATE SOURCE s (id BIGINT, name VARCHAR) WITH (
@@ -14,6 +15,11 @@
 //! earlier in the order than the one being read is skipped with a warning. A line is read
 //! once it ends with a newline, or once a later file exists (the last line of a finished
 //! file). One record per line: CSV fields cannot hold newlines.
+//!
+//! Parquet files are read whole (their footer says how many rows they hold), so a file
+//! must be complete when it gets its name: write `.name.parquet`, then rename it. The
+//! offset counts rows; columns are matched by name and cast to the declared types. A
+//! file that cannot be read while a later file exists is skipped and logged.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -199,6 +205,161 @@ impl FileSplit {
     }
 }
 
+impl FileSplit {
+    /// Up to `max` rows of the split's Parquet files (`files`; `all` are every split's).
+    fn next_parquet(
+        &mut self,
+        max: usize,
+        files: &[String],
+        all: &[String],
+    ) -> Result<RecordBatch> {
+        let schema = Arc::clone(&self.config.schema);
+        let mut batches = Vec::new();
+        let mut rows = 0;
+        self.caught_up = false;
+        while rows < max {
+            if self.current.is_none() && !self.next_file(files) {
+                self.caught_up = true;
+                break;
+            }
+            let Some(name) = self.current.clone() else {
+                break;
+            };
+            let path = self.config.dir.join(&name);
+            let later = all.iter().any(|f| f.as_str() > name.as_str());
+            // After a seek, whole files are passed over by their row counts.
+            let from = self.pos + self.skip;
+            match read_parquet(&path, &schema, from, max - rows) {
+                Ok((batch, total)) => {
+                    let passed = total.min(from) - self.pos.min(total);
+                    self.produced += passed;
+                    self.skip -= passed.min(self.skip);
+                    self.pos = total.min(from);
+                    if let Some(b) = batch {
+                        self.pos += b.num_rows() as u64;
+                        self.produced += b.num_rows() as u64;
+                        rows += b.num_rows();
+                        batches.push(b);
+                    }
+                    if self.pos >= total {
+                        self.bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
+                        if !self.next_file(files) {
+                            self.caught_up = true;
+                            break;
+                        }
+                    }
+                }
+                // Not complete yet, unless a later file says it is done.
+                Err(_) if !later => {
+                    self.caught_up = true;
+                    break;
+                }
+                Err(e) => {
+                    let split = format!("{}:{name}", self.index);
+                    self.config.errors.record(&split, self.produced, &e, b"");
+                    tracing::warn!(file = %path.display(), error = %e, "skipped an unreadable Parquet file");
+                    if !self.next_file(files) {
+                        self.caught_up = true;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(match batches.len() {
+            0 => RecordBatch::new_empty(schema),
+            1 => batches.swap_remove(0),
+            _ => arrow::compute::concat_batches(&schema, &batches)?,
+        })
+    }
+}
+
+/// Rows `offset..offset + limit` of a Parquet file, in the columns of `schema` (matched
+/// by name, cast; a column the file lacks is NULL), and how many rows the file has.
+fn read_parquet(
+    path: &std::path::Path,
+    schema: &SchemaRef,
+    offset: u64,
+    limit: usize,
+) -> std::result::Result<(Option<RecordBatch>, u64), String> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ProjectionMask;
+    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let total = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+    if offset >= total || limit == 0 {
+        return Ok((None, total));
+    }
+    let file_schema = Arc::clone(builder.schema());
+    let mut roots = Vec::new();
+    let mut sources = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let found = file_schema.index_of(f.name()).ok().or_else(|| {
+            file_schema
+                .fields()
+                .iter()
+                .position(|g| g.name().eq_ignore_ascii_case(f.name()))
+        });
+        if let Some(i) = found {
+            let from = file_schema.field(i).data_type();
+            if !crate::decode::fits(from, f.data_type()) {
+                return Err(format!(
+                    "{}: column {} is {from} in the file and cannot be read as {}",
+                    path.display(),
+                    f.name(),
+                    f.data_type()
+                ));
+            }
+            if !roots.contains(&i) {
+                roots.push(i);
+            }
+        }
+        sources.push(found);
+    }
+    roots.sort_unstable();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
+    let reader = builder
+        .with_projection(mask)
+        .with_offset(offset as usize)
+        .with_limit(limit)
+        .with_batch_size(limit.min(8192))
+        .build()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut read = Vec::new();
+    for b in reader {
+        read.push(b.map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    let Some(first) = read.first() else {
+        return Ok((None, total));
+    };
+    let projected = first.schema();
+    let read = arrow::compute::concat_batches(&projected, &read).map_err(|e| e.to_string())?;
+    let options = arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let columns = schema
+        .fields()
+        .iter()
+        .zip(&sources)
+        .map(|(f, source)| match source {
+            None => Ok(arrow::array::new_null_array(f.data_type(), read.num_rows())),
+            Some(i) => {
+                let name = file_schema.field(*i).name();
+                let column = read
+                    .column_by_name(name)
+                    .ok_or_else(|| format!("column {name} was not read"))?;
+                arrow::compute::cast_with_options(column, f.data_type(), &options)
+                    .map_err(|e| format!("{}: column {}: {e}", path.display(), f.name()))
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(read.num_rows()));
+    let batch = RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)
+        .map_err(|e| e.to_string())?;
+    Ok((Some(batch), total))
+}
+
 impl Split for FileSplit {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.config.schema)
@@ -213,6 +374,9 @@ impl Split for FileSplit {
             .filter(|n| fnv1a(n.as_bytes()) % splits == self.index as u64)
             .cloned()
             .collect();
+        if self.config.encoding.is_parquet() {
+            return self.next_parquet(max, &files, &all).map(Some);
+        }
         let mut buf: Vec<u8> = Vec::new();
         let mut records: Vec<Record> = Vec::new();
         let mut split_name = String::new();
@@ -398,6 +562,62 @@ mod tests {
         let mut again = config.splits().remove(0);
         again.seek(4);
         assert_eq!(ids(&mut again), vec![5, 6, 7]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn write_parquet(path: &std::path::Path, batch: &RecordBatch) {
+        let file = File::create(path).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        w.write(batch).unwrap();
+        w.close().unwrap();
+    }
+
+    #[test]
+    fn parquet_files_by_column_name_resume_and_skip_bad_ones() {
+        use arrow::array::{ArrayRef, Int32Array, StringArray};
+        let dir = std::env::temp_dir().join(format!("sabot-fs-parquet-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Columns in another order, an extra one, ids as int32 (read as bigint).
+        let file = |ids: Vec<i32>| {
+            let names: Vec<String> = ids.iter().map(|i| format!("n{i}")).collect();
+            RecordBatch::try_from_iter(vec![
+                (
+                    "extra",
+                    Arc::new(Int32Array::from(vec![0; ids.len()])) as ArrayRef,
+                ),
+                ("name", Arc::new(StringArray::from(names)) as ArrayRef),
+                ("ID", Arc::new(Int32Array::from(ids)) as ArrayRef),
+            ])
+            .unwrap()
+        };
+        write_parquet(&dir.join("a.parquet"), &file(vec![1, 2, 3, 4, 5]));
+        write_parquet(&dir.join("b.parquet"), &file(vec![6, 7, 8]));
+        std::fs::write(dir.join(".c.parquet"), b"being written").unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("missing", DataType::Utf8, true),
+        ]));
+        let options = Options::new([("path".to_string(), dir.display().to_string())]);
+        let config =
+            FilesystemConfig::from_options(&options, schema, Encoding::Parquet, false).unwrap();
+        let mut split = config.splits().remove(0);
+        assert_eq!(ids(&mut split), vec![1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(split.offset(), 8);
+        // A file that cannot be read waits while it is the last, and is skipped (and
+        // logged) once a later one exists.
+        std::fs::write(dir.join("c.parquet"), b"not parquet").unwrap();
+        assert_eq!(ids(&mut split), Vec::<i64>::new());
+        write_parquet(&dir.join("d.parquet"), &file(vec![9]));
+        assert_eq!(ids(&mut split), vec![9]);
+        assert_eq!(config.errors.entries().len(), 1);
+        let mut again = config.splits().remove(0);
+        again.seek(4);
+        let batch = again.next_batch(2).unwrap().unwrap();
+        assert_eq!(batch.column(1).as_string::<i32>().value(0), "n5");
+        assert_eq!(batch.column(2).null_count(), 2);
+        assert_eq!(ids(&mut again), vec![7, 8, 9]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -148,6 +148,11 @@ impl KafkaConfig {
                 "a kafka source needs its columns declared".into(),
             ));
         }
+        if encoding.is_parquet() {
+            return Err(ConnectorError::Options(
+                "ENCODE PARQUET reads files (connector = 'filesystem'), not Kafka records".into(),
+            ));
+        }
         let topic = options
             .get("topic")
             .ok_or_else(|| ConnectorError::Options("a kafka source needs topic = '...'".into()))?

@@ -196,6 +196,12 @@ impl Ingest {
             }
         };
         options.check_all_used().map_err(options_error)?;
+        if encoding.is_parquet() {
+            return Err(PlanError::user(
+                "0A000",
+                "a table cannot read Parquet files yet; use CREATE SOURCE ... ENCODE PARQUET",
+            ));
+        }
         if let Encoding::Protobuf(proto) = &encoding {
             proto.check(&value_schema).map_err(options_error)?;
         }

@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::AsArray;
@@ -227,6 +228,87 @@ async fn filesystem_source_reads_new_files_once_across_a_crash() {
             (30_010i64 * 30_011 / 2).to_string(),
             "30010".to_string(),
             "4".to_string()
+        ]]
+    );
+}
+
+/// A Parquet file of rows `first..=last` (`id` int32, `v` double, `name`), written by
+/// Apache Arrow's Parquet writer with snappy compression, two row groups.
+fn parquet_file(path: &std::path::Path, first: i32, last: i32) {
+    use arrow::array::{ArrayRef, Float64Array, Int32Array, RecordBatch, StringArray};
+    use parquet::basic::Compression;
+    use parquet::file::properties::WriterProperties;
+    let ids: Vec<i32> = (first..=last).collect();
+    let batch = RecordBatch::try_from_iter(vec![
+        (
+            "name",
+            Arc::new(StringArray::from_iter_values(
+                ids.iter().map(|i| format!("n{i}")),
+            )) as ArrayRef,
+        ),
+        (
+            "v",
+            Arc::new(Float64Array::from_iter_values(
+                ids.iter().map(|i| f64::from(*i) / 2.0),
+            )) as ArrayRef,
+        ),
+        ("id", Arc::new(Int32Array::from(ids.clone())) as ArrayRef),
+    ])
+    .unwrap();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ids.len().div_ceil(2).max(1)))
+        .build();
+    // Written under a hidden name, then renamed: a reader never sees half a file.
+    let hidden = path.with_file_name(format!(".{}", path.file_name().unwrap().to_str().unwrap()));
+    let file = std::fs::File::create(&hidden).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    std::fs::rename(hidden, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_files_are_read_once_across_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = tempfile::tempdir().unwrap();
+    parquet_file(&input.path().join("p-000.parquet"), 1, 10_000);
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE pq (id BIGINT, v DOUBLE PRECISION, name VARCHAR) WITH (
+               connector = 'filesystem', path = '{}', match_pattern = '*.parquet',
+               filesystem.split.num = '2')
+             FORMAT PLAIN ENCODE PARQUET;
+             CREATE MATERIALIZED VIEW pq_totals AS
+               SELECT count(*) AS n, sum(id) AS s, count(DISTINCT name) AS names, sum(v) AS v FROM pq;",
+            input.path().display()
+        ))
+        .await
+        .unwrap();
+    wait_for(&client, "SELECT n FROM pq_totals", "10000").await;
+    for (i, first) in [10_001, 40_001, 70_001].iter().enumerate() {
+        parquet_file(
+            &input.path().join(format!("p-{:03}.parquet", i + 1)),
+            *first,
+            first + 29_999,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.kill();
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    wait_for(&client, "SELECT n FROM pq_totals", "100000").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n: i64 = 100_000;
+    assert_eq!(
+        rows(&client, "SELECT * FROM pq_totals").await,
+        vec![vec![
+            n.to_string(),
+            (n * (n + 1) / 2).to_string(),
+            n.to_string(),
+            (n * (n + 1) / 4).to_string(),
         ]]
     );
 }
