@@ -21,13 +21,19 @@
 //! offset counts rows; columns are matched by name and cast to the declared types. A
 //! file that cannot be read while a later file exists is skipped and logged.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::decode::{decode_records, Encoding, Record};
 use crate::error::{ConnectorError, Result};
@@ -38,10 +44,94 @@ use crate::Split;
 /// How much of a file one read takes.
 const CHUNK: usize = 1 << 20;
 
+/// Where the files are.
+#[derive(Debug, Clone)]
+enum Location {
+    Local(PathBuf),
+    /// A bucket of an object store (`connector = 's3'`).
+    Objects(Arc<ObjectFiles>),
+}
+
+/// An object store bucket. Its requests run on [`object_runtime`]: the splits' callers
+/// are not async, and may be on another runtime's threads.
+struct ObjectFiles {
+    store: Arc<dyn ObjectStore>,
+    /// `s3://bucket`, for messages.
+    url: String,
+}
+
+/// The runtime object store requests run on, one for the process (never dropped: a
+/// runtime cannot be dropped inside another's tasks, where sources are dropped).
+fn object_runtime() -> std::result::Result<&'static tokio::runtime::Runtime, String> {
+    static RUNTIME: std::sync::OnceLock<std::result::Result<tokio::runtime::Runtime, String>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("sabot-objects")
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the object store client: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+impl std::fmt::Debug for ObjectFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+/// How long one object store request may take.
+const OBJECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl ObjectFiles {
+    /// Runs `work` on the store's runtime and waits for it.
+    fn run<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = object_store::Result<T>> + Send + 'static,
+    ) -> std::result::Result<T, String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        object_runtime()?.spawn(async move {
+            let result = tokio::time::timeout(OBJECT_TIMEOUT, work).await;
+            let _ = tx.send(result);
+        });
+        match rx.recv() {
+            Ok(Ok(r)) => r.map_err(|e| e.to_string()),
+            Ok(Err(_)) => Err(format!("no answer within {}s", OBJECT_TIMEOUT.as_secs())),
+            Err(_) => Err("the request was dropped".into()),
+        }
+    }
+
+    /// Every object's name and size.
+    fn list(&self) -> std::result::Result<Vec<(String, u64)>, String> {
+        use futures::TryStreamExt;
+        let store = Arc::clone(&self.store);
+        let metas: Vec<object_store::ObjectMeta> =
+            self.run(async move { store.list(None).try_collect().await })?;
+        Ok(metas
+            .into_iter()
+            .map(|m| (m.location.to_string(), m.size))
+            .collect())
+    }
+
+    fn get_range(
+        &self,
+        name: &str,
+        range: std::ops::Range<u64>,
+    ) -> std::result::Result<Bytes, String> {
+        let store = Arc::clone(&self.store);
+        let path = ObjectPath::from(name);
+        self.run(async move { store.get_range(&path, range).await })
+    }
+}
+
 /// The settings of a filesystem source.
 #[derive(Debug, Clone)]
 pub struct FilesystemConfig {
-    dir: PathBuf,
+    location: Location,
     pattern: Option<String>,
     encoding: Encoding,
     header: bool,
@@ -52,22 +142,14 @@ pub struct FilesystemConfig {
 }
 
 impl FilesystemConfig {
+    /// `connector = 'filesystem'`: `path` (an absolute directory), `match_pattern`,
+    /// `filesystem.split.num`.
     pub fn from_options(
         options: &Options,
         schema: SchemaRef,
         encoding: Encoding,
         header: bool,
     ) -> Result<Self> {
-        if schema.fields().is_empty() {
-            return Err(ConnectorError::Schema(
-                "a filesystem source needs its columns declared".into(),
-            ));
-        }
-        if encoding.is_avro() || encoding.is_protobuf() {
-            return Err(ConnectorError::Options(
-                "ENCODE AVRO and PROTOBUF read Kafka records (one message each); Avro and Protobuf files are not supported yet".into(),
-            ));
-        }
         let path = options
             .get("path")
             .or_else(|| options.get("posix_fs.root"))
@@ -85,6 +167,81 @@ impl FilesystemConfig {
                 "path '{path}' is not a directory"
             )));
         }
+        Self::with_location(Location::Local(dir), options, schema, encoding, header)
+    }
+
+    /// `connector = 's3'`: `s3.bucket_name`, `s3.region_name`, `s3.endpoint_url`,
+    /// `s3.credentials.access`, `s3.credentials.secret` (else the `AWS_*` environment),
+    /// `match_pattern` (over whole object names), `filesystem.split.num`. The bucket is
+    /// listed once to check that it can be reached.
+    pub fn from_s3_options(
+        options: &Options,
+        schema: SchemaRef,
+        encoding: Encoding,
+        header: bool,
+    ) -> Result<Self> {
+        let bucket = options.get("s3.bucket_name").ok_or_else(|| {
+            ConnectorError::Options("an s3 source needs s3.bucket_name = '...'".into())
+        })?;
+        // A store that is away must not stall a split for minutes: few, short retries.
+        let retry = object_store::RetryConfig {
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(retry);
+        if let Some(region) = options.get("s3.region_name") {
+            builder = builder.with_region(region);
+        }
+        if let Some(endpoint) = options.get("s3.endpoint_url") {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        if let Some(key) = options.get("s3.credentials.access") {
+            builder = builder.with_access_key_id(key);
+        }
+        if let Some(secret) = options.get("s3.credentials.secret") {
+            builder = builder.with_secret_access_key(secret);
+        }
+        let store = builder
+            .build()
+            .map_err(|e| ConnectorError::Options(format!("s3 bucket {bucket}: {e}")))?;
+        let objects = ObjectFiles {
+            store: Arc::new(store),
+            url: format!("s3://{bucket}"),
+        };
+        objects
+            .list()
+            .map_err(|e| ConnectorError::Unavailable(format!("cannot list s3://{bucket}: {e}")))?;
+        Self::with_location(
+            Location::Objects(Arc::new(objects)),
+            options,
+            schema,
+            encoding,
+            header,
+        )
+    }
+
+    fn with_location(
+        location: Location,
+        options: &Options,
+        schema: SchemaRef,
+        encoding: Encoding,
+        header: bool,
+    ) -> Result<Self> {
+        if schema.fields().is_empty() {
+            return Err(ConnectorError::Schema(
+                "a filesystem source needs its columns declared".into(),
+            ));
+        }
+        if encoding.is_avro() || encoding.is_protobuf() {
+            return Err(ConnectorError::Options(
+                "ENCODE AVRO and PROTOBUF read Kafka records (one message each); Avro and Protobuf files are not supported yet".into(),
+            ));
+        }
         let pattern = options.get("match_pattern").map(str::to_string);
         let splits = options.u64("filesystem.split.num", 1)?;
         if splits == 0 || splits > 1024 {
@@ -93,7 +250,7 @@ impl FilesystemConfig {
             ));
         }
         Ok(Self {
-            dir,
+            location,
             pattern,
             encoding,
             header,
@@ -101,6 +258,41 @@ impl FilesystemConfig {
             schema,
             errors: Arc::new(SourceErrors::new(DEFAULT_KEPT)),
         })
+    }
+
+    /// Where the files are, for messages.
+    fn describe(&self, name: &str) -> String {
+        match &self.location {
+            Location::Local(dir) => dir.join(name).display().to_string(),
+            Location::Objects(o) => format!("{}/{name}", o.url),
+        }
+    }
+
+    /// The bytes of file `name` from `pos`, at most `len` of them (`size`: the file's
+    /// size when it was listed).
+    fn read_chunk(&self, name: &str, pos: u64, len: usize, size: u64) -> Result<Vec<u8>> {
+        let failed = |e: String| {
+            ConnectorError::Options(format!("cannot read {}: {e}", self.describe(name)))
+        };
+        match &self.location {
+            Location::Local(dir) => {
+                let mut chunk = Vec::new();
+                File::open(dir.join(name))
+                    .and_then(|mut f| {
+                        f.seek(SeekFrom::Start(pos))?;
+                        f.take(len as u64).read_to_end(&mut chunk)
+                    })
+                    .map_err(|e| failed(e.to_string()))?;
+                Ok(chunk)
+            }
+            Location::Objects(o) => {
+                if pos >= size {
+                    return Ok(Vec::new());
+                }
+                let end = size.min(pos + len as u64);
+                Ok(o.get_range(name, pos..end).map_err(failed)?.to_vec())
+            }
+        }
     }
 
     pub fn splits(&self) -> Vec<FileSplit> {
@@ -116,24 +308,46 @@ impl FilesystemConfig {
                 skip: 0,
                 caught_up: false,
                 bytes: 0,
+                object: None,
             })
             .collect()
     }
 
-    /// The matching files of all splits, in name order.
-    fn files(&self) -> Result<Vec<String>> {
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| {
-            ConnectorError::Options(format!("cannot list {}: {e}", self.dir.display()))
-        })?;
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| !n.starts_with('.'))
-            .filter(|n| self.pattern.as_deref().is_none_or(|p| wildcard(p, n)))
-            .collect();
+    /// The matching files of all splits, in name order, with their sizes. Names whose
+    /// last part starts with `.` are left out (files being written).
+    fn files(&self) -> Result<(Vec<String>, HashMap<String, u64>)> {
+        let listed: Vec<(String, u64)> = match &self.location {
+            Location::Local(dir) => {
+                let entries = std::fs::read_dir(dir).map_err(|e| {
+                    ConnectorError::Options(format!("cannot list {}: {e}", dir.display()))
+                })?;
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let meta = e.metadata().ok().filter(|m| m.is_file())?;
+                        Some((e.file_name().into_string().ok()?, meta.len()))
+                    })
+                    .collect()
+            }
+            // An unreachable store lists nothing new: the split waits.
+            Location::Objects(o) => o.list().unwrap_or_else(|e| {
+                tracing::warn!(store = %o.url, error = %e, "cannot list the object store; retrying");
+                Vec::new()
+            }),
+        };
+        let mut names = Vec::with_capacity(listed.len());
+        let mut sizes = HashMap::with_capacity(listed.len());
+        for (name, size) in listed {
+            let last = name.rsplit('/').next().unwrap_or(&name);
+            if last.starts_with('.') || !self.pattern.as_deref().is_none_or(|p| wildcard(p, &name))
+            {
+                continue;
+            }
+            sizes.insert(name.clone(), size);
+            names.push(name);
+        }
         names.sort();
-        Ok(names)
+        Ok((names, sizes))
     }
 }
 
@@ -184,6 +398,8 @@ pub struct FileSplit {
     caught_up: bool,
     /// File bytes consumed since the split was made.
     bytes: u64,
+    /// The Parquet object being read, fetched once (object stores).
+    object: Option<(String, Bytes)>,
 }
 
 impl FileSplit {
@@ -212,6 +428,7 @@ impl FileSplit {
         max: usize,
         files: &[String],
         all: &[String],
+        sizes: &HashMap<String, u64>,
     ) -> Result<RecordBatch> {
         let schema = Arc::clone(&self.config.schema);
         let mut batches = Vec::new();
@@ -225,11 +442,11 @@ impl FileSplit {
             let Some(name) = self.current.clone() else {
                 break;
             };
-            let path = self.config.dir.join(&name);
             let later = all.iter().any(|f| f.as_str() > name.as_str());
             // After a seek, whole files are passed over by their row counts.
             let from = self.pos + self.skip;
-            match read_parquet(&path, &schema, from, max - rows) {
+            let size = sizes.get(&name).copied().unwrap_or(0);
+            match self.read_parquet(&name, size, &schema, from, max - rows) {
                 Ok((batch, total)) => {
                     let passed = total.min(from) - self.pos.min(total);
                     self.produced += passed;
@@ -242,7 +459,8 @@ impl FileSplit {
                         batches.push(b);
                     }
                     if self.pos >= total {
-                        self.bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
+                        self.bytes += size;
+                        self.object = None;
                         if !self.next_file(files) {
                             self.caught_up = true;
                             break;
@@ -257,7 +475,7 @@ impl FileSplit {
                 Err(e) => {
                     let split = format!("{}:{name}", self.index);
                     self.config.errors.record(&split, self.produced, &e, b"");
-                    tracing::warn!(file = %path.display(), error = %e, "skipped an unreadable Parquet file");
+                    tracing::warn!(file = %self.config.describe(&name), error = %e, "skipped an unreadable Parquet file");
                     if !self.next_file(files) {
                         self.caught_up = true;
                         break;
@@ -273,19 +491,57 @@ impl FileSplit {
     }
 }
 
-/// Rows `offset..offset + limit` of a Parquet file, in the columns of `schema` (matched
-/// by name, cast; a column the file lacks is NULL), and how many rows the file has.
-fn read_parquet(
-    path: &std::path::Path,
+impl FileSplit {
+    /// Rows `offset..` (at most `limit`) of Parquet file `name` (`size` bytes when
+    /// listed), and how many rows it has. An object is fetched once and kept while it is
+    /// being read.
+    fn read_parquet(
+        &mut self,
+        name: &str,
+        size: u64,
+        schema: &SchemaRef,
+        offset: u64,
+        limit: usize,
+    ) -> std::result::Result<(Option<RecordBatch>, u64), String> {
+        let what = self.config.describe(name);
+        match &self.config.location {
+            Location::Local(dir) => {
+                let file =
+                    File::open(dir.join(name)).map_err(|e| format!("cannot open {what}: {e}"))?;
+                parquet_rows(file, &what, schema, offset, limit)
+            }
+            Location::Objects(o) => {
+                let cached = self.object.as_ref().filter(|(n, _)| n == name);
+                let bytes = match cached {
+                    Some((_, b)) => b.clone(),
+                    None => {
+                        let b = o
+                            .get_range(name, 0..size)
+                            .map_err(|e| format!("cannot read {what}: {e}"))?;
+                        self.object = Some((name.to_string(), b.clone()));
+                        b
+                    }
+                };
+                parquet_rows(bytes, &what, schema, offset, limit)
+            }
+        }
+    }
+}
+
+/// Rows `offset..offset + limit` of a Parquet file (`what`, for messages), in the
+/// columns of `schema` (matched by name, cast; a column the file lacks is NULL), and how
+/// many rows the file has.
+fn parquet_rows<R: parquet::file::reader::ChunkReader + 'static>(
+    reader: R,
+    what: &str,
     schema: &SchemaRef,
     offset: u64,
     limit: usize,
 ) -> std::result::Result<(Option<RecordBatch>, u64), String> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use parquet::arrow::ProjectionMask;
-    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(reader).map_err(|e| format!("{what}: {e}"))?;
     let total = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
     if offset >= total || limit == 0 {
         return Ok((None, total));
@@ -304,8 +560,7 @@ fn read_parquet(
             let from = file_schema.field(i).data_type();
             if !crate::decode::fits(from, f.data_type()) {
                 return Err(format!(
-                    "{}: column {} is {from} in the file and cannot be read as {}",
-                    path.display(),
+                    "{what}: column {} is {from} in the file and cannot be read as {}",
                     f.name(),
                     f.data_type()
                 ));
@@ -324,10 +579,10 @@ fn read_parquet(
         .with_limit(limit)
         .with_batch_size(limit.min(8192))
         .build()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| format!("{what}: {e}"))?;
     let mut read = Vec::new();
     for b in reader {
-        read.push(b.map_err(|e| format!("{}: {e}", path.display()))?);
+        read.push(b.map_err(|e| format!("{what}: {e}"))?);
     }
     let Some(first) = read.first() else {
         return Ok((None, total));
@@ -350,7 +605,7 @@ fn read_parquet(
                     .column_by_name(name)
                     .ok_or_else(|| format!("column {name} was not read"))?;
                 arrow::compute::cast_with_options(column, f.data_type(), &options)
-                    .map_err(|e| format!("{}: column {}: {e}", path.display(), f.name()))
+                    .map_err(|e| format!("{what}: column {}: {e}", f.name()))
             }
         })
         .collect::<std::result::Result<Vec<_>, String>>()?;
@@ -367,7 +622,7 @@ impl Split for FileSplit {
 
     fn next_batch(&mut self, max: usize) -> Result<Option<RecordBatch>> {
         let schema = Arc::clone(&self.config.schema);
-        let all = self.config.files()?;
+        let (all, sizes) = self.config.files()?;
         let splits = self.config.splits as u64;
         let files: Vec<String> = all
             .iter()
@@ -375,7 +630,7 @@ impl Split for FileSplit {
             .cloned()
             .collect();
         if self.config.encoding.is_parquet() {
-            return self.next_parquet(max, &files, &all).map(Some);
+            return self.next_parquet(max, &files, &all, &sizes).map(Some);
         }
         let mut buf: Vec<u8> = Vec::new();
         let mut records: Vec<Record> = Vec::new();
@@ -389,16 +644,8 @@ impl Split for FileSplit {
             let Some(name) = self.current.clone() else {
                 break;
             };
-            let path = self.config.dir.join(&name);
-            let mut chunk = Vec::new();
-            File::open(&path)
-                .and_then(|mut f| {
-                    f.seek(SeekFrom::Start(self.pos))?;
-                    f.take(CHUNK as u64).read_to_end(&mut chunk)
-                })
-                .map_err(|e| {
-                    ConnectorError::Options(format!("cannot read {}: {e}", path.display()))
-                })?;
+            let size = sizes.get(&name).copied().unwrap_or(0);
+            let chunk = self.config.read_chunk(&name, self.pos, CHUNK, size)?;
             let at_end = chunk.len() < CHUNK;
             // A later file (of any split) means this one is finished: its last line
             // needs no newline.
@@ -450,7 +697,7 @@ impl Split for FileSplit {
                 if used == 0 {
                     return Err(ConnectorError::Options(format!(
                         "{}: a line longer than {CHUNK} bytes",
-                        path.display()
+                        self.config.describe(&name)
                     )));
                 }
                 continue;
@@ -487,6 +734,7 @@ impl Split for FileSplit {
     }
 
     fn seek(&mut self, offset: u64) {
+        self.object = None;
         self.current = None;
         self.pos = 0;
         self.at_line_start = true;

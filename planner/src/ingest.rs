@@ -165,16 +165,19 @@ impl Ingest {
                     .collect();
                 (splits, Arc::new(SourceErrors::new(DEFAULT_KEPT)))
             }
-            "filesystem" | "posix_fs" if encoding.is_avro() || encoding.is_protobuf() => {
+            "filesystem" | "posix_fs" | "s3" if encoding.is_avro() || encoding.is_protobuf() => {
                 return Err(PlanError::user(
                     "0A000",
                     "ENCODE AVRO and PROTOBUF read Kafka records (one message each); Avro and Protobuf files are not supported yet",
                 ))
             }
-            "filesystem" | "posix_fs" => {
-                let c =
+            "filesystem" | "posix_fs" | "s3" => {
+                let c = if connector == "s3" {
+                    FilesystemConfig::from_s3_options(&options, raw_schema(), Encoding::Raw, header)
+                } else {
                     FilesystemConfig::from_options(&options, raw_schema(), Encoding::Raw, header)
-                        .map_err(options_error)?;
+                }
+                .map_err(options_error)?;
                 let splits = c
                     .splits()
                     .into_iter()
@@ -191,7 +194,7 @@ impl Ingest {
             other => {
                 return Err(PlanError::user(
                     "22023",
-                    format!("unknown connector '{other}' for a table (kafka, filesystem)"),
+                    format!("unknown connector '{other}' for a table (kafka, filesystem, s3)"),
                 ))
             }
         };

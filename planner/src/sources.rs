@@ -170,16 +170,25 @@ impl SourceDef {
                 (Connector::Filesystem(c), Arc::clone(&declared))
             }
             "s3" => {
-                return Err(PlanError::user(
-                    "0A000",
-                    "the s3 connector is not supported yet (filesystem is, for local directories)",
-                ))
+                let c = FilesystemConfig::from_s3_options(
+                    &options,
+                    Arc::clone(&declared),
+                    encoding,
+                    header,
+                )
+                .map_err(|e| match e {
+                    ConnectorError::Options(m) if m.starts_with("ENCODE") => {
+                        PlanError::user("0A000", m)
+                    }
+                    other => options_error(other),
+                })?;
+                (Connector::Filesystem(c), Arc::clone(&declared))
             }
             other => {
                 return Err(PlanError::user(
                     "22023",
                     format!(
-                        "unknown connector '{other}' (nexmark, datagen, kafka and filesystem are supported)"
+                        "unknown connector '{other}' (nexmark, datagen, kafka, filesystem and s3 are supported)"
                     ),
                 ))
             }
