@@ -154,28 +154,13 @@ impl SourceDef {
                 let output = c.splits_schema();
                 (Connector::Kafka(c), output)
             }
-            "filesystem" | "posix_fs" => {
-                let c = FilesystemConfig::from_options(
-                    &options,
-                    Arc::clone(&declared),
-                    encoding,
-                    header,
-                )
-                .map_err(|e| match e {
-                    ConnectorError::Options(m) if m.starts_with("ENCODE") => {
-                        PlanError::user("0A000", m)
-                    }
-                    other => options_error(other),
-                })?;
-                (Connector::Filesystem(c), Arc::clone(&declared))
-            }
-            "s3" => {
-                let c = FilesystemConfig::from_s3_options(
-                    &options,
-                    Arc::clone(&declared),
-                    encoding,
-                    header,
-                )
+            "filesystem" | "posix_fs" | "s3" => {
+                let columns = Arc::clone(&declared);
+                let c = if connector == "s3" {
+                    FilesystemConfig::from_s3_options(&options, columns, encoding, header)
+                } else {
+                    FilesystemConfig::from_options(&options, columns, encoding, header)
+                }
                 .map_err(|e| match e {
                     ConnectorError::Options(m) if m.starts_with("ENCODE") => {
                         PlanError::user("0A000", m)
