@@ -650,6 +650,8 @@ struct Slot {
 pub struct ProtobufFormat {
     pool: Pool,
     message: usize,
+    /// The message's fields by number (positions in its descriptor).
+    by_number: HashMap<u32, usize>,
     /// The descriptor file, for messages.
     location: String,
 }
@@ -696,9 +698,16 @@ impl ProtobufFormat {
                 "message {message} is not in the descriptor set {path}"
             ))
         })?;
+        let by_number = pool.messages[index]
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.number, i))
+            .collect();
         Ok(Self {
             pool,
             message: index,
+            by_number,
             location: location.to_string(),
         })
     }
@@ -769,7 +778,7 @@ impl ProtobufFormat {
         // Pass 1: frame the message, remembering each field's last occurrence.
         let mut r = Reader::new(bytes);
         while let Some((n, w)) = r.field()? {
-            if let Some(i) = fields.iter().position(|f| f.number == n) {
+            if let Some(&i) = self.by_number.get(&n) {
                 last[i] = Some(w);
             }
         }
