@@ -129,7 +129,7 @@ async fn filesystem_sinks_write_each_change_once_across_a_crash() {
     );
     // Second run: a crash after the epoch commits, before its files are renamed (they
     // must be published on restart).
-    let server = Server::start_with_env(dir.path(), &[("SABOT_FAILPOINTS", "sink-committed@20")]);
+    let server = Server::start_with_env(dir.path(), &[("SABOT_FAILPOINTS", "sink-committed@5")]);
     server.wait_exit(60);
     // Third run: SIGKILL at some moment.
     let server = Server::start(dir.path());
