@@ -28,6 +28,9 @@ pub enum Encoding {
     Protobuf(Arc<ProtobufFormat>),
     /// Parquet files (whole files, not records: the filesystem connector reads them).
     Parquet,
+    /// Avro object container files (`ENCODE AVRO` without a registry): each file's
+    /// header holds its writer schema.
+    AvroFile,
 }
 
 /// `key` and `value` bytes (either may be NULL, e.g. a Kafka tombstone), the record's
@@ -90,6 +93,26 @@ impl Encoding {
         matches!(self, Encoding::Parquet)
     }
 
+    /// Whether the encoding is of whole files (Parquet, Avro containers), read by the
+    /// filesystem connector itself, rather than of records.
+    pub fn is_whole_file(&self) -> bool {
+        matches!(self, Encoding::Parquet | Encoding::AvroFile)
+    }
+
+    /// An error when the encoding is not of records one at a time (Kafka messages).
+    pub fn check_records(&self) -> Result<()> {
+        match self {
+            Encoding::Parquet => Err(ConnectorError::Options(
+                "ENCODE PARQUET reads files (connector = 'filesystem' or 's3'), not Kafka records"
+                    .into(),
+            )),
+            Encoding::AvroFile => Err(ConnectorError::Options(
+                "schema.registry = 'http://host:port' is needed for ENCODE AVRO over Kafka (records carry the id of their schema there)".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// `ENCODE JSON`, `ENCODE CSV (delimiter = ',', without_header = 'false')`,
     /// `ENCODE AVRO (schema.registry = '...')` or `ENCODE PROTOBUF (message = '...',
     /// schema.location = '...')`; the format options are read from `options`. Returns the encoding and, for CSV,
@@ -97,6 +120,7 @@ impl Encoding {
     pub fn from_format(encode: &str, options: &Options) -> Result<(Self, bool)> {
         match encode.to_ascii_uppercase().as_str() {
             "JSON" => Ok((Encoding::Json, false)),
+            "AVRO" if options.get("schema.registry").is_none() => Ok((Encoding::AvroFile, false)),
             "AVRO" => Ok((
                 Encoding::Avro(Arc::new(AvroFormat::from_options(options)?)),
                 false,
@@ -208,7 +232,8 @@ pub fn decode_records_with_offsets(
         | Encoding::Raw
         | Encoding::Avro(_)
         | Encoding::Protobuf(_)
-        | Encoding::Parquet => true,
+        | Encoding::Parquet
+        | Encoding::AvroFile => true,
     };
     if records.iter().all(shape_ok) {
         let whole = &buf[records[0].start..records[records.len() - 1].end];
@@ -267,7 +292,11 @@ fn decode(
             }
             decoder.flush().map_err(|e| e.to_string())?
         }
-        Encoding::Raw | Encoding::Avro(_) | Encoding::Protobuf(_) | Encoding::Parquet => {
+        Encoding::Raw
+        | Encoding::Avro(_)
+        | Encoding::Protobuf(_)
+        | Encoding::Parquet
+        | Encoding::AvroFile => {
             return Err("raw, Avro, Protobuf and Parquet records are not decoded here".to_string())
         }
         Encoding::Csv { delimiter } => {

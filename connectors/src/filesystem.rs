@@ -1,6 +1,7 @@
 //! The `filesystem` connector (also `posix_fs`): the files of a local directory, read
-//! line by line as JSON objects or CSV, or as Parquet files (`ENCODE PARQUET`), new
-//! files picked up as they appear.
+//! line by line as JSON objects or CSV, or whole as Parquet files (`ENCODE PARQUET`)
+//! or Avro container files (`ENCODE AVRO`, no registry), new files picked up as they
+//! appear.
 //!
 //! ```sql
 //! CREATE SOURCE s (id BIGINT, name VARCHAR) WITH (
@@ -16,10 +17,12 @@
 //! once it ends with a newline, or once a later file exists (the last line of a finished
 //! file). One record per line: CSV fields cannot hold newlines.
 //!
-//! Parquet files are read whole (their footer says how many rows they hold), so a file
-//! must be complete when it gets its name: write `.name.parquet`, then rename it. The
-//! offset counts rows; columns are matched by name and cast to the declared types. A
-//! file that cannot be read while a later file exists is skipped and logged.
+//! Parquet and Avro files are read whole (a Parquet footer, or the Avro blocks, say how
+//! many rows they hold), so a file must be complete when it gets its name: write
+//! `.name.parquet`, then rename it. The offset counts rows; columns are matched by name
+//! (Parquet: and cast to the declared types; Avro: read by the rules of
+//! [`crate::avro`]). A file that cannot be read while a later file exists is skipped and
+//! logged.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -35,6 +38,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
+use crate::avro::file::Container;
 use crate::decode::{decode_records, Encoding, Record};
 use crate::error::{ConnectorError, Result};
 use crate::options::Options;
@@ -237,9 +241,14 @@ impl FilesystemConfig {
                 "a filesystem source needs its columns declared".into(),
             ));
         }
-        if encoding.is_avro() || encoding.is_protobuf() {
+        if encoding.is_avro() {
             return Err(ConnectorError::Options(
-                "ENCODE AVRO and PROTOBUF read Kafka records (one message each); Avro and Protobuf files are not supported yet".into(),
+                "schema.registry does not apply to files: an Avro container file holds its writer schema in its header".into(),
+            ));
+        }
+        if encoding.is_protobuf() {
+            return Err(ConnectorError::Options(
+                "ENCODE PROTOBUF reads Kafka records (one message each); Protobuf files are not supported yet".into(),
             ));
         }
         let pattern = options.get("match_pattern").map(str::to_string);
@@ -398,7 +407,7 @@ pub struct FileSplit {
     caught_up: bool,
     /// File bytes consumed since the split was made.
     bytes: u64,
-    /// The Parquet object being read, fetched once (object stores).
+    /// The file being read whole (an object, an Avro file), fetched once.
     object: Option<(String, Bytes)>,
 }
 
@@ -422,8 +431,9 @@ impl FileSplit {
 }
 
 impl FileSplit {
-    /// Up to `max` rows of the split's Parquet files (`files`; `all` are every split's).
-    fn next_parquet(
+    /// Up to `max` rows of the split's Parquet or Avro files (`files`; `all` are every
+    /// split's).
+    fn next_whole(
         &mut self,
         max: usize,
         files: &[String],
@@ -446,7 +456,7 @@ impl FileSplit {
             // After a seek, whole files are passed over by their row counts.
             let from = self.pos + self.skip;
             let size = sizes.get(&name).copied().unwrap_or(0);
-            match self.read_parquet(&name, size, &schema, from, max - rows) {
+            match self.read_whole(&name, size, &schema, from, max - rows) {
                 Ok((batch, total)) => {
                     let passed = total.min(from) - self.pos.min(total);
                     self.produced += passed;
@@ -469,13 +479,15 @@ impl FileSplit {
                 }
                 // Not complete yet, unless a later file says it is done.
                 Err(_) if !later => {
+                    self.object = None;
                     self.caught_up = true;
                     break;
                 }
                 Err(e) => {
+                    self.object = None;
                     let split = format!("{}:{name}", self.index);
                     self.config.errors.record(&split, self.produced, &e, b"");
-                    tracing::warn!(file = %self.config.describe(&name), error = %e, "skipped an unreadable Parquet file");
+                    tracing::warn!(file = %self.config.describe(&name), error = %e, "skipped an unreadable file");
                     if !self.next_file(files) {
                         self.caught_up = true;
                         break;
@@ -492,10 +504,10 @@ impl FileSplit {
 }
 
 impl FileSplit {
-    /// Rows `offset..` (at most `limit`) of Parquet file `name` (`size` bytes when
-    /// listed), and how many rows it has. An object is fetched once and kept while it is
-    /// being read.
-    fn read_parquet(
+    /// Rows `offset..` (at most `limit`) of Parquet or Avro file `name` (`size` bytes
+    /// when listed), and how many rows it has. A file read whole (objects, Avro files)
+    /// is read once and kept while it is being read.
+    fn read_whole(
         &mut self,
         name: &str,
         size: u64,
@@ -504,27 +516,38 @@ impl FileSplit {
         limit: usize,
     ) -> std::result::Result<(Option<RecordBatch>, u64), String> {
         let what = self.config.describe(name);
-        match &self.config.location {
-            Location::Local(dir) => {
-                let file =
-                    File::open(dir.join(name)).map_err(|e| format!("cannot open {what}: {e}"))?;
-                parquet_rows(file, &what, schema, offset, limit)
-            }
-            Location::Objects(o) => {
-                let cached = self.object.as_ref().filter(|(n, _)| n == name);
-                let bytes = match cached {
-                    Some((_, b)) => b.clone(),
-                    None => {
-                        let b = o
-                            .get_range(name, 0..size)
-                            .map_err(|e| format!("cannot read {what}: {e}"))?;
-                        self.object = Some((name.to_string(), b.clone()));
-                        b
-                    }
-                };
-                parquet_rows(bytes, &what, schema, offset, limit)
-            }
+        if let (Location::Local(dir), Encoding::Parquet) =
+            (&self.config.location, &self.config.encoding)
+        {
+            let file =
+                File::open(dir.join(name)).map_err(|e| format!("cannot open {what}: {e}"))?;
+            return parquet_rows(file, &what, schema, offset, limit);
         }
+        let cached = self.object.as_ref().filter(|(n, _)| n == name);
+        let bytes = match cached {
+            Some((_, b)) => b.clone(),
+            None => {
+                let b = match &self.config.location {
+                    Location::Local(dir) => std::fs::read(dir.join(name))
+                        .map(Bytes::from)
+                        .map_err(|e| format!("cannot read {what}: {e}"))?,
+                    Location::Objects(o) => o
+                        .get_range(name, 0..size)
+                        .map_err(|e| format!("cannot read {what}: {e}"))?,
+                };
+                self.object = Some((name.to_string(), b.clone()));
+                b
+            }
+        };
+        if self.config.encoding.is_parquet() {
+            return parquet_rows(bytes, &what, schema, offset, limit);
+        }
+        let file = Container::open(&bytes).map_err(|e| format!("{what}: {e}"))?;
+        let total = file.count().map_err(|e| format!("{what}: {e}"))?;
+        let rows = file
+            .rows(schema, offset, limit)
+            .map_err(|e| format!("{what}: {e}"))?;
+        Ok((rows, total))
     }
 }
 
@@ -629,8 +652,8 @@ impl Split for FileSplit {
             .filter(|n| fnv1a(n.as_bytes()) % splits == self.index as u64)
             .cloned()
             .collect();
-        if self.config.encoding.is_parquet() {
-            return self.next_parquet(max, &files, &all, &sizes).map(Some);
+        if self.config.encoding.is_whole_file() {
+            return self.next_whole(max, &files, &all, &sizes).map(Some);
         }
         let mut buf: Vec<u8> = Vec::new();
         let mut records: Vec<Record> = Vec::new();

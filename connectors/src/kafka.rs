@@ -143,14 +143,10 @@ fn client(servers: &str) -> Result<BaseConsumer> {
 impl KafkaConfig {
     /// Checks the options and asks the broker how many partitions the topic has.
     pub fn from_options(options: &Options, schema: SchemaRef, encoding: Encoding) -> Result<Self> {
+        encoding.check_records()?;
         if schema.fields().is_empty() {
             return Err(ConnectorError::Schema(
                 "a kafka source needs its columns declared".into(),
-            ));
-        }
-        if encoding.is_parquet() {
-            return Err(ConnectorError::Options(
-                "ENCODE PARQUET reads files (connector = 'filesystem'), not Kafka records".into(),
             ));
         }
         let topic = options

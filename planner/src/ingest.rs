@@ -18,6 +18,9 @@
 //! `ENCODE AVRO (schema.registry = '...')` works with all three: values, keys and
 //! envelopes are Avro in the registry's wire format, read by field name.
 //!
+//! The filesystem and s3 connectors also read whole files, `FORMAT PLAIN ENCODE PARQUET`
+//! and `ENCODE AVRO` container files (no registry): the split decodes their rows.
+//!
 //! Records that cannot be decoded are skipped and kept in the table's error log. When the
 //! schema registry cannot be reached, a split's records are put back and read again the
 //! next epoch.
@@ -109,6 +112,12 @@ impl Ingest {
         format_options.check_all_used().map_err(options_error)?;
 
         if table_format != TableFormat::Plain {
+            if encoding.is_whole_file() {
+                return Err(PlanError::user(
+                    "0A000",
+                    format!("FORMAT UPSERT and DEBEZIUM read records (Kafka messages, lines), not ENCODE {encode} files; use FORMAT PLAIN"),
+                ));
+            }
             if !encoding.is_json() && !encoding.is_avro() {
                 return Err(PlanError::user(
                     "0A000",
@@ -155,6 +164,7 @@ impl Ingest {
                         "Kafka records have no header line: use ENCODE CSV (without_header = 'true')",
                     ));
                 }
+                encoding.check_records().map_err(options_error)?;
                 let c = KafkaConfig::from_options(&options, raw_schema(), Encoding::Raw)
                     .map_err(options_error)?;
                 let splits = c
@@ -165,17 +175,20 @@ impl Ingest {
                     .collect();
                 (splits, Arc::new(SourceErrors::new(DEFAULT_KEPT)))
             }
-            "filesystem" | "posix_fs" | "s3" if encoding.is_avro() || encoding.is_protobuf() => {
-                return Err(PlanError::user(
-                    "0A000",
-                    "ENCODE AVRO and PROTOBUF read Kafka records (one message each); Avro and Protobuf files are not supported yet",
-                ))
-            }
             "filesystem" | "posix_fs" | "s3" => {
-                let c = if connector == "s3" {
-                    FilesystemConfig::from_s3_options(&options, raw_schema(), Encoding::Raw, header)
+                // Whole files (Parquet, Avro) are decoded by the split; records (lines)
+                // come raw and are decoded here.
+                let (columns, read_as) = if encoding.is_whole_file() {
+                    (Arc::clone(&value_schema), encoding.clone())
+                } else if encoding.is_avro() || encoding.is_protobuf() {
+                    (raw_schema(), encoding.clone())
                 } else {
-                    FilesystemConfig::from_options(&options, raw_schema(), Encoding::Raw, header)
+                    (raw_schema(), Encoding::Raw)
+                };
+                let c = if connector == "s3" {
+                    FilesystemConfig::from_s3_options(&options, columns, read_as, header)
+                } else {
+                    FilesystemConfig::from_options(&options, columns, read_as, header)
                 }
                 .map_err(options_error)?;
                 let splits = c
@@ -199,12 +212,6 @@ impl Ingest {
             }
         };
         options.check_all_used().map_err(options_error)?;
-        if encoding.is_parquet() {
-            return Err(PlanError::user(
-                "0A000",
-                "a table cannot read Parquet files yet; use CREATE SOURCE ... ENCODE PARQUET",
-            ));
-        }
         if let Encoding::Protobuf(proto) = &encoding {
             proto.check(&value_schema).map_err(options_error)?;
         }
@@ -339,6 +346,11 @@ impl Ingest {
 
     /// Applies one split's raw records, in order.
     fn apply(&self, split: usize, raw: &RecordBatch, table: &mut TableState) -> Result<()> {
+        if self.encoding.is_whole_file() {
+            // Parquet and Avro files (FORMAT PLAIN): the split decoded the rows and
+            // skipped the files it could not read.
+            return self.upsert(table, raw.clone());
+        }
         let keys = raw.column(0).as_binary::<i32>();
         let values = raw.column(1).as_binary::<i32>();
         let offsets = raw.column(2).as_primitive::<arrow::datatypes::UInt64Type>();

@@ -2,7 +2,7 @@
 
 use arrow::datatypes::SchemaRef;
 use sabot_connectors::sink::blackhole::BlackholeSink;
-use sabot_connectors::sink::filesystem::FilesystemSink;
+use sabot_connectors::sink::filesystem::{FileEncode, FilesystemSink};
 use sabot_connectors::sink::kafka::{KafkaEncode, KafkaSink};
 use sabot_connectors::sink::{SinkFormat, SinkWriter};
 use sabot_connectors::{ConnectorError, Options};
@@ -129,14 +129,20 @@ pub fn sink_spec(cs: &CreateSink, append_only: bool, columns: &SchemaRef) -> Res
                 "FORMAT UPSERT needs keyed records: the kafka sink has them, files do not",
             ))
         }
-        "filesystem" | "fs" if avro => {
-            return Err(PlanError::user(
-                "0A000",
-                "ENCODE AVRO writes Kafka records through a schema registry; Avro files are not supported yet",
-            ))
-        }
         "filesystem" | "fs" => {
-            let sink = FilesystemSink::try_new(&options, format).map_err(options_error)?;
+            let name = cs.name.to_string();
+            let encode = if avro {
+                FileEncode::Avro {
+                    name: &name,
+                    columns,
+                }
+            } else {
+                FileEncode::Json
+            };
+            let sink = FilesystemSink::try_new(&options, format, encode).map_err(|e| match e {
+                ConnectorError::Schema(m) => PlanError::user("42804", m),
+                other => options_error(other),
+            })?;
             let target = format!("filesystem:{}", sink.dir().display());
             (Box::new(sink), target)
         }

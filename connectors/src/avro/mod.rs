@@ -12,6 +12,7 @@
 //! cannot be reached is not a bad record: [`ConnectorError::Unavailable`] tells the
 //! reader to try the same records again later.
 
+pub mod file;
 mod read;
 pub mod registry;
 mod schema;

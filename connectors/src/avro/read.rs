@@ -35,12 +35,17 @@ impl<'a> Input<'a> {
         Self { bytes, pos: 0 }
     }
 
+    /// Bytes read so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
     /// Bytes not read yet.
     pub fn remaining(&self) -> usize {
         self.bytes.len() - self.pos
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         if n > self.remaining() {
             return Err(format!(
                 "the record ends early: {n} bytes needed at byte {}, {} left",
@@ -54,7 +59,7 @@ impl<'a> Input<'a> {
     }
 
     /// A zigzag-encoded variable-length `long`.
-    fn long(&mut self) -> Result<i64, String> {
+    pub(super) fn long(&mut self) -> Result<i64, String> {
         let mut value: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = *self
@@ -76,17 +81,17 @@ impl<'a> Input<'a> {
     }
 
     /// A length or count: never negative.
-    fn len(&mut self) -> Result<usize, String> {
+    pub(super) fn len(&mut self) -> Result<usize, String> {
         let v = self.long()?;
         usize::try_from(v).map_err(|_| format!("a negative length {v}"))
     }
 
-    fn bytes(&mut self) -> Result<&'a [u8], String> {
+    pub(super) fn bytes(&mut self) -> Result<&'a [u8], String> {
         let n = self.len()?;
         self.take(n)
     }
 
-    fn str(&mut self) -> Result<&'a str, String> {
+    pub(super) fn str(&mut self) -> Result<&'a str, String> {
         std::str::from_utf8(self.bytes()?).map_err(|_| "a string that is not UTF-8".to_string())
     }
 
@@ -104,7 +109,7 @@ impl<'a> Input<'a> {
     }
 
     /// Reads the blocks of an array or map, calling `item` for each element.
-    fn blocks(
+    pub(super) fn blocks(
         &mut self,
         mut item: impl FnMut(&mut Self) -> Result<(), String>,
     ) -> Result<(), String> {
@@ -740,16 +745,30 @@ impl Rows {
     /// Reads one record (all of `payload`); on error nothing of it is kept.
     pub fn push(&mut self, payload: &[u8]) -> Result<(), String> {
         let mut input = Input::new(payload);
-        let read = match &mut self.top {
-            Top::Record(s) => s.read(&mut input),
-            Top::Single(node, col) => col.read(node, &mut input),
-        };
-        let result = read.and_then(|()| match input.remaining() {
+        self.read(&mut input, |input| match input.remaining() {
             0 => Ok(()),
             n => Err(format!(
                 "{n} bytes left after the Avro value: it does not match its schema"
             )),
-        });
+        })
+    }
+
+    /// Reads the record that starts at `input`'s position, leaving it after the record
+    /// (records one after another, as in a container file's block).
+    pub fn push_from(&mut self, input: &mut Input<'_>) -> Result<(), String> {
+        self.read(input, |_| Ok(()))
+    }
+
+    fn read(
+        &mut self,
+        input: &mut Input<'_>,
+        after: impl FnOnce(&Input<'_>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let read = match &mut self.top {
+            Top::Record(s) => s.read(input),
+            Top::Single(node, col) => col.read(node, input),
+        };
+        let result = read.and_then(|()| after(input));
         if result.is_err() {
             match &mut self.top {
                 Top::Record(s) => s.truncate(self.len),

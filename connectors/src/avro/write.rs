@@ -235,7 +235,7 @@ impl Column {
 }
 
 /// Avro's zigzag varint.
-fn long(v: i64, out: &mut Vec<u8>) {
+pub(super) fn long(v: i64, out: &mut Vec<u8>) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
     while z >= 0x80 {
         out.push((z as u8) | 0x80);
@@ -244,7 +244,7 @@ fn long(v: i64, out: &mut Vec<u8>) {
     out.push(z as u8);
 }
 
-fn bytes(b: &[u8], out: &mut Vec<u8>) {
+pub(super) fn bytes(b: &[u8], out: &mut Vec<u8>) {
     long(b.len() as i64, out);
     out.extend_from_slice(b);
 }
@@ -277,11 +277,7 @@ impl AvroEncoder {
 
     /// Each row of `batch` as a record in the wire format.
     pub fn encode(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-        let columns = batch
-            .columns()
-            .iter()
-            .map(Column::new)
-            .collect::<Result<Vec<_>>>()?;
+        let columns = columns(batch)?;
         let mut out = Vec::with_capacity(batch.num_rows());
         let mut buf = Vec::new();
         for row in 0..batch.num_rows() {
@@ -295,6 +291,22 @@ impl AvroEncoder {
         }
         Ok(out)
     }
+}
+
+fn columns(batch: &RecordBatch) -> Result<Vec<Column>> {
+    batch.columns().iter().map(Column::new).collect()
+}
+
+/// The rows of `batch`, one Avro record after another (as a container file's block holds
+/// them), under [`record_schema`] of its columns.
+pub fn datums(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
+    let columns = columns(batch)?;
+    for row in 0..batch.num_rows() {
+        for c in &columns {
+            c.write_nullable(row, out);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::{debezium_batch, encode_json, expand, SinkFormat, SinkWriter};
+use super::{debezium_batch, encode_json, expand, in_write_order, SinkFormat, SinkWriter};
 use crate::avro::AvroSink;
 use crate::error::{ConnectorError, Result};
 use crate::kafka::{partition_count, METADATA_TIMEOUT};
@@ -431,7 +431,7 @@ impl KafkaSink {
     /// FORMAT PLAIN / DEBEZIUM: one record per change, no key, partitioned by the row.
     fn line_records(&self, changes: &[(RecordBatch, Int64Array)]) -> Result<Vec<OutRecord>> {
         let mut records = Vec::new();
-        for (batch, weights) in changes {
+        for (batch, weights) in in_write_order(self.format, changes).iter() {
             let (payloads, rows) = self.payloads(batch, weights)?;
             if rows.is_empty() {
                 continue;

@@ -117,6 +117,25 @@ pub fn expand(format: SinkFormat, weights: &Int64Array) -> Result<(Vec<u32>, Vec
     Ok((rows, inserted))
 }
 
+/// The changes in the order a sink writes them: for `FORMAT DEBEZIUM`, every delete of
+/// the epoch before any insert, so an update reads as the old row's delete, then the new
+/// row's insert (a consumer keyed by the row's key ends with the new row); other formats
+/// as they are.
+pub fn in_write_order(
+    format: SinkFormat,
+    changes: &[(RecordBatch, Int64Array)],
+) -> std::borrow::Cow<'_, [(RecordBatch, Int64Array)]> {
+    if format != SinkFormat::Debezium {
+        return std::borrow::Cow::Borrowed(changes);
+    }
+    let part = |keep: fn(i64) -> i64| {
+        changes
+            .iter()
+            .map(move |(b, w)| (b.clone(), w.unary::<_, arrow::datatypes::Int64Type>(keep)))
+    };
+    std::borrow::Cow::Owned(part(|w| w.min(0)).chain(part(|w| w.max(0))).collect())
+}
+
 /// The columns of a Debezium envelope over rows of `fields`.
 pub fn debezium_fields(fields: &Fields) -> Fields {
     Fields::from(vec![
