@@ -278,11 +278,14 @@ async fn parquet_files_are_read_once_across_a_crash() {
     client
         .batch_execute(&format!(
             "CREATE SOURCE pq (id BIGINT, v DOUBLE PRECISION, name VARCHAR) WITH (
-               connector = 'filesystem', path = '{}', match_pattern = '*.parquet',
+               connector = 'filesystem', path = '{0}', match_pattern = '*.parquet',
                filesystem.split.num = '2')
              FORMAT PLAIN ENCODE PARQUET;
              CREATE MATERIALIZED VIEW pq_totals AS
-               SELECT count(*) AS n, sum(id) AS s, count(DISTINCT name) AS names, sum(v) AS v FROM pq;",
+               SELECT count(*) AS n, sum(id) AS s, count(DISTINCT name) AS names, sum(v) AS v FROM pq;
+             CREATE TABLE pq_rows (id BIGINT PRIMARY KEY, name VARCHAR) WITH (
+               connector = 'filesystem', path = '{0}', match_pattern = '*.parquet')
+             FORMAT PLAIN ENCODE PARQUET;",
             input.path().display()
         ))
         .await
@@ -300,7 +303,16 @@ async fn parquet_files_are_read_once_across_a_crash() {
     let server = Server::start(dir.path());
     let client = server.connect().await;
     wait_for(&client, "SELECT n FROM pq_totals", "100000").await;
+    wait_for(&client, "SELECT count(*) FROM pq_rows", "100000").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        scalar(
+            &client,
+            "SELECT count(*) FROM pq_rows WHERE name = 'n' || id::VARCHAR"
+        )
+        .await,
+        "100000"
+    );
     let n: i64 = 100_000;
     assert_eq!(
         rows(&client, "SELECT * FROM pq_totals").await,
