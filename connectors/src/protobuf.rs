@@ -2,6 +2,15 @@
 //! each record is one serialized message, described by a compiled descriptor set
 //! (`protoc --include_imports --descriptor_set_out=set.pb x.proto`).
 //!
+//! `ENCODE PROTOBUF (schema.registry = 'http://...', message = 'pkg.Msg')`: records in
+//! Confluent's wire format (a zero byte, the schema id, the message indexes, the
+//! message). Each schema is fetched once by id in its serialized form
+//! (`?format=serialized`: `FileDescriptorProto`s, with the files it references), and
+//! the message indexes pick the record's message type. The well-known
+//! `google/protobuf` types that registries leave out of references (Timestamp,
+//! Duration, Empty, the wrappers) are built in. `message` names the message that
+//! columns are derived from when none are declared (else the schema's first).
+//!
 //! Columns are matched to the message's fields by name. Scalars read as their SQL types
 //! (`uint64` as NUMERIC, enums as their value's name), `google.protobuf.Timestamp` as
 //! TIMESTAMPTZ, and other messages and repeated fields as JSON text. A field that is
@@ -10,7 +19,7 @@
 //! several times the last occurrence wins.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{
     new_null_array, ArrayRef, BinaryBuilder, BooleanBuilder, Decimal128Builder, Float32Builder,
@@ -21,6 +30,8 @@ use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
 use serde_json::Value;
 
+use crate::avro::registry::{Registry, RegistryError};
+use crate::avro::registry_of;
 use crate::decode::{fits, Record};
 use crate::error::{ConnectorError, Result};
 use crate::options::Options;
@@ -170,12 +181,27 @@ fn utf8(b: &[u8]) -> std::result::Result<String, String> {
 impl Pool {
     /// Parses a serialized `FileDescriptorSet`.
     fn parse(set: &[u8]) -> std::result::Result<Pool, String> {
-        let mut raw_messages: Vec<(String, Vec<RawField>)> = Vec::new();
-        let mut enums: Vec<(String, EnumDesc)> = Vec::new();
+        let mut files = Vec::new();
         let mut r = Reader::new(set);
         while let Some((n, v)) = r.field()? {
             if let (1, Wire::Len(file)) = (n, v) {
-                parse_file(file, &mut raw_messages, &mut enums)?;
+                files.push(file);
+            }
+        }
+        Self::from_files(&files)
+    }
+
+    /// The messages and enums of serialized `FileDescriptorProto`s, with the well-known
+    /// types of `google/protobuf` that none of them defines.
+    fn from_files(files: &[&[u8]]) -> std::result::Result<Pool, String> {
+        let mut raw_messages: Vec<(String, Vec<RawField>)> = Vec::new();
+        let mut enums: Vec<(String, EnumDesc)> = Vec::new();
+        for file in files {
+            parse_file(file, &mut raw_messages, &mut enums)?;
+        }
+        for (name, fields) in well_known() {
+            if !raw_messages.iter().any(|(n, _)| *n == name) {
+                raw_messages.push((name, fields));
             }
         }
         let message_index: HashMap<String, usize> = raw_messages
@@ -263,6 +289,91 @@ impl Pool {
         };
         (ty, false)
     }
+}
+
+/// The well-known messages a schema registry leaves out of a schema's references
+/// (`google/protobuf/timestamp.proto` and the like): their fields, as `protoc` compiles
+/// them.
+fn well_known() -> Vec<(String, Vec<RawField>)> {
+    let field = |name: &str, number: u32, type_code: u64| RawField {
+        desc: FieldDesc {
+            name: name.to_string(),
+            number,
+            kind: Kind::Bool,
+            repeated: false,
+            presence: false,
+        },
+        type_code,
+        type_name: String::new(),
+    };
+    let mut out = vec![
+        (
+            "google.protobuf.Timestamp".to_string(),
+            vec![field("seconds", 1, 3), field("nanos", 2, 5)],
+        ),
+        (
+            "google.protobuf.Duration".to_string(),
+            vec![field("seconds", 1, 3), field("nanos", 2, 5)],
+        ),
+        ("google.protobuf.Empty".to_string(), Vec::new()),
+    ];
+    for (name, type_code) in [
+        ("DoubleValue", 1),
+        ("FloatValue", 2),
+        ("Int64Value", 3),
+        ("UInt64Value", 4),
+        ("Int32Value", 5),
+        ("BoolValue", 8),
+        ("StringValue", 9),
+        ("BytesValue", 12),
+        ("UInt32Value", 13),
+    ] {
+        out.push((
+            format!("google.protobuf.{name}"),
+            vec![field("value", 1, type_code)],
+        ));
+    }
+    out
+}
+
+/// The full name of the message that Confluent's message indexes point at in
+/// `file` (a serialized `FileDescriptorProto`): the first index picks a top-level
+/// message, each next one a message nested in the last.
+fn message_at(file: &[u8], indexes: &[u64]) -> std::result::Result<String, String> {
+    let mut package = String::new();
+    let mut messages = Vec::new();
+    let mut r = Reader::new(file);
+    while let Some((n, v)) = r.field()? {
+        match (n, v) {
+            (2, Wire::Len(b)) => package = utf8(b)?,
+            (4, Wire::Len(b)) => messages.push(b),
+            _ => {}
+        }
+    }
+    let mut scope = package;
+    for (depth, &i) in indexes.iter().enumerate() {
+        let body = usize::try_from(i)
+            .ok()
+            .and_then(|i| messages.get(i).copied())
+            .ok_or_else(|| {
+                format!(
+                    "message index {i} (at depth {depth}) is not in the schema ({} messages there)",
+                    messages.len()
+                )
+            })?;
+        let (mut name, mut nested) = (String::new(), Vec::new());
+        let mut r = Reader::new(body);
+        while let Some((n, v)) = r.field()? {
+            match (n, v) {
+                (1, Wire::Len(b)) => name = utf8(b)?,
+                (3, Wire::Len(b)) => nested.push(b),
+                _ => {}
+            }
+        }
+        scope = qualified(&scope, &name);
+        messages = nested;
+    }
+    Ok(scope)
 }
 
 /// Reads a `FileDescriptorProto`'s messages (nested ones too) and enums.
@@ -647,74 +758,32 @@ struct Slot {
     natural: DataType,
 }
 
-pub struct ProtobufFormat {
-    pool: Pool,
+/// One message type of a pool: how records of it decode.
+struct MessageType {
+    pool: Arc<Pool>,
     message: usize,
     /// The message's fields by number (positions in its descriptor).
     by_number: HashMap<u32, usize>,
-    /// The descriptor file, for messages.
-    location: String,
 }
 
-impl std::fmt::Debug for ProtobufFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProtobufFormat")
-            .field("message", &self.pool.messages[self.message].name)
-            .field("location", &self.location)
-            .finish()
-    }
-}
-
-impl ProtobufFormat {
-    /// `message` and `schema.location` (a `file://` URL or an absolute path to a
-    /// descriptor set).
-    pub fn from_options(options: &Options) -> Result<Self> {
-        if options.get("schema.registry").is_some() {
-            return Err(ConnectorError::Options(
-                "ENCODE PROTOBUF reads descriptors from schema.location; a schema registry is not supported for Protobuf yet".into(),
-            ));
-        }
-        let message = options.get("message").ok_or_else(|| {
-            ConnectorError::Options("ENCODE PROTOBUF needs message = 'package.Message'".into())
-        })?;
-        let location = options.get("schema.location").ok_or_else(|| {
-            ConnectorError::Options(
-                "ENCODE PROTOBUF needs schema.location = 'file:///path/to/descriptor_set.pb' (protoc --include_imports --descriptor_set_out)".into(),
-            )
-        })?;
-        let path = location.strip_prefix("file://").unwrap_or(location);
-        if !path.starts_with('/') {
-            return Err(ConnectorError::Options(format!(
-                "schema.location must be file:///absolute/path or an absolute path, not '{location}'"
-            )));
-        }
-        let bytes = std::fs::read(path).map_err(|e| {
-            ConnectorError::Options(format!("cannot read the descriptor set {path}: {e}"))
-        })?;
-        let pool = Pool::parse(&bytes)
-            .map_err(|e| ConnectorError::Options(format!("descriptor set {path}: {e}")))?;
-        let index = pool.find(message).ok_or_else(|| {
-            ConnectorError::Options(format!(
-                "message {message} is not in the descriptor set {path}"
-            ))
-        })?;
-        let by_number = pool.messages[index]
+impl MessageType {
+    fn new(pool: Arc<Pool>, message: usize) -> Self {
+        let by_number = pool.messages[message]
             .fields
             .iter()
             .enumerate()
             .map(|(i, f)| (f.number, i))
             .collect();
-        Ok(Self {
+        Self {
             pool,
-            message: index,
+            message,
             by_number,
-            location: location.to_string(),
-        })
+        }
     }
 
     /// The columns the message's fields read as (all nullable), each with whether it
     /// holds JSON text.
-    pub fn columns(&self) -> Vec<(Field, bool)> {
+    fn columns(&self) -> Vec<(Field, bool)> {
         self.pool.messages[self.message]
             .fields
             .iter()
@@ -761,7 +830,7 @@ impl ProtobufFormat {
     }
 
     /// Checks that messages can fill `target`.
-    pub fn check(&self, target: &SchemaRef) -> Result<()> {
+    fn check(&self, target: &SchemaRef) -> Result<()> {
         self.slots(target).map(|_| ())
     }
 
@@ -817,7 +886,7 @@ impl ProtobufFormat {
 
     /// Decodes `records` into rows of `schema`, with the offset of each row's record;
     /// bad records are logged to `errors` and left out.
-    pub fn decode(
+    fn decode(
         &self,
         schema: &SchemaRef,
         buf: &[u8],
@@ -917,6 +986,315 @@ impl ProtobufFormat {
             RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)?,
             kept,
         ))
+    }
+}
+
+/// Where the message types come from.
+enum Source {
+    /// A descriptor set file (`schema.location`) and the `message` named.
+    File { ty: MessageType, location: String },
+    /// A schema registry: records in Confluent's wire format.
+    Registry(RegistrySource),
+}
+
+/// A registry's schemas by id, and the message types records point at.
+struct RegistrySource {
+    registry: Registry,
+    /// The `message` option: the message that columns are derived from.
+    message: Option<String>,
+    /// Each schema's files (its own first), or why there are none.
+    writers: Mutex<HashMap<u32, Fetched>>,
+    /// Message types by schema id and message indexes.
+    types: Mutex<TypeCache>,
+}
+
+/// A schema's files (its own first), or why there are none.
+type Fetched = std::result::Result<Arc<Vec<Vec<u8>>>, String>;
+
+type TypeCache = HashMap<(u32, Vec<u64>), std::result::Result<Arc<MessageType>, String>>;
+
+/// The schema id, message indexes and payload of a record in Confluent's Protobuf wire
+/// format: a zero byte, the id (4 bytes, big-endian), the message indexes (a zigzag
+/// varint count, then that many zigzag varints; a lone 0 stands for `[0]`), the message.
+fn wire_header(record: &[u8]) -> std::result::Result<(u32, Vec<u64>, usize), String> {
+    let [0, a, b, c, d, rest @ ..] = record else {
+        return Err(
+            "not in the schema registry's wire format (no magic byte and schema id)".into(),
+        );
+    };
+    let id = u32::from_be_bytes([*a, *b, *c, *d]);
+    let mut r = Reader::new(rest);
+    let count = zigzag(r.varint()?);
+    let indexes = if count == 0 {
+        vec![0]
+    } else {
+        if !(0..=64).contains(&count) {
+            return Err(format!("{count} message indexes"));
+        }
+        (0..count)
+            .map(|_| {
+                let i = zigzag(r.varint()?);
+                u64::try_from(i).map_err(|_| format!("a negative message index {i}"))
+            })
+            .collect::<std::result::Result<Vec<_>, String>>()?
+    };
+    Ok((id, indexes, 5 + r.pos))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RegistrySource {
+    /// The files of schema `id`, fetched once; `Unavailable` when the registry is away.
+    fn writer(&self, id: u32) -> Result<Fetched> {
+        if let Some(w) = lock(&self.writers).get(&id) {
+            return Ok(w.clone());
+        }
+        let fetched = match self.registry.protobuf_by_id(id) {
+            Ok(files) => Ok(Arc::new(files)),
+            Err(RegistryError::Unavailable(m)) => return Err(ConnectorError::Unavailable(m)),
+            Err(RegistryError::NotFound(m) | RegistryError::Bad(m)) => Err(m),
+        };
+        lock(&self.writers).insert(id, fetched.clone());
+        Ok(fetched)
+    }
+
+    /// The message type of records with schema `id` and message `indexes`.
+    fn message_type(
+        &self,
+        id: u32,
+        indexes: &[u64],
+    ) -> Result<std::result::Result<Arc<MessageType>, String>> {
+        let key = (id, indexes.to_vec());
+        if let Some(t) = lock(&self.types).get(&key) {
+            return Ok(t.clone());
+        }
+        let ty = self.writer(id)?.and_then(|files| {
+            let main = files.first().ok_or("a schema without files")?;
+            let name = message_at(main, indexes)?;
+            let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+            let pool = Pool::from_files(&refs)?;
+            let index = pool
+                .find(&name)
+                .ok_or_else(|| format!("message {name} is not in the schema"))?;
+            Ok(Arc::new(MessageType::new(Arc::new(pool), index)))
+        });
+        let ty = ty.map_err(|e: String| format!("schema id {id}: {e}"));
+        lock(&self.types).insert(key, ty.clone());
+        Ok(ty)
+    }
+}
+
+/// `ENCODE PROTOBUF`, from a descriptor set or a schema registry.
+pub struct ProtobufFormat {
+    source: Source,
+}
+
+impl std::fmt::Debug for ProtobufFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            Source::File { ty, location } => f
+                .debug_struct("ProtobufFormat")
+                .field("message", &ty.pool.messages[ty.message].name)
+                .field("location", location)
+                .finish(),
+            Source::Registry(r) => f
+                .debug_struct("ProtobufFormat")
+                .field("registry", &r.registry)
+                .field("message", &r.message)
+                .finish(),
+        }
+    }
+}
+
+impl ProtobufFormat {
+    /// `message` and `schema.location` (a `file://` URL or an absolute path to a
+    /// descriptor set), or `schema.registry` (with `schema.registry.username`,
+    /// `schema.registry.password`, and `message` optional: the message that columns are
+    /// derived from).
+    pub fn from_options(options: &Options) -> Result<Self> {
+        if options.get("schema.registry").is_some() {
+            if options.get("schema.location").is_some() {
+                return Err(ConnectorError::Options(
+                    "ENCODE PROTOBUF takes schema.location or schema.registry, not both".into(),
+                ));
+            }
+            return Ok(Self {
+                source: Source::Registry(RegistrySource {
+                    registry: registry_of(options)?,
+                    message: options.get("message").map(str::to_string),
+                    writers: Mutex::new(HashMap::new()),
+                    types: Mutex::new(HashMap::new()),
+                }),
+            });
+        }
+        let message = options.get("message").ok_or_else(|| {
+            ConnectorError::Options("ENCODE PROTOBUF needs message = 'package.Message'".into())
+        })?;
+        let location = options.get("schema.location").ok_or_else(|| {
+            ConnectorError::Options(
+                "ENCODE PROTOBUF needs schema.location = 'file:///path/to/descriptor_set.pb' (protoc --include_imports --descriptor_set_out) or schema.registry = 'http://host:port'".into(),
+            )
+        })?;
+        let path = location.strip_prefix("file://").unwrap_or(location);
+        if !path.starts_with('/') {
+            return Err(ConnectorError::Options(format!(
+                "schema.location must be file:///absolute/path or an absolute path, not '{location}'"
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(|e| {
+            ConnectorError::Options(format!("cannot read the descriptor set {path}: {e}"))
+        })?;
+        let pool = Pool::parse(&bytes)
+            .map_err(|e| ConnectorError::Options(format!("descriptor set {path}: {e}")))?;
+        let index = pool.find(message).ok_or_else(|| {
+            ConnectorError::Options(format!(
+                "message {message} is not in the descriptor set {path}"
+            ))
+        })?;
+        Ok(Self {
+            source: Source::File {
+                ty: MessageType::new(Arc::new(pool), index),
+                location: location.to_string(),
+            },
+        })
+    }
+
+    /// Whether records carry their schema's id (a schema registry).
+    pub fn is_registry(&self) -> bool {
+        matches!(self.source, Source::Registry(_))
+    }
+
+    /// The latest schema of `subject` in the registry (its serialized files, its own
+    /// first); `None` when the registry has no such subject or this is not a registry.
+    pub fn latest(&self, subject: &str) -> Result<Option<Vec<Vec<u8>>>> {
+        let Source::Registry(r) = &self.source else {
+            return Ok(None);
+        };
+        match r.registry.protobuf_latest(subject) {
+            Ok(files) => Ok(Some(files)),
+            Err(RegistryError::NotFound(_)) => Ok(None),
+            Err(RegistryError::Unavailable(m)) => Err(ConnectorError::Unavailable(m)),
+            Err(RegistryError::Bad(m)) => Err(ConnectorError::Options(m)),
+        }
+    }
+
+    /// The message type columns are derived from: the descriptor set's `message`, or in
+    /// `files` (a registry schema) the `message` named, else the first one.
+    fn columns_type(&self, files: &[Vec<u8>]) -> Result<MessageType> {
+        let r = match &self.source {
+            Source::File { ty, .. } => {
+                return Ok(MessageType::new(Arc::clone(&ty.pool), ty.message))
+            }
+            Source::Registry(r) => r,
+        };
+        let schema = |e: String| ConnectorError::Schema(e);
+        let main = files
+            .first()
+            .ok_or_else(|| schema("a schema without files".into()))?;
+        let name = match &r.message {
+            Some(m) => m.trim_start_matches('.').to_string(),
+            None => message_at(main, &[0]).map_err(schema)?,
+        };
+        let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+        let pool = Pool::from_files(&refs).map_err(schema)?;
+        let index = pool
+            .find(&name)
+            .ok_or_else(|| schema(format!("message {name} is not in the schema")))?;
+        Ok(MessageType::new(Arc::new(pool), index))
+    }
+
+    /// The columns the message's fields read as (all nullable), each with whether it
+    /// holds JSON text. `files`: for a registry, the schema to take them from.
+    pub fn columns(&self, files: &[Vec<u8>]) -> Result<Vec<(Field, bool)>> {
+        Ok(self.columns_type(files)?.columns())
+    }
+
+    /// Checks that messages can fill `target` (for a registry, messages of `files`).
+    pub fn check(&self, target: &SchemaRef, files: &[Vec<u8>]) -> Result<()> {
+        self.columns_type(files)?.check(target)
+    }
+
+    /// Fetches the schemas `records` need: [`ConnectorError::Unavailable`] when the
+    /// registry cannot be reached, so that a caller can put the records back before
+    /// anything of them is applied.
+    pub fn prepare<'a>(&self, records: impl IntoIterator<Item = &'a [u8]>) -> Result<()> {
+        let Source::Registry(r) = &self.source else {
+            return Ok(());
+        };
+        for record in records {
+            if let Ok((id, indexes, _)) = wire_header(record) {
+                // A schema the registry lacks is the record's fault: decode logs it.
+                let _known = r.message_type(id, &indexes)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes `records` into rows of `schema`, with the offset of each row's record;
+    /// bad records are logged to `errors` and left out.
+    pub fn decode(
+        &self,
+        schema: &SchemaRef,
+        buf: &[u8],
+        records: &[Record],
+        split: &str,
+        errors: &SourceErrors,
+    ) -> Result<(RecordBatch, Vec<u64>)> {
+        let r = match &self.source {
+            Source::File { ty, .. } => return ty.decode(schema, buf, records, split, errors),
+            Source::Registry(r) => r,
+        };
+        // Runs of records of one message type decode together.
+        let mut batches = Vec::new();
+        let mut kept = Vec::with_capacity(records.len());
+        let mut run: Vec<Record> = Vec::new();
+        let mut run_type: Option<Arc<MessageType>> = None;
+        let mut flush = |run: &mut Vec<Record>, ty: &Option<Arc<MessageType>>| -> Result<()> {
+            if let (Some(ty), false) = (ty, run.is_empty()) {
+                let (b, k) = ty.decode(schema, buf, run, split, errors)?;
+                batches.push(b);
+                kept.extend(k);
+            }
+            run.clear();
+            Ok(())
+        };
+        for rec in records {
+            let bytes = &buf[rec.start..rec.end];
+            let ty = wire_header(bytes).and_then(|(id, indexes, at)| {
+                match r.message_type(id, &indexes) {
+                    Ok(Ok(ty)) => Ok(Ok((ty, at))),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Ok(Err(e)),
+                }
+            });
+            let (ty, at) = match ty {
+                Ok(Ok(found)) => found,
+                // The registry is away: nothing of this poll is kept.
+                Ok(Err(e)) => return Err(e),
+                Err(e) => {
+                    errors.record(split, rec.offset, &e, bytes);
+                    tracing::warn!(split, offset = rec.offset, error = %e, "skipped a malformed record");
+                    continue;
+                }
+            };
+            if !run_type.as_ref().is_some_and(|t| Arc::ptr_eq(t, &ty)) {
+                flush(&mut run, &run_type)?;
+                run_type = Some(ty);
+            }
+            run.push(Record {
+                offset: rec.offset,
+                start: rec.start + at,
+                end: rec.end,
+            });
+        }
+        flush(&mut run, &run_type)?;
+        Ok(match batches.len() {
+            0 => (RecordBatch::new_empty(Arc::clone(schema)), kept),
+            1 => (batches.swap_remove(0), kept),
+            _ => (arrow::compute::concat_batches(schema, &batches)?, kept),
+        })
     }
 }
 

@@ -213,7 +213,17 @@ impl Ingest {
         };
         options.check_all_used().map_err(options_error)?;
         if let Encoding::Protobuf(proto) = &encoding {
-            proto.check(&value_schema).map_err(options_error)?;
+            // With a registry, against the topic's latest schema when it has one (later
+            // schemas are checked as their records come).
+            let subject = format!("{}-value", options.get("topic").unwrap_or_default());
+            let files = if proto.is_registry() {
+                proto.latest(&subject).map_err(options_error)?
+            } else {
+                Some(Vec::new())
+            };
+            if let Some(files) = files {
+                proto.check(&value_schema, &files).map_err(options_error)?;
+            }
         }
         let key_schema = Arc::new(Schema::new(
             pk.iter()
@@ -324,13 +334,21 @@ impl Ingest {
         Ok(())
     }
 
-    /// Fetches the Avro schemas `raw`'s records need, before any of them is applied.
+    /// Fetches the Avro or Protobuf schemas `raw`'s records need, before any of them is
+    /// applied.
     fn prepare(&self, raw: &RecordBatch) -> Result<(), ConnectorError> {
+        if self.encoding.is_whole_file() {
+            return Ok(());
+        }
+        let keys = raw.column(0).as_binary::<i32>();
+        let values = raw.column(1).as_binary::<i32>();
+        if let Encoding::Protobuf(proto) = &self.encoding {
+            // FORMAT PLAIN only.
+            return proto.prepare(values.iter().flatten());
+        }
         let Encoding::Avro(avro) = &self.encoding else {
             return Ok(());
         };
-        let keys = raw.column(0).as_binary::<i32>();
-        let values = raw.column(1).as_binary::<i32>();
         match self.format {
             TableFormat::Plain => avro.prepare(&self.value_schema, values.iter().flatten()),
             TableFormat::Upsert => {

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{Field, Schema, SchemaRef};
+use sabot_connectors::avro::registry::{base64, unbase64};
 use sabot_connectors::avro::AvroFormat;
 use sabot_connectors::datagen::DatagenConfig;
 use sabot_connectors::decode::Encoding;
 use sabot_connectors::filesystem::FilesystemConfig;
 use sabot_connectors::kafka::{Include, KafkaConfig};
 use sabot_connectors::nexmark::NexmarkConfig;
+use sabot_connectors::protobuf::ProtobufFormat;
 use sabot_connectors::source_errors::SourceErrors;
 use sabot_connectors::{ConnectorError, Options, Split};
 use sabot_dataflow::ops::connector::{SourceFactory, SourceSplit};
@@ -39,7 +41,9 @@ pub struct SourceDef {
     schema: SchemaRef,
     /// For each declared column, the connector column it reads.
     projection: Vec<usize>,
-    /// `ENCODE AVRO` with no declared columns: the registry's schema they came from.
+    /// `ENCODE AVRO` (or `PROTOBUF` with a registry) with no declared columns: the
+    /// registry's schema they came from (Avro's JSON text; Protobuf's files as
+    /// [`protobuf_record`] writes them).
     avro_schema: Option<String>,
 }
 
@@ -115,10 +119,16 @@ impl SourceDef {
             (declared, avro_schema) = avro_source_columns(avro, topic, declared, avro_columns)?;
         }
         if let (Encoding::Protobuf(proto), "kafka") = (&encoding, connector.as_str()) {
-            if declared.fields().is_empty() {
-                declared = Arc::new(Schema::new(tag_json(proto.columns())));
+            if proto.is_registry() {
+                let topic = options.get("topic").unwrap_or_default();
+                (declared, avro_schema) =
+                    protobuf_source_columns(proto, topic, declared, avro_columns)?;
+            } else if declared.fields().is_empty() {
+                declared = Arc::new(Schema::new(tag_json(
+                    proto.columns(&[]).map_err(options_error)?,
+                )));
             } else {
-                proto.check(&declared).map_err(options_error)?;
+                proto.check(&declared, &[]).map_err(options_error)?;
             }
         }
         let (connector, produced) = match connector.as_str() {
@@ -432,6 +442,63 @@ fn avro_source_columns(
         ));
     }
     Ok((Arc::new(Schema::new(fields)), Some(text)))
+}
+
+/// How a Protobuf schema from a registry is recorded in the catalog (in the place of an
+/// Avro schema's text): `{"protobuf": [base64 FileDescriptorProto, ...]}`, its own file
+/// first.
+fn protobuf_record(files: &[Vec<u8>]) -> String {
+    let files: Vec<String> = files.iter().map(|f| base64(f)).collect();
+    serde_json::json!({ "protobuf": files }).to_string()
+}
+
+fn protobuf_recorded(text: &str) -> Option<Vec<Vec<u8>>> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    v.get("protobuf")?
+        .as_array()?
+        .iter()
+        .map(|f| unbase64(f.as_str()?))
+        .collect()
+}
+
+/// The columns of a Kafka source with `ENCODE PROTOBUF (schema.registry = ...)`, and the
+/// recorded schema they were derived from (when none were declared), as for Avro.
+fn protobuf_source_columns(
+    proto: &ProtobufFormat,
+    topic: &str,
+    declared: SchemaRef,
+    at: AvroColumns<'_>,
+) -> Result<(SchemaRef, Option<String>)> {
+    let subject = format!("{topic}-value");
+    let files = match at {
+        AvroColumns::Recorded(text) => text.and_then(protobuf_recorded),
+        AvroColumns::Registry => proto.latest(&subject).map_err(options_error)?,
+    };
+    let Some(files) = files else {
+        if declared.fields().is_empty() {
+            return Err(PlanError::user(
+                "42804",
+                format!("the schema registry has no subject {subject} to take the columns from: declare them"),
+            ));
+        }
+        return Ok((declared, None));
+    };
+    let in_subject =
+        |e: ConnectorError| PlanError::user("42804", format!("subject {subject}: {e}"));
+    if !declared.fields().is_empty() {
+        if matches!(at, AvroColumns::Registry) {
+            proto.check(&declared, &files).map_err(in_subject)?;
+        }
+        return Ok((declared, None));
+    }
+    let fields = tag_json(proto.columns(&files).map_err(in_subject)?);
+    if fields.is_empty() {
+        return Err(PlanError::user(
+            "42804",
+            format!("subject {subject}: the message has no fields to read"),
+        ));
+    }
+    Ok((Arc::new(Schema::new(fields)), Some(protobuf_record(&files))))
 }
 
 /// Derived columns, those holding JSON text typed `jsonb` for clients.

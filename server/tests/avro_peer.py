@@ -1,11 +1,14 @@
-"""The Avro tests' independent peer: a tiny Confluent-compatible schema registry over
-HTTP (with basic authentication), and Confluent's own Python client producing Avro
-records in the registry's wire format through its AvroSerializer.
+"""The registry tests' independent peer: a tiny Confluent-compatible schema registry
+over HTTP (with basic authentication; Avro and Protobuf schemas, references), and
+Confluent's own Python client producing records in the registry's wire format through
+its AvroSerializer and ProtobufSerializer.
 
 Driven over stdin, one JSON command per line; answers one JSON line each:
 
   {"cmd": "produce", "topic": t, "partition": p, "schema": s, "values": [...],
    "key_schema": ks, "keys": [...]}      values may hold null (a tombstone)
+  {"cmd": "produce_proto", "topic": t, "partition": p, "first": i, "count": n}
+                                        shop.Order messages i.. (see proto_classes)
   {"cmd": "produce_raw", "topic": t, "partition": p, "hex": ["00ff..", ...]}
   {"cmd": "consume", "topic": t, "min": n}
                                         every record of t (at least n), keys and values
@@ -39,20 +42,27 @@ AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 class Store:
     def __init__(self):
         self.lock = threading.Lock()
-        self.schemas = []  # id - 1 -> schema text
+        self.schemas = []  # id - 1 -> {"schema", "schemaType", "references"}
         self.subjects = {}  # subject -> [id, ...]
 
-    def register(self, subject, schema):
+    def register(self, subject, entry):
         with self.lock:
-            if schema in self.schemas:
-                sid = self.schemas.index(schema) + 1
+            if entry in self.schemas:
+                sid = self.schemas.index(entry) + 1
             else:
-                self.schemas.append(schema)
+                self.schemas.append(entry)
                 sid = len(self.schemas)
             versions = self.subjects.setdefault(subject, [])
             if sid not in versions:
                 versions.append(sid)
             return sid, versions.index(sid) + 1
+
+    def answer(self, sid):
+        entry = self.schemas[sid - 1]
+        out = {"schema": entry["schema"], "references": entry["references"]}
+        if entry["schemaType"] != "AVRO":
+            out["schemaType"] = entry["schemaType"]
+        return out
 
 
 STORE = Store()
@@ -88,16 +98,19 @@ class Handler(BaseHTTPRequestHandler):
         if m:
             sid = int(m.group(1))
             if 1 <= sid <= len(STORE.schemas):
-                return self.answer(200, {"schema": STORE.schemas[sid - 1]})
+                return self.answer(200, STORE.answer(sid))
             return self.answer(404, {"error_code": 40403, "message": "Schema not found"})
-        m = re.fullmatch(r"/subjects/([^/]+)/versions/latest", path)
+        m = re.fullmatch(r"/subjects/([^/]+)/versions/(latest|\d+)", path)
         if m:
             versions = STORE.subjects.get(m.group(1))
             if not versions:
                 return self.answer(404, {"error_code": 40401, "message": "Subject not found"})
-            sid = versions[-1]
-            return self.answer(200, {"subject": m.group(1), "version": len(versions),
-                                     "id": sid, "schema": STORE.schemas[sid - 1]})
+            version = len(versions) if m.group(2) == "latest" else int(m.group(2))
+            if not 1 <= version <= len(versions):
+                return self.answer(404, {"error_code": 40402, "message": "Version not found"})
+            sid = versions[version - 1]
+            return self.answer(200, {"subject": m.group(1), "version": version, "id": sid,
+                                     **STORE.answer(sid)})
         self.answer(404, {"error_code": 404, "message": "unknown path " + path})
 
     def do_POST(self):
@@ -105,13 +118,60 @@ class Handler(BaseHTTPRequestHandler):
             return
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
         path = self.path.split("?")[0]
+        kind = body.get("schemaType", "AVRO")
+        schema = body["schema"]
+        if kind == "AVRO":
+            schema = json.dumps(json.loads(schema))
+        # Protobuf schemas are kept as the client registers them (a base64 serialized
+        # descriptor), which is what a Confluent registry answers with ?format=serialized.
+        entry = {"schema": schema, "schemaType": kind, "references": body.get("references", [])}
         m = re.fullmatch(r"/subjects/([^/]+)/versions", path)
-        if not m:
-            return self.answer(404, {"error_code": 404, "message": "unknown path " + path})
-        schema = json.dumps(json.loads(body["schema"]))
-        sid, version = STORE.register(m.group(1), schema)
-        self.answer(200, {"id": sid, "subject": m.group(1), "version": version,
-                          "schema": schema})
+        if m:
+            sid, version = STORE.register(m.group(1), entry)
+            return self.answer(200, {"id": sid, "subject": m.group(1), "version": version,
+                                     "schema": schema})
+        m = re.fullmatch(r"/subjects/([^/]+)", path)
+        if m:  # lookup: is the schema registered under the subject?
+            versions = STORE.subjects.get(m.group(1), [])
+            for version, sid in enumerate(versions, 1):
+                if STORE.schemas[sid - 1] == entry:
+                    return self.answer(200, {"id": sid, "subject": m.group(1),
+                                             "version": version, "schema": schema})
+            return self.answer(404, {"error_code": 40403, "message": "Schema not found"})
+        self.answer(404, {"error_code": 404, "message": "unknown path " + path})
+
+
+def proto_classes():
+    """shop.Order of shop.proto, which imports common.proto (shop.Item, registered as a
+    reference) and google/protobuf/timestamp.proto (well known: not registered). Order
+    is the second message of its file, so its records carry message index [1]."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
+
+    F = descriptor_pb2.FieldDescriptorProto
+    ts = descriptor_pb2.FileDescriptorProto()
+    timestamp_pb2.DESCRIPTOR.CopyToProto(ts)
+    common = descriptor_pb2.FileDescriptorProto(name="common.proto", package="shop",
+                                                syntax="proto3")
+    item = common.message_type.add(name="Item")
+    item.field.add(name="sku", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    item.field.add(name="n", number=2, type=F.TYPE_INT32, label=F.LABEL_OPTIONAL)
+    shop = descriptor_pb2.FileDescriptorProto(
+        name="shop.proto", package="shop", syntax="proto3",
+        dependency=["common.proto", "google/protobuf/timestamp.proto"])
+    header = shop.message_type.add(name="Header")
+    header.field.add(name="source", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    order = shop.message_type.add(name="Order")
+    order.field.add(name="id", number=1, type=F.TYPE_INT64, label=F.LABEL_OPTIONAL)
+    order.field.add(name="customer", number=2, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    order.field.add(name="item", number=3, type=F.TYPE_MESSAGE, type_name=".shop.Item",
+                    label=F.LABEL_OPTIONAL)
+    order.field.add(name="at", number=4, type=F.TYPE_MESSAGE,
+                    type_name=".google.protobuf.Timestamp", label=F.LABEL_OPTIONAL)
+    order.field.add(name="tags", number=5, type=F.TYPE_STRING, label=F.LABEL_REPEATED)
+    pool = descriptor_pool.DescriptorPool()
+    for f in (ts, common, shop):
+        pool.Add(f)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("shop.Order"))
 
 
 def coerce(schema, value):
@@ -185,6 +245,25 @@ def main():
                 if keys is not None:
                     key = keys(cmd["keys"][i], SerializationContext(topic, MessageField.KEY))
                 producer.produce(topic, value=value, key=key, partition=cmd["partition"])
+            producer.flush(30)
+        elif cmd["cmd"] == "produce_proto":
+            from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
+
+            if "proto" not in serializers:
+                order_class = proto_classes()
+                serializers["proto"] = (order_class, ProtobufSerializer(
+                    order_class, client, {"use.deprecated.format": False}))
+            order_class, serialize = serializers["proto"]
+            topic = cmd["topic"]
+            for i in range(cmd["first"], cmd["first"] + cmd["count"]):
+                o = order_class(id=i, customer=f"c{i % 4}")
+                o.tags.extend(f"t{j}" for j in range(i % 3))
+                if i % 2 == 0:
+                    o.item.sku = f"s{i}"
+                    o.item.n = i
+                o.at.seconds = 1_700_000_000 + i
+                value = serialize(o, SerializationContext(topic, MessageField.VALUE))
+                producer.produce(topic, value=value, partition=cmd["partition"])
             producer.flush(30)
         elif cmd["cmd"] == "produce_raw":
             for h in cmd["hex"]:

@@ -71,7 +71,7 @@ fn registry_error(e: RegistryError) -> ConnectorError {
 
 /// The registry of `schema.registry` (required), `schema.registry.username`,
 /// `schema.registry.password`.
-fn registry_of(options: &Options) -> Result<Registry> {
+pub(crate) fn registry_of(options: &Options) -> Result<Registry> {
     let url = options.get("schema.registry").ok_or_else(|| {
         ConnectorError::Options(
             "schema.registry = 'http://host:port' is needed for ENCODE AVRO (records carry the id of their schema there)".into(),

@@ -11,6 +11,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most an answer may be: schemas are small.
 const MAX_ANSWER: u64 = 16 << 20;
+/// The most files a Protobuf schema may reference, transitively.
+const MAX_REFERENCES: usize = 256;
 
 /// Why the registry did not give a schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +64,32 @@ impl std::fmt::Debug for Registry {
 }
 
 /// Standard base64 with padding (HTTP basic authentication).
-fn base64(bytes: &[u8]) -> String {
+/// Standard base64 (with or without padding) decoded; `None` when it is not base64.
+pub fn unbase64(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim().trim_end_matches('=');
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
@@ -164,6 +191,81 @@ impl Registry {
                     "the registry's answer to registering subject {subject} has no id: {answer}"
                 ))
             })
+    }
+
+    /// The Protobuf schema of id `id` in its serialized form: the schema's
+    /// `FileDescriptorProto`, then those of the files it references (transitively).
+    pub fn protobuf_by_id(&self, id: u32) -> Result<Vec<Vec<u8>>, RegistryError> {
+        self.protobuf_files(
+            &format!("/schemas/ids/{id}?format=serialized"),
+            &format!("schema id {id}"),
+        )
+    }
+
+    /// The latest Protobuf schema of `subject`, as [`Registry::protobuf_by_id`] gives it.
+    pub fn protobuf_latest(&self, subject: &str) -> Result<Vec<Vec<u8>>, RegistryError> {
+        self.protobuf_files(
+            &format!(
+                "/subjects/{}/versions/latest?format=serialized",
+                percent(subject)
+            ),
+            &format!("subject {subject}"),
+        )
+    }
+
+    fn protobuf_files(&self, path: &str, what: &str) -> Result<Vec<Vec<u8>>, RegistryError> {
+        let mut files = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut todo = vec![(path.to_string(), what.to_string())];
+        while let Some((path, what)) = todo.pop() {
+            if files.len() >= MAX_REFERENCES {
+                return Err(RegistryError::Bad(format!(
+                    "{what}: more than {MAX_REFERENCES} referenced files"
+                )));
+            }
+            let answer = self.get(&path)?;
+            match answer.get("schemaType").and_then(Value::as_str) {
+                Some(t) if t.eq_ignore_ascii_case("PROTOBUF") => {}
+                t => {
+                    return Err(RegistryError::Bad(format!(
+                        "{what} is a {} schema, not Protobuf",
+                        t.unwrap_or("AVRO")
+                    )))
+                }
+            }
+            let text = answer
+                .get("schema")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    RegistryError::Bad(format!("the answer for {what} has no schema"))
+                })?;
+            files.push(unbase64(text).ok_or_else(|| {
+                RegistryError::Bad(format!(
+                    "{what}: the schema is not a base64 serialized descriptor (does the registry support ?format=serialized?)"
+                ))
+            })?);
+            let references = answer.get("references").and_then(Value::as_array);
+            for r in references.into_iter().flatten() {
+                let (Some(subject), Some(version)) = (
+                    r.get("subject").and_then(Value::as_str),
+                    r.get("version").and_then(Value::as_i64),
+                ) else {
+                    return Err(RegistryError::Bad(format!(
+                        "{what}: a reference without subject and version: {r}"
+                    )));
+                };
+                if seen.insert((subject.to_string(), version)) {
+                    todo.push((
+                        format!(
+                            "/subjects/{}/versions/{version}?format=serialized",
+                            percent(subject)
+                        ),
+                        format!("subject {subject} version {version}"),
+                    ));
+                }
+            }
+        }
+        Ok(files)
     }
 
     fn get(&self, path: &str) -> Result<Value, RegistryError> {
@@ -355,6 +457,10 @@ mod tests {
         assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
         assert_eq!(base64(b"ab"), "YWI=");
         assert_eq!(base64(b"a"), "YQ==");
+        for s in [&b""[..], b"a", b"ab", b"abc", b"\x00\xff\x10zz"] {
+            assert_eq!(unbase64(&base64(s)).as_deref(), Some(s));
+        }
+        assert_eq!(unbase64("not base64!"), None);
         let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
         assert_eq!(parse_response(plain).unwrap(), (200, b"{}".to_vec()));
         let chunked =
