@@ -1233,7 +1233,9 @@ impl ProtobufFormat {
     }
 
     /// Decodes `records` into rows of `schema`, with the offset of each row's record;
-    /// bad records are logged to `errors` and left out.
+    /// bad records are logged to `errors` and left out. [`ConnectorError::Unavailable`]
+    /// when a schema could not be fetched: nothing was logged, and the records should
+    /// be read again later.
     pub fn decode(
         &self,
         schema: &SchemaRef,
@@ -1246,6 +1248,9 @@ impl ProtobufFormat {
             Source::File { ty, .. } => return ty.decode(schema, buf, records, split, errors),
             Source::Registry(r) => r,
         };
+        // Every schema first: an unreachable registry must leave no trace (no record
+        // logged as bad), as the records will be read again.
+        self.prepare(records.iter().map(|rec| &buf[rec.start..rec.end]))?;
         // Runs of records of one message type decode together.
         let mut batches = Vec::new();
         let mut kept = Vec::with_capacity(records.len());
