@@ -12,8 +12,9 @@
 //! Files are read in name order, each split taking the files whose name hashes to it.
 //! A split's offset is the number of records (non-empty lines after a CSV header) it has
 //! read, so a restart skips exactly those: files must only grow, and new files must sort
-//! after the ones already read (timestamped or numbered names); a file that shows up
-//! earlier in the order than the one being read is skipped with a warning. A line is read
+//! after the ones already read (timestamped or numbered names): a split lists only the
+//! names after the file it is reading (an object store from there, not the whole
+//! bucket), so a file that shows up earlier in the order is never read. A line is read
 //! once it ends with a newline, or once a later file exists (the last line of a finished
 //! file). One record per line: CSV fields cannot hold newlines.
 //!
@@ -109,12 +110,18 @@ impl ObjectFiles {
         }
     }
 
-    /// Every object's name and size.
-    fn list(&self) -> std::result::Result<Vec<(String, u64)>, String> {
+    /// Every object's name and size; with `after`, those whose names sort after it (the
+    /// store lists from there: an S3 `start-after`, not the whole bucket).
+    fn list(&self, after: Option<&str>) -> std::result::Result<Vec<(String, u64)>, String> {
         use futures::TryStreamExt;
         let store = Arc::clone(&self.store);
-        let metas: Vec<object_store::ObjectMeta> =
-            self.run(async move { store.list(None).try_collect().await })?;
+        let after = after.map(ObjectPath::from);
+        let metas: Vec<object_store::ObjectMeta> = self.run(async move {
+            match after {
+                Some(a) => store.list_with_offset(None, &a).try_collect().await,
+                None => store.list(None).try_collect().await,
+            }
+        })?;
         Ok(metas
             .into_iter()
             .map(|m| (m.location.to_string(), m.size))
@@ -218,7 +225,7 @@ impl FilesystemConfig {
             url: format!("s3://{bucket}"),
         };
         objects
-            .list()
+            .list(None)
             .map_err(|e| ConnectorError::Unavailable(format!("cannot list s3://{bucket}: {e}")))?;
         Self::with_location(
             Location::Objects(Arc::new(objects)),
@@ -317,14 +324,16 @@ impl FilesystemConfig {
                 skip: 0,
                 caught_up: false,
                 bytes: 0,
+                size: 0,
                 object: None,
             })
             .collect()
     }
 
-    /// The matching files of all splits, in name order, with their sizes. Names whose
-    /// last part starts with `.` are left out (files being written).
-    fn files(&self) -> Result<(Vec<String>, HashMap<String, u64>)> {
+    /// The matching files of all splits (with `after`, those whose names sort after it),
+    /// in name order, with their sizes. Names whose last part starts with `.` are left
+    /// out (files being written).
+    fn files(&self, after: Option<&str>) -> Result<(Vec<String>, HashMap<String, u64>)> {
         let listed: Vec<(String, u64)> = match &self.location {
             Location::Local(dir) => {
                 let entries = std::fs::read_dir(dir).map_err(|e| {
@@ -339,7 +348,7 @@ impl FilesystemConfig {
                     .collect()
             }
             // An unreachable store lists nothing new: the split waits.
-            Location::Objects(o) => o.list().unwrap_or_else(|e| {
+            Location::Objects(o) => o.list(after).unwrap_or_else(|e| {
                 tracing::warn!(store = %o.url, error = %e, "cannot list the object store; retrying");
                 Vec::new()
             }),
@@ -348,7 +357,9 @@ impl FilesystemConfig {
         let mut sizes = HashMap::with_capacity(listed.len());
         for (name, size) in listed {
             let last = name.rsplit('/').next().unwrap_or(&name);
-            if last.starts_with('.') || !self.pattern.as_deref().is_none_or(|p| wildcard(p, &name))
+            if last.starts_with('.')
+                || after.is_some_and(|a| name.as_str() <= a)
+                || !self.pattern.as_deref().is_none_or(|p| wildcard(p, &name))
             {
                 continue;
             }
@@ -407,19 +418,32 @@ pub struct FileSplit {
     caught_up: bool,
     /// File bytes consumed since the split was made.
     bytes: u64,
+    /// The listed size of `current`.
+    size: u64,
     /// The file being read whole (an object, an Avro file), fetched once.
     object: Option<(String, Bytes)>,
 }
 
 impl FileSplit {
-    /// Moves to the first file after `current`, if there is one.
-    fn next_file(&mut self, files: &[String]) -> bool {
+    /// The listed size of `name`: from `sizes`, or, for the file being read (listed
+    /// when it was opened), as it was then.
+    fn size_of(&mut self, name: &str, sizes: &HashMap<String, u64>) -> u64 {
+        if let Some(s) = sizes.get(name) {
+            self.size = *s;
+        }
+        self.size
+    }
+
+    /// Moves to the first file after `current`, if there is one (`sizes`: the listed
+    /// sizes).
+    fn next_file(&mut self, files: &[String], sizes: &HashMap<String, u64>) -> bool {
         let next = match &self.current {
             None => files.first(),
             Some(c) => files.iter().find(|f| f.as_str() > c.as_str()),
         };
         match next {
             Some(n) => {
+                self.size = sizes.get(n).copied().unwrap_or(0);
                 self.current = Some(n.clone());
                 self.pos = 0;
                 self.at_line_start = true;
@@ -445,7 +469,7 @@ impl FileSplit {
         let mut rows = 0;
         self.caught_up = false;
         while rows < max {
-            if self.current.is_none() && !self.next_file(files) {
+            if self.current.is_none() && !self.next_file(files, sizes) {
                 self.caught_up = true;
                 break;
             }
@@ -455,7 +479,7 @@ impl FileSplit {
             let later = all.iter().any(|f| f.as_str() > name.as_str());
             // After a seek, whole files are passed over by their row counts.
             let from = self.pos + self.skip;
-            let size = sizes.get(&name).copied().unwrap_or(0);
+            let size = self.size_of(&name, sizes);
             match self.read_whole(&name, size, &schema, from, max - rows) {
                 Ok((batch, total)) => {
                     let passed = total.min(from) - self.pos.min(total);
@@ -471,7 +495,7 @@ impl FileSplit {
                     if self.pos >= total {
                         self.bytes += size;
                         self.object = None;
-                        if !self.next_file(files) {
+                        if !self.next_file(files, sizes) {
                             self.caught_up = true;
                             break;
                         }
@@ -488,7 +512,7 @@ impl FileSplit {
                     let split = format!("{}:{name}", self.index);
                     self.config.errors.record(&split, self.produced, &e, b"");
                     tracing::warn!(file = %self.config.describe(&name), error = %e, "skipped an unreadable file");
-                    if !self.next_file(files) {
+                    if !self.next_file(files, sizes) {
                         self.caught_up = true;
                         break;
                     }
@@ -645,7 +669,8 @@ impl Split for FileSplit {
 
     fn next_batch(&mut self, max: usize) -> Result<Option<RecordBatch>> {
         let schema = Arc::clone(&self.config.schema);
-        let (all, sizes) = self.config.files()?;
+        // Files up to the one being read are done with: list only those after it.
+        let (all, sizes) = self.config.files(self.current.as_deref())?;
         let splits = self.config.splits as u64;
         let files: Vec<String> = all
             .iter()
@@ -660,14 +685,14 @@ impl Split for FileSplit {
         let mut split_name = String::new();
         self.caught_up = false;
         while records.len() < max {
-            if self.current.is_none() && !self.next_file(&files) {
+            if self.current.is_none() && !self.next_file(&files, &sizes) {
                 self.caught_up = true;
                 break;
             }
             let Some(name) = self.current.clone() else {
                 break;
             };
-            let size = sizes.get(&name).copied().unwrap_or(0);
+            let size = self.size_of(&name, &sizes);
             let chunk = self.config.read_chunk(&name, self.pos, CHUNK, size)?;
             let at_end = chunk.len() < CHUNK;
             // A later file (of any split) means this one is finished: its last line
@@ -726,7 +751,7 @@ impl Split for FileSplit {
                 continue;
             }
             if finished {
-                if !self.next_file(&files) {
+                if !self.next_file(&files, &sizes) {
                     // The later files belong to other splits.
                     self.caught_up = true;
                     break;
