@@ -18,6 +18,10 @@ Driven over stdin, one JSON command per line; answers one JSON line each:
                                         failing); true: answer again
 
 It first prints {"registry": "http://127.0.0.1:PORT"}. Usage: avro_peer.py BOOTSTRAP
+[--tls DIR]: with --tls the registry speaks HTTPS with a certificate for localhost
+signed by a test CA (both made here with `cryptography`; the CA in DIR/ca.pem), and it
+prints
+{"registry": "https://localhost:PORT", "ca": "DIR/ca.pem"}.
 """
 
 import base64
@@ -214,12 +218,71 @@ def consume(bootstrap, client, topic, least):
     return out
 
 
+def self_signed(directory):
+    """A CA (written to DIR/ca.pem) and a certificate it signs for localhost and
+    127.0.0.1: (ca, cert, key) paths."""
+    import datetime
+    import ipaddress
+    import os
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def certificate(subject, key, issuer, issuer_key, ca):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=7))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = certificate("sabot test CA", ca_key, "sabot test CA", ca_key, True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = certificate("localhost", key, "sabot test CA", ca_key, False)
+    paths = [os.path.join(directory, n) for n in ("ca.pem", "cert.pem", "key.pem")]
+    with open(paths[0], "wb") as f:
+        f.write(ca.public_bytes(serialization.Encoding.PEM))
+    with open(paths[1], "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(paths[2], "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return paths
+
+
 def main():
     bootstrap = sys.argv[1]
     registry = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port = registry.server_address[1]
+    hello = {"registry": f"http://127.0.0.1:{port}"}
+    conf = {"url": hello["registry"], "basic.auth.user.info": f"{USER}:{PASSWORD}"}
+    if sys.argv[2:3] == ["--tls"]:
+        import ssl
+
+        ca, cert, key = self_signed(sys.argv[3])
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        registry.socket = context.wrap_socket(registry.socket, server_side=True)
+        hello = {"registry": f"https://localhost:{port}", "ca": ca}
+        conf = {"url": hello["registry"], "basic.auth.user.info": f"{USER}:{PASSWORD}",
+                "ssl.ca.location": ca}
     threading.Thread(target=registry.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{registry.server_address[1]}"
-    client = SchemaRegistryClient({"url": url, "basic.auth.user.info": f"{USER}:{PASSWORD}"})
+    client = SchemaRegistryClient(conf)
     producer = Producer({"bootstrap.servers": bootstrap})
     serializers = {}
 
@@ -229,7 +292,7 @@ def main():
             serializers[text] = AvroSerializer(client, text)
         return serializers[text]
 
-    print(json.dumps({"registry": url}), flush=True)
+    print(json.dumps(hello), flush=True)
     for line in sys.stdin:
         if not line.strip():
             continue

@@ -30,9 +30,15 @@ struct Peer {
 
 impl Peer {
     fn start(python: &str, bootstrap: &str) -> Peer {
+        Self::start_with(python, bootstrap, &[])
+    }
+
+    /// With extra arguments (`--tls DIR`).
+    fn start_with(python: &str, bootstrap: &str, args: &[&str]) -> Peer {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/avro_peer.py");
         let mut child = Command::new(python)
             .args([script, bootstrap])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -583,4 +589,54 @@ async fn protobuf_sources_and_tables_through_a_schema_registry() {
         scalar(&client, "SELECT customer FROM pbt WHERE id = 249").await,
         "c1"
     );
+}
+
+/// An `https://` registry with a self-signed certificate: trusted through
+/// `schema.registry.ssl.ca.location`, refused (a TLS error, not a retry) without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_through_an_https_registry() {
+    let Ok(python) = std::env::var("SABOT_PYTHON") else {
+        assert!(std::env::var_os("CI").is_none(), "CI must set SABOT_PYTHON");
+        eprintln!("skipped: SABOT_PYTHON not set (a Python with confluent-kafka and cryptography)");
+        return;
+    };
+    let cluster = MockCluster::<DefaultProducerContext>::new(1).expect("mock Kafka cluster");
+    cluster.create_topic("orders", 1, 1).expect("create topic");
+    let bootstrap = cluster.bootstrap_servers();
+    let certs = tempfile::tempdir().unwrap();
+    let certs_dir = certs.path().display().to_string();
+    let mut peer = Peer::start_with(&python, &bootstrap, &["--tls", &certs_dir]);
+    let registry = peer.registry.clone();
+    assert!(registry.starts_with("https://localhost:"), "{registry}");
+    let ca = certs.path().join("ca.pem").display().to_string();
+    peer.produce("orders", 0, &order_schema(1), orders(1, 0, 50));
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = server.connect().await;
+    let kafka = format!(
+        "connector = 'kafka', topic = 'orders', properties.bootstrap.server = '{bootstrap}'"
+    );
+    let (code, message) = error_of(
+        &client,
+        &format!(
+            "CREATE SOURCE untrusted WITH ({kafka}) FORMAT PLAIN ENCODE AVRO (
+               schema.registry = '{registry}', schema.registry.username = 'sabot',
+               schema.registry.password = 's3cret')"
+        ),
+    )
+    .await;
+    assert_eq!(code, "22023", "{message}");
+    assert!(message.contains("TLS"), "{message}");
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE orders WITH ({kafka}) FORMAT PLAIN ENCODE AVRO (
+               schema.registry = '{registry}', schema.registry.username = 'sabot',
+               schema.registry.password = 's3cret', schema.registry.ssl.ca.location = '{ca}');
+             CREATE MATERIALIZED VIEW order_count AS SELECT count(*) AS n, sum(id) AS ids FROM orders;"
+        ))
+        .await
+        .unwrap();
+    wait_for(&client, "SELECT n FROM order_count", "50").await;
+    assert_eq!(scalar(&client, "SELECT ids FROM order_count").await, "1225");
 }

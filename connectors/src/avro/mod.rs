@@ -70,7 +70,7 @@ fn registry_error(e: RegistryError) -> ConnectorError {
 }
 
 /// The registry of `schema.registry` (required), `schema.registry.username`,
-/// `schema.registry.password`.
+/// `schema.registry.password`, `schema.registry.ssl.ca.location`.
 pub(crate) fn registry_of(options: &Options) -> Result<Registry> {
     let url = options.get("schema.registry").ok_or_else(|| {
         ConnectorError::Options(
@@ -81,6 +81,7 @@ pub(crate) fn registry_of(options: &Options) -> Result<Registry> {
         url,
         options.get("schema.registry.username"),
         options.get("schema.registry.password"),
+        options.get("schema.registry.ssl.ca.location"),
     )
     .map_err(ConnectorError::Options)
 }

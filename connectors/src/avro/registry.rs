@@ -1,8 +1,10 @@
 //! A Confluent schema registry client: schemas by id and a subject's latest schema,
-//! over HTTP/1.1 (`GET`, JSON answers).
+//! over HTTP/1.1 (`GET`, JSON answers), plain or over TLS (`https://`, rustls; the
+//! system's roots, or the PEM file of `schema.registry.ssl.ca.location`).
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -36,12 +38,15 @@ impl std::fmt::Display for RegistryError {
     }
 }
 
-/// One registry address: `http://host:port[/prefix]`.
+/// One registry address: `http[s]://host:port[/prefix]`.
 #[derive(Debug, Clone)]
 struct Endpoint {
     /// `host:port`, for the connection and the Host header.
     authority: String,
+    /// The host, for TLS's server name.
+    host: String,
     prefix: String,
+    tls: bool,
 }
 
 #[derive(Clone)]
@@ -49,6 +54,47 @@ pub struct Registry {
     endpoints: Vec<Endpoint>,
     /// `Basic ...` credentials.
     authorization: Option<String>,
+    /// For `https://` endpoints.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A TLS client configuration trusting the system's roots, or only the certificates of
+/// the PEM file `ca` when given.
+fn tls_config(ca: Option<&str>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect())
+                .map_err(|e| format!("schema.registry.ssl.ca.location {path}: {e}"))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "schema.registry.ssl.ca.location {path}: no certificate in the file"
+                ));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("schema.registry.ssl.ca.location {path}: {e}"))?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+            if roots.is_empty() {
+                return Err("no trusted root certificates on this system for an https:// schema registry; set schema.registry.ssl.ca.location".into());
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 impl std::fmt::Debug for Registry {
@@ -63,7 +109,6 @@ impl std::fmt::Debug for Registry {
     }
 }
 
-/// Standard base64 with padding (HTTP basic authentication).
 /// Standard base64 (with or without padding) decoded; `None` when it is not base64.
 pub fn unbase64(text: &str) -> Option<Vec<u8>> {
     let text = text.trim().trim_end_matches('=');
@@ -89,6 +134,7 @@ pub fn unbase64(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Standard base64 with padding (HTTP basic authentication).
 pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
@@ -109,20 +155,24 @@ pub fn base64(bytes: &[u8]) -> String {
 }
 
 impl Registry {
-    /// `urls`: one or more comma-separated `http://host:port[/path]` addresses, tried in
-    /// order.
-    pub fn new(urls: &str, user: Option<&str>, password: Option<&str>) -> Result<Self, String> {
+    /// `urls`: one or more comma-separated `http[s]://host:port[/path]` addresses,
+    /// tried in order; `ca`: a PEM file of the certificates that `https://` registries'
+    /// chains must end in (else the system's roots).
+    pub fn new(
+        urls: &str,
+        user: Option<&str>,
+        password: Option<&str>,
+        ca: Option<&str>,
+    ) -> Result<Self, String> {
         let mut endpoints = Vec::new();
         for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-            let rest = if let Some(r) = url.strip_prefix("http://") {
-                r
-            } else if url.starts_with("https://") {
-                return Err(format!(
-                    "schema.registry {url}: https is not supported yet; use an http:// address"
-                ));
+            let (rest, tls) = if let Some(r) = url.strip_prefix("http://") {
+                (r, false)
+            } else if let Some(r) = url.strip_prefix("https://") {
+                (r, true)
             } else {
                 return Err(format!(
-                    "schema.registry must be http://host:port, not '{url}'"
+                    "schema.registry must be http://host:port or https://host:port, not '{url}'"
                 ));
             };
             let (authority, path) = match rest.find('/') {
@@ -134,14 +184,23 @@ impl Registry {
                     "schema.registry '{url}' has no host (credentials go in schema.registry.username and schema.registry.password)"
                 ));
             }
-            let authority = if authority.contains(':') {
+            let host = match authority.rsplit_once(':') {
+                Some((h, port)) if !h.is_empty() && port.parse::<u16>().is_ok() => h,
+                _ => authority,
+            };
+            let authority = if host.len() < authority.len() {
                 authority.to_string()
             } else {
-                format!("{authority}:80")
+                format!("{authority}:{}", if tls { 443 } else { 80 })
             };
             endpoints.push(Endpoint {
                 authority,
+                host: host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
                 prefix: path.to_string(),
+                tls,
             });
         }
         if endpoints.is_empty() {
@@ -157,9 +216,20 @@ impl Registry {
                 return Err("schema.registry.password needs schema.registry.username".into())
             }
         };
+        if ca.is_some() && !endpoints.iter().any(|e| e.tls) {
+            return Err(
+                "schema.registry.ssl.ca.location applies to https:// registries only".into(),
+            );
+        }
+        let tls = if endpoints.iter().any(|e| e.tls) {
+            Some(tls_config(ca)?)
+        } else {
+            None
+        };
         Ok(Self {
             endpoints,
             authorization,
+            tls,
         })
     }
 
@@ -290,7 +360,8 @@ impl Registry {
         path: &str,
         body: Option<&str>,
     ) -> Result<Value, RegistryError> {
-        let url = format!("http://{}{}{path}", e.authority, e.prefix);
+        let scheme = if e.tls { "https" } else { "http" };
+        let url = format!("{scheme}://{}{}{path}", e.authority, e.prefix);
         let unavailable =
             |what: String| RegistryError::Unavailable(format!("schema registry {url}: {what}"));
         let addr = e
@@ -299,7 +370,7 @@ impl Registry {
             .map_err(|err| unavailable(err.to_string()))?
             .next()
             .ok_or_else(|| unavailable("no address".into()))?;
-        let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
             .map_err(|err| unavailable(err.to_string()))?;
         let io = |err: std::io::Error| unavailable(err.to_string());
         stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
@@ -320,12 +391,20 @@ impl Registry {
         }
         request.push_str("\r\n");
         request.push_str(body.unwrap_or_default());
-        stream.write_all(request.as_bytes()).map_err(io)?;
-        let mut answer = Vec::new();
-        stream
-            .take(MAX_ANSWER)
-            .read_to_end(&mut answer)
-            .map_err(io)?;
+        let answer = match (&self.tls, e.tls) {
+            (Some(config), true) => {
+                let name = rustls::pki_types::ServerName::try_from(e.host.clone())
+                    .map_err(|err| RegistryError::Bad(format!("schema registry {url}: {err}")))?;
+                let conn = rustls::ClientConnection::new(Arc::clone(config), name)
+                    .map_err(|err| RegistryError::Bad(format!("schema registry {url}: {err}")))?;
+                let mut tls = rustls::StreamOwned::new(conn, stream);
+                exchange(&mut tls, request.as_bytes()).map_err(|err| tls_error(&url, err))?
+            }
+            _ => {
+                let mut plain = stream;
+                exchange(&mut plain, request.as_bytes()).map_err(io)?
+            }
+        };
         let (status, body) = parse_response(&answer).map_err(unavailable)?;
         let json = || -> Result<Value, RegistryError> {
             serde_json::from_slice(&body).map_err(|err| {
@@ -375,6 +454,33 @@ fn schema_text(answer: &Value, what: &str) -> Result<String, RegistryError> {
         .ok_or_else(|| {
             RegistryError::Bad(format!("the registry's answer for {what} has no schema"))
         })
+}
+
+/// Sends `request` and reads the answer until the server closes the connection. A TLS
+/// peer that closes without a close_notify (as many HTTP servers do) ends the answer
+/// too: the body's length is checked when it is parsed.
+fn exchange(stream: &mut (impl Read + Write), request: &[u8]) -> std::io::Result<Vec<u8>> {
+    stream.write_all(request)?;
+    stream.flush()?;
+    let mut answer = Vec::new();
+    match stream.take(MAX_ANSWER).read_to_end(&mut answer) {
+        Ok(_) => Ok(answer),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !answer.is_empty() => Ok(answer),
+        Err(e) => Err(e),
+    }
+}
+
+/// An error of a TLS exchange: a certificate that is not trusted (or any other TLS
+/// refusal) will not pass by waiting; a network failure may.
+fn tls_error(url: &str, e: std::io::Error) -> RegistryError {
+    let refused = e
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+    if refused {
+        RegistryError::Bad(format!("schema registry {url}: TLS: {e}"))
+    } else {
+        RegistryError::Unavailable(format!("schema registry {url}: {e}"))
+    }
 }
 
 /// Escapes what a path segment cannot hold.
@@ -474,15 +580,17 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert!(Registry::new("https://r:8081", None, None).is_err());
-        assert!(Registry::new("r:8081", None, None).is_err());
-        let r = Registry::new("http://a:1/base/, http://b", Some("u"), None).unwrap();
+        assert!(Registry::new("r:8081", None, None, None).is_err());
+        assert!(Registry::new("http://r:8081", None, None, Some("/ca.pem")).is_err());
+        assert!(Registry::new("https://r", None, None, Some("/no/such/ca.pem")).is_err());
+        let r = Registry::new("http://a:1/base/, http://b", Some("u"), None, None).unwrap();
         assert_eq!(r.endpoints[0].prefix, "/base");
         assert_eq!(r.endpoints[1].authority, "b:80");
+        assert!(r.tls.is_none());
         assert_eq!(percent("topic-value"), "topic-value");
         assert_eq!(percent("a b/c"), "a%20b%2Fc");
         // Nothing listens on port 1: unavailable, not an answer.
-        let down = Registry::new("http://127.0.0.1:1", None, None).unwrap();
+        let down = Registry::new("http://127.0.0.1:1", None, None, None).unwrap();
         assert!(matches!(
             down.schema_by_id(1),
             Err(RegistryError::Unavailable(_))
