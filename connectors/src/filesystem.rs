@@ -57,12 +57,15 @@ enum Location {
     Objects(Arc<ObjectFiles>),
 }
 
-/// An object store bucket. Its requests run on [`object_runtime`]: the splits' callers
-/// are not async, and may be on another runtime's threads.
+/// An object store bucket, or the objects under a prefix of it. Its requests run on
+/// [`object_runtime`]: the splits' callers are not async, and may be on another
+/// runtime's threads.
 struct ObjectFiles {
     store: Arc<dyn ObjectStore>,
     /// `s3://bucket`, for messages.
     url: String,
+    /// Only the objects under this "directory" (`s3://bucket/prefix`).
+    prefix: Option<ObjectPath>,
 }
 
 /// The runtime object store requests run on, one for the process (never dropped: a
@@ -116,10 +119,16 @@ impl ObjectFiles {
         use futures::TryStreamExt;
         let store = Arc::clone(&self.store);
         let after = after.map(ObjectPath::from);
+        let prefix = self.prefix.clone();
         let metas: Vec<object_store::ObjectMeta> = self.run(async move {
             match after {
-                Some(a) => store.list_with_offset(None, &a).try_collect().await,
-                None => store.list(None).try_collect().await,
+                Some(a) => {
+                    store
+                        .list_with_offset(prefix.as_ref(), &a)
+                        .try_collect()
+                        .await
+                }
+                None => store.list(prefix.as_ref()).try_collect().await,
             }
         })?;
         Ok(metas
@@ -153,8 +162,9 @@ pub struct FilesystemConfig {
 }
 
 impl FilesystemConfig {
-    /// `connector = 'filesystem'`: `path` (an absolute directory), `match_pattern`,
-    /// `filesystem.split.num`.
+    /// `connector = 'filesystem'`: `path` (an absolute directory, or
+    /// `s3://bucket/prefix` with the `s3.*` settings of [`Self::from_s3_options`]),
+    /// `match_pattern` (over names within the directory), `filesystem.split.num`.
     pub fn from_options(
         options: &Options,
         schema: SchemaRef,
@@ -167,6 +177,22 @@ impl FilesystemConfig {
             .ok_or_else(|| {
                 ConnectorError::Options("a filesystem source needs path = '/a/directory'".into())
             })?;
+        if let Some(rest) = path.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(ConnectorError::Options(format!(
+                    "path '{path}' names no bucket (s3://bucket/prefix)"
+                )));
+            }
+            return Self::s3(
+                options,
+                bucket,
+                prefix.trim_matches('/'),
+                schema,
+                encoding,
+                header,
+            );
+        }
         let dir = PathBuf::from(path);
         if !dir.is_absolute() {
             return Err(ConnectorError::Options(format!(
@@ -194,6 +220,18 @@ impl FilesystemConfig {
         let bucket = options.get("s3.bucket_name").ok_or_else(|| {
             ConnectorError::Options("an s3 source needs s3.bucket_name = '...'".into())
         })?;
+        Self::s3(options, bucket, "", schema, encoding, header)
+    }
+
+    /// The objects of `bucket` under `prefix` (all of them when it is empty).
+    fn s3(
+        options: &Options,
+        bucket: &str,
+        prefix: &str,
+        schema: SchemaRef,
+        encoding: Encoding,
+        header: bool,
+    ) -> Result<Self> {
         // A store that is away must not stall a split for minutes: few, short retries.
         let retry = object_store::RetryConfig {
             max_retries: 3,
@@ -223,10 +261,11 @@ impl FilesystemConfig {
         let objects = ObjectFiles {
             store: Arc::new(store),
             url: format!("s3://{bucket}"),
+            prefix: (!prefix.is_empty()).then(|| ObjectPath::from(prefix)),
         };
-        objects
-            .list(None)
-            .map_err(|e| ConnectorError::Unavailable(format!("cannot list s3://{bucket}: {e}")))?;
+        objects.list(None).map_err(|e| {
+            ConnectorError::Unavailable(format!("cannot list s3://{bucket}/{prefix}: {e}"))
+        })?;
         Self::with_location(
             Location::Objects(Arc::new(objects)),
             options,
@@ -357,9 +396,19 @@ impl FilesystemConfig {
         let mut sizes = HashMap::with_capacity(listed.len());
         for (name, size) in listed {
             let last = name.rsplit('/').next().unwrap_or(&name);
+            // The pattern is over names within the directory (a prefix's objects: their
+            // names after it).
+            let within = match &self.location {
+                Location::Objects(o) => o
+                    .prefix
+                    .as_ref()
+                    .and_then(|p| name.strip_prefix(p.as_ref()))
+                    .map_or(name.as_str(), |n| n.trim_start_matches('/')),
+                Location::Local(_) => name.as_str(),
+            };
             if last.starts_with('.')
                 || after.is_some_and(|a| name.as_str() <= a)
-                || !self.pattern.as_deref().is_none_or(|p| wildcard(p, &name))
+                || !self.pattern.as_deref().is_none_or(|p| wildcard(p, within))
             {
                 continue;
             }

@@ -1,7 +1,9 @@
 //! The `s3` connector against a real S3 endpoint: moto's S3 server on a loopback port,
 //! objects written by boto3 (`s3_peer.py`). CSV objects and a Parquet object are read
-//! into views and a table; the server is SIGKILLed between objects and must count every
-//! row once. Needs `SABOT_PYTHON`: a Python with `moto[server]` and `boto3`.
+//! into views and a table (and through `connector = 'filesystem', path =
+//! 's3://inbox/data/'`, the objects under a prefix); the server is SIGKILLed between
+//! objects and must count every row once. Needs `SABOT_PYTHON`: a Python with
+//! `moto[server]` and `boto3`.
 
 mod common;
 
@@ -129,7 +131,14 @@ async fn s3_objects_are_read_once_across_a_crash() {
              CREATE TABLE obj_rows (id BIGINT, v INT, name VARCHAR)
                WITH ({}) FORMAT PLAIN ENCODE CSV;
              CREATE SOURCE pq (id BIGINT, name VARCHAR) WITH ({}) FORMAT PLAIN ENCODE PARQUET;
-             CREATE MATERIALIZED VIEW pq_totals AS SELECT count(*) AS n, sum(id) AS s FROM pq;",
+             CREATE MATERIALIZED VIEW pq_totals AS SELECT count(*) AS n, sum(id) AS s FROM pq;
+             CREATE SOURCE in_dir (id BIGINT, v INT, name VARCHAR)
+               WITH (connector = 'filesystem', path = 's3://inbox/data/',
+                     s3.region_name = 'us-east-1', s3.endpoint_url = '{endpoint}',
+                     s3.credentials.access = 'sabot', s3.credentials.secret = 'sabot-secret',
+                     match_pattern = 'part-*.csv')
+               FORMAT PLAIN ENCODE CSV;
+             CREATE MATERIALIZED VIEW dir_totals AS SELECT count(*) AS n, sum(id) AS s FROM in_dir;",
             s3("data/*.csv"),
             s3("data/*.csv"),
             s3("pq/*.parquet"),
@@ -150,7 +159,13 @@ async fn s3_objects_are_read_once_across_a_crash() {
     wait_for(&client, "SELECT n FROM totals", "6000").await;
     wait_for(&client, "SELECT count(*) FROM obj_rows", "6000").await;
     wait_for(&client, "SELECT n FROM pq_totals", "3000").await;
+    // The prefix's objects only (not other/part-000.csv), the pattern within it.
+    wait_for(&client, "SELECT n FROM dir_totals", "6000").await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        rows(&client, "SELECT * FROM dir_totals").await,
+        vec![vec!["6000", "18003000"]]
+    );
     assert_eq!(
         rows(&client, "SELECT * FROM totals").await,
         vec![vec!["6000", "18003000", "6000"]]

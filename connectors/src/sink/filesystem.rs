@@ -66,6 +66,11 @@ impl FilesystemSink {
         if path.is_empty() {
             return Err(ConnectorError::Options("path must not be empty".into()));
         }
+        if path.starts_with("s3://") {
+            return Err(ConnectorError::Options(
+                "the filesystem sink writes to a local directory; s3:// paths are not supported for sinks yet".into(),
+            ));
+        }
         let dir = PathBuf::from(path);
         if dir.is_relative() {
             return Err(ConnectorError::Options(format!(
