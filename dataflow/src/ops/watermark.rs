@@ -47,6 +47,11 @@ pub struct WatermarkSpec {
 /// Drops rows behind the watermark and reports the largest watermark value seen.
 pub struct WatermarkFilterOp {
     spec: WatermarkSpec,
+    /// The column the expression never decreases with (`ts - INTERVAL ...`), when it
+    /// reads no other and that column is of a time type: the largest value of the
+    /// expression is then its value at the row with the largest time, one evaluation
+    /// per batch instead of one per row.
+    grows_with: Option<usize>,
     /// The node's watermark at the start of the epoch (set by the runtime).
     current: Option<ScalarValue>,
     /// The largest value of the watermark expression this epoch.
@@ -56,8 +61,10 @@ pub struct WatermarkFilterOp {
 
 impl WatermarkFilterOp {
     pub fn new(spec: WatermarkSpec) -> Self {
+        let grows_with = monotone_column(&spec.expr);
         Self {
             spec,
+            grows_with,
             current: None,
             observed: None,
             late: 0,
@@ -98,11 +105,23 @@ impl Operator for WatermarkFilterOp {
         if batch.is_empty() {
             return Ok(());
         }
+        let rows = match self.grows_with.map(|c| time_ints(batch.data().column(c))) {
+            Some(Ok(times)) => match latest_row(&times) {
+                Some(i) => batch.data().slice(i, 1),
+                None => {
+                    // Every time is NULL: nothing to observe.
+                    out.push(batch);
+                    return Ok(());
+                }
+            },
+            // Not a time column after all: evaluate at every row.
+            Some(Err(_)) | None => batch.data().clone(),
+        };
         let values = self
             .spec
             .expr
-            .evaluate(batch.data())?
-            .into_array(batch.num_rows())?;
+            .evaluate(&rows)?
+            .into_array(rows.num_rows())?;
         let values = cast(&values, &DataType::Int64)?;
         if let Some(m) = arrow::compute::max(values.as_primitive::<Int64Type>()) {
             self.observed = Some(self.observed.map_or(m, |o| o.max(m)));
@@ -120,6 +139,19 @@ impl Operator for WatermarkFilterOp {
 
     fn take_generated(&mut self) -> (Option<i64>, u64) {
         (self.observed.take(), std::mem::take(&mut self.late))
+    }
+}
+
+/// The index of the largest non-NULL value, `None` when all are NULL.
+fn latest_row(times: &Int64Array) -> Option<usize> {
+    let values = times.values();
+    match times.nulls() {
+        None => values
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, v)| **v)
+            .map(|(i, _)| i),
+        Some(nulls) => nulls.valid_indices().max_by_key(|i| values[*i]),
     }
 }
 
@@ -427,4 +459,20 @@ pub fn derive(
         )));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latest_row_skips_nulls() {
+        assert_eq!(latest_row(&Int64Array::from(vec![3, 9, 2])), Some(1));
+        assert_eq!(
+            latest_row(&Int64Array::from(vec![Some(3), None, Some(5), None])),
+            Some(2)
+        );
+        assert_eq!(latest_row(&Int64Array::from(vec![None::<i64>, None])), None);
+        assert_eq!(latest_row(&Int64Array::from(Vec::<i64>::new())), None);
+    }
 }
