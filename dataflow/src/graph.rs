@@ -229,12 +229,14 @@ impl StreamPlan {
             .collect())
     }
 
-    /// A readable tree of the dataflow, root first.
+    /// A readable tree of the dataflow, root first. A node that feeds several others
+    /// (a shared subplan) is shown in full once; later it is a one-line reference.
     pub fn explain(&self, workers: usize) -> String {
         let mut s = String::new();
         let marks = self.watermark_columns().unwrap_or_default();
+        let mut shown = vec![false; self.nodes.len()];
         if let Some(last) = self.nodes.len().checked_sub(1) {
-            self.explain_node(last, 0, workers, &marks, &mut s);
+            self.explain_node(last, 0, workers, &marks, &mut shown, &mut s);
         }
         s
     }
@@ -245,12 +247,20 @@ impl StreamPlan {
         depth: usize,
         workers: usize,
         marks: &[Vec<bool>],
+        shown: &mut [bool],
         s: &mut String,
     ) {
         let indent = "  ".repeat(depth);
-        let _ = writeln!(s, "{indent}{}", self.node_line(i, workers, marks));
+        let line = self.node_line(i, workers, marks);
+        if shown[i] {
+            let first = line.split(':').next().unwrap_or(&line);
+            let _ = writeln!(s, "{indent}(shared) {first}: the same node as above");
+            return;
+        }
+        shown[i] = true;
+        let _ = writeln!(s, "{indent}{line}");
         for input in &self.nodes[i].inputs {
-            self.explain_node(*input, depth + 1, workers, marks, s);
+            self.explain_node(*input, depth + 1, workers, marks, shown, s);
         }
     }
 
@@ -835,6 +845,14 @@ impl Dataflow {
         self.last_clock = Some(now);
         // outputs[node][worker]
         let mut outputs: Vec<Vec<Vec<ChangeBatch>>> = Vec::with_capacity(self.plan.nodes.len());
+        // How many inputs still read each node's output: a node that feeds several
+        // (a shared subplan) is copied to all but the last, which takes it.
+        let mut readers = vec![0usize; self.plan.nodes.len()];
+        for node in &self.plan.nodes {
+            for input in &node.inputs {
+                readers[*input] += 1;
+            }
+        }
         for (i, node) in self.plan.nodes.iter().enumerate() {
             // inputs[worker][port] = messages
             let mut inputs: Vec<Vec<Vec<Message>>> =
@@ -847,11 +865,14 @@ impl Dataflow {
                 }
             } else {
                 for (port, input) in node.inputs.iter().enumerate() {
-                    // Plans are trees: this node is the only consumer, so the input's
-                    // output is freed as it is routed.
-                    for (from, batches) in
-                        std::mem::take(&mut outputs[*input]).into_iter().enumerate()
-                    {
+                    // The input's last reader frees its output as it is routed.
+                    readers[*input] -= 1;
+                    let output = if readers[*input] == 0 {
+                        std::mem::take(&mut outputs[*input])
+                    } else {
+                        outputs[*input].clone()
+                    };
+                    for (from, batches) in output.into_iter().enumerate() {
                         for b in batches {
                             self.route(i, port, &b, from, &mut inputs)?;
                         }

@@ -46,6 +46,10 @@ pub struct StreamPlanner<'a> {
     append_only: HashSet<String>,
     /// Plan a sink's query (see [`StreamPlanner::for_sink`]).
     for_sink: bool,
+    /// The node of each subplan planned so far: a subplan that occurs twice (q5's two
+    /// identical windowed scans, a self-join's two scans) is computed once, by one node
+    /// that feeds both consumers.
+    planned: HashMap<LogicalPlan, usize>,
 }
 
 impl<'a> StreamPlanner<'a> {
@@ -65,6 +69,7 @@ impl<'a> StreamPlanner<'a> {
             emit_on_window_close: false,
             append_only: HashSet::new(),
             for_sink: false,
+            planned: HashMap::new(),
         }
     }
 
@@ -178,7 +183,17 @@ impl<'a> StreamPlanner<'a> {
         Ok(checked_arithmetic(physical, schema.as_arrow())?)
     }
 
+    /// The node computing `plan`: planned once, shared by every occurrence.
     fn node(&mut self, plan: &LogicalPlan) -> Result<usize> {
+        if let Some(n) = self.planned.get(plan) {
+            return Ok(*n);
+        }
+        let n = self.plan_node(plan)?;
+        self.planned.insert(plan.clone(), n);
+        Ok(n)
+    }
+
+    fn plan_node(&mut self, plan: &LogicalPlan) -> Result<usize> {
         match plan {
             LogicalPlan::TableScan(scan) => {
                 if scan.fetch.is_some() {
