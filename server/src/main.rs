@@ -65,6 +65,47 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Measure the nexmark generator alone: generate a source's rows as a split does
+    /// (one split, one thread, no rate limit), keep nothing, and print the rate.
+    NexmarkRate {
+        /// Events in all (every kind counts), as `nexmark.event.num`.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        /// `Person`, `Auction` or `Bid`, as `nexmark.table.type`.
+        #[arg(long, default_value = "Bid")]
+        table: String,
+    },
+}
+
+/// `sabot nexmark-rate`: one line, `table rows seconds events/s rows/s`, where events/s
+/// counts the whole event stream the rows were drawn from.
+fn nexmark_rate(events: u64, table: &str) -> Result<(), String> {
+    use sabot_connectors::nexmark::NexmarkConfig;
+    use sabot_connectors::{Options, Split};
+    use std::io::Write;
+    let config = NexmarkConfig::from_options(&Options::new([
+        ("nexmark.table.type".to_string(), table.to_string()),
+        ("nexmark.event.num".to_string(), events.to_string()),
+        ("nexmark.split.num".to_string(), "1".to_string()),
+        ("nexmark.min.event.gap.in.ns".to_string(), "0".to_string()),
+    ]))
+    .map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    let mut rows = 0u64;
+    for mut split in config.splits() {
+        while let Some(b) = split.next_batch(8192).map_err(|e| e.to_string())? {
+            rows += b.num_rows() as u64;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let mut out = std::io::stdout();
+    writeln!(
+        out,
+        "{table} rows={rows} seconds={secs:.3} events/s={:.0} rows/s={:.0}",
+        events as f64 / secs,
+        rows as f64 / secs
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// `sabot nexmark-gen`.
@@ -122,6 +163,13 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::NexmarkRate { events, table } => match nexmark_rate(events, &table) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "nexmark-rate failed");
+                ExitCode::FAILURE
+            }
+        },
         Command::NexmarkGen { events, seed, out } => match nexmark_gen(events, seed, &out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
