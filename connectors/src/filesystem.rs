@@ -467,22 +467,14 @@ pub struct FileSplit {
     caught_up: bool,
     /// File bytes consumed since the split was made.
     bytes: u64,
-    /// The listed size of `current`.
+    /// The size of `current` when it was listed (set by `next_file`: a split lists
+    /// only the names after the file it reads).
     size: u64,
     /// The file being read whole (an object, an Avro file), fetched once.
     object: Option<(String, Bytes)>,
 }
 
 impl FileSplit {
-    /// The listed size of `name`: from `sizes`, or, for the file being read (listed
-    /// when it was opened), as it was then.
-    fn size_of(&mut self, name: &str, sizes: &HashMap<String, u64>) -> u64 {
-        if let Some(s) = sizes.get(name) {
-            self.size = *s;
-        }
-        self.size
-    }
-
     /// Moves to the first file after `current`, if there is one (`sizes`: the listed
     /// sizes).
     fn next_file(&mut self, files: &[String], sizes: &HashMap<String, u64>) -> bool {
@@ -528,7 +520,7 @@ impl FileSplit {
             let later = all.iter().any(|f| f.as_str() > name.as_str());
             // After a seek, whole files are passed over by their row counts.
             let from = self.pos + self.skip;
-            let size = self.size_of(&name, sizes);
+            let size = self.size;
             match self.read_whole(&name, size, &schema, from, max - rows) {
                 Ok((batch, total)) => {
                     let passed = total.min(from) - self.pos.min(total);
@@ -741,7 +733,7 @@ impl Split for FileSplit {
             let Some(name) = self.current.clone() else {
                 break;
             };
-            let size = self.size_of(&name, &sizes);
+            let size = self.size;
             let chunk = self.config.read_chunk(&name, self.pos, CHUNK, size)?;
             let at_end = chunk.len() < CHUNK;
             // A later file (of any split) means this one is finished: its last line

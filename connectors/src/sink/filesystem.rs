@@ -13,11 +13,10 @@ use std::hash::BuildHasher;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Int64Array, RecordBatch, UInt32Array};
-use arrow::compute::take_record_batch;
+use arrow::array::{Int64Array, RecordBatch};
 use arrow::datatypes::SchemaRef;
 
-use super::{debezium_batch, encode_json, expand, in_write_order, SinkFormat, SinkWriter};
+use super::{encode_json, in_write_order, records, SinkFormat, SinkWriter};
 use crate::avro::file::{container, Codec};
 use crate::avro::write::{datums, debezium_schema, record_schema};
 use crate::error::{ConnectorError, Result};
@@ -148,17 +147,9 @@ impl FilesystemSink {
             Encode::Avro { schema, codec } => {
                 let mut count = 0;
                 for (batch, weights) in changes {
-                    let (indices, inserted) = expand(self.format, weights)?;
-                    if indices.is_empty() {
-                        continue;
-                    }
-                    count += indices.len() as u64;
-                    let rows = take_record_batch(batch, &UInt32Array::from(indices))?;
-                    match self.format {
-                        SinkFormat::Debezium => {
-                            datums(&debezium_batch(&rows, &inserted)?, &mut bytes)?
-                        }
-                        _ => datums(&rows, &mut bytes)?,
+                    if let Some((records, rows)) = records(self.format, batch, weights)? {
+                        count += rows.len() as u64;
+                        datums(&records, &mut bytes)?;
                     }
                 }
                 if count > 0 {

@@ -26,8 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Int64Array, RecordBatch, UInt32Array};
-use arrow::compute::take_record_batch;
+use arrow::array::{Int64Array, RecordBatch};
 use arrow::row::{RowConverter, SortField};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -36,7 +35,7 @@ use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::{debezium_batch, encode_json, expand, in_write_order, SinkFormat, SinkWriter};
+use super::{encode_json, in_write_order, records, SinkFormat, SinkWriter};
 use crate::avro::AvroSink;
 use crate::error::{ConnectorError, Result};
 use crate::kafka::{partition_count, METADATA_TIMEOUT};
@@ -416,14 +415,8 @@ impl KafkaSink {
             let lines = encoded.lines().map(<[u8]>::to_vec).collect();
             return Ok((lines, encoded.rows));
         };
-        let (rows, inserted) = expand(self.format, weights)?;
-        if rows.is_empty() {
-            return Ok((Vec::new(), rows));
-        }
-        let taken = take_record_batch(batch, &UInt32Array::from(rows.clone()))?;
-        let records = match self.format {
-            SinkFormat::Debezium => debezium_batch(&taken, &inserted)?,
-            _ => taken,
+        let Some((records, rows)) = records(self.format, batch, weights)? else {
+            return Ok((Vec::new(), Vec::new()));
         };
         Ok((avro.value.encode(&records)?, rows))
     }

@@ -90,7 +90,7 @@ impl Encoded {
 /// The rows changes expand to in `format` (a row of weight ±n, n times), and whether
 /// each is an insert. FORMAT PLAIN refuses deletes unless `force_append_only`, which drops
 /// them.
-pub fn expand(format: SinkFormat, weights: &Int64Array) -> Result<(Vec<u32>, Vec<bool>)> {
+fn expand(format: SinkFormat, weights: &Int64Array) -> Result<(Vec<u32>, Vec<bool>)> {
     let mut rows = Vec::new();
     let mut inserted = Vec::new();
     for (i, w) in weights.values().iter().enumerate() {
@@ -147,7 +147,7 @@ pub fn debezium_fields(fields: &Fields) -> Fields {
 
 /// Debezium envelopes of `rows` (already expanded): `after` and op `c` for an insert,
 /// `before` and op `d` for a delete.
-pub fn debezium_batch(rows: &RecordBatch, inserted: &[bool]) -> Result<RecordBatch> {
+fn debezium_batch(rows: &RecordBatch, inserted: &[bool]) -> Result<RecordBatch> {
     let fields: Fields = rows.schema().fields().clone();
     let columns: Vec<ArrayRef> = rows.columns().to_vec();
     let deleted: Vec<bool> = inserted.iter().map(|i| !i).collect();
@@ -182,19 +182,35 @@ pub fn encode_json(
             "FORMAT UPSERT records are keyed, not JSON lines".into(),
         ));
     }
-    let (indices, inserted) = expand(format, weights)?;
     let mut out = Vec::new();
-    if !indices.is_empty() {
-        let rows = take_record_batch(batch, &UInt32Array::from(indices.clone()))?;
-        match format {
-            SinkFormat::Debezium => write_lines(&mut out, &debezium_batch(&rows, &inserted)?)?,
-            _ => write_lines(&mut out, &rows)?,
-        }
+    let Some((records, rows)) = records(format, batch, weights)? else {
+        return Ok(Encoded {
+            bytes: out,
+            rows: Vec::new(),
+        });
+    };
+    write_lines(&mut out, &records)?;
+    Ok(Encoded { bytes: out, rows })
+}
+
+/// The records changes are written as in `format` (FORMAT PLAIN: the rows, a row of
+/// weight n n times; FORMAT DEBEZIUM: envelopes), each with the row of `batch` it came
+/// from; `None` when there are none. Every encoding writes these.
+pub fn records(
+    format: SinkFormat,
+    batch: &RecordBatch,
+    weights: &Int64Array,
+) -> Result<Option<(RecordBatch, Vec<u32>)>> {
+    let (indices, inserted) = expand(format, weights)?;
+    if indices.is_empty() {
+        return Ok(None);
     }
-    Ok(Encoded {
-        bytes: out,
-        rows: indices,
-    })
+    let rows = take_record_batch(batch, &UInt32Array::from(indices.clone()))?;
+    let records = match format {
+        SinkFormat::Debezium => debezium_batch(&rows, &inserted)?,
+        _ => rows,
+    };
+    Ok(Some((records, indices)))
 }
 
 fn write_lines(out: &mut Vec<u8>, batch: &RecordBatch) -> Result<()> {
