@@ -38,6 +38,7 @@ use crate::ops::watermark::{
     derive, scalar_from_i64, scalar_to_i64, WatermarkFilterOp, WatermarkSpec, Watermarks,
 };
 use crate::row::{Partitioner, RowCodec};
+use crate::workers::{Outcome, WorkerThreads};
 
 /// What a node of a stream plan does.
 #[derive(Debug, Clone)]
@@ -675,6 +676,8 @@ pub struct Dataflow {
     last_clock: Option<i64>,
     /// Per node: what went through it since the dataflow started.
     counters: Vec<NodeCounters>,
+    /// The threads workers after the first run on.
+    threads: WorkerThreads,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -773,6 +776,7 @@ impl Dataflow {
             clock: None,
             last_clock: None,
             counters,
+            threads: WorkerThreads::default(),
         })
     }
 
@@ -840,6 +844,11 @@ impl Dataflow {
     ) -> Result<Vec<ChangeBatch>> {
         let epoch = batch.epoch();
         let w = self.workers;
+        if self.instances.iter().any(|per_worker| per_worker.len() != w) {
+            return Err(DataflowError::Internal(
+                "this view lost a worker in an earlier epoch".into(),
+            ));
+        }
         let now = self.clock.unwrap_or_else(system_clock_ns);
         let now = self.last_clock.map_or(now, |last| last.max(now));
         self.last_clock = Some(now);
@@ -921,28 +930,15 @@ impl Dataflow {
                 })
                 .sum::<u64>();
             let started = std::time::Instant::now();
-            let results: Vec<Result<(Vec<ChangeBatch>, StateWriter)>> = if w == 1 {
+            let results: Vec<Outcome> = if w == 1 {
                 let op = &mut self.instances[i][0];
                 inputs
                     .into_iter()
                     .map(|msgs| run_instance(op.as_mut(), msgs))
                     .collect()
             } else {
-                std::thread::scope(|s| {
-                    let handles: Vec<_> = self.instances[i]
-                        .iter_mut()
-                        .zip(inputs)
-                        .map(|(op, msgs)| s.spawn(move || run_instance(op.as_mut(), msgs)))
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| {
-                            h.join().unwrap_or_else(|_| {
-                                Err(DataflowError::Internal("a worker panicked".into()))
-                            })
-                        })
-                        .collect()
-                })
+                self.threads
+                    .run(&mut self.instances[i], inputs, run_instance)
             };
             // Wall time of the node's step: with several workers it runs them at once.
             self.counters[i].busy += started.elapsed();
@@ -1161,10 +1157,7 @@ impl Dataflow {
 
 /// Runs one worker's instance over its messages of the epoch, port by port. A panic
 /// inside an operator (or a kernel it calls) becomes an error of this dataflow.
-fn run_instance(
-    op: &mut dyn Operator,
-    ports: Vec<Vec<Message>>,
-) -> Result<(Vec<ChangeBatch>, StateWriter)> {
+fn run_instance(op: &mut dyn Operator, ports: Vec<Vec<Message>>) -> Outcome {
     let name = op.name();
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_messages(op, ports)))
         .unwrap_or_else(|payload| {

@@ -17,6 +17,7 @@ pub mod operator;
 pub mod ops;
 pub mod row;
 pub mod table;
+mod workers;
 
 pub use batch::ChangeBatch;
 pub use error::{DataflowError, Result};
