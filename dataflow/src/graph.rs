@@ -844,7 +844,11 @@ impl Dataflow {
     ) -> Result<Vec<ChangeBatch>> {
         let epoch = batch.epoch();
         let w = self.workers;
-        if self.instances.iter().any(|per_worker| per_worker.len() != w) {
+        if self
+            .instances
+            .iter()
+            .any(|per_worker| per_worker.len() != w)
+        {
             return Err(DataflowError::Internal(
                 "this view lost a worker in an earlier epoch".into(),
             ));

@@ -1,19 +1,21 @@
 //! Watermarks, late rows and EMIT ON WINDOW CLOSE against a model computed from scratch.
 //!
 //! Random out-of-order events go through
-//! `SELECT (ts / 10) * 10 AS ws, k, count(*), sum(v) FROM ev GROUP BY ws, k` over a source
-//! with `WATERMARK FOR ts AS ts - delay`, epoch by epoch, with 1 to 3 workers and a
-//! restart from the committed state midway. After every epoch:
+//! `SELECT (ts / 10) * 10 AS ws, k, count(*), sum(v), count(DISTINCT v) FROM ev GROUP BY
+//! ws, k` over a source with `WATERMARK FOR ts AS ts - delay`, epoch by epoch, with 1 to 3
+//! workers and a restart from the committed state midway, the aggregate told that its
+//! input only adds rows or not (its DISTINCT values are kept one way or the other). After every epoch:
 //! - the rows dropped as late are exactly those behind the watermark of the epoch before;
 //! - updating as rows arrive, the view equals the query over the rows kept;
 //! - emitting on window close, it equals that result restricted to the closed windows,
 //!   and it only ever inserts;
-//! - either way the aggregate's state holds only the windows still open.
+//! - either way the aggregate's state (groups and DISTINCT values) holds only the windows
+//!   still open.
 
 mod common;
 
 use common::{col, rows_of, schema, Row};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
@@ -39,10 +41,10 @@ fn bin(l: Arc<dyn PhysicalExpr>, op: BinOp, r: Arc<dyn PhysicalExpr>) -> Arc<dyn
     Arc::new(BinaryExpr::new(l, op, r))
 }
 
-fn plan(delay: i64, eowc: bool) -> StreamPlan {
+fn plan(delay: i64, eowc: bool, append_only: bool) -> StreamPlan {
     let ev = schema(&["ts", "k", "v"]);
     let pre = schema(&["ws", "k", "v"]);
-    let out = schema(&["ws", "k", "n", "s"]);
+    let out = schema(&["ws", "k", "n", "s", "d"]);
     let ws = bin(
         bin(col("ts", 0), BinOp::Divide, lit(WINDOW)),
         BinOp::Multiply,
@@ -82,11 +84,15 @@ fn plan(delay: i64, eowc: bool) -> StreamPlan {
                     calls: vec![
                         AggCall::new(AggKind::Count, 2, None),
                         AggCall::new(AggKind::Sum, 2, None),
+                        AggCall {
+                            distinct: true,
+                            ..AggCall::new(AggKind::Count, 2, None)
+                        },
                     ],
                     input_schema: pre,
                     output_schema: Arc::clone(&out),
                     emit_on_window_close: eowc,
-                    append_only_input: false,
+                    append_only_input: append_only,
                 }),
                 inputs: vec![2],
                 schema: Arc::clone(&out),
@@ -107,8 +113,8 @@ fn plan(delay: i64, eowc: bool) -> StreamPlan {
 struct Model {
     watermark: Option<i64>,
     late: u64,
-    /// (window start, k) → (count, sum)
-    groups: BTreeMap<(i64, i64), (i64, i64)>,
+    /// (window start, k) → (count, sum, the values)
+    groups: BTreeMap<(i64, i64), (i64, i64, BTreeSet<i64>)>,
 }
 
 impl Model {
@@ -123,6 +129,7 @@ impl Model {
             let g = self.groups.entry((ts / WINDOW * WINDOW, k)).or_default();
             g.0 += 1;
             g.1 += v;
+            g.2.insert(v);
         }
         self.watermark = self.watermark.max(newest);
     }
@@ -137,7 +144,15 @@ impl Model {
         self.groups
             .iter()
             .filter(|((ws, _), _)| !only_closed || closed.is_some_and(|c| *ws < c))
-            .map(|((ws, k), (n, s))| vec![Some(*ws), Some(*k), Some(*n), Some(*s)])
+            .map(|((ws, k), (n, s, d))| {
+                vec![
+                    Some(*ws),
+                    Some(*k),
+                    Some(*n),
+                    Some(*s),
+                    Some(d.len() as i64),
+                ]
+            })
             .collect()
     }
 
@@ -178,12 +193,13 @@ fn run(
     events: Vec<Vec<(i64, i64, i64)>>,
     delay: i64,
     eowc: bool,
+    append_only: bool,
     workers: usize,
     restart_at: usize,
 ) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let plan = plan(delay, eowc);
+    let plan = plan(delay, eowc, append_only);
     let ev = Arc::clone(&plan.nodes[0].schema);
     let mut flow = Dataflow::try_new(plan.clone(), workers).unwrap();
     let mut model = Model::default();
@@ -229,6 +245,22 @@ fn run(
         );
         let open = store.scan(AGG_TABLE).unwrap().len();
         prop_assert_eq!(open, model.open_groups(), "groups kept after epoch {}", e);
+        // DISTINCT entries are keyed `len (u32) ++ group key ++ ...`: count the groups.
+        let with_values: BTreeSet<Vec<u8>> = store
+            .scan(DISTINCT_TABLE)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| {
+                let len = u32::from_le_bytes(k[..4].try_into().unwrap()) as usize;
+                k[..4 + len].to_vec()
+            })
+            .collect();
+        prop_assert_eq!(
+            with_values.len(),
+            model.open_groups(),
+            "DISTINCT values kept after epoch {}",
+            e
+        );
         if e == restart_at {
             flow = Dataflow::try_new(plan.clone(), workers).unwrap();
             flow.restore(&store).unwrap();
@@ -242,13 +274,13 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     #[test]
-    fn windows_update_as_rows_arrive(e in epochs(), delay in 0i64..8, workers in 1usize..=3, restart in 0usize..14) {
-        run(e, delay, false, workers, restart)?;
+    fn windows_update_as_rows_arrive(e in epochs(), delay in 0i64..8, append_only in any::<bool>(), workers in 1usize..=3, restart in 0usize..14) {
+        run(e, delay, false, append_only, workers, restart)?;
     }
 
     #[test]
-    fn windows_emit_on_close(e in epochs(), delay in 0i64..8, workers in 1usize..=3, restart in 0usize..14) {
-        run(e, delay, true, workers, restart)?;
+    fn windows_emit_on_close(e in epochs(), delay in 0i64..8, append_only in any::<bool>(), workers in 1usize..=3, restart in 0usize..14) {
+        run(e, delay, true, append_only, workers, restart)?;
     }
 }
 
@@ -256,10 +288,10 @@ proptest! {
 fn a_window_is_emitted_once_when_the_watermark_passes_its_end() {
     // ts 101 and 105 in window 100; 112 moves the watermark (delay 2) to 110: closed.
     let epochs = vec![vec![(101, 0, 1), (105, 0, 2)], vec![(112, 0, 4)]];
-    run(epochs, 2, true, 1, usize::MAX).unwrap();
+    run(epochs, 2, true, true, 1, usize::MAX).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let mut flow = Dataflow::try_new(plan(2, true), 2).unwrap();
+    let mut flow = Dataflow::try_new(plan(2, true, true), 2).unwrap();
     let ev = schema(&["ts", "k", "v"]);
     let mut emitted = Vec::new();
     for (e, rows) in [vec![101, 105], vec![109], vec![112], vec![104, 130]]
@@ -287,8 +319,8 @@ fn a_window_is_emitted_once_when_the_watermark_passes_its_end() {
     assert_eq!(
         emitted,
         vec![
-            vec![Some(100), Some(0), Some(3), Some(3)],
-            vec![Some(110), Some(0), Some(1), Some(1)],
+            vec![Some(100), Some(0), Some(3), Some(3), Some(1)],
+            vec![Some(110), Some(0), Some(1), Some(1), Some(1)],
         ]
     );
     assert_eq!(flow.watermark_status()[0].late_rows, 1);

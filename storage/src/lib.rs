@@ -172,6 +172,19 @@ fn state_prefix(table: StateTableId) -> [u8; 5] {
     [STATE, t[0], t[1], t[2], t[3]]
 }
 
+/// The first key after every key that starts with `prefix` (a state key's prefix,
+/// never empty and never all `0xff`: it starts with [`STATE`]).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![STATE + 1]
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OpKind {
     Put,
@@ -263,6 +276,14 @@ impl StateWriter {
             .push(OpKind::Delete, &[&state_prefix(table), key], &[]);
     }
 
+    /// Deletes every key of `table` that starts with `prefix`, in one write.
+    pub fn delete_prefix(&mut self, table: StateTableId, prefix: &[u8]) {
+        let mut from = state_prefix(table).to_vec();
+        from.extend_from_slice(prefix);
+        let to = prefix_end(&from);
+        self.log.push(OpKind::DeleteRange, &[&from], &to);
+    }
+
     pub fn len(&self) -> usize {
         self.log.len()
     }
@@ -304,11 +325,8 @@ impl EpochBatch {
     /// Removes a whole state table (its operator or table was dropped).
     pub fn drop_state_table(&mut self, table: StateTableId) {
         let from = state_prefix(table);
-        let to = match table.checked_add(1) {
-            Some(next) => state_prefix(next).to_vec(),
-            None => vec![STATE + 1],
-        };
-        self.log.push(OpKind::DeleteRange, &[&from], &to);
+        self.log
+            .push(OpKind::DeleteRange, &[&from], &prefix_end(&from));
     }
 
     pub fn put_catalog(&mut self, name: &str, value: Vec<u8>) {
@@ -378,6 +396,39 @@ mod tests {
         assert!(store.scan(7).unwrap().is_empty());
         assert!(store.scan(8).unwrap().is_empty());
         assert_eq!(store.committed_epoch().unwrap(), 2);
+    }
+
+    /// A prefix delete takes exactly the keys that start with it, also where the
+    /// prefix ends in `0xff` bytes, and writes after it in the epoch stay.
+    #[test]
+    fn delete_prefix_takes_exactly_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let keys: [&[u8]; 7] = [
+            b"a",
+            b"ab",
+            b"ab\xff",
+            b"ab\xff\x00",
+            b"ab\xff\xff",
+            b"ac",
+            b"b",
+        ];
+        let mut w = StateWriter::default();
+        for k in keys {
+            w.put(4, k, b"v");
+            w.put(5, k, b"v");
+        }
+        w.delete_prefix(4, b"ab\xff");
+        w.delete_prefix(5, b"ab");
+        w.put(5, b"ab\x01", b"after");
+        let mut batch = EpochBatch::new(1);
+        batch.append(w);
+        store.commit(batch).unwrap();
+        let keys_of =
+            |t| -> Vec<Vec<u8>> { store.scan(t).unwrap().into_iter().map(|(k, _)| k).collect() };
+        assert_eq!(keys_of(4), [&b"a"[..], b"ab", b"ac", b"b"]);
+        assert_eq!(keys_of(5), [&b"a"[..], b"ab\x01", b"ac", b"b"]);
+        assert_eq!(prefix_end(&[STATE, 0xff, 0xff]), [STATE + 1]);
     }
 
     /// Writes apply in the order they were buffered, across writers and batches.

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ahash::{AHashMap as HashMap, AHashSet as HashSet};
+use ahash::AHashSet as HashSet;
 use arrow::array::{
     Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, RecordBatch,
 };
@@ -21,14 +21,18 @@ use arrow::compute::{cast, SortOptions};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
 use arrow::row::Rows;
 use datafusion::common::ScalarValue;
+use hashbrown::hash_map::EntryRef;
 use sabot_storage::{StateTableId, StateWriter};
 
 use crate::batch::{batch_with_schema, ChangeBatch};
-use crate::codec::{split_prefixed, Reader, Writer};
+use crate::codec::{join_prefixed, split_prefixed, Reader, Writer};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
 use crate::ops::watermark::{behind_watermarks, raise};
 use crate::row::{Partitioner, RowCodec};
+
+/// Keyed by encoded bytes, looked up by slice: an absent key is copied only to insert it.
+type HashMap<V> = hashbrown::HashMap<Vec<u8>, V>;
 
 /// The aggregate functions that can be maintained under retraction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +200,12 @@ struct Group {
     rows: i64,
     accs: Vec<Acc>,
     /// Per call: for DISTINCT calls, how often each value occurs.
-    distinct: Vec<Option<HashMap<Vec<u8>, i64>>>,
+    distinct: Vec<Option<HashMap<i64>>>,
+    /// Touched this epoch: its result before the epoch (`Some(None)`: it had no row).
+    before: Option<Option<Vec<OutVal>>>,
+    /// Over an append-only input, per call: the DISTINCT values first seen this epoch,
+    /// each as `len (u32, little endian) ++ value`; empty until a value is.
+    fresh: Vec<Vec<u8>>,
 }
 
 /// Extra digits DataFusion gives AVG over decimals.
@@ -212,16 +221,22 @@ pub struct AggregateOp {
     order_codecs: Vec<Option<RowCodec>>,
     /// Groups: key → row count and accumulators.
     table: StateTableId,
-    /// DISTINCT calls' values, one entry each: `join_prefixed(group key, call (u16, big
-    /// endian) ++ value)` → multiplicity (i64, little endian). Kept apart from the
-    /// group so that an epoch writes only the values it changed.
+    /// DISTINCT calls' values, kept apart from the group so that an epoch writes only
+    /// the values it changed. Under retractions one entry per value:
+    /// `join_prefixed(group key, call (u16, big endian) ++ value)` → multiplicity (i64,
+    /// little endian). Over an append-only input a value, once seen, stays: one entry
+    /// per group, call and epoch holds the values first seen in that epoch,
+    /// `join_prefixed(group key, call ++ epoch (u64, big endian))` → `len ++ value`...
+    /// (a few large writes where there were many small ones, which RocksDB sorts on
+    /// every flush).
     distinct_table: StateTableId,
     partitioner: Partitioner,
-    groups: HashMap<Vec<u8>, Group>,
-    /// DISTINCT values changed this epoch, as their state keys in `distinct_table`.
+    groups: HashMap<Group>,
+    /// DISTINCT values changed this epoch (under retractions), as their state keys in
+    /// `distinct_table`.
     distinct_dirty: HashSet<Vec<u8>>,
-    /// Groups touched this epoch → their result before the epoch (None: no row).
-    dirty: HashMap<Vec<u8>, Option<Vec<OutVal>>>,
+    /// The keys of the groups touched this epoch (their `before` is set).
+    dirty: Vec<Vec<u8>>,
     /// Per group column: the input watermark (groups with a key below it are closed).
     watermarks: Vec<Option<ScalarValue>>,
     /// The watermarks the last purge used: a purge runs when one advanced.
@@ -299,9 +314,9 @@ impl AggregateOp {
             table,
             distinct_table,
             partitioner,
-            groups: HashMap::new(),
+            groups: HashMap::default(),
             distinct_dirty: HashSet::new(),
-            dirty: HashMap::new(),
+            dirty: Vec::new(),
         })
     }
 
@@ -329,11 +344,18 @@ impl AggregateOp {
         for key in closed {
             if let Some(g) = self.groups.remove(&key) {
                 if self.spec.emit_on_window_close && g.rows > 0 {
-                    emitted.push((key.clone(), self.outputs(&g)));
+                    emitted.push((key.clone(), outputs(&self.methods, &g)));
                 }
-                for (c, values) in g.distinct.iter().enumerate() {
-                    for value in values.iter().flat_map(|v| v.keys()) {
-                        state.delete(self.distinct_table, &distinct_key(&key, c, value));
+                if self.spec.append_only_input {
+                    if g.distinct.iter().any(Option::is_some) {
+                        // All of the group's entries, whatever epochs they came from.
+                        state.delete_prefix(self.distinct_table, &join_prefixed(&key, &[]));
+                    }
+                } else {
+                    for (c, values) in g.distinct.iter().enumerate() {
+                        for value in values.iter().flat_map(|v| v.keys()) {
+                            state.delete(self.distinct_table, &distinct_key(&key, c, value));
+                        }
                     }
                 }
             }
@@ -354,99 +376,7 @@ impl AggregateOp {
     }
 
     fn new_group(&self) -> Group {
-        Group {
-            rows: 0,
-            accs: self
-                .methods
-                .iter()
-                .map(|m| match m {
-                    Method::Count => Acc::Count(0),
-                    Method::IntSum { .. } | Method::DecSum { .. } => Acc::Int { sum: 0, n: 0 },
-                    Method::FloatSum { .. } => Acc::Float { sum: 0.0, n: 0 },
-                    Method::Ordered { .. } => Acc::Ordered(BTreeMap::new()),
-                    Method::Bool { .. } => Acc::Bools {
-                        trues: 0,
-                        falses: 0,
-                    },
-                    Method::Moments { int: true, .. } => Acc::IntMoments {
-                        n: 0,
-                        sum: 0,
-                        sumsq: 0,
-                    },
-                    Method::Moments { int: false, .. } => Acc::FloatMoments {
-                        n: 0,
-                        sum: 0.0,
-                        sumsq: 0.0,
-                    },
-                    Method::Collect { .. } => Acc::Collect(BTreeMap::new()),
-                })
-                .collect(),
-            distinct: self
-                .spec
-                .calls
-                .iter()
-                .map(|c| c.distinct.then(HashMap::new))
-                .collect(),
-        }
-    }
-
-    fn outputs(&self, g: &Group) -> Vec<OutVal> {
-        g.accs
-            .iter()
-            .zip(&self.methods)
-            .map(|(acc, m)| match (acc, m) {
-                (Acc::Count(c), _) => OutVal::Int(Some(i128::from(*c))),
-                (
-                    Acc::Int { sum, n },
-                    Method::IntSum { avg: false } | Method::DecSum { avg: false, .. },
-                ) => OutVal::Int((*n > 0).then_some(*sum)),
-                (Acc::Int { sum, n }, Method::IntSum { avg: true }) => {
-                    OutVal::Float((*n > 0).then(|| *sum as f64 / *n as f64))
-                }
-                (Acc::Int { sum, n }, Method::DecSum { avg: true, .. }) => {
-                    OutVal::Int((*n > 0).then(|| {
-                        div_round(
-                            sum.saturating_mul(10i128.pow(AVG_DEC_EXTRA_SCALE as u32)),
-                            i128::from(*n),
-                        )
-                    }))
-                }
-                (Acc::Float { sum, n }, Method::FloatSum { avg }) => {
-                    OutVal::Float((*n > 0).then(|| if *avg { *sum / *n as f64 } else { *sum }))
-                }
-                (Acc::Bools { trues, falses }, Method::Bool { and }) => {
-                    OutVal::Bool((trues + falses > 0).then_some(if *and {
-                        *falses == 0
-                    } else {
-                        *trues > 0
-                    }))
-                }
-                (Acc::Ordered(values), Method::Ordered { max }) => OutVal::Bytes(if *max {
-                    values.keys().next_back().cloned()
-                } else {
-                    values.keys().next().cloned()
-                }),
-                (Acc::IntMoments { n, sum, sumsq }, Method::Moments { sample, sqrt, .. }) => {
-                    OutVal::Float(moments_int(*n, *sum, *sumsq, *sample, *sqrt))
-                }
-                (Acc::FloatMoments { n, sum, sumsq }, Method::Moments { sample, sqrt, .. }) => {
-                    OutVal::Float(moments_float(*n, *sum, *sumsq, *sample, *sqrt))
-                }
-                (Acc::Collect(values), Method::Collect { .. }) => {
-                    OutVal::Seq((!values.is_empty()).then(|| {
-                        values
-                            .iter()
-                            .flat_map(|((_, v), c)| {
-                                std::iter::repeat_n(v.clone(), usize::try_from(*c).unwrap_or(0))
-                            })
-                            .collect()
-                    }))
-                }
-                // Accumulators are built from their methods; any other pairing is a bug
-                // caught by the output builder as a type error.
-                _ => OutVal::Int(None),
-            })
-            .collect()
+        new_group(&self.methods, &self.spec.calls)
     }
 
     /// Per-call argument arrays prepared for accumulation.
@@ -517,7 +447,7 @@ impl AggregateOp {
             .collect()
     }
 
-    fn encode_group(&self, g: &Group) -> Vec<u8> {
+    fn encode_group(g: &Group) -> Vec<u8> {
         let mut w = Writer::default();
         w.i64(g.rows);
         for acc in &g.accs {
@@ -619,10 +549,10 @@ impl AggregateOp {
         let mut distinct = Vec::with_capacity(self.methods.len());
         for call in &self.spec.calls {
             distinct.push(match r.u8()? {
-                0 => call.distinct.then(HashMap::new),
+                0 => call.distinct.then(HashMap::default),
                 _ => {
                     let n = r.i64()?;
-                    let mut values = HashMap::new();
+                    let mut values = HashMap::default();
                     for _ in 0..n {
                         let v = r.bytes()?.to_vec();
                         values.insert(v, r.i64()?);
@@ -635,6 +565,8 @@ impl AggregateOp {
             rows,
             accs,
             distinct,
+            before: None,
+            fresh: Vec::new(),
         })
     }
 
@@ -733,6 +665,103 @@ impl AggregateOp {
         let data = batch_with_schema(out_schema, columns, rows.len())?;
         ChangeBatch::try_new(data, rows.iter().map(|(_, _, w)| *w).collect())
     }
+}
+
+/// A group before any row.
+fn new_group(methods: &[Method], calls: &[AggCall]) -> Group {
+    Group {
+        rows: 0,
+        accs: methods
+            .iter()
+            .map(|m| match m {
+                Method::Count => Acc::Count(0),
+                Method::IntSum { .. } | Method::DecSum { .. } => Acc::Int { sum: 0, n: 0 },
+                Method::FloatSum { .. } => Acc::Float { sum: 0.0, n: 0 },
+                Method::Ordered { .. } => Acc::Ordered(BTreeMap::new()),
+                Method::Bool { .. } => Acc::Bools {
+                    trues: 0,
+                    falses: 0,
+                },
+                Method::Moments { int: true, .. } => Acc::IntMoments {
+                    n: 0,
+                    sum: 0,
+                    sumsq: 0,
+                },
+                Method::Moments { int: false, .. } => Acc::FloatMoments {
+                    n: 0,
+                    sum: 0.0,
+                    sumsq: 0.0,
+                },
+                Method::Collect { .. } => Acc::Collect(BTreeMap::new()),
+            })
+            .collect(),
+        distinct: calls
+            .iter()
+            .map(|c| c.distinct.then(HashMap::default))
+            .collect(),
+        before: None,
+        fresh: Vec::new(),
+    }
+}
+
+/// A group's result values, one per call.
+fn outputs(methods: &[Method], g: &Group) -> Vec<OutVal> {
+    g.accs
+        .iter()
+        .zip(methods)
+        .map(|(acc, m)| match (acc, m) {
+            (Acc::Count(c), _) => OutVal::Int(Some(i128::from(*c))),
+            (
+                Acc::Int { sum, n },
+                Method::IntSum { avg: false } | Method::DecSum { avg: false, .. },
+            ) => OutVal::Int((*n > 0).then_some(*sum)),
+            (Acc::Int { sum, n }, Method::IntSum { avg: true }) => {
+                OutVal::Float((*n > 0).then(|| *sum as f64 / *n as f64))
+            }
+            (Acc::Int { sum, n }, Method::DecSum { avg: true, .. }) => {
+                OutVal::Int((*n > 0).then(|| {
+                    div_round(
+                        sum.saturating_mul(10i128.pow(AVG_DEC_EXTRA_SCALE as u32)),
+                        i128::from(*n),
+                    )
+                }))
+            }
+            (Acc::Float { sum, n }, Method::FloatSum { avg }) => {
+                OutVal::Float((*n > 0).then(|| if *avg { *sum / *n as f64 } else { *sum }))
+            }
+            (Acc::Bools { trues, falses }, Method::Bool { and }) => {
+                OutVal::Bool((trues + falses > 0).then_some(if *and {
+                    *falses == 0
+                } else {
+                    *trues > 0
+                }))
+            }
+            (Acc::Ordered(values), Method::Ordered { max }) => OutVal::Bytes(if *max {
+                values.keys().next_back().cloned()
+            } else {
+                values.keys().next().cloned()
+            }),
+            (Acc::IntMoments { n, sum, sumsq }, Method::Moments { sample, sqrt, .. }) => {
+                OutVal::Float(moments_int(*n, *sum, *sumsq, *sample, *sqrt))
+            }
+            (Acc::FloatMoments { n, sum, sumsq }, Method::Moments { sample, sqrt, .. }) => {
+                OutVal::Float(moments_float(*n, *sum, *sumsq, *sample, *sqrt))
+            }
+            (Acc::Collect(values), Method::Collect { .. }) => {
+                OutVal::Seq((!values.is_empty()).then(|| {
+                    values
+                        .iter()
+                        .flat_map(|((_, v), c)| {
+                            std::iter::repeat_n(v.clone(), usize::try_from(*c).unwrap_or(0))
+                        })
+                        .collect()
+                }))
+            }
+            // Accumulators are built from their methods; any other pairing is a bug
+            // caught by the output builder as a type error.
+            _ => OutVal::Int(None),
+        })
+        .collect()
 }
 
 enum PreparedArg {
@@ -866,7 +895,7 @@ fn keep_extreme(values: &mut BTreeMap<Vec<u8>, i64>, max: bool) {
 
 /// Adds `w` to the count of a DISTINCT call's `value`, removing it at zero; returns the
 /// count before.
-fn add_distinct(values: &mut HashMap<Vec<u8>, i64>, value: &[u8], w: i64) -> i64 {
+fn add_distinct(values: &mut HashMap<i64>, value: &[u8], w: i64) -> i64 {
     match values.get_mut(value) {
         Some(c) => {
             let before = *c;
@@ -1109,6 +1138,7 @@ impl Operator for AggregateOp {
             .collect();
         let empty: &[u8] = &[];
         let append_only = self.spec.append_only_input;
+        let global = self.is_global();
         for (i, &w) in weights.iter().enumerate() {
             if w == 0 {
                 continue;
@@ -1119,24 +1149,20 @@ impl Operator for AggregateOp {
                 ));
             }
             let key: &[u8] = keys.as_ref().map(|k| k.row(i).data()).unwrap_or(empty);
-            let existed = self.groups.contains_key(key);
-            if !self.dirty.contains_key(key) {
+            let (group, existed) = match self.groups.entry_ref(key) {
+                EntryRef::Occupied(e) => (e.into_mut(), true),
+                EntryRef::Vacant(e) => {
+                    (e.insert(new_group(&self.methods, &self.spec.calls)), false)
+                }
+            };
+            if group.before.is_none() {
                 // A group created now had no result row; a global group, once created,
                 // always has one (it is never removed).
-                let before = self
-                    .groups
-                    .get(key)
-                    .and_then(|g| (g.rows > 0 || self.is_global()).then(|| self.outputs(g)));
-                self.dirty.insert(key.to_vec(), before);
+                group.before = Some(
+                    (existed && (group.rows > 0 || global)).then(|| outputs(&self.methods, group)),
+                );
+                self.dirty.push(key.to_vec());
             }
-            if !existed {
-                let g = self.new_group();
-                self.groups.insert(key.to_vec(), g);
-            }
-            let group = self
-                .groups
-                .get_mut(key)
-                .ok_or_else(|| DataflowError::Internal("group vanished".into()))?;
             group.rows += w;
             for (c, (((acc, arg), filter), method)) in group
                 .accs
@@ -1152,18 +1178,24 @@ impl Operator for AggregateOp {
                     }
                 }
                 let w = match (&mut group.distinct[c], &distinct[c]) {
+                    (Some(seen), Some(values)) if append_only => {
+                        // No copy of a value ever goes: seen once is all to know.
+                        let value = values.row(i).data();
+                        let EntryRef::Vacant(e) = seen.entry_ref(value) else {
+                            continue;
+                        };
+                        e.insert(1);
+                        if group.fresh.is_empty() {
+                            group.fresh.resize(self.spec.calls.len(), Vec::new());
+                        }
+                        let fresh = &mut group.fresh[c];
+                        fresh.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                        fresh.extend_from_slice(value);
+                        1
+                    }
                     (Some(seen), Some(values)) => {
                         let value = values.row(i).data();
-                        let before = if append_only {
-                            // No copy of a value ever goes: seen once is all to know.
-                            if seen.contains_key(value) {
-                                continue;
-                            }
-                            seen.insert(value.to_vec(), 1);
-                            0
-                        } else {
-                            add_distinct(seen, value, w)
-                        };
+                        let before = add_distinct(seen, value, w);
                         self.distinct_dirty.insert(distinct_key(key, c, value));
                         // A DISTINCT call sees a value when it first appears and when
                         // its last copy goes.
@@ -1188,22 +1220,27 @@ impl Operator for AggregateOp {
 
     fn on_barrier(
         &mut self,
-        _epoch: u64,
+        epoch: u64,
         state: &mut StateWriter,
         out: &mut Vec<ChangeBatch>,
     ) -> Result<()> {
         // A global aggregate has a result row even over no input: emit it once.
         if self.is_global() && self.partitioner.owns(&[]) && !self.groups.contains_key(&[][..]) {
-            let g = self.new_group();
+            let mut g = self.new_group();
+            g.before = Some(None);
             self.groups.insert(Vec::new(), g);
-            self.dirty.insert(Vec::new(), None);
+            self.dirty.push(Vec::new());
         }
         let dirty = std::mem::take(&mut self.dirty);
         let mut changes: Vec<(Vec<u8>, Vec<OutVal>, i64)> = Vec::new();
         // Emitting on window close, a group's changes wait for its window to close.
         let hold_back = self.spec.emit_on_window_close;
-        for (key, before) in dirty {
-            let Some(group) = self.groups.get(&key) else {
+        let global = self.is_global();
+        for key in dirty {
+            let Some(group) = self.groups.get_mut(&key) else {
+                continue;
+            };
+            let Some(before) = group.before.take() else {
                 continue;
             };
             if group.rows < 0 {
@@ -1212,10 +1249,16 @@ impl Operator for AggregateOp {
                     group.rows
                 )));
             }
-            let exists = group.rows > 0 || self.is_global();
-            let after = exists.then(|| self.outputs(group));
+            for (c, fresh) in group.fresh.iter_mut().enumerate() {
+                if !fresh.is_empty() {
+                    let k = distinct_key(&key, c, &epoch.to_be_bytes());
+                    state.put(self.distinct_table, &k, &std::mem::take(fresh));
+                }
+            }
+            let exists = group.rows > 0 || global;
+            let after = exists.then(|| outputs(&self.methods, group));
             if exists {
-                state.put(self.table, &key, &self.encode_group(group));
+                state.put(self.table, &key, &Self::encode_group(group));
             } else {
                 self.groups.remove(&key);
                 state.delete(self.table, &key);
@@ -1281,8 +1324,7 @@ impl Operator for AggregateOp {
                 if !partitioner.owns(group) {
                     continue;
                 }
-                let ([hi, lo, value @ ..], Ok(count)) = (rest, <[u8; 8]>::try_from(v.as_slice()))
-                else {
+                let [hi, lo, rest @ ..] = rest else {
                     return Err(DataflowError::Corrupt(
                         "malformed DISTINCT value entry".into(),
                     ));
@@ -1290,14 +1332,27 @@ impl Operator for AggregateOp {
                 let call = usize::from(u16::from_be_bytes([*hi, *lo]));
                 let g = self
                     .groups
-                    .entry(group.to_vec())
+                    .entry_ref(group)
                     .or_insert_with(|| blank.clone());
                 let Some(Some(values)) = g.distinct.get_mut(call) else {
                     return Err(DataflowError::Corrupt(format!(
                         "DISTINCT value entry for call {call}, which is not DISTINCT"
                     )));
                 };
-                values.insert(value.to_vec(), i64::from_le_bytes(count));
+                if self.spec.append_only_input {
+                    // An epoch's new values (`rest` is the epoch).
+                    let mut r = Reader::new(v);
+                    while !r.is_empty() {
+                        values.insert(r.bytes()?.to_vec(), 1);
+                    }
+                } else {
+                    let Ok(count) = <[u8; 8]>::try_from(v.as_slice()) else {
+                        return Err(DataflowError::Corrupt(
+                            "malformed DISTINCT value count".into(),
+                        ));
+                    };
+                    values.insert(rest.to_vec(), i64::from_le_bytes(count));
+                }
             }
             return Ok(());
         }
