@@ -32,6 +32,10 @@ impl Writer {
     pub fn finish(self) -> Vec<u8> {
         self.buf
     }
+    /// What was written so far, leaving the writer empty for the next value.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
 }
 
 #[derive(Debug)]

@@ -8,6 +8,12 @@
 //! and the same on every worker and after a restart. When a partition is first touched
 //! in an epoch its current output is noted; at the barrier the new output is compared
 //! with it and only the difference is emitted.
+//!
+//! State: one entry per kept row, `ordered_row_key(partition, order key, row)` →
+//! multiplicity, so an epoch writes only the rows it changed. A small top-N over an
+//! input that only adds rows (`ROW_NUMBER() ... <= 1` deduplication, top 3 per key)
+//! instead keeps one entry per partition holding its few rows: a new first row is one
+//! write under a short key, not a write and a delete under two keys as long as the rows.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,7 +28,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use sabot_storage::{StateTableId, StateWriter};
 
 use crate::batch::{batch_with_schema, ChangeBatch};
-use crate::codec::{ordered_row_key, split_ordered_key, split_ordered_row};
+use crate::codec::{ordered_row_key, split_ordered_key, split_ordered_row, Reader, Writer};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
 use crate::ops::watermark::{behind_watermarks, raise};
@@ -89,6 +95,10 @@ type Rows = BTreeMap<(Vec<u8>, Vec<u8>), i64>;
 /// A partition's output: (row, row number or 0) → multiplicity.
 type Output = HashMap<(Vec<u8>, u64), i64>;
 
+/// The most rows (`offset + limit`) a partition over an append-only input keeps in one
+/// state entry; more, and each row is an entry of its own.
+const PACKED_ROWS: usize = 8;
+
 pub struct TopNOp {
     spec: TopNSpec,
     partition_codec: RowCodec,
@@ -98,8 +108,12 @@ pub struct TopNOp {
     partitions: HashMap<Vec<u8>, Rows>,
     /// Partitions touched this epoch → their output before the epoch.
     before: HashMap<Vec<u8>, Output>,
-    /// Entries changed this epoch, as their state keys ([`ordered_row_key`]).
+    /// Entries changed this epoch, as their state keys ([`ordered_row_key`]); unused
+    /// when `packed`.
     dirty: Vec<Vec<u8>>,
+    /// One state entry per partition: its key → `(len ++ order key, len ++ row,
+    /// multiplicity (i64))...`.
+    packed: bool,
     /// Per partition expression: the watermark of its input column (plain columns only).
     watermarks: Vec<Option<ScalarValue>>,
     purged_at: Vec<Option<ScalarValue>>,
@@ -118,6 +132,7 @@ impl TopNOp {
             row_codec: RowCodec::for_schema(&spec.input_schema)?,
             watermarks: vec![None; spec.partition.len()],
             purged_at: vec![None; spec.partition.len()],
+            packed: spec.append_only_input && spec.offset.saturating_add(spec.limit) <= PACKED_ROWS,
             spec,
             table,
             partitions: HashMap::new(),
@@ -175,6 +190,10 @@ impl TopNOp {
         };
         for (key, _) in keys.iter().zip(behind).filter(|(_, b)| *b) {
             if let Some(rows) = self.partitions.remove(key) {
+                if self.packed {
+                    state.delete(self.table, key);
+                    continue;
+                }
                 for (order, row) in rows.keys() {
                     state.delete(self.table, &ordered_row_key(key, order, row));
                 }
@@ -244,7 +263,9 @@ impl Operator for TopNOp {
                 self.before.insert(partition.to_vec(), output);
             }
             let (order, row) = (orders.row(i).data(), rows.row(i).data());
-            self.dirty.push(ordered_row_key(partition, order, row));
+            if !self.packed {
+                self.dirty.push(ordered_row_key(partition, order, row));
+            }
             let bucket = match self.partitions.get_mut(partition) {
                 Some(b) => b,
                 None => self.partitions.entry(partition.to_vec()).or_default(),
@@ -268,7 +289,9 @@ impl Operator for TopNOp {
                         // again.
                         while bucket.len() > end {
                             if let Some(((order, row), _)) = bucket.pop_last() {
-                                self.dirty.push(ordered_row_key(partition, &order, &row));
+                                if !self.packed {
+                                    self.dirty.push(ordered_row_key(partition, &order, &row));
+                                }
                             }
                         }
                     }
@@ -303,7 +326,19 @@ impl Operator for TopNOp {
             }
         }
         let mut diff: Output = HashMap::new();
+        let mut packed = Writer::default();
         for (partition, before) in std::mem::take(&mut self.before) {
+            if self.packed {
+                match self.partitions.get(&partition) {
+                    Some(rows) => {
+                        for ((order, row), count) in rows {
+                            packed.bytes(order).bytes(row).i64(*count);
+                        }
+                        state.put(self.table, &partition, &packed.take());
+                    }
+                    None => state.delete(self.table, &partition),
+                }
+            }
             for (k, w) in before {
                 *diff.entry(k).or_insert(0) -= w;
             }
@@ -352,6 +387,22 @@ impl Operator for TopNOp {
         entries: &[(Vec<u8>, Vec<u8>)],
         partitioner: Partitioner,
     ) -> Result<()> {
+        if self.packed {
+            for (partition, v) in entries {
+                if !partitioner.owns(partition) {
+                    continue;
+                }
+                let mut rows = Rows::new();
+                let mut r = Reader::new(v);
+                while !r.is_empty() {
+                    let order = r.bytes()?.to_vec();
+                    let row = r.bytes()?.to_vec();
+                    rows.insert((order, row), r.i64()?);
+                }
+                self.partitions.insert(partition.clone(), rows);
+            }
+            return Ok(());
+        }
         for (k, v) in entries {
             let (partition, order, row, count) = split_ordered_row(k, v)?;
             if !partitioner.owns(partition) {
