@@ -150,6 +150,7 @@ impl StreamPlan {
             match &mut n.kind {
                 NodeKind::Aggregate(spec) => spec.append_only_input = input,
                 NodeKind::TopN(spec) => spec.append_only_input = input,
+                NodeKind::Session(spec) => spec.append_only_input = input,
                 _ => {}
             }
         }

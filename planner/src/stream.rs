@@ -995,6 +995,7 @@ impl<'a> StreamPlanner<'a> {
                 keys,
                 input_schema,
                 output_schema: Arc::clone(&output_schema),
+                append_only_input: false,
             }),
             vec![input],
             output_schema,

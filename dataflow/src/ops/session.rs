@@ -10,6 +10,12 @@
 //! least `gap` after their last row): their rows are dropped from the state. For the same
 //! reason every row still to come out has a `window_end` above the watermark, which is
 //! the watermark of the output's `window_end` column.
+//!
+//! State: under retractions one entry per row, `timed_row_key(key, time, row)` →
+//! multiplicity. Over an input that only adds rows, one entry per key and epoch holds
+//! the rows the epoch added (`chunk_key`); purging writes the time before which a key's
+//! rows are gone (`cut_key`) and deletes the chunks wholly before it, so an epoch writes
+//! a few entries per key, not one per row with the row in its key.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,7 +28,7 @@ use datafusion::common::ScalarValue;
 use sabot_storage::{StateTableId, StateWriter};
 
 use crate::batch::{batch_with_schema, ChangeBatch};
-use crate::codec::{split_timed_row, timed_row_key};
+use crate::codec::{join_prefixed, split_prefixed, split_timed_row, timed_row_key, Reader, Writer};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
 use crate::ops::watermark::scalar_to_i64;
@@ -41,6 +47,9 @@ pub struct SessionSpec {
     pub input_schema: SchemaRef,
     /// The input columns, then `window_start` and `window_end` (the time column's type).
     pub output_schema: SchemaRef,
+    /// The input only ever adds rows (the planner proves it): state is kept in chunks
+    /// per epoch. A retraction arriving anyway is refused as a bug.
+    pub append_only_input: bool,
 }
 
 impl SessionSpec {
@@ -78,10 +87,52 @@ pub struct SessionOp {
     keys: HashMap<Vec<u8>, Rows>,
     /// Keys touched this epoch → their rows' assignments before it.
     before: HashMap<Vec<u8>, Vec<Assigned>>,
-    /// State entries changed this epoch: (key, time, row).
+    /// State entries changed this epoch: (key, time, row); under retractions only.
     dirty: HashSet<(Vec<u8>, i64, Vec<u8>)>,
+    /// Over append-only input: per key, the rows added this epoch, each as `time (i64)
+    /// ++ len ++ row ++ multiplicity (i64)`, and their latest time.
+    fresh: HashMap<Vec<u8>, (Writer, i64)>,
+    /// Over append-only input: per key, its chunks in state (epoch → latest time in it).
+    chunks: HashMap<Vec<u8>, BTreeMap<u64, i64>>,
     watermark: Option<i64>,
     purged_at: Option<i64>,
+}
+
+/// The state key of the rows a key gained in `epoch` (append-only input).
+fn chunk_key(key: &[u8], epoch: u64) -> Vec<u8> {
+    let mut rest = [0u8; 9];
+    rest[1..].copy_from_slice(&epoch.to_be_bytes());
+    join_prefixed(key, &rest)
+}
+
+/// The state key of the time before which a key's rows are gone (append-only input).
+fn cut_key(key: &[u8]) -> Vec<u8> {
+    join_prefixed(key, &[1])
+}
+
+/// The time of the first row whose session has not ended before `wm`, the rows before
+/// it being in sessions that did; `None` when every session did. Only rows up to the
+/// first session still open are read.
+fn first_open(rows: &Rows, gap: i64, wm: i64) -> Option<i64> {
+    let mut start: Option<i64> = None;
+    let mut prev: Option<i64> = None;
+    for (ts, _) in rows.keys() {
+        match prev {
+            Some(p) if ts.saturating_sub(p) < gap => {}
+            Some(p) => {
+                if p.saturating_add(gap) >= wm {
+                    return start;
+                }
+                start = Some(*ts);
+            }
+            None => start = Some(*ts),
+        }
+        prev = Some(*ts);
+    }
+    match prev {
+        Some(p) if p.saturating_add(gap) >= wm => start,
+        _ => None,
+    }
 }
 
 /// Each row of `rows` with its session, in time order.
@@ -126,6 +177,8 @@ impl SessionOp {
             keys: HashMap::new(),
             before: HashMap::new(),
             dirty: HashSet::new(),
+            fresh: HashMap::new(),
+            chunks: HashMap::new(),
             watermark: None,
             purged_at: None,
         })
@@ -158,18 +211,48 @@ impl SessionOp {
         let gap = self.spec.gap;
         let mut emptied = Vec::new();
         for (key, rows) in &mut self.keys {
-            let closed: Vec<(i64, Vec<u8>)> = assign(rows, gap)
-                .into_iter()
-                .filter(|((_, _, _, end), _)| *end < wm)
-                .map(|((ts, row, _, _), _)| (ts, row))
-                .collect();
-            for (ts, row) in closed {
-                rows.remove(&(ts, row.clone()));
-                state.delete(self.table, &timed_row_key(key, ts, &row));
+            let gone = match first_open(rows, gap, wm) {
+                Some(open) => {
+                    let kept = rows.split_off(&(open, Vec::new()));
+                    std::mem::replace(rows, kept)
+                }
+                None => std::mem::take(rows),
+            };
+            if gone.is_empty() {
+                continue;
             }
             if rows.is_empty() {
                 emptied.push(key.clone());
             }
+            if !self.spec.append_only_input {
+                for (ts, row) in gone.keys() {
+                    state.delete(self.table, &timed_row_key(key, *ts, row));
+                }
+                continue;
+            }
+            let Some(chunks) = self.chunks.get_mut(key) else {
+                continue;
+            };
+            if rows.is_empty() {
+                self.chunks.remove(key);
+                state.delete_prefix(self.table, &join_prefixed(key, &[]));
+                continue;
+            }
+            // Every row gone is before the cut, every row kept or still to come at or
+            // after it: a row to come lies at or after the watermark, and a gone row's
+            // session ended before it.
+            let cut = gone
+                .last_key_value()
+                .map_or(i64::MIN, |((ts, _), _)| ts.saturating_add(1));
+            // Chunks wholly before the cut go; the others are read from it on.
+            chunks.retain(|epoch, latest| {
+                let keep = *latest >= cut;
+                if !keep {
+                    state.delete(self.table, &chunk_key(key, *epoch));
+                }
+                keep
+            });
+            state.put(self.table, &cut_key(key), &cut.to_le_bytes());
         }
         for k in emptied {
             self.keys.remove(&k);
@@ -211,6 +294,11 @@ impl Operator for SessionOp {
                 untimed.push(i as u32);
                 continue;
             }
+            if w < 0 && self.spec.append_only_input {
+                return Err(DataflowError::Internal(
+                    "a retraction reached a session window over an append-only input".into(),
+                ));
+            }
             let key: &[u8] = keys.as_ref().map(|k| k.row(i).data()).unwrap_or(&[]);
             let ts = times.value(i);
             let row = rows.row(i).data();
@@ -222,7 +310,10 @@ impl Operator for SessionOp {
                     .unwrap_or_default();
                 self.before.insert(key.to_vec(), snapshot);
             }
-            let entry = self.keys.entry(key.to_vec()).or_default();
+            let entry = match self.keys.get_mut(key) {
+                Some(e) => e,
+                None => self.keys.entry(key.to_vec()).or_default(),
+            };
             let slot = (ts, row.to_vec());
             let count = entry.get(&slot).copied().unwrap_or(0) + w;
             if count == 0 {
@@ -230,7 +321,19 @@ impl Operator for SessionOp {
             } else {
                 entry.insert(slot, count);
             }
-            self.dirty.insert((key.to_vec(), ts, row.to_vec()));
+            if self.spec.append_only_input {
+                let (added, latest) = match self.fresh.get_mut(key) {
+                    Some(f) => f,
+                    None => self
+                        .fresh
+                        .entry(key.to_vec())
+                        .or_insert_with(|| (Writer::default(), ts)),
+                };
+                added.i64(ts).bytes(row).i64(w);
+                *latest = (*latest).max(ts);
+            } else {
+                self.dirty.insert((key.to_vec(), ts, row.to_vec()));
+            }
         }
         if !untimed.is_empty() {
             let part = batch.take(&UInt32Array::from(untimed))?;
@@ -249,10 +352,14 @@ impl Operator for SessionOp {
 
     fn on_barrier(
         &mut self,
-        _epoch: u64,
+        epoch: u64,
         state: &mut StateWriter,
         out: &mut Vec<ChangeBatch>,
     ) -> Result<()> {
+        for (key, (added, latest)) in std::mem::take(&mut self.fresh) {
+            state.put(self.table, &chunk_key(&key, epoch), &added.finish());
+            self.chunks.entry(key).or_default().insert(epoch, latest);
+        }
         let mut diff: HashMap<(i64, Vec<u8>, i64, i64), i64> = HashMap::new();
         for (key, before) in std::mem::take(&mut self.before) {
             for (a, c) in before {
@@ -318,6 +425,9 @@ impl Operator for SessionOp {
         entries: &[(Vec<u8>, Vec<u8>)],
         partitioner: Partitioner,
     ) -> Result<()> {
+        if self.spec.append_only_input {
+            return self.restore_chunks(entries, partitioner);
+        }
         for (k, v) in entries {
             let (key, ts, row, count) = split_timed_row(k, v)?;
             if !partitioner.owns(key) {
@@ -327,6 +437,57 @@ impl Operator for SessionOp {
                 .entry(key.to_vec())
                 .or_default()
                 .insert((ts, row.to_vec()), count);
+        }
+        Ok(())
+    }
+}
+
+impl SessionOp {
+    /// Restores the chunked state of an append-only input: each key's chunks, less the
+    /// rows before its cut.
+    fn restore_chunks(
+        &mut self,
+        entries: &[(Vec<u8>, Vec<u8>)],
+        partitioner: Partitioner,
+    ) -> Result<()> {
+        let corrupt = || DataflowError::Corrupt("session window state entry".into());
+        let mut cuts: Vec<(Vec<u8>, i64)> = Vec::new();
+        for (k, v) in entries {
+            let (key, rest) = split_prefixed(k)?;
+            if !partitioner.owns(key) {
+                continue;
+            }
+            match rest {
+                [1] => {
+                    let cut = <[u8; 8]>::try_from(v.as_slice()).map_err(|_| corrupt())?;
+                    cuts.push((key.to_vec(), i64::from_le_bytes(cut)));
+                }
+                [0, epoch @ ..] => {
+                    let epoch = u64::from_be_bytes(epoch.try_into().map_err(|_| corrupt())?);
+                    let rows = self.keys.entry(key.to_vec()).or_default();
+                    let mut r = Reader::new(v);
+                    let mut latest = i64::MIN;
+                    while !r.is_empty() {
+                        let ts = r.i64()?;
+                        let row = r.bytes()?.to_vec();
+                        *rows.entry((ts, row)).or_insert(0) += r.i64()?;
+                        latest = latest.max(ts);
+                    }
+                    self.chunks
+                        .entry(key.to_vec())
+                        .or_default()
+                        .insert(epoch, latest);
+                }
+                _ => return Err(corrupt()),
+            }
+        }
+        for (key, cut) in cuts {
+            if let Some(rows) = self.keys.get_mut(&key) {
+                *rows = rows.split_off(&(cut, Vec::new()));
+                if rows.is_empty() {
+                    self.keys.remove(&key);
+                }
+            }
         }
         Ok(())
     }
