@@ -17,7 +17,7 @@ epoch visible. Reported per query:
 
 With --flink, flink_job.py runs the same query (flink/qN.sql where Flink needs it
 written differently, else the query through flink_dialect()) in a
-PyFlink venv over the events `sabot nexmark-gen` wrote as JSON lines, read by Flink's
+PyFlink venv (--flink-python, or one it makes at --flink-venv) over the events `sabot nexmark-gen` wrote as JSON lines, read by Flink's
 filesystem source with the same watermark, parallelism = --workers, into a blackhole
 sink; its time is the job's own (from submission to the end of the bounded input, JVM
 start excluded), its CPU that of the JVM over the same time, and its peak RSS the
@@ -210,7 +210,7 @@ def check(name, result, events):
 
 # Queries Flink runs: flink/qN.sql where the query must be written differently (window
 # TVFs), else Sabot's text through flink_dialect().
-FLINK_QUERIES = {f"q{n}" for n in (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 14, 15, 16, 17, 18, 19,
+FLINK_QUERIES = {f"q{n}" for n in (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 14, 15, 16, 17, 18, 19,
                                    20, 21, 22)}
 
 
@@ -280,6 +280,27 @@ def svg_chart(results, path):
     Path(path).write_text("\n".join(parts))
 
 
+FLINK_PACKAGE = "apache-flink==1.20.*"
+
+
+def flink_venv(venv):
+    """The python of `venv` with PyFlink, installing both if needed; None (with a message)
+    when that cannot be done (no network, no venv module)."""
+    python = venv / "bin" / "python"
+    try:
+        if not python.exists():
+            print(f"installing {FLINK_PACKAGE} into {venv} (once)", file=sys.stderr)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        has = subprocess.run([str(python), "-c", "import pyflink"], capture_output=True)
+        if has.returncode != 0:
+            subprocess.run([str(python), "-m", "pip", "install", "--quiet", FLINK_PACKAGE],
+                           check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"Flink skipped: cannot install {FLINK_PACKAGE} into {venv}: {e}", file=sys.stderr)
+        return None
+    return str(python)
+
+
 def fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
@@ -291,9 +312,13 @@ def main():
     ap.add_argument("--queries", default=",".join(all_queries()),
                     help="comma-separated, e.g. q0,q1,q5 (default: q0 to q22)")
     ap.add_argument("--sabot", default=str(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "sabot"))
-    ap.add_argument("--flink", action="store_true", help="also run Flink SQL (needs Java 17 and the venv)")
+    ap.add_argument("--flink", action="store_true",
+                    help="also run Flink SQL (needs Java 17; PyFlink is installed into a venv)")
     ap.add_argument("--flink-python", default=os.environ.get("SABOT_FLINK_PYTHON"),
-                    help="python of a venv with apache-flink (default: $SABOT_FLINK_PYTHON)")
+                    help="python of a venv with apache-flink (default: $SABOT_FLINK_PYTHON, "
+                         "else the venv of --flink-venv, made if missing)")
+    ap.add_argument("--flink-venv", default=str(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "flink-venv"),
+                    help="where to install PyFlink when no --flink-python is given")
     ap.add_argument("--flink-events",
                     help="a directory `sabot nexmark-gen --events N` wrote (N = --events); "
                          "default: write one for this run")
@@ -309,11 +334,14 @@ def main():
     names = [q.strip() for q in args.queries.split(",") if q.strip()]
     flink_data = None
     if args.flink:
-        if shutil.which("java") is None or not args.flink_python:
-            print("Flink skipped: needs `java` (17) on PATH and --flink-python / "
-                  "$SABOT_FLINK_PYTHON (a venv with apache-flink)", file=sys.stderr)
+        if shutil.which("java") is None:
+            print("Flink skipped: needs `java` (17) on PATH", file=sys.stderr)
             args.flink = False
-        elif args.flink_events:
+        elif not args.flink_python:
+            args.flink_python = flink_venv(Path(args.flink_venv))
+            args.flink = args.flink_python is not None
+    if args.flink:
+        if args.flink_events:
             flink_events = Path(args.flink_events)
         else:
             flink_data = Path(tempfile.mkdtemp(prefix="nexmark-events-"))
