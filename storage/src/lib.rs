@@ -25,6 +25,12 @@ const META: u8 = b'm';
 const CATALOG: u8 = b'c';
 const STATE: u8 = b's';
 const EPOCH_KEY: &[u8] = b"mepoch";
+const FORMAT_KEY: &[u8] = b"mformat";
+
+/// The layout of operator state this build writes and reads. Raised whenever an
+/// operator's state entries change meaning (2: append-only operators keep packed
+/// entries); a store of another format is refused at open instead of misread.
+pub const STATE_FORMAT: u32 = 2;
 
 /// Errors from the storage layer. All of them are faults of the environment (disk,
 /// corruption) or bugs, never of the user.
@@ -34,6 +40,11 @@ pub enum StorageError {
     RocksDb(#[from] rocksdb::Error),
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    #[error(
+        "the data directory {dir} was written by another build of Sabot (state format \
+         {found}, this build reads {STATE_FORMAT}): start with an empty data directory"
+    )]
+    Incompatible { dir: String, found: String },
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -66,7 +77,33 @@ impl Store {
         opts.set_write_buffer_size(128 << 20);
         opts.set_max_write_buffer_number(4);
         let db = DB::open(&opts, dir)?;
-        Ok(Self { db })
+        let store = Self { db };
+        store.check_format(dir)?;
+        Ok(store)
+    }
+
+    /// Marks a new store with [`STATE_FORMAT`]; refuses one written in another format
+    /// (or before formats were recorded).
+    fn check_format(&self, dir: &Path) -> Result<()> {
+        let found = match self.db.get(FORMAT_KEY)? {
+            Some(v) => match <[u8; 4]>::try_from(v.as_slice()) {
+                Ok(b) if u32::from_le_bytes(b) == STATE_FORMAT => return Ok(()),
+                Ok(b) => u32::from_le_bytes(b).to_string(),
+                Err(_) => "unreadable".to_string(),
+            },
+            None if self.db.iterator(IteratorMode::Start).next().is_none() => {
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                self.db
+                    .put_opt(FORMAT_KEY, STATE_FORMAT.to_le_bytes(), &wo)?;
+                return Ok(());
+            }
+            None => "none recorded".to_string(),
+        };
+        Err(StorageError::Incompatible {
+            dir: dir.display().to_string(),
+            found,
+        })
     }
 
     /// The last committed epoch, 0 for a new store.
@@ -429,6 +466,30 @@ mod tests {
         assert_eq!(keys_of(4), [&b"a"[..], b"ab", b"ac", b"b"]);
         assert_eq!(keys_of(5), [&b"a"[..], b"ab\x01", b"ac", b"b"]);
         assert_eq!(prefix_end(&[STATE, 0xff, 0xff]), [STATE + 1]);
+    }
+
+    /// A new store is marked with this build's format and reopens; a store of another
+    /// format, or one written before formats were recorded, is refused with an error
+    /// that says what to do.
+    #[test]
+    fn a_store_of_another_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        drop(Store::open(dir.path()).unwrap());
+        let other = tempfile::tempdir().unwrap();
+        {
+            let db = DB::open_default(other.path()).unwrap();
+            db.put(EPOCH_KEY, 7u64.to_be_bytes()).unwrap();
+        }
+        let err = Store::open(other.path()).unwrap_err().to_string();
+        assert!(err.contains("state format none recorded"), "{err}");
+        assert!(err.contains("start with an empty data directory"), "{err}");
+        {
+            let db = DB::open_default(other.path()).unwrap();
+            db.put(FORMAT_KEY, 1u32.to_le_bytes()).unwrap();
+        }
+        let err = Store::open(other.path()).unwrap_err().to_string();
+        assert!(err.contains("state format 1, this build reads 2"), "{err}");
     }
 
     /// Writes apply in the order they were buffered, across writers and batches.
