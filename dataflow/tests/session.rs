@@ -187,23 +187,10 @@ fn run(
 
 /// Epochs of inserts (k, ts, v), time drifting forward, each up to 12 behind the drift.
 fn append_epochs() -> impl Strategy<Value = Vec<Vec<(i64, i64, i64)>>> {
-    proptest::collection::vec(
-        (
-            0i64..10,
-            proptest::collection::vec((0i64..3, -12i64..4, 0i64..5), 0..8),
-        ),
-        1..14,
-    )
-    .prop_map(|epochs| {
-        let mut base = 100;
+    common::drifting_epochs(0..10, -12..4, 0..3, 0..5, 0..8).prop_map(|epochs| {
         epochs
             .into_iter()
-            .map(|(step, rows)| {
-                base += step;
-                rows.into_iter()
-                    .map(|(k, dt, v)| (k, base + dt, v))
-                    .collect()
-            })
+            .map(|rows| rows.into_iter().map(|(ts, k, v)| (k, ts, v)).collect())
             .collect()
     })
 }

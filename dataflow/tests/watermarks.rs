@@ -167,26 +167,7 @@ impl Model {
 
 /// Epochs of events: event time drifts forward, each event up to 15 behind the drift.
 fn epochs() -> impl Strategy<Value = Vec<Vec<(i64, i64, i64)>>> {
-    proptest::collection::vec(
-        (
-            0i64..12,
-            proptest::collection::vec((-15i64..5, 0i64..3, -5i64..20), 0..12),
-        ),
-        1..14,
-    )
-    .prop_map(|epochs| {
-        let mut base = 100;
-        epochs
-            .into_iter()
-            .map(|(step, events)| {
-                base += step;
-                events
-                    .into_iter()
-                    .map(|(dt, k, v)| (base + dt, k, v))
-                    .collect()
-            })
-            .collect()
-    })
+    common::drifting_epochs(0..12, -15..5, 0..3, -5..20, 0..12)
 }
 
 fn run(

@@ -1,14 +1,16 @@
-//! Helpers shared by the dataflow tests: Int64 schemas, column references, and a batch's
-//! rows as sorted vectors for comparing with a model.
+//! Helpers shared by the dataflow tests: Int64 schemas, column references, a batch's
+//! rows as sorted vectors for comparing with a model, and epochs of out-of-order events.
 
 #![allow(dead_code)]
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::PhysicalExpr;
+use proptest::prelude::*;
 
 pub type Row = Vec<Option<i64>>;
 
@@ -46,4 +48,31 @@ pub fn rows_of(b: &RecordBatch) -> Vec<Row> {
         .collect();
     out.sort();
     out
+}
+
+/// Epochs of events `(ts, k, v)`: event time starts at 100 and drifts forward by a step
+/// from `step` each epoch; each event's time is the drift plus one from `dt` (negative:
+/// behind it), its `k` and `v` from their ranges, up to `rows` events per epoch.
+pub fn drifting_epochs(
+    step: Range<i64>,
+    dt: Range<i64>,
+    k: Range<i64>,
+    v: Range<i64>,
+    rows: Range<usize>,
+) -> impl Strategy<Value = Vec<Vec<(i64, i64, i64)>>> {
+    proptest::collection::vec((step, proptest::collection::vec((dt, k, v), rows)), 1..14).prop_map(
+        |epochs| {
+            let mut base = 100;
+            epochs
+                .into_iter()
+                .map(|(step, events)| {
+                    base += step;
+                    events
+                        .into_iter()
+                        .map(|(dt, k, v)| (base + dt, k, v))
+                        .collect()
+                })
+                .collect()
+        },
+    )
 }
