@@ -234,22 +234,14 @@ fn run_append_only(
             n,
             workers
         );
-        // Keys with a session not ended before the watermark; state entries are keyed
-        // `len (u32) ++ key ++ ...`, so count the distinct keys in the state.
+        // Keys with a session not ended before the watermark, and only those, are in
+        // the state.
         let open: std::collections::BTreeSet<Option<i64>> = want
             .iter()
             .filter(|r| watermark.is_none_or(|w| r[4].is_some_and(|end| end >= w)))
             .map(|r| if keyed { r[0] } else { None })
             .collect();
-        let in_state: std::collections::BTreeSet<Vec<u8>> = store
-            .scan(SESSION_TABLE)
-            .unwrap()
-            .into_iter()
-            .map(|(k, _)| {
-                let len = u32::from_le_bytes(k[..4].try_into().unwrap()) as usize;
-                k[..4 + len].to_vec()
-            })
-            .collect();
+        let in_state = common::keys_in_state(&store, SESSION_TABLE);
         prop_assert_eq!(in_state.len(), open.len(), "keys kept after epoch {}", n);
         // The rows of sessions still open, and no others, are held (one entry per
         // distinct row), also as restored.

@@ -226,16 +226,8 @@ fn run(
         );
         let open = store.scan(AGG_TABLE).unwrap().len();
         prop_assert_eq!(open, model.open_groups(), "groups kept after epoch {}", e);
-        // DISTINCT entries are keyed `len (u32) ++ group key ++ ...`: count the groups.
-        let with_values: BTreeSet<Vec<u8>> = store
-            .scan(DISTINCT_TABLE)
-            .unwrap()
-            .into_iter()
-            .map(|(k, _)| {
-                let len = u32::from_le_bytes(k[..4].try_into().unwrap()) as usize;
-                k[..4 + len].to_vec()
-            })
-            .collect();
+        // The groups with DISTINCT values in state.
+        let with_values = common::keys_in_state(&store, DISTINCT_TABLE);
         prop_assert_eq!(
             with_values.len(),
             model.open_groups(),

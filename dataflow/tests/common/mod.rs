@@ -1,5 +1,6 @@
 //! Helpers shared by the dataflow tests: Int64 schemas, column references, a batch's
-//! rows as sorted vectors for comparing with a model, and epochs of out-of-order events.
+//! rows as sorted vectors for comparing with a model, epochs of out-of-order events, and
+//! the keys a state table holds entries for.
 
 #![allow(dead_code)]
 
@@ -11,6 +12,7 @@ use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::PhysicalExpr;
 use proptest::prelude::*;
+use sabot_storage::{StateTableId, Store};
 
 pub type Row = Vec<Option<i64>>;
 
@@ -75,4 +77,18 @@ pub fn drifting_epochs(
                 .collect()
         },
     )
+}
+
+/// The distinct keys (group, partition, session key) that state table `table` holds
+/// entries for, its entries being keyed `len (u32, little endian) ++ key ++ ...`.
+pub fn keys_in_state(store: &Store, table: StateTableId) -> std::collections::BTreeSet<Vec<u8>> {
+    store
+        .scan(table)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| {
+            let len = u32::from_le_bytes(k[..4].try_into().unwrap()) as usize;
+            k[..4 + len].to_vec()
+        })
+        .collect()
 }
