@@ -25,8 +25,7 @@ impl Writer {
         self
     }
     pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
-        self.buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(v);
+        put_bytes(&mut self.buf, v);
         self
     }
     pub fn finish(self) -> Vec<u8> {
@@ -36,6 +35,13 @@ impl Writer {
     pub fn take(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.buf)
     }
+}
+
+/// Appends `len (u32, little endian) ++ v` to `buf`, as [`Writer::bytes`] does and
+/// [`Reader::bytes`] reads back.
+pub fn put_bytes(buf: &mut Vec<u8>, v: &[u8]) {
+    buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    buf.extend_from_slice(v);
 }
 
 #[derive(Debug)]

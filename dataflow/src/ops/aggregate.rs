@@ -25,7 +25,7 @@ use hashbrown::hash_map::EntryRef;
 use sabot_storage::{StateTableId, StateWriter};
 
 use crate::batch::{batch_with_schema, ChangeBatch};
-use crate::codec::{join_prefixed, split_prefixed, Reader, Writer};
+use crate::codec::{join_prefixed, put_bytes, split_prefixed, Reader, Writer};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
 use crate::ops::watermark::{behind_watermarks, raise};
@@ -1188,9 +1188,7 @@ impl Operator for AggregateOp {
                         if group.fresh.is_empty() {
                             group.fresh.resize(self.spec.calls.len(), Vec::new());
                         }
-                        let fresh = &mut group.fresh[c];
-                        fresh.extend_from_slice(&(value.len() as u32).to_le_bytes());
-                        fresh.extend_from_slice(value);
+                        put_bytes(&mut group.fresh[c], value);
                         1
                     }
                     (Some(seen), Some(values)) => {
