@@ -3308,6 +3308,18 @@ fn cancelled_by_client() -> PlanError {
     PlanError::user("57014", "canceling statement due to user request")
 }
 
+/// Runs `f`, a step that holds its thread for a long time (a backfill step takes about a
+/// second), so that the runtime's other tasks do not wait for it: on a multi-threaded
+/// runtime the worker's queued tasks move to another thread first (`SHOW JOBS`, the
+/// CancelRequest that stops this backfill, other sessions). Elsewhere (a current-thread
+/// runtime in tests) `f` just runs.
+fn off_the_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Rows a backfill feeds through the view's dataflow at a time when it reports progress.
 const BACKFILL_STEP_ROWS: usize = 100_000;
 
@@ -3382,7 +3394,8 @@ impl Database {
             if in_step < BACKFILL_STEP_ROWS && i + 1 < count {
                 continue;
             }
-            out.extend(dataflow.run_epoch(&std::mem::take(&mut step), batch)?);
+            let deltas = std::mem::take(&mut step);
+            out.extend(off_the_runtime(|| dataflow.run_epoch(&deltas, batch))?);
             let before = done;
             done += std::mem::take(&mut in_step);
             let cancelled = {
