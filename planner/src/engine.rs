@@ -3308,8 +3308,8 @@ fn cancelled_by_client() -> PlanError {
     PlanError::user("57014", "canceling statement due to user request")
 }
 
-/// Runs `f`, a step that holds its thread for a long time (a backfill step takes about a
-/// second), so that the runtime's other tasks do not wait for it: on a multi-threaded
+/// Runs `f`, work that holds its thread for a long time (a backfill step takes about a
+/// second; a view with a watermark backfills in one step, however long), so that the runtime's other tasks do not wait for it: on a multi-threaded
 /// runtime the worker's queued tasks move to another thread first (`SHOW JOBS`, the
 /// CancelRequest that stops this backfill, other sessions). Elsewhere (a current-thread
 /// runtime in tests) `f` just runs.
@@ -3350,7 +3350,7 @@ impl Database {
             .iter()
             .any(|n| matches!(n.kind, sabot_dataflow::NodeKind::WatermarkFilter(_)));
         if total <= BACKFILL_STEP_ROWS || watermarked {
-            return Ok(dataflow.run_epoch(&deltas, batch)?);
+            return Ok(off_the_runtime(|| dataflow.run_epoch(&deltas, batch))?);
         }
         let started = std::time::Instant::now();
         self.backfills.lock().push(BackfillJob {
