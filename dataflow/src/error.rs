@@ -20,6 +20,13 @@ pub enum DataflowError {
     /// State read back from storage does not decode: a bug or a damaged store.
     #[error("corrupt state: {0}")]
     Corrupt(String),
+    /// The GPU failed a kernel. Where `cpu_can_take_over`, the operator runs the same
+    /// rows on the CPU instead (nothing was applied); otherwise the request was wrong.
+    #[error("GPU: {message}")]
+    Gpu {
+        cpu_can_take_over: bool,
+        message: String,
+    },
     /// An invariant of the runtime does not hold: a bug.
     #[error("internal error (likely a bug): {0}")]
     Internal(String),

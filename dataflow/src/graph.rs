@@ -312,8 +312,21 @@ impl StreamPlan {
                         format!("{f}({distinct}{})", spec.input_schema.field(c.arg).name())
                     })
                     .collect();
+                let placement = match &spec.offload {
+                    Some(o) => format!(
+                        ", on {}: per-key partial sums of runs of >= {} rows (group keys and \
+                         summed columns host to device, one row per key device to host)",
+                        match &o.kernel {
+                            crate::ops::partial::Kernel::Gpu(g) =>
+                                format!("GPU ({}, libcudf)", g.device().name),
+                            crate::ops::partial::Kernel::Cpu => "CPU (partial sums)".to_string(),
+                        },
+                        o.min_rows
+                    ),
+                    None => String::new(),
+                };
                 format!(
-                    "HashAggregate: group=[{}], aggs=[{}]{}",
+                    "HashAggregate: group=[{}], aggs=[{}]{}{placement}",
                     groups.join(", "),
                     calls.join(", "),
                     if spec.emit_on_window_close {

@@ -12,12 +12,13 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::logical_expr::Operator as BinOp;
-use datafusion::physical_expr::expressions::{BinaryExpr, Literal};
+use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Literal};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::scalar::ScalarValue;
 use proptest::prelude::*;
-use sabot_dataflow::ops::aggregate::{AggCall, AggKind, AggregateSpec};
+use sabot_dataflow::ops::aggregate::{AggCall, AggKind, AggregateSpec, Offload};
 use sabot_dataflow::ops::join::{JoinKind, JoinSpec};
+use sabot_dataflow::ops::partial::Kernel;
 use sabot_dataflow::ops::topn::TopNSpec;
 use sabot_dataflow::{ChangeBatch, Dataflow, NodeKind, PlanNode, StreamPlan};
 use sabot_storage::{EpochBatch, Store};
@@ -214,6 +215,7 @@ fn aggregate_plan(global: bool, append_only_input: bool) -> StreamPlan {
         output_schema: Arc::clone(&out),
         emit_on_window_close: false,
         append_only_input,
+        offload: None,
     };
     StreamPlan {
         nodes: vec![
@@ -267,6 +269,105 @@ fn aggregate_recompute(global: bool) -> impl Fn(&Inputs) -> Vec<Row> {
                 row
             })
             .collect()
+    }
+}
+
+/// The aggregate summing batches per key (the GPU's path) rather than row by row:
+/// SELECT k, count(*), count(v), sum(v), sum(v) FILTER (WHERE v > 5),
+/// sum(CAST(v AS DOUBLE)), sum(v * 4000000000) FROM in0 GROUP BY k
+/// (the last one's values need more than the low 32 bits).
+fn partial_sum_plan(kernel: Kernel, min_rows: usize, append_only_input: bool) -> StreamPlan {
+    let out = schema(&["k", "c", "cv", "s", "sf", "sd", "sb"]);
+    let lit =
+        |n: i64| -> Arc<dyn PhysicalExpr> { Arc::new(Literal::new(ScalarValue::Int64(Some(n)))) };
+    let pre_exprs: Vec<Arc<dyn PhysicalExpr>> = vec![
+        col("k", 1),
+        col("v", 2),
+        lit(1),
+        Arc::new(BinaryExpr::new(col("v", 2), BinOp::Gt, lit(5))),
+        Arc::new(CastExpr::new(col("v", 2), DataType::Float64, None)),
+        Arc::new(BinaryExpr::new(
+            col("v", 2),
+            BinOp::Multiply,
+            lit(4_000_000_000),
+        )),
+    ];
+    let pre_schema: SchemaRef = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, true),
+        Field::new("v", DataType::Int64, true),
+        Field::new("one", DataType::Int64, true),
+        Field::new("v_gt_5", DataType::Boolean, true),
+        Field::new("vd", DataType::Float64, true),
+        Field::new("vb", DataType::Int64, true),
+    ]));
+    let mut out_fields: Vec<Field> = out.fields().iter().map(|f| f.as_ref().clone()).collect();
+    out_fields[5] = Field::new("sd", DataType::Float64, true);
+    let out: SchemaRef = Arc::new(Schema::new(out_fields));
+    let spec = AggregateSpec {
+        group_count: 1,
+        calls: vec![
+            AggCall::new(AggKind::Count, 2, None),
+            AggCall::new(AggKind::Count, 1, None),
+            AggCall::new(AggKind::Sum, 1, None),
+            AggCall::new(AggKind::Sum, 1, Some(3)),
+            AggCall::new(AggKind::Sum, 4, None),
+            AggCall::new(AggKind::Sum, 5, None),
+        ],
+        input_schema: Arc::clone(&pre_schema),
+        output_schema: Arc::clone(&out),
+        emit_on_window_close: false,
+        append_only_input,
+        offload: Some(Offload { kernel, min_rows }),
+    };
+    assert!(spec.offload_calls().is_ok());
+    StreamPlan {
+        nodes: vec![
+            source(0),
+            PlanNode {
+                kind: NodeKind::Project { exprs: pre_exprs },
+                inputs: vec![0],
+                schema: pre_schema,
+                state_tables: vec![],
+            },
+            PlanNode {
+                kind: NodeKind::Aggregate(spec),
+                inputs: vec![1],
+                schema: Arc::clone(&out),
+                state_tables: vec![1, 3],
+            },
+            materialize(2, out, 2),
+        ],
+    }
+}
+
+fn partial_sum_recompute(d: &Inputs) -> Vec<Row> {
+    let mut groups: BTreeMap<Option<i64>, Vec<Option<i64>>> = BTreeMap::new();
+    for r in d.rows(0) {
+        groups.entry(r[1]).or_default().push(r[2]);
+    }
+    groups
+        .into_iter()
+        .map(|(k, vs)| {
+            let nn: Vec<i64> = vs.iter().flatten().copied().collect();
+            let sum = |xs: Vec<i64>| (!xs.is_empty()).then(|| xs.iter().sum::<i64>());
+            vec![
+                k,
+                Some(vs.len() as i64),
+                Some(nn.len() as i64),
+                sum(nn.clone()),
+                sum(nn.iter().copied().filter(|x| *x > 5).collect()),
+                sum(nn.clone()),
+                sum(nn.iter().map(|x| x * 4_000_000_000).collect()),
+            ]
+        })
+        .collect()
+}
+
+/// The process's GPU when one is here (a device run), else the CPU's reference kernel.
+fn partial_kernel() -> Kernel {
+    match sabot_gpu::Gpu::load(None) {
+        Ok(g) => Kernel::Gpu(Arc::new(g)),
+        Err(_) => Kernel::Cpu,
     }
 }
 
@@ -657,6 +758,16 @@ proptest! {
     #[test]
     fn top_n_over_append_only_input(partitioned in any::<bool>(), row_number in any::<bool>(), offset in 0usize..3, limit in prop_oneof![0usize..4, 6usize..10], e in append_epochs(), workers in 1usize..=3, restart in 0usize..14) {
         check(topn_plan(partitioned, row_number, offset, limit, true), 1, e, workers, restart, topn_recompute(partitioned, row_number, offset, limit))?;
+    }
+
+    #[test]
+    fn aggregate_by_partial_sums(min_rows in prop_oneof![Just(1usize), Just(4)], e in epochs(1), workers in 1usize..=2, restart in 0usize..12) {
+        check(partial_sum_plan(partial_kernel(), min_rows, false), 1, e, workers, restart, partial_sum_recompute)?;
+    }
+
+    #[test]
+    fn aggregate_by_partial_sums_over_append_only_input(e in append_epochs(), workers in 1usize..=3, restart in 0usize..14) {
+        check(partial_sum_plan(partial_kernel(), 1, true), 1, e, workers, restart, partial_sum_recompute)?;
     }
 
     #[test]

@@ -93,6 +93,7 @@ fn plan(delay: i64, eowc: bool, append_only: bool) -> StreamPlan {
                     output_schema: Arc::clone(&out),
                     emit_on_window_close: eowc,
                     append_only_input: append_only,
+                    offload: None,
                 }),
                 inputs: vec![2],
                 schema: Arc::clone(&out),

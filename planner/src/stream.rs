@@ -359,6 +359,7 @@ impl<'a> StreamPlanner<'a> {
                     output_schema: Arc::clone(&schema),
                     emit_on_window_close: false,
                     append_only_input: false,
+                    offload: None,
                 };
                 let tables = self.tables(2);
                 Ok(self.push(NodeKind::Aggregate(spec), vec![id], schema, tables))
@@ -547,6 +548,7 @@ impl<'a> StreamPlanner<'a> {
             output_schema: Arc::clone(&stats_schema),
             emit_on_window_close: false,
             append_only_input: false,
+            offload: None,
         };
         let tables = self.tables(2);
         let stats = self.push(
@@ -1344,6 +1346,7 @@ impl<'a> StreamPlanner<'a> {
             output_schema: Arc::clone(&output_schema),
             emit_on_window_close: false,
             append_only_input: false,
+            offload: None,
         };
         let tables = self.tables(2);
         Ok(self.push(NodeKind::Aggregate(spec), vec![pre], output_schema, tables))

@@ -28,6 +28,7 @@ use crate::batch::{batch_with_schema, ChangeBatch};
 use crate::codec::{join_prefixed, put_bytes, split_prefixed, Reader, Writer};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
+use crate::ops::partial::{partial_sums, CallInput, CallKind, CallSums, Kernel, Partials};
 use crate::ops::watermark::{behind_watermarks, raise};
 use crate::row::{Partitioner, RowCodec};
 
@@ -119,6 +120,72 @@ pub struct AggregateSpec {
     /// their current value and DISTINCT calls only whether a value was seen, so state
     /// stays small; a retraction arriving anyway is refused as a bug.
     pub append_only_input: bool,
+    /// Where COUNT/SUM/AVG-only aggregates sum their input per key over whole batches
+    /// before merging into the groups (on the GPU, see [`crate::ops::partial`]); `None`:
+    /// row by row on the CPU.
+    pub offload: Option<Offload>,
+}
+
+/// Partial sums of buffered input, see [`crate::ops::partial`].
+#[derive(Debug, Clone)]
+pub struct Offload {
+    pub kernel: Kernel,
+    /// Input buffered until the barrier (or until this many rows) goes through the
+    /// kernel when it holds at least this many rows; smaller runs take the per-row path.
+    pub min_rows: usize,
+}
+
+/// Rows buffered at most before a partial-sum run (bounds memory; far below libcudf's
+/// 2^31-row column limit).
+const OFFLOAD_FLUSH_ROWS: usize = 1 << 22;
+
+impl AggregateSpec {
+    /// Whether partial sums can compute this aggregate: a group key of types libcudf
+    /// groups by, and only COUNT and SUM/AVG over integers or floats, without DISTINCT.
+    /// `Err` says why not.
+    pub fn offload_calls(&self) -> std::result::Result<Vec<CallInput>, String> {
+        if self.group_count == 0 {
+            return Err("a global aggregate (no GROUP BY) has one group".into());
+        }
+        for f in &self.input_schema.fields()[..self.group_count] {
+            let ok = f.data_type().is_integer()
+                || matches!(
+                    f.data_type(),
+                    DataType::Utf8
+                        | DataType::Boolean
+                        | DataType::Date32
+                        | DataType::Timestamp(_, None)
+                );
+            if !ok {
+                return Err(format!("group key type {}", f.data_type()));
+            }
+        }
+        self.calls
+            .iter()
+            .map(|call| {
+                let ty = self
+                    .input_schema
+                    .fields()
+                    .get(call.arg)
+                    .map(|f| f.data_type().clone())
+                    .ok_or("aggregate argument out of range")?;
+                if call.distinct || !call.order.is_empty() {
+                    return Err(format!("{}(DISTINCT/ORDER BY ...)", call.kind.name()));
+                }
+                let kind = match method_for(call.kind, &ty).map_err(|e| e.to_string())? {
+                    Method::Count => CallKind::Count,
+                    Method::IntSum { .. } => CallKind::Int,
+                    Method::FloatSum { .. } => CallKind::Float,
+                    _ => return Err(format!("{}({ty})", call.kind.name())),
+                };
+                Ok(CallInput {
+                    kind,
+                    arg: call.arg,
+                    filter: call.filter,
+                })
+            })
+            .collect()
+    }
 }
 
 /// How a call accumulates, chosen from its function and argument type.
@@ -241,6 +308,14 @@ pub struct AggregateOp {
     watermarks: Vec<Option<ScalarValue>>,
     /// The watermarks the last purge used: a purge runs when one advanced.
     purged_at: Vec<Option<ScalarValue>>,
+    /// With an offload: the calls as partial sums take them, and the input buffered
+    /// since the last run.
+    offload: Option<(Offload, Vec<CallInput>)>,
+    pending: Vec<ChangeBatch>,
+    pending_rows: usize,
+    /// Partial-sum runs and the rows they took, and runs the CPU took over.
+    pub(crate) offload_runs: u64,
+    offload_fallbacks: u64,
 }
 
 impl AggregateOp {
@@ -303,7 +378,23 @@ impl AggregateOp {
             });
             methods.push(method);
         }
+        let offload = match &spec.offload {
+            Some(o) => match spec.offload_calls() {
+                Ok(calls) => Some((o.clone(), calls)),
+                Err(why) => {
+                    return Err(DataflowError::Internal(format!(
+                        "aggregate planned for partial sums it cannot take: {why}"
+                    )))
+                }
+            },
+            None => None,
+        };
         Ok(Self {
+            offload,
+            pending: Vec::new(),
+            pending_rows: 0,
+            offload_runs: 0,
+            offload_fallbacks: 0,
             order_codecs,
             key_codec: RowCodec::new(key_types)?,
             watermarks: vec![None; spec.group_count],
@@ -1105,21 +1196,9 @@ fn div_round(a: i128, b: i128) -> i128 {
     }
 }
 
-impl Operator for AggregateOp {
-    fn state_rows(&self) -> usize {
-        self.groups.len()
-    }
-
-    fn name(&self) -> &'static str {
-        "HashAggregate"
-    }
-
-    fn on_data(
-        &mut self,
-        _port: usize,
-        batch: ChangeBatch,
-        _out: &mut Vec<ChangeBatch>,
-    ) -> Result<()> {
+impl AggregateOp {
+    /// Adds a batch's changes to the groups, row by row.
+    fn apply_rows(&mut self, batch: &ChangeBatch) -> Result<()> {
         let data = batch.data();
         let weights = batch.weights().values();
         let keys = if self.is_global() {
@@ -1216,12 +1295,130 @@ impl Operator for AggregateOp {
         Ok(())
     }
 
+    /// Applies the buffered input: as partial sums when there is enough of it and the
+    /// kernel takes it, row by row otherwise (or when the GPU fails: nothing of the run
+    /// was applied, so the CPU redoes it whole).
+    fn flush_pending(&mut self) -> Result<()> {
+        let batches = std::mem::take(&mut self.pending);
+        let rows = std::mem::take(&mut self.pending_rows);
+        let Some((offload, calls)) = &self.offload else {
+            return Ok(());
+        };
+        if rows > 0 && rows >= offload.min_rows {
+            match partial_sums(
+                &offload.kernel,
+                &self.key_codec,
+                self.spec.group_count,
+                calls,
+                &batches,
+            ) {
+                Ok(Some(partials)) => {
+                    self.offload_runs += 1;
+                    return self.merge_partials(&partials);
+                }
+                Ok(None) => {}
+                Err(DataflowError::Gpu {
+                    cpu_can_take_over: true,
+                    message,
+                }) => {
+                    self.offload_fallbacks += 1;
+                    if self.offload_fallbacks == 1 {
+                        tracing::warn!(%message, rows, "GPU aggregation failed; the CPU takes over");
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for b in &batches {
+            self.apply_rows(b)?;
+        }
+        Ok(())
+    }
+
+    /// Adds per-key partial sums to the groups: what [`Self::apply_rows`] does for each
+    /// of the rows they sum.
+    fn merge_partials(&mut self, p: &Partials) -> Result<()> {
+        let keys = self
+            .key_codec
+            .encode(&p.batch.columns()[..self.spec.group_count])?;
+        let rows = p.rows();
+        if self.spec.append_only_input && arrow::compute::min(rows).is_some_and(|m| m < 0) {
+            return Err(DataflowError::Internal(
+                "a retraction reached an aggregate over an append-only input".into(),
+            ));
+        }
+        for i in 0..p.batch.num_rows() {
+            let key = keys.row(i).data();
+            let (group, existed) = match self.groups.entry_ref(key) {
+                EntryRef::Occupied(e) => (e.into_mut(), true),
+                EntryRef::Vacant(e) => {
+                    (e.insert(new_group(&self.methods, &self.spec.calls)), false)
+                }
+            };
+            if group.before.is_none() {
+                group.before =
+                    Some((existed && group.rows > 0).then(|| outputs(&self.methods, group)));
+                self.dirty.push(key.to_vec());
+            }
+            group.rows += rows.value(i);
+            for (acc, sums) in group.accs.iter_mut().zip(&p.calls) {
+                match (acc, *sums) {
+                    (Acc::Count(c), CallSums::Count { n }) => *c += p.int(n).value(i),
+                    (Acc::Int { sum, n: count }, CallSums::Int { n, hi, lo }) => {
+                        let total =
+                            (i128::from(p.int(hi).value(i)) << 32) + i128::from(p.int(lo).value(i));
+                        *sum = sum.saturating_add(total);
+                        *count += p.int(n).value(i);
+                    }
+                    (Acc::Float { sum, n: count }, CallSums::Float { n, sum: s }) => {
+                        *sum += p.float(s).value(i);
+                        *count += p.int(n).value(i);
+                    }
+                    _ => {
+                        return Err(DataflowError::Internal(
+                            "partial sums do not match the aggregate's calls".into(),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Operator for AggregateOp {
+    fn state_rows(&self) -> usize {
+        self.groups.len()
+    }
+
+    fn name(&self) -> &'static str {
+        "HashAggregate"
+    }
+
+    fn on_data(
+        &mut self,
+        _port: usize,
+        batch: ChangeBatch,
+        _out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
+        if self.offload.is_none() {
+            return self.apply_rows(&batch);
+        }
+        self.pending_rows += batch.num_rows();
+        self.pending.push(batch);
+        if self.pending_rows >= OFFLOAD_FLUSH_ROWS {
+            self.flush_pending()?;
+        }
+        Ok(())
+    }
+
     fn on_barrier(
         &mut self,
         epoch: u64,
         state: &mut StateWriter,
         out: &mut Vec<ChangeBatch>,
     ) -> Result<()> {
+        self.flush_pending()?;
         // A global aggregate has a result row even over no input: emit it once.
         if self.is_global() && self.partitioner.owns(&[]) && !self.groups.contains_key(&[][..]) {
             let mut g = self.new_group();

@@ -7,6 +7,7 @@ pub mod filter;
 pub mod join;
 pub mod materialize;
 pub mod over;
+pub mod partial;
 pub mod proctime;
 pub mod project;
 pub mod session;

@@ -1,0 +1,286 @@
+//! Partial sums of a run of changes for an aggregate's COUNT, SUM and AVG calls, computed
+//! over whole batches and merged into the aggregate's groups once per distinct key
+//! instead of once per row. The group-by itself runs on the GPU through libcudf
+//! ([`Kernel::Gpu`]) or, as the reference the GPU is checked against, on the CPU
+//! ([`Kernel::Cpu`]).
+//!
+//! Per row, with weight `w` (±1: larger weights stay on the per-row path) the sums are:
+//! `w` (the group's row count); per call, `w` where the argument is counted (not NULL,
+//! the call's FILTER true); for integer SUM/AVG the argument split into its high and low
+//! 32 bits, each times `w`, so that 64-bit sums of up to 2^31 rows cannot overflow and the
+//! group's exact i128 sum is `hi << 32 + lo`; for float SUM/AVG `w * x`.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch};
+use arrow::compute::kernels::{bitwise, numeric, zip::zip};
+use arrow::compute::{cast, concat_batches, prep_null_mask_filter};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
+use sabot_gpu::{Agg, AggKind, Gpu, GpuError};
+
+use crate::batch::ChangeBatch;
+use crate::error::{DataflowError, Result};
+use crate::row::RowCodec;
+
+/// Which group-by computes the sums.
+#[derive(Clone)]
+pub enum Kernel {
+    Gpu(Arc<Gpu>),
+    /// The same sums on the CPU: the reference the GPU's results are checked against.
+    Cpu,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kernel::Gpu(g) => write!(f, "Gpu({})", g.device().name),
+            Kernel::Cpu => f.write_str("Cpu"),
+        }
+    }
+}
+
+/// What one call needs summed, as column offsets into the sums after the row count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CallSums {
+    /// COUNT: the counted rows.
+    Count { n: usize },
+    /// Integer SUM/AVG: counted rows, and the high and low halves of `w * x`.
+    Int { n: usize, hi: usize, lo: usize },
+    /// Float SUM/AVG: counted rows and `w * x`.
+    Float { n: usize, sum: usize },
+}
+
+/// One call as the partial sums see it: how its argument is summed, its argument column
+/// and its FILTER column.
+#[derive(Debug, Clone, Copy)]
+pub struct CallInput {
+    pub kind: CallKind,
+    pub arg: usize,
+    pub filter: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    Count,
+    Int,
+    Float,
+}
+
+/// The partial sums of one run of changes: the group keys, the net row count per key,
+/// and per call the sums of [`CallSums`].
+#[derive(Debug)]
+pub struct Partials {
+    /// `[key columns..., rows, sums...]`, one row per distinct key.
+    pub batch: RecordBatch,
+    pub calls: Vec<CallSums>,
+}
+
+impl Partials {
+    pub fn rows(&self) -> &Int64Array {
+        self.batch.column(self.keys()).as_primitive::<Int64Type>()
+    }
+
+    pub fn keys(&self) -> usize {
+        self.batch.num_columns() - 1 - self.sums()
+    }
+
+    fn sums(&self) -> usize {
+        self.calls
+            .iter()
+            .map(|c| match c {
+                CallSums::Count { .. } => 1,
+                CallSums::Int { .. } => 3,
+                CallSums::Float { .. } => 2,
+            })
+            .sum()
+    }
+
+    pub fn int(&self, col: usize) -> &Int64Array {
+        self.batch
+            .column(self.keys() + 1 + col)
+            .as_primitive::<Int64Type>()
+    }
+
+    pub fn float(&self, col: usize) -> &Float64Array {
+        self.batch
+            .column(self.keys() + 1 + col)
+            .as_primitive::<Float64Type>()
+    }
+}
+
+/// Sums `batches` (whose first `group_count` columns are the group key) per key. `None`
+/// when a weight is not ±1 (then the rows take the per-row path).
+pub fn partial_sums(
+    kernel: &Kernel,
+    key_codec: &RowCodec,
+    group_count: usize,
+    calls: &[CallInput],
+    batches: &[ChangeBatch],
+) -> Result<Option<Partials>> {
+    let Some(first) = batches.first() else {
+        return Ok(None);
+    };
+    let data = concat_batches(
+        &first.data().schema(),
+        batches.iter().map(ChangeBatch::data),
+    )?;
+    let weights: Vec<&dyn Array> = batches.iter().map(|b| b.weights() as &dyn Array).collect();
+    let w = arrow::compute::concat(&weights)?;
+    let w = w.as_primitive::<Int64Type>().clone();
+    let (min, max) = (
+        arrow::compute::min(&w).unwrap_or(0),
+        arrow::compute::max(&w).unwrap_or(0),
+    );
+    if min < -1 || max > 1 {
+        return Ok(None);
+    }
+    let (input, layout) = sum_inputs(&data, &w, group_count, calls)?;
+    let sums = match kernel {
+        Kernel::Gpu(gpu) => gpu_sums(gpu, &input, group_count)?,
+        Kernel::Cpu => cpu_sums(key_codec, &input, group_count)?,
+    };
+    Ok(Some(Partials {
+        batch: sums,
+        calls: layout,
+    }))
+}
+
+/// `[keys..., w, per-call columns...]` with the layout of the per-call columns.
+fn sum_inputs(
+    data: &RecordBatch,
+    w: &Int64Array,
+    group_count: usize,
+    calls: &[CallInput],
+) -> Result<(RecordBatch, Vec<CallSums>)> {
+    let mut columns: Vec<ArrayRef> = data.columns()[..group_count].to_vec();
+    let mut fields: Vec<Field> = data.schema().fields()[..group_count]
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("rows", DataType::Int64, false));
+    columns.push(Arc::new(w.clone()));
+    // Offsets after the row count.
+    let mut push = |columns: &mut Vec<ArrayRef>, a: ArrayRef| {
+        fields.push(Field::new(
+            format!("s{}", columns.len()),
+            a.data_type().clone(),
+            false,
+        ));
+        columns.push(a);
+        columns.len() - group_count - 2
+    };
+    let zero_i = Int64Array::new_scalar(0);
+    let zero_f = Float64Array::new_scalar(0.0);
+    let mut layout = Vec::with_capacity(calls.len());
+    for call in calls {
+        let arg = data.column(call.arg);
+        // Counted: the argument is not NULL and the FILTER (if any) is true.
+        let mut counted = arrow::compute::is_not_null(arg)?;
+        if let Some(f) = call.filter {
+            let f = data.column(f).as_boolean_opt().ok_or_else(|| {
+                DataflowError::Internal("aggregate FILTER column is not boolean".into())
+            })?;
+            let f: BooleanArray = if f.null_count() > 0 {
+                prep_null_mask_filter(f)
+            } else {
+                f.clone()
+            };
+            counted = arrow::compute::and(&counted, &f)?;
+        }
+        let n = push(&mut columns, zip(&counted, w, &zero_i)?);
+        layout.push(match call.kind {
+            CallKind::Count => CallSums::Count { n },
+            CallKind::Int => {
+                let x = cast(arg, &DataType::Int64)?;
+                let x = x.as_primitive::<Int64Type>();
+                let hi = bitwise::bitwise_shift_right_scalar(x, 32)?;
+                let lo = bitwise::bitwise_and_scalar(x, 0xFFFF_FFFF)?;
+                // |w| <= 1: neither product overflows.
+                let hi = numeric::mul(&hi, w)?;
+                let lo = numeric::mul(&lo, w)?;
+                let hi = push(&mut columns, zip(&counted, &hi, &zero_i)?);
+                let lo = push(&mut columns, zip(&counted, &lo, &zero_i)?);
+                CallSums::Int { n, hi, lo }
+            }
+            CallKind::Float => {
+                let x = cast(arg, &DataType::Float64)?;
+                let wf = cast(w, &DataType::Float64)?;
+                let wx = numeric::mul(&x, &wf)?;
+                let sum = push(&mut columns, zip(&counted, &wx, &zero_f)?);
+                CallSums::Float { n, sum }
+            }
+        });
+    }
+    let schema = Arc::new(Schema::new(fields));
+    Ok((RecordBatch::try_new(schema, columns)?, layout))
+}
+
+/// The group-by on the GPU: one SUM per column after the keys.
+fn gpu_sums(gpu: &Gpu, input: &RecordBatch, group_count: usize) -> Result<RecordBatch> {
+    let keys: Vec<usize> = (0..group_count).collect();
+    let aggs: Vec<Agg> = (group_count..input.num_columns())
+        .map(|column| Agg {
+            kind: AggKind::Sum,
+            column,
+        })
+        .collect();
+    let out = gpu.group_by(input, &keys, &aggs).map_err(gpu_error)?;
+    // libcudf names the columns itself and may widen: back to the input's types.
+    let columns = out
+        .columns()
+        .iter()
+        .zip(input.schema().fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(Arc::clone(c))
+            } else {
+                cast(c, f.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(input.schema(), columns)?)
+}
+
+pub fn gpu_error(e: GpuError) -> DataflowError {
+    DataflowError::Gpu {
+        cpu_can_take_over: e.cpu_can_take_over(),
+        message: e.to_string(),
+    }
+}
+
+/// The same group-by on the CPU.
+fn cpu_sums(key_codec: &RowCodec, input: &RecordBatch, group_count: usize) -> Result<RecordBatch> {
+    let keys = key_codec.encode(&input.columns()[..group_count])?;
+    let mut index: hashbrown::HashMap<&[u8], usize> = hashbrown::HashMap::new();
+    let mut group_of = Vec::with_capacity(input.num_rows());
+    let mut distinct: Vec<&[u8]> = Vec::new();
+    for i in 0..input.num_rows() {
+        let k = keys.row(i).data();
+        let g = *index.entry(k).or_insert_with(|| {
+            distinct.push(k);
+            distinct.len() - 1
+        });
+        group_of.push(g);
+    }
+    let mut columns = key_codec.decode(distinct.iter().copied())?;
+    for c in &input.columns()[group_count..] {
+        if let Some(a) = c.as_primitive_opt::<Int64Type>() {
+            let mut sums = vec![0i64; distinct.len()];
+            for (g, v) in group_of.iter().zip(a.values()) {
+                sums[*g] = sums[*g].wrapping_add(*v);
+            }
+            columns.push(Arc::new(Int64Array::from(sums)));
+        } else if let Some(a) = c.as_primitive_opt::<Float64Type>() {
+            let mut sums = vec![0f64; distinct.len()];
+            for (g, v) in group_of.iter().zip(a.values()) {
+                sums[*g] += *v;
+            }
+            columns.push(Arc::new(Float64Array::from(sums)));
+        } else {
+            return Err(DataflowError::Internal(
+                "partial sum column is neither INT64 nor FLOAT64".into(),
+            ));
+        }
+    }
+    Ok(RecordBatch::try_new(input.schema(), columns)?)
+}
