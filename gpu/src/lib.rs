@@ -507,12 +507,7 @@ static GLOBAL: OnceLock<std::result::Result<Arc<Gpu>, String>> = OnceLock::new()
 /// setting is not `off`). Later calls return the first outcome.
 pub fn init(path: Option<&Path>) -> std::result::Result<Arc<Gpu>, String> {
     GLOBAL
-        .get_or_init(|| {
-            Gpu::load(path).map(Arc::new).map_err(|e| {
-                tracing::info!(error = %e, "no GPU: kernels run on the CPU");
-                e.to_string()
-            })
-        })
+        .get_or_init(|| Gpu::load(path).map(Arc::new).map_err(|e| e.to_string()))
         .clone()
 }
 

@@ -45,6 +45,7 @@ use sabot_storage::{EpochBatch, StateTableId, StateWriter, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PlanError, Result};
+use crate::gpu::GpuSettings;
 use crate::ingest::Ingest;
 use crate::pg_catalog::Session;
 use crate::sinks::sink_spec;
@@ -67,6 +68,8 @@ pub struct DbConfig {
     pub workers: usize,
     /// How often an epoch is committed without being asked (`FLUSH` asks).
     pub checkpoint_interval: Duration,
+    /// Where new views' kernels run unless a session says otherwise (`SET gpu`).
+    pub gpu: GpuSettings,
 }
 
 /// The result of a statement.
@@ -314,6 +317,9 @@ struct ViewMeta {
     /// but keeps no rows and cannot be read; it goes with its sink.
     #[serde(default)]
     sink: bool,
+    /// The GPU setting it was created with (none: created before there was one, off).
+    #[serde(default)]
+    gpu: Option<GpuSettings>,
 }
 
 /// Refuses a second sink onto the same target.
@@ -811,6 +817,7 @@ impl Database {
                             &inner,
                             meta.emit_on_window_close,
                             meta.sink,
+                            (meta.gpu.unwrap_or_default(), false),
                         )
                         .await?;
                     dataflow.restore(&self.store)?;
@@ -1526,7 +1533,16 @@ impl Database {
         let snapshot = self.snapshot();
         let mut flow = {
             let inner = self.inner.lock().await;
-            self.plan_view(&body, 0, &inner, false, false).await?.0
+            self.plan_view(
+                &body,
+                0,
+                &inner,
+                false,
+                false,
+                (GpuSettings::default(), false),
+            )
+            .await?
+            .0
         };
         let mut deltas = HashMap::new();
         for node in &flow.plan().nodes {
@@ -1620,6 +1636,7 @@ impl Database {
         inner: &Inner,
         emit_on_window_close: bool,
         for_sink: bool,
+        gpu: (GpuSettings, bool),
     ) -> Result<(Dataflow, StateTableId)> {
         let sources = inner.source_factories();
         let snapshot = self.snapshot();
@@ -1655,13 +1672,19 @@ impl Database {
             .filter(|n| inner.append_only(n))
             .cloned()
             .collect();
-        let (stream, next) = StreamPlanner::new(&state, first_table, sources)
+        let (mut stream, next) = StreamPlanner::new(&state, first_table, sources)
             .with_watermarks(watermarks)
             .with_append_only(append_only)
             .emit_on_window_close(emit_on_window_close)
             .for_sink(for_sink)
             .plan(&optimized)?;
+        crate::gpu::place(&mut stream, gpu.0, gpu.1)?;
         Ok((Dataflow::try_new(stream, self.config.workers)?, next))
+    }
+
+    /// The GPU settings a statement of `session` plans with.
+    fn gpu_settings(&self, session: &Session) -> Result<GpuSettings> {
+        GpuSettings::for_session(self.config.gpu, &session.settings)
     }
 
     /// Runs one statement.
@@ -1682,7 +1705,10 @@ impl Database {
             Statement::Query(q) => self.query_in(q, session).await,
             Statement::CreateTable(ct) => self.create_table(ct, &parsed.text).await,
             Statement::CreateSource(cs) => self.create_source(cs, &parsed.text).await,
-            Statement::CreateSink(cs) => self.create_sink(cs, &parsed.text, progress).await,
+            Statement::CreateSink(cs) => {
+                let gpu = self.gpu_settings(session)?;
+                self.create_sink(cs, &parsed.text, progress, gpu).await
+            }
             Statement::CreateMaterializedView {
                 name,
                 if_not_exists,
@@ -1690,6 +1716,7 @@ impl Database {
                 query_text,
                 emit_on_window_close,
             } => {
+                let gpu = self.gpu_settings(session)?;
                 self.create_view(
                     name,
                     *if_not_exists,
@@ -1697,6 +1724,7 @@ impl Database {
                     query_text,
                     *emit_on_window_close,
                     progress,
+                    gpu,
                 )
                 .await
             }
@@ -1720,8 +1748,13 @@ impl Database {
             Statement::ShowJobs => self.show_jobs().await,
             Statement::CancelJobs { names } => self.cancel_jobs(names).await,
             Statement::Describe(name) => self.describe(name),
-            Statement::Explain(inner) => self.explain(inner, false).await,
-            Statement::ExplainDot(inner) => self.explain(inner, true).await,
+            Statement::Explain(inner) => {
+                self.explain(inner, false, self.gpu_settings(session)?)
+                    .await
+            }
+            Statement::ExplainDot(inner) => {
+                self.explain(inner, true, self.gpu_settings(session)?).await
+            }
             Statement::Transaction(kind) => Ok(command(match kind {
                 TransactionKind::Begin => "BEGIN",
                 TransactionKind::Commit => "COMMIT",
@@ -1919,6 +1952,7 @@ impl Database {
         cs: &CreateSink,
         sql: &str,
         progress: Option<Progress>,
+        gpu: GpuSettings,
     ) -> Result<Output> {
         let name = normalize_name(&cs.name)?;
         let mut inner = self.inner.lock().await;
@@ -1929,7 +1963,7 @@ impl Database {
             SinkFrom::Relation(r) => normalize_name(r)?,
             SinkFrom::Query { query, text } => {
                 return self
-                    .create_sink_as(cs, sql, name, query, text, inner, progress)
+                    .create_sink_as(cs, sql, name, query, text, inner, progress, gpu)
                     .await
             }
         };
@@ -2013,11 +2047,14 @@ impl Database {
         query_text: &str,
         mut inner: tokio::sync::MutexGuard<'_, Inner>,
         progress: Option<Progress>,
+        gpu: GpuSettings,
     ) -> Result<Output> {
         let next = inner.epoch + 1;
         self.run_epoch(&mut inner, EpochBatch::new(next), HashSet::new(), &[])?;
         let first = inner.next_state_table;
-        let (mut dataflow, next) = self.plan_view(query, first, &inner, false, true).await?;
+        let (mut dataflow, next) = self
+            .plan_view(query, first, &inner, false, true, (gpu, true))
+            .await?;
         let last = dataflow
             .plan()
             .nodes
@@ -2043,6 +2080,7 @@ impl Database {
             error: None,
             emit_on_window_close: false,
             sink: true,
+            gpu: Some(gpu),
         };
         batch.put_catalog(
             &sink_query_key(&name),
@@ -2241,6 +2279,7 @@ impl Database {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn create_view(
         &self,
         name: &ast::ObjectName,
@@ -2249,6 +2288,7 @@ impl Database {
         query_text: &str,
         emit_on_window_close: bool,
         progress: Option<Progress>,
+        gpu: GpuSettings,
     ) -> Result<Output> {
         let name = normalize_name(name)?;
         let mut inner = self.inner.lock().await;
@@ -2261,7 +2301,14 @@ impl Database {
         self.run_epoch(&mut inner, EpochBatch::new(next), HashSet::new(), &[])?;
         let first = inner.next_state_table;
         let (mut dataflow, next) = self
-            .plan_view(query, first, &inner, emit_on_window_close, false)
+            .plan_view(
+                query,
+                first,
+                &inner,
+                emit_on_window_close,
+                false,
+                (gpu, true),
+            )
             .await?;
         let deltas = self.backfill_inputs(&dataflow, &inner)?;
         let epoch = inner.epoch + 1;
@@ -2276,6 +2323,7 @@ impl Database {
             error: None,
             emit_on_window_close,
             sink: false,
+            gpu: Some(gpu),
         };
         batch.put_catalog(&name, catalog_bytes(&CatalogEntry::View(meta.clone()))?);
         inner.next_state_table = next;
@@ -2810,7 +2858,7 @@ impl Database {
 
     /// EXPLAIN: the plan as indented lines, one row each; with `dot`, a view's dataflow
     /// as one Graphviz document in one row (as PostgreSQL returns non-text formats).
-    async fn explain(&self, stmt: &Statement, dot: bool) -> Result<Output> {
+    async fn explain(&self, stmt: &Statement, dot: bool, gpu: GpuSettings) -> Result<Output> {
         if dot && !matches!(stmt, Statement::CreateMaterializedView { .. }) {
             return Err(PlanError::user(
                 "0A000",
@@ -2826,7 +2874,14 @@ impl Database {
                 let inner = self.inner.lock().await;
                 let first = inner.next_state_table;
                 let (dataflow, _) = self
-                    .plan_view(query, first, &inner, *emit_on_window_close, false)
+                    .plan_view(
+                        query,
+                        first,
+                        &inner,
+                        *emit_on_window_close,
+                        false,
+                        (gpu, true),
+                    )
                     .await?;
                 if dot {
                     dataflow.plan().explain_dot(self.config.workers)

@@ -11,6 +11,7 @@
 pub mod colnames;
 pub mod engine;
 pub mod error;
+pub mod gpu;
 pub mod ingest;
 pub mod now;
 pub mod pg_catalog;

@@ -297,13 +297,15 @@ impl SabotHandler {
         tokio::pin!(cancelled);
         let output = match &parsed.statement {
             Statement::SetVariable { name, value } => {
-                settings.set(name, value);
-                if let Some(e) = entry.filter(|_| name == "application_name") {
-                    e.set_application_name(value);
-                }
-                Ok(Output::Command {
-                    tag: "SET".into(),
-                    rows: None,
+                sabot_planner::gpu::check_setting(name, value).map(|()| {
+                    settings.set(name, value);
+                    if let Some(e) = entry.filter(|_| name == "application_name") {
+                        e.set_application_name(value);
+                    }
+                    Output::Command {
+                        tag: "SET".into(),
+                        rows: None,
+                    }
                 })
             }
             Statement::ResetVariable { name, discard } => {
@@ -424,6 +426,16 @@ fn show_variable(settings: &Settings, name: &str, db: &Database) -> sabot_planne
                 "checkpoint_interval" => {
                     Some(format!("{}ms", db.config().checkpoint_interval.as_millis()))
                 }
+                "gpu" => Some(db.config().gpu.mode.name().to_string()),
+                "gpu_min_rows" => Some(db.config().gpu.min_rows.to_string()),
+                // The device the server found, or why it has none.
+                "gpu_device" => Some(match sabot_gpu::global() {
+                    Some(g) => g.device().name.clone(),
+                    None => format!(
+                        "none ({})",
+                        sabot_gpu::unavailable_reason().unwrap_or_else(|| "gpu = off".into())
+                    ),
+                }),
                 _ => None,
             })
             .ok_or_else(|| {

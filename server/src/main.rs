@@ -50,6 +50,18 @@ enum Command {
         /// PEM private key for TLS (with --tls-cert).
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Where new views' aggregations run: `off` (CPU), `auto` (the GPU when there is
+        /// one, through libcudf), `on` (as auto, but a view fails to create without a
+        /// GPU). Sessions override it with `SET gpu`.
+        #[arg(long, default_value = "auto")]
+        gpu: String,
+        /// The GPU shim, libsabot_cudf.so (default: $SABOT_GPU_LIBRARY, else found on
+        /// the library path). See gpu/README.md.
+        #[arg(long)]
+        gpu_library: Option<PathBuf>,
+        /// Rows an aggregation buffers at least before the GPU takes them.
+        #[arg(long, default_value_t = sabot_planner::gpu::DEFAULT_GPU_MIN_ROWS)]
+        gpu_min_rows: usize,
     },
     /// Write the events a nexmark source generates to files, `person.json`,
     /// `auction.json` and `bid.json` (JSON lines, the sources' columns), so that another
@@ -186,7 +198,34 @@ fn main() -> ExitCode {
             auth,
             tls_cert,
             tls_key,
+            gpu,
+            gpu_library,
+            gpu_min_rows,
         } => {
+            let gpu = match sabot_planner::gpu::GpuMode::parse(&gpu) {
+                Ok(mode) => sabot_planner::gpu::GpuSettings {
+                    mode,
+                    min_rows: gpu_min_rows.max(1),
+                },
+                Err(e) => {
+                    tracing::error!(error = %e.client_message(), "--gpu");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if gpu.mode != sabot_planner::gpu::GpuMode::Off {
+                match sabot_gpu::init(gpu_library.as_deref()) {
+                    Ok(g) => {
+                        tracing::info!(device = %g.device().name, library = %g.path(), "GPU ready")
+                    }
+                    Err(why) if gpu.mode == sabot_planner::gpu::GpuMode::On => {
+                        tracing::error!(reason = %why, "--gpu on, but there is no GPU");
+                        return ExitCode::FAILURE;
+                    }
+                    Err(why) => {
+                        tracing::info!(reason = %why, "no GPU: aggregations run on the CPU")
+                    }
+                }
+            }
             let workers = workers
                 .unwrap_or_else(|| {
                     std::thread::available_parallelism()
@@ -199,6 +238,7 @@ fn main() -> ExitCode {
                     data_dir,
                     workers,
                     checkpoint_interval: checkpoint_interval.max(Duration::from_millis(10)),
+                    gpu,
                 },
                 pg_listen,
                 http_listen,

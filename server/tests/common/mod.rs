@@ -38,7 +38,11 @@ impl Server {
         for _ in 0..5 {
             let port = free_port();
             let http = free_port();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_sabot"))
+            // SABOT_BIN: a test binary carried to another machine (the GPU machine) runs
+            // the `sabot` carried beside it.
+            let bin = std::env::var("SABOT_BIN")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_sabot").to_string());
+            let mut child = Command::new(bin)
                 .args(["serve", "--data-dir"])
                 .arg(dir)
                 .args(["--pg-listen", &format!("127.0.0.1:{port}")])
