@@ -198,6 +198,10 @@ struct staged_batch {
   std::vector<std::vector<void const*>> buffers;
 };
 
+// The staged copy owns nothing (the staging area and the caller's batch do); a live
+// release callback keeps it a valid, unreleased array for libcudf.
+void release_nothing(ArrowArray* a) { a->release = nullptr; }
+
 // Copies the batch's buffers into the pinned staging area; false (nothing staged) when a
 // column's layout is unknown here or the batch does not fit.
 bool stage(ArrowSchema const* schema, ArrowArray const* batch, staged_batch& out) {
@@ -214,14 +218,14 @@ bool stage(ArrowSchema const* schema, ArrowArray const* batch, staged_batch& out
   if (!st.reserve(total)) return false;
   auto* base = static_cast<char*>(st.data);
   size_t at  = 0;
-  out.top    = *batch;
-  out.top.release = nullptr;
+  out.top         = *batch;
+  out.top.release = release_nothing;
   out.children.resize(batch->n_children);
   out.buffers.resize(batch->n_children);
   for (int64_t c = 0; c < batch->n_children; c++) {
     ArrowArray const* src = batch->children[c];
-    out.children[c]       = *src;
-    out.children[c].release = nullptr;
+    out.children[c]         = *src;
+    out.children[c].release = release_nothing;
     out.buffers[c].resize(src->n_buffers);
     for (int64_t b = 0; b < src->n_buffers; b++) {
       if (src->buffers[b] == nullptr || sizes[c][b] == 0) {

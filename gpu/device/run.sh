@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# On the GPU machine, after ../shared/gpu/stage-libcudf.sh's calls and gpu/device/pack.sh's:
+# the GPU tests and the group-by benchmark. Logs go to $OUT (they come back).
+set -uo pipefail
+R=/tmp/sabot-run
+source /tmp/cudf/env.sh
+export SABOT_GPU_LIBRARY=$R/libsabot_cudf.so SABOT_BIN=$R/sabot RUST_BACKTRACE=1
+OUT=${OUT:-/tmp/sabot-run-out}; mkdir -p "$OUT"
+status=0
+step() { local name=$1; shift; echo "== $name: $*"; "$@" > "$OUT/$name.log" 2>&1; local rc=$?;
+         tail -25 "$OUT/$name.log"; echo "== $name: exit $rc"; [ $rc -eq 0 ] || status=1; }
+nvidia-smi -L 2>&1 | tee "$OUT/device.txt"
+step shim "$R/test-device" --test-threads 1 --nocapture
+step incremental "$R/test-incremental" partial --nocapture
+step server "$R/test-gpu" --nocapture
+step bench "$R/groupby_bench" 50000000 10000 1000000
+exit $status
