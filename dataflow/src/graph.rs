@@ -59,6 +59,12 @@ pub enum NodeKind {
     Filter {
         predicate: Arc<dyn PhysicalExpr>,
     },
+    /// A [`NodeKind::Filter`] whose predicate the GPU evaluates (see
+    /// [`crate::ops::filter::FilterOffload`]).
+    GpuFilter {
+        predicate: Arc<dyn PhysicalExpr>,
+        offload: crate::ops::filter::FilterOffload,
+    },
     /// A condition on `NOW()` re-evaluated as the clock moves (see
     /// [`crate::ops::temporal_filter`]); one state table for the rows it keeps.
     TemporalFilter(TemporalFilterSpec),
@@ -168,6 +174,7 @@ impl StreamPlan {
                 NodeKind::Source { relation } => relation_append_only(relation),
                 NodeKind::Connector { .. } => true,
                 NodeKind::Filter { .. }
+                | NodeKind::GpuFilter { .. }
                 | NodeKind::WatermarkFilter(_)
                 | NodeKind::Project { .. }
                 | NodeKind::ProcessingTime
@@ -281,6 +288,16 @@ impl StreamPlan {
                 spec.text
             ),
             NodeKind::Filter { predicate } => format!("Filter: {predicate}"),
+            NodeKind::GpuFilter { predicate, offload } => format!(
+                "Filter: {predicate}, on {}: runs of >= {} rows (rows and weights host to \
+                 device, kept rows device to host)",
+                match &offload.gpu {
+                    crate::ops::filter::FilterKernel::Gpu(g) =>
+                        format!("GPU ({}, libcudf AST)", g.device().name),
+                    crate::ops::filter::FilterKernel::Cpu => "CPU (buffered)".to_string(),
+                },
+                offload.min_rows
+            ),
             NodeKind::TemporalFilter(spec) => format!(
                 "TemporalFilter: {}, rows {} as now() advances",
                 spec.text,
@@ -566,6 +583,10 @@ fn instantiate(node: &PlanNode, partitioner: Partitioner) -> Result<Box<dyn Oper
         )?),
         NodeKind::WatermarkFilter(spec) => Box::new(WatermarkFilterOp::new(spec.clone())),
         NodeKind::Filter { predicate } => Box::new(FilterOp::new(Arc::clone(predicate))),
+        NodeKind::GpuFilter { predicate, offload } => Box::new(FilterOp::with_offload(
+            Arc::clone(predicate),
+            offload.clone(),
+        )),
         NodeKind::TemporalFilter(spec) => {
             Box::new(TemporalFilterOp::try_new(spec.clone(), table(0)?)?)
         }

@@ -17,6 +17,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::scalar::ScalarValue;
 use proptest::prelude::*;
 use sabot_dataflow::ops::aggregate::{AggCall, AggKind, AggregateSpec, Offload};
+use sabot_dataflow::ops::filter::{FilterKernel, FilterOffload};
 use sabot_dataflow::ops::join::{JoinKind, JoinSpec};
 use sabot_dataflow::ops::partial::Kernel;
 use sabot_dataflow::ops::topn::TopNSpec;
@@ -589,6 +590,64 @@ fn filter_plan() -> StreamPlan {
     }
 }
 
+/// `filter_plan` with the predicate on the GPU path (buffered runs, weights carried
+/// along): `(v > 3 OR k IN (1, 2)) AND NOT (id % 5 = 0) AND v IS NOT NULL`.
+fn gpu_filter_plan(kernel: FilterKernel, min_rows: usize) -> StreamPlan {
+    let lit =
+        |n: i64| -> Arc<dyn PhysicalExpr> { Arc::new(Literal::new(ScalarValue::Int64(Some(n)))) };
+    let bin = |l, op, r| -> Arc<dyn PhysicalExpr> { Arc::new(BinaryExpr::new(l, op, r)) };
+    let in_list: Arc<dyn PhysicalExpr> = Arc::new(
+        datafusion::physical_expr::expressions::InListExpr::try_new(
+            col("k", 1),
+            vec![lit(1), lit(2)],
+            false,
+            &schema(&["id", "k", "v"]),
+        )
+        .unwrap(),
+    );
+    let predicate = bin(
+        bin(
+            bin(bin(col("v", 2), BinOp::Gt, lit(3)), BinOp::Or, in_list),
+            BinOp::And,
+            Arc::new(datafusion::physical_expr::expressions::NotExpr::new(bin(
+                bin(col("id", 0), BinOp::Modulo, lit(5)),
+                BinOp::Eq,
+                lit(0),
+            ))),
+        ),
+        BinOp::And,
+        Arc::new(datafusion::physical_expr::expressions::IsNotNullExpr::new(
+            col("v", 2),
+        )),
+    );
+    let offload =
+        FilterOffload::try_new(kernel, min_rows, &predicate, &schema(&["id", "k", "v"])).unwrap();
+    let mut plan = filter_plan();
+    plan.nodes[1].kind = NodeKind::GpuFilter { predicate, offload };
+    plan
+}
+
+fn gpu_filter_recompute(d: &Inputs) -> Vec<Row> {
+    d.rows(0)
+        .into_iter()
+        .filter(|r| {
+            let v = r[2];
+            let k = r[1];
+            let any = matches!(v, Some(v) if v > 3) || matches!(k, Some(1 | 2));
+            any && r[0].is_some_and(|id| id % 5 != 0) && v.is_some()
+        })
+        .map(|r| vec![r[1], r[2].map(|v| v + 1)])
+        .collect()
+}
+
+/// The process's GPU when one is here (a device run), else the CPU over the same runs.
+fn filter_kernel() -> FilterKernel {
+    match sabot_gpu::Gpu::load(None) {
+        Ok(g) => FilterKernel::Gpu(Arc::new(g)),
+        Err(_) => FilterKernel::Cpu,
+    }
+}
+
 fn filter_recompute(d: &Inputs) -> Vec<Row> {
     d.rows(0)
         .into_iter()
@@ -768,6 +827,11 @@ proptest! {
     #[test]
     fn aggregate_by_partial_sums_over_append_only_input(e in append_epochs(), workers in 1usize..=3, restart in 0usize..14) {
         check(partial_sum_plan(partial_kernel(), 1, true), 1, e, workers, restart, partial_sum_recompute)?;
+    }
+
+    #[test]
+    fn filter_on_the_gpu_path(min_rows in prop_oneof![Just(1usize), Just(4)], e in epochs(1), workers in 1usize..=2, restart in 0usize..12) {
+        check(gpu_filter_plan(filter_kernel(), min_rows), 1, e, workers, restart, gpu_filter_recompute)?;
     }
 
     #[test]

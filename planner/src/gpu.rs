@@ -1,10 +1,12 @@
 //! Where a view's kernels run: the `gpu` setting (`off`, `auto`, `on`; the server's
-//! `--gpu` flag gives the default, `SET gpu` a session's) and the aggregates it sends to
-//! the GPU. A view keeps the setting it was created with, across restarts.
+//! `--gpu` flag gives the default, `SET gpu` a session's) and the aggregates and filters
+//! it sends to the GPU. A view keeps the setting it was created with, across restarts.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use sabot_dataflow::ops::aggregate::Offload;
+use sabot_dataflow::ops::filter::{FilterKernel, FilterOffload};
 use sabot_dataflow::ops::partial::Kernel;
 use sabot_dataflow::{NodeKind, StreamPlan};
 use serde::{Deserialize, Serialize};
@@ -102,7 +104,8 @@ pub fn check_setting(name: &str, value: &str) -> Result<()> {
     }
 }
 
-/// Sends the plan's aggregates that partial sums can compute to the process's GPU.
+/// Sends to the process's GPU the plan's aggregates that partial sums can compute and,
+/// in a plan without watermarks, its filters whose predicate translates exactly.
 /// `strict` (a new view): `on` without a GPU is an error; otherwise (a view recovered
 /// at start) such a view runs on the CPU, with a warning.
 pub fn place(plan: &mut StreamPlan, settings: GpuSettings, strict: bool) -> Result<()> {
@@ -122,14 +125,35 @@ pub fn place(plan: &mut StreamPlan, settings: GpuSettings, strict: bool) -> Resu
         }
         return Ok(());
     };
+    // A GPU filter holds its rows until the barrier: only where no watermark moves on
+    // meanwhile.
+    let watermarks = plan
+        .watermark_columns()
+        .map(|w| w.iter().flatten().any(|m| *m))
+        .unwrap_or(true);
     for node in &mut plan.nodes {
-        if let NodeKind::Aggregate(spec) = &mut node.kind {
-            if spec.offload_calls().is_ok() {
+        match &mut node.kind {
+            NodeKind::Aggregate(spec) if spec.offload_calls().is_ok() => {
                 spec.offload = Some(Offload {
-                    kernel: Kernel::Gpu(std::sync::Arc::clone(&gpu)),
+                    kernel: Kernel::Gpu(Arc::clone(&gpu)),
                     min_rows: settings.min_rows,
                 });
             }
+            NodeKind::Filter { predicate } if !watermarks => {
+                let offload = FilterOffload::try_new(
+                    FilterKernel::Gpu(Arc::clone(&gpu)),
+                    settings.min_rows,
+                    predicate,
+                    &node.schema,
+                );
+                if let Ok(offload) = offload {
+                    node.kind = NodeKind::GpuFilter {
+                        predicate: Arc::clone(predicate),
+                        offload,
+                    };
+                }
+            }
+            _ => {}
         }
     }
     Ok(())

@@ -9,7 +9,7 @@ mod common;
 use common::{same_multiset, scalar, Lcg, Server};
 use tokio_postgres::Client;
 
-const QUERIES: [(&str, &str); 2] = [
+const QUERIES: [(&str, &str); 4] = [
     (
         "by_k",
         "SELECT k, count(*) AS n, count(v) AS nv, sum(v) AS sv, avg(v) AS av, sum(f) AS sf, \
@@ -18,6 +18,14 @@ const QUERIES: [(&str, &str); 2] = [
     (
         "by_s",
         "SELECT s, k % 3 AS m, count(*) AS n, sum(v) AS sv, avg(f) AS af FROM t GROUP BY s, k % 3",
+    ),
+    (
+        "filtered",
+        "SELECT id, k, s, v, f FROM t WHERE (k % 3 = 1 OR k IN (5, 7)) AND v IS NOT NULL",
+    ),
+    (
+        "filtered_sums",
+        "SELECT k, count(*) AS n, sum(v) AS sv FROM t WHERE id % 4 <> 0 AND NOT (k > 150) GROUP BY k",
     ),
 ];
 
@@ -147,6 +155,18 @@ async fn gpu_views_match_cpu_views() {
     .concat()
     .join("\n");
     assert_eq!(explain.contains("on GPU"), has_gpu, "{explain}");
+    let explain = common::rows(
+        &client,
+        &format!("EXPLAIN CREATE MATERIALIZED VIEW x AS {}", QUERIES[2].1),
+    )
+    .await
+    .concat()
+    .join("\n");
+    assert_eq!(
+        explain.contains("Filter") && explain.contains("on GPU"),
+        has_gpu,
+        "{explain}"
+    );
     for (name, q) in QUERIES {
         client
             .batch_execute(&format!("CREATE MATERIALIZED VIEW gpu_{name} AS {q}"))

@@ -352,7 +352,7 @@ pub fn derive(
         | NodeKind::Over(_)
         // A right row arriving late revises the match of older left rows.
         | NodeKind::AsofJoin(_) => {}
-        NodeKind::Filter { .. } | NodeKind::TemporalFilter(_) | NodeKind::Materialize
+        NodeKind::Filter { .. } | NodeKind::GpuFilter { .. } | NodeKind::TemporalFilter(_) | NodeKind::Materialize
         | NodeKind::MaterializeAppendOnly
         | NodeKind::Emit { .. } => {
             out = first()
