@@ -87,7 +87,7 @@ def percentile(values, p):
 class Sabot:
     """A `sabot serve` on free ports over a fresh data directory."""
 
-    def __init__(self, binary, workers, data_dir):
+    def __init__(self, binary, workers, data_dir, gpu="off"):
         self.port = free_port()
         self.proc = subprocess.Popen(
             [
@@ -97,6 +97,7 @@ class Sabot:
                 "--http-listen", f"127.0.0.1:{free_port()}",
                 "--workers", str(workers),
                 "--checkpoint-interval", "200ms",
+                "--gpu", gpu,
             ],
             stdout=subprocess.DEVNULL,
             stderr=open(Path(data_dir).parent / "sabot.log", "wb"),
@@ -111,7 +112,9 @@ class Sabot:
                 return
             except psycopg.OperationalError:
                 if self.proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"sabot did not start (exit {self.proc.poll()})")
+                    log = (Path(data_dir).parent / "sabot.log").read_text(errors="replace")
+                    raise RuntimeError(f"sabot did not start (exit {self.proc.poll()}): "
+                                       f"{log.strip().splitlines()[-1:] if log.strip() else ''}")
                 time.sleep(0.1)
 
     def rows(self, sql):
@@ -135,9 +138,9 @@ def sources_of(sql):
     return [k for k in ("person", "auction", "bid") if re.search(rf"\b{k}\b", sql, re.I)]
 
 
-def run_sabot(binary, name, sql, events, workers, progress, sink=False):
+def run_sabot(binary, name, sql, events, workers, progress, sink=False, gpu="off"):
     work = Path(tempfile.mkdtemp(prefix=f"sabot-nexmark-{name}-"))
-    server = Sabot(binary, workers, work / "data")
+    server = Sabot(binary, workers, work / "data", gpu)
     server.work = work
     try:
         for kind in sources_of(sql):
@@ -329,6 +332,11 @@ def main():
                     help="run each query as CREATE SINK ... AS query WITH (connector = "
                          "'blackhole') instead of a materialized view: nothing is kept, as "
                          "on Flink's side (rows are then not counted)")
+    ap.add_argument("--gpu", choices=["off", "auto", "on"], default="off",
+                    help="sabot serve --gpu (gpu/README.md): where aggregations and filters run")
+    ap.add_argument("--gpu-compare", action="store_true",
+                    help="run each query on Sabot twice in the same run, --gpu off and "
+                         "--gpu on (needs the GPU shim: SABOT_GPU_LIBRARY), and report both")
     args = ap.parse_args()
 
     names = [q.strip() for q in args.queries.split(",") if q.strip()]
@@ -360,17 +368,24 @@ def main():
         sql = (HERE / "queries" / f"{name}.sql").read_text().strip().rstrip(";")
         entry = {"query": name, "events": args.events, "workers": args.workers,
                  "sabot_mode": "blackhole sink" if args.sink else "materialized view"}
-        r = run_sabot(args.sabot, name, sql, args.events, args.workers, progress, args.sink)
-        try:
-            if args.check:
-                check(name, r, args.events)
-        finally:
-            r.pop("server").stop()
-        print(file=sys.stderr)
-        r["events_per_s"] = args.events / r["seconds"]
-        r["events_per_s_per_core"] = r["events_per_s"] / args.workers
-        r["events_per_cpu_s"] = args.events / r["cpu_seconds"] if r["cpu_seconds"] else None
-        entry["sabot"] = r
+        modes = ["off", "on"] if args.gpu_compare else [args.gpu]
+        for mode in modes:
+            r = run_sabot(args.sabot, name, sql, args.events, args.workers, progress, args.sink,
+                          mode)
+            try:
+                if args.check:
+                    check(name, r, args.events)
+            finally:
+                r.pop("server").stop()
+            print(file=sys.stderr)
+            r["events_per_s"] = args.events / r["seconds"]
+            r["events_per_s_per_core"] = r["events_per_s"] / args.workers
+            r["events_per_cpu_s"] = args.events / r["cpu_seconds"] if r["cpu_seconds"] else None
+            r["gpu"] = mode
+            entry["sabot_gpu" if args.gpu_compare and mode == "on" else "sabot"] = r
+        if args.gpu_compare:
+            entry["gpu_over_cpu"] = entry["sabot_gpu"]["events_per_s"] / entry["sabot"]["events_per_s"]
+        r = entry["sabot"]
         if args.flink:
             f = run_flink(args.flink_python, flink_events, name, args.workers)
             if f is not None:
@@ -384,6 +399,8 @@ def main():
 
     header = (f"{'query':>5} {'events/s':>10} {'/core':>9} {'cpu s':>7} {'ev/cpu-s':>9} "
               f"{'RSS MiB':>8} {'fresh p50':>9} {'p99':>6} {'rows':>9}")
+    if args.gpu_compare:
+        header += f" {'gpu ev/s':>10} {'/core':>9} {'gpu/cpu':>7}"
     if args.flink:
         header += f" {'flink ev/s':>10} {'/core':>9} {'ev/cpu-s':>9} {'RSS MiB':>8} {'ratio':>6}"
     print(header)
@@ -393,6 +410,10 @@ def main():
                 f"{s['cpu_seconds']:>7.1f} {fmt(s['events_per_cpu_s'], '>9.0f')} "
                 f"{fmt(s['peak_rss_mib'], '>8.0f')} {fmt(s['freshness_p50_s'], '>9.2f')} "
                 f"{fmt(s['freshness_p99_s'], '>6.2f')} {fmt(s['rows'], '>9')}")
+        if args.gpu_compare:
+            g = e["sabot_gpu"]
+            line += (f" {g['events_per_s']:>10.0f} {g['events_per_s_per_core']:>9.0f} "
+                     f"{e['gpu_over_cpu']:>7.2f}")
         if args.flink:
             f = e.get("flink")
             line += (f" {f['events_per_s']:>10.0f} {f['events_per_s_per_core']:>9.0f} "
