@@ -24,17 +24,25 @@ for line in sys.stdin:
     j = json.loads(line)
     if j.get("reason") == "compiler-artifact" and j.get("executable") and j["target"]["kind"] == ["test"]:
         print(j["target"]["name"], j["executable"])')
-cargo build -q --bin sabot
+cargo build -q --release --bin sabot
 cargo build -q --release -p sabot-dataflow --example groupby_bench
+nexmark=$(cargo bench -p sabot-server --bench nexmark_gpu --no-run --message-format=json 2>/dev/null |
+          python3 -c 'import sys, json
+for line in sys.stdin:
+    j = json.loads(line)
+    if j.get("reason") == "compiler-artifact" and j.get("executable") and j["target"]["name"] == "nexmark_gpu":
+        print(j["executable"])')
 
 pack=$T/gpu-run-pack
 rm -rf "$pack"; mkdir -p "$pack/run"
 while read -r name exe; do cp "$exe" "$pack/run/test-$name"; done <<< "$tests"
-cp "$T/debug/sabot" "$pack/run/sabot"
+cp "$T/release/sabot" "$pack/run/sabot"
 cp "$T/release/examples/groupby_bench" "$pack/run/groupby_bench"
+cp "$nexmark" "$pack/run/nexmark_gpu"
+cp -r benches/nexmark/queries "$pack/run/queries"
 cp "$T/gpu-shim/libsabot_cudf.so" "$pack/run/"
 cp gpu/device/run.sh "$pack/run/"
-strip --strip-debug "$pack"/run/test-* "$pack/run/sabot" "$pack/run/groupby_bench"
+strip --strip-debug "$pack"/run/test-* "$pack/run/sabot" "$pack/run/groupby_bench" "$pack/run/nexmark_gpu"
 (cd "$pack" && tar cf - run) | zstd -q -19 -T0 -o "$pack/run.tar.zst"
 (cd "$pack" && split -b "${PART_MB}M" -d run.tar.zst part.)
 parts=("$pack"/part.*)

@@ -14,4 +14,5 @@ step shim "$R/test-device" --test-threads 1 --nocapture
 step incremental "$R/test-incremental" partial --nocapture
 step server "$R/test-gpu" --nocapture
 step bench "$R/groupby_bench" 50000000 10000 1000000
+step nexmark "$R/nexmark_gpu" --events 10000000 --queries q4,q5,q12 --queries-dir "$R/queries"
 exit $status
