@@ -87,7 +87,9 @@ async fn run(name: &str, sql: &str, events: u64, gpu: &str) -> (f64, Vec<Vec<Opt
 
 #[allow(clippy::print_stdout)]
 fn main() {
-    let events: u64 = flag("--events").and_then(|e| e.parse().ok()).unwrap_or(10_000_000);
+    let events: u64 = flag("--events")
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(10_000_000);
     let queries = flag("--queries").unwrap_or_else(|| "q4,q5,q12".into());
     let dir = flag("--queries-dir").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/nexmark/queries")
@@ -117,6 +119,9 @@ fn main() {
             "{{\"query\": \"{name}\", \"gpu_over_cpu\": {:.3}, \"same_rows\": {same}}}",
             rates[1] / rates[0]
         );
-        assert!(same, "{name}: the GPU view's rows differ from the CPU view's");
+        assert!(
+            same,
+            "{name}: the GPU view's rows differ from the CPU view's"
+        );
     }
 }

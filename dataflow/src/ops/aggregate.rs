@@ -28,7 +28,9 @@ use crate::batch::{batch_with_schema, ChangeBatch};
 use crate::codec::{join_prefixed, put_bytes, split_prefixed, Reader, Writer};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
-use crate::ops::partial::{partial_sums, CallInput, CallKind, CallSums, Kernel, Partials};
+use crate::ops::partial::{
+    partial_sums, CallInput, CallKind, CallSums, GpuHealth, Kernel, Partials,
+};
 use crate::ops::watermark::{behind_watermarks, raise};
 use crate::row::{Partitioner, RowCodec};
 
@@ -313,9 +315,8 @@ pub struct AggregateOp {
     offload: Option<(Offload, Vec<CallInput>)>,
     pending: Vec<ChangeBatch>,
     pending_rows: usize,
-    /// Partial-sum runs and the rows they took, and runs the CPU took over.
-    pub(crate) offload_runs: u64,
-    offload_fallbacks: u64,
+    /// How its partial-sum runs on the GPU have gone.
+    gpu_health: GpuHealth,
 }
 
 impl AggregateOp {
@@ -393,8 +394,7 @@ impl AggregateOp {
             offload,
             pending: Vec::new(),
             pending_rows: 0,
-            offload_runs: 0,
-            offload_fallbacks: 0,
+            gpu_health: GpuHealth::default(),
             order_codecs,
             key_codec: RowCodec::new(key_types)?,
             watermarks: vec![None; spec.group_count],
@@ -1304,7 +1304,7 @@ impl AggregateOp {
         let Some((offload, calls)) = &self.offload else {
             return Ok(());
         };
-        if rows > 0 && rows >= offload.min_rows {
+        if rows > 0 && rows >= offload.min_rows && self.gpu_health.usable() {
             match partial_sums(
                 &offload.kernel,
                 &self.key_codec,
@@ -1313,19 +1313,14 @@ impl AggregateOp {
                 &batches,
             ) {
                 Ok(Some(partials)) => {
-                    self.offload_runs += 1;
+                    self.gpu_health.succeeded();
                     return self.merge_partials(&partials);
                 }
                 Ok(None) => {}
                 Err(DataflowError::Gpu {
                     cpu_can_take_over: true,
                     message,
-                }) => {
-                    self.offload_fallbacks += 1;
-                    if self.offload_fallbacks == 1 {
-                        tracing::warn!(%message, rows, "GPU aggregation failed; the CPU takes over");
-                    }
-                }
+                }) => self.gpu_health.failed("HashAggregate", &message, rows),
                 Err(e) => return Err(e),
             }
         }

@@ -22,7 +22,7 @@ use sabot_storage::StateWriter;
 use crate::batch::ChangeBatch;
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
-use crate::ops::partial::gpu_error;
+use crate::ops::partial::{gpu_error, GpuHealth};
 
 /// Rows buffered at most before the GPU filters them.
 const FLUSH_ROWS: usize = 1 << 22;
@@ -244,7 +244,7 @@ pub struct FilterOp {
     offload: Option<FilterOffload>,
     pending: Vec<ChangeBatch>,
     pending_rows: usize,
-    fallbacks: u64,
+    gpu_health: GpuHealth,
 }
 
 impl FilterOp {
@@ -254,7 +254,7 @@ impl FilterOp {
             offload: None,
             pending: Vec::new(),
             pending_rows: 0,
-            fallbacks: 0,
+            gpu_health: GpuHealth::default(),
         }
     }
 
@@ -286,23 +286,19 @@ impl FilterOp {
         let Some(offload) = &self.offload else {
             return Ok(());
         };
-        if rows > 0 && rows >= offload.min_rows {
+        if rows > 0 && rows >= offload.min_rows && self.gpu_health.usable() {
             // Nothing reaches `out` unless the whole run went through.
             let mut kept = Vec::new();
             match self.filter_run(offload, &batches, &mut kept) {
                 Ok(()) => {
+                    self.gpu_health.succeeded();
                     out.extend(kept);
                     return Ok(());
                 }
                 Err(DataflowError::Gpu {
                     cpu_can_take_over: true,
                     message,
-                }) => {
-                    self.fallbacks += 1;
-                    if self.fallbacks == 1 {
-                        tracing::warn!(%message, rows, "GPU filter failed; the CPU takes over");
-                    }
-                }
+                }) => self.gpu_health.failed("Filter", &message, rows),
                 Err(e) => return Err(e),
             }
         }

@@ -241,6 +241,43 @@ fn gpu_sums(gpu: &Gpu, input: &RecordBatch, group_count: usize) -> Result<Record
     Ok(RecordBatch::try_new(input.schema(), columns)?)
 }
 
+/// Failed GPU runs in a row after which an operator keeps to the CPU.
+const GIVE_UP_AFTER: u32 = 3;
+
+/// How an operator's GPU runs have gone. A failed run is redone on the CPU; after
+/// [`GIVE_UP_AFTER`] failures in a row (a type libcudf does not take, a device that
+/// keeps failing) the operator stops trying.
+#[derive(Debug, Default)]
+pub struct GpuHealth {
+    in_a_row: u32,
+    pub failures: u64,
+    pub runs: u64,
+    disabled: bool,
+}
+
+impl GpuHealth {
+    pub fn usable(&self) -> bool {
+        !self.disabled
+    }
+
+    pub fn succeeded(&mut self) {
+        self.in_a_row = 0;
+        self.runs += 1;
+    }
+
+    pub fn failed(&mut self, operator: &str, message: &str, rows: usize) {
+        self.failures += 1;
+        self.in_a_row += 1;
+        if self.in_a_row == 1 {
+            tracing::warn!(operator, %message, rows, "GPU run failed; the CPU redoes it");
+        }
+        if self.in_a_row >= GIVE_UP_AFTER {
+            self.disabled = true;
+            tracing::warn!(operator, %message, "GPU runs keep failing; this operator stays on the CPU");
+        }
+    }
+}
+
 pub fn gpu_error(e: GpuError) -> DataflowError {
     DataflowError::Gpu {
         cpu_can_take_over: e.cpu_can_take_over(),
@@ -283,4 +320,23 @@ fn cpu_sums(key_codec: &RowCodec, input: &RecordBatch, group_count: usize) -> Re
         }
     }
     Ok(RecordBatch::try_new(input.schema(), columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operator_gives_up_on_the_gpu_after_failures_in_a_row_only() {
+        let mut h = GpuHealth::default();
+        h.failed("op", "out of memory", 10);
+        h.failed("op", "out of memory", 10);
+        h.succeeded();
+        h.failed("op", "out of memory", 10);
+        h.failed("op", "out of memory", 10);
+        assert!(h.usable(), "a success in between resets the streak");
+        h.failed("op", "out of memory", 10);
+        assert!(!h.usable());
+        assert_eq!((h.failures, h.runs), (5, 1));
+    }
 }
