@@ -366,8 +366,8 @@ fn partial_sum_recompute(d: &Inputs) -> Vec<Row> {
 
 /// The process's GPU when one is here (a device run), else the CPU's reference kernel.
 fn partial_kernel() -> Kernel {
-    match sabot_gpu::Gpu::load(None) {
-        Ok(g) => Kernel::Gpu(Arc::new(g)),
+    match sabot_gpu::init(None) {
+        Ok(g) => Kernel::Gpu(g),
         Err(_) => Kernel::Cpu,
     }
 }
@@ -642,8 +642,8 @@ fn gpu_filter_recompute(d: &Inputs) -> Vec<Row> {
 
 /// The process's GPU when one is here (a device run), else the CPU over the same runs.
 fn filter_kernel() -> FilterKernel {
-    match sabot_gpu::Gpu::load(None) {
-        Ok(g) => FilterKernel::Gpu(Arc::new(g)),
+    match sabot_gpu::init(None) {
+        Ok(g) => FilterKernel::Gpu(g),
         Err(_) => FilterKernel::Cpu,
     }
 }

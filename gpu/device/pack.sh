@@ -24,9 +24,12 @@ for line in sys.stdin:
     j = json.loads(line)
     if j.get("reason") == "compiler-artifact" and j.get("executable") and j["target"]["kind"] == ["test"]:
         print(j["target"]["name"], j["executable"])')
-cargo build -q --release --bin sabot
-cargo build -q --release -p sabot-dataflow --example groupby_bench
-nexmark=$(cargo bench -p sabot-server --bench nexmark_gpu --no-run --message-format=json 2>/dev/null |
+# PACK_PROFILE=debug: a quicker pack to try the mechanics (its figures mean nothing).
+profile=${PACK_PROFILE:-release}
+if [ "$profile" = release ]; then rel=--release; bench=(bench --no-run); else rel=; bench=(build --benches); fi
+cargo build -q $rel --bin sabot
+cargo build -q $rel -p sabot-dataflow --example groupby_bench
+nexmark=$(cargo "${bench[@]}" -p sabot-server --bench nexmark_gpu --message-format=json 2>/dev/null |
           python3 -c 'import sys, json
 for line in sys.stdin:
     j = json.loads(line)
@@ -36,8 +39,8 @@ for line in sys.stdin:
 pack=$T/gpu-run-pack
 rm -rf "$pack"; mkdir -p "$pack/run"
 while read -r name exe; do cp "$exe" "$pack/run/test-$name"; done <<< "$tests"
-cp "$T/release/sabot" "$pack/run/sabot"
-cp "$T/release/examples/groupby_bench" "$pack/run/groupby_bench"
+cp "$T/$profile/sabot" "$pack/run/sabot"
+cp "$T/$profile/examples/groupby_bench" "$pack/run/groupby_bench"
 cp "$nexmark" "$pack/run/nexmark_gpu"
 cp -r benches/nexmark/queries "$pack/run/queries"
 cp "$T/gpu-shim/libsabot_cudf.so" "$pack/run/"

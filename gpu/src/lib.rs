@@ -125,7 +125,9 @@ impl AggKind {
 
 /// The loaded shim and the device it found.
 pub struct Gpu {
-    lib: sys::SabotCudf,
+    /// Never unloaded: unloading libcudf while the CUDA runtime holds its state is not
+    /// safe, and a process loads it once anyway.
+    lib: std::mem::ManuallyDrop<sys::SabotCudf>,
     path: String,
     device: DeviceInfo,
 }
@@ -225,6 +227,7 @@ impl Gpu {
             path: shown.clone(),
             message: e.to_string(),
         })?;
+        let lib = std::mem::ManuallyDrop::new(lib);
         // SAFETY: a function without arguments, present (checked by the load).
         let found = unsafe { lib.sabot_cudf_abi_version() };
         let expected = sys::SABOT_CUDF_ABI_VERSION as i32;
