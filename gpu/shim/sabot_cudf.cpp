@@ -290,8 +290,10 @@ void to_host(cudf::table_view const& table, ArrowSchema* out_schema, ArrowArray*
     names.emplace_back("c" + std::to_string(c));
   auto schema = std::make_unique<schema_holder>(
     schema_holder{cudf::to_arrow_schema(table, std::span<cudf::column_metadata const>(names))});
-  auto array = std::make_unique<array_holder>(
-    array_holder{cudf::to_arrow_host(table, cudf::get_default_stream())});
+  auto stream = cudf::get_default_stream();
+  auto array  = std::make_unique<array_holder>(array_holder{cudf::to_arrow_host(table, stream)});
+  // The host copies are complete before the caller reads them.
+  stream.sync();
   *out_schema              = *schema->schema;
   out_schema->release      = release_schema;
   out_schema->private_data = schema.release();
