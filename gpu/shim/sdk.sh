@@ -20,7 +20,7 @@ for p in "libcudf-cu13==26.10.2" "librmm-cu13==26.10.0" "libkvikio-cu13==26.10.0
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     "${plat[@]}" -d "$SDK/whl" "$p" >&2
 done
-(cd "$SDK/x" && for w in ../whl/*.whl; do unzip -q -o "$w"; done)
+for w in "$SDK"/whl/*.whl; do python3 -m zipfile -e "$w" "$SDK/x"; done
 x=$SDK/x
 for d in libcudf librmm libkvikio rapids_logger; do cp -rn "$x/$d/include/." "$SDK/include/"; done
 cp "$x"/libcudf/lib64/*.so "$x"/librmm/lib64/*.so "$x"/libkvikio/lib64/*.so "$x"/rapids_logger/lib64/*.so "$SDK/lib/"
