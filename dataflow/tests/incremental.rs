@@ -161,6 +161,33 @@ fn materialize(input: usize, schema: SchemaRef, table: u32) -> PlanNode {
     }
 }
 
+/// source → projection of the aggregate's inputs → aggregate → materialize.
+fn project_aggregate(
+    pre_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    pre_schema: SchemaRef,
+    spec: AggregateSpec,
+    out: SchemaRef,
+) -> StreamPlan {
+    StreamPlan {
+        nodes: vec![
+            source(0),
+            PlanNode {
+                kind: NodeKind::Project { exprs: pre_exprs },
+                inputs: vec![0],
+                schema: pre_schema,
+                state_tables: vec![],
+            },
+            PlanNode {
+                kind: NodeKind::Aggregate(spec),
+                inputs: vec![1],
+                schema: Arc::clone(&out),
+                state_tables: vec![1, 3],
+            },
+            materialize(2, out, 2),
+        ],
+    }
+}
+
 /// SELECT k, count(*), count(v), sum(v), min(v), max(v), sum(v) FILTER (WHERE v > 5),
 /// bool_and(v > 10), count(DISTINCT v), sum(DISTINCT v) FILTER (WHERE v > 5)
 /// FROM in0 GROUP BY k
@@ -218,24 +245,7 @@ fn aggregate_plan(global: bool, append_only_input: bool) -> StreamPlan {
         append_only_input,
         offload: None,
     };
-    StreamPlan {
-        nodes: vec![
-            source(0),
-            PlanNode {
-                kind: NodeKind::Project { exprs: pre_exprs },
-                inputs: vec![0],
-                schema: pre_schema,
-                state_tables: vec![],
-            },
-            PlanNode {
-                kind: NodeKind::Aggregate(spec),
-                inputs: vec![1],
-                schema: Arc::clone(&out),
-                state_tables: vec![1, 3],
-            },
-            materialize(2, out, 2),
-        ],
-    }
+    project_aggregate(pre_exprs, pre_schema, spec, out)
 }
 
 fn aggregate_recompute(global: bool) -> impl Fn(&Inputs) -> Vec<Row> {
@@ -321,24 +331,7 @@ fn partial_sum_plan(kernel: Kernel, min_rows: usize, append_only_input: bool) ->
         offload: Some(Offload { kernel, min_rows }),
     };
     assert!(spec.offload_calls().is_ok());
-    StreamPlan {
-        nodes: vec![
-            source(0),
-            PlanNode {
-                kind: NodeKind::Project { exprs: pre_exprs },
-                inputs: vec![0],
-                schema: pre_schema,
-                state_tables: vec![],
-            },
-            PlanNode {
-                kind: NodeKind::Aggregate(spec),
-                inputs: vec![1],
-                schema: Arc::clone(&out),
-                state_tables: vec![1, 3],
-            },
-            materialize(2, out, 2),
-        ],
-    }
+    project_aggregate(pre_exprs, pre_schema, spec, out)
 }
 
 fn partial_sum_recompute(d: &Inputs) -> Vec<Row> {

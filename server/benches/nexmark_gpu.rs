@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{same_multiset, Server};
-use tokio_postgres::{Client, SimpleQueryMessage};
 
 const WATERMARK: &str = "WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND";
 
@@ -26,21 +25,6 @@ fn flag(name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
-}
-
-async fn rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 /// Seconds from the CREATE to the view's last epoch visible, and the view's rows.
@@ -66,7 +50,7 @@ async fn run(name: &str, sql: &str, events: u64, gpu: &str) -> (f64, Vec<Vec<Opt
         .await
         .expect("create view");
     loop {
-        let jobs = rows(&client, "SHOW JOBS").await;
+        let jobs = common::nullable_rows(&client, "SHOW JOBS").await;
         let job = jobs
             .iter()
             .find(|r| r[0].as_deref() == Some(name))
@@ -79,7 +63,7 @@ async fn run(name: &str, sql: &str, events: u64, gpu: &str) -> (f64, Vec<Vec<Opt
     }
     client.batch_execute("FLUSH").await.expect("flush");
     let secs = start.elapsed().as_secs_f64();
-    let out = rows(&client, &format!("SELECT * FROM {name}")).await;
+    let out = common::nullable_rows(&client, &format!("SELECT * FROM {name}")).await;
     drop(client);
     server.kill();
     (secs, out)

@@ -29,21 +29,6 @@ const QUERIES: [(&str, &str); 4] = [
     ),
 ];
 
-async fn all_rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    client
-        .simple_query(sql)
-        .await
-        .expect(sql)
-        .into_iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
 async fn sqlstate(client: &Client, sql: &str) -> (String, String) {
     let err = client.simple_query(sql).await.expect_err(sql);
     let db = err.as_db_error().expect("a server error");
@@ -53,8 +38,8 @@ async fn sqlstate(client: &Client, sql: &str) -> (String, String) {
 /// The GPU views hold what the CPU views hold.
 async fn compare(client: &Client, when: &str) {
     for (name, _) in QUERIES {
-        let cpu = all_rows(client, &format!("SELECT * FROM cpu_{name}")).await;
-        let gpu = all_rows(client, &format!("SELECT * FROM gpu_{name}")).await;
+        let cpu = common::nullable_rows(client, &format!("SELECT * FROM cpu_{name}")).await;
+        let gpu = common::nullable_rows(client, &format!("SELECT * FROM gpu_{name}")).await;
         assert!(
             !cpu.is_empty() || when == "empty",
             "{when}: cpu_{name} is empty"

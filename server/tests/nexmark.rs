@@ -20,7 +20,6 @@ use sabot_connectors::{Options, Split};
 use sabot_sql::sqlparser::ast::{self, TableFactor, VisitMut, VisitorMut};
 use sabot_sql::sqlparser::dialect::PostgreSqlDialect;
 use sabot_sql::sqlparser::parser::Parser;
-use tokio_postgres::{Client, SimpleQueryMessage};
 
 const EVENTS: u64 = 60_000;
 const KINDS: [&str; 3] = ["person", "auction", "bid"];
@@ -124,21 +123,6 @@ fn over_copies(sql: &str) -> String {
     q.to_string()
 }
 
-async fn rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nexmark_views_match_batch_evaluation() {
     let dir = tempfile::tempdir().unwrap();
@@ -181,7 +165,8 @@ async fn nexmark_views_match_batch_evaluation() {
         let want = generated_rows(kind).to_string();
         loop {
             client.batch_execute("FLUSH").await.unwrap();
-            let got = rows(&client, &format!("SELECT count(*) FROM {kind}_all")).await;
+            let got =
+                common::nullable_rows(&client, &format!("SELECT count(*) FROM {kind}_all")).await;
             if got[0][0].as_deref() == Some(want.as_str()) {
                 break;
             }
@@ -201,17 +186,17 @@ async fn nexmark_views_match_batch_evaluation() {
         if name == "q12" {
             // Processing time: no batch query knows when each row was read. Per bidder,
             // the windows' counts add up to the bids; every window is [10s k, 10s (k+1)).
-            let view = rows(
+            let view = common::nullable_rows(
                 &client,
                 "SELECT bidder, sum(bid_count) FROM nexmark_q12 GROUP BY bidder",
             )
             .await;
-            let batch = rows(
+            let batch = common::nullable_rows(
                 &client,
                 "SELECT bidder, count(*) FROM bid_all GROUP BY bidder",
             )
             .await;
-            let misshapen = rows(
+            let misshapen = common::nullable_rows(
                 &client,
                 "SELECT count(*) FROM nexmark_q12 WHERE window_end - window_start <> INTERVAL '10' SECOND \
                  OR date_bin(INTERVAL '10' SECOND, window_start) <> window_start",
@@ -236,8 +221,9 @@ async fn nexmark_views_match_batch_evaluation() {
         // q19 orders bids by price alone: among bids of equal price ROW_NUMBER may pick
         // any, so its rows are compared on what ties cannot change.
         let columns = if name == "q19" { "auction, price" } else { "*" };
-        let view = rows(&client, &format!("SELECT {columns} FROM nexmark_{name}")).await;
-        let batch = rows(
+        let view =
+            common::nullable_rows(&client, &format!("SELECT {columns} FROM nexmark_{name}")).await;
+        let batch = common::nullable_rows(
             &client,
             &format!("SELECT {columns} FROM ({}) AS batch", over_copies(sql)),
         )

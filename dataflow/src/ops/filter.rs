@@ -19,7 +19,7 @@ use datafusion::scalar::ScalarValue;
 use sabot_gpu::{BinaryOp, ExprBuilder, Gpu, NodeId, UnaryOp};
 use sabot_storage::StateWriter;
 
-use crate::batch::ChangeBatch;
+use crate::batch::{batch_with_schema, ChangeBatch};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
 use crate::ops::partial::{gpu_error, GpuHealth};
@@ -350,23 +350,10 @@ fn rebuild(schema: &SchemaRef, kept: &RecordBatch) -> Result<ChangeBatch> {
             "the GPU filter returned other columns than it was given".into(),
         ));
     }
-    let columns = kept.columns()[..n]
-        .iter()
-        .zip(schema.fields())
-        .map(|(c, f)| {
-            if c.data_type() == f.data_type() {
-                Ok(Arc::clone(c))
-            } else {
-                arrow::compute::cast(c, f.data_type())
-            }
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
     let weights = arrow::compute::cast(kept.column(n), &DataType::Int64)?;
     let weights: &Int64Array = weights.as_primitive();
-    ChangeBatch::try_new(
-        RecordBatch::try_new(Arc::clone(schema), columns)?,
-        weights.clone(),
-    )
+    let data = batch_with_schema(schema, kept.columns()[..n].to_vec(), kept.num_rows())?;
+    ChangeBatch::try_new(data, weights.clone())
 }
 
 impl Operator for FilterOp {

@@ -18,7 +18,7 @@ use arrow::compute::{cast, concat_batches, prep_null_mask_filter};
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
 use sabot_gpu::{Agg, AggKind, Gpu, GpuError};
 
-use crate::batch::ChangeBatch;
+use crate::batch::{batch_with_schema, ChangeBatch};
 use crate::error::{DataflowError, Result};
 use crate::row::RowCodec;
 
@@ -226,19 +226,7 @@ fn gpu_sums(gpu: &Gpu, input: &RecordBatch, group_count: usize) -> Result<Record
         .collect();
     let out = gpu.group_by(input, &keys, &aggs).map_err(gpu_error)?;
     // libcudf names the columns itself and may widen: back to the input's types.
-    let columns = out
-        .columns()
-        .iter()
-        .zip(input.schema().fields())
-        .map(|(c, f)| {
-            if c.data_type() == f.data_type() {
-                Ok(Arc::clone(c))
-            } else {
-                cast(c, f.data_type())
-            }
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(input.schema(), columns)?)
+    batch_with_schema(&input.schema(), out.columns().to_vec(), out.num_rows())
 }
 
 /// Failed GPU runs in a row after which an operator keeps to the CPU.

@@ -169,6 +169,22 @@ pub async fn rows(client: &Client, sql: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Every row of `sql`, values as text, NULL as `None`.
+pub async fn nullable_rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Waits until `sql` returns `want`, or fails after a minute.
 pub async fn wait_for(client: &Client, sql: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
