@@ -342,7 +342,8 @@ void emit_groups(std::unique_ptr<cudf::table> keys,
 
 struct sabot_cudf_streaming_groupby {
   std::vector<int32_t> keys;
-  size_t n_aggs = 0;
+  // Kept as long as the group-by: it is built from spans over these.
+  std::vector<cudf::groupby::streaming_aggregation_request> requests;
   std::unique_ptr<cudf::groupby::streaming_groupby> inner;
 };
 
@@ -417,16 +418,14 @@ int sabot_cudf_streaming_groupby_new(int32_t const* key_columns, size_t n_keys,
     if (n_aggs > 0 && aggs == nullptr) throw shim_error(SABOT_CUDF_INVALID, "no aggregations");
     auto h  = std::make_unique<sabot_cudf_streaming_groupby>();
     h->keys = std::vector<int32_t>(key_columns, key_columns + n_keys);
-    std::vector<cudf::groupby::streaming_aggregation_request> requests;
     for (size_t a = 0; a < n_aggs; a++) {
       if (aggs[a].column < 0) throw shim_error(SABOT_CUDF_INVALID, "aggregation column < 0");
-      requests.push_back({aggs[a].column, make_agg(aggs[a].kind)});
+      h->requests.push_back({aggs[a].column, make_agg(aggs[a].kind)});
     }
-    h->n_aggs = n_aggs;
-    h->inner  = std::make_unique<cudf::groupby::streaming_groupby>(
+    h->inner = std::make_unique<cudf::groupby::streaming_groupby>(
       cudf::host_span<cudf::size_type const>(h->keys.data(), h->keys.size()),
-      cudf::host_span<cudf::groupby::streaming_aggregation_request const>(requests.data(),
-                                                                           requests.size()),
+      cudf::host_span<cudf::groupby::streaming_aggregation_request const>(h->requests.data(),
+                                                                           h->requests.size()),
       max_distinct_keys,
       cudf::null_policy::INCLUDE);
     *out = h.release();
