@@ -98,7 +98,14 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     tracing::info!(pg = %config.pg_listen, http = %config.http_listen, data_dir = %config.db.data_dir.display(), "sabot is ready");
 
     tokio::spawn(checkpoint_loop(Arc::clone(&db)));
-    tokio::spawn(http::serve(http, Arc::clone(&db), http::install_recorder()));
+    let recorder = http::install_recorder();
+    // 1 where the process found a GPU (gpu/README.md).
+    metrics::gauge!("sabot_gpu_available").set(if sabot_gpu::global().is_some() {
+        1.0
+    } else {
+        0.0
+    });
+    tokio::spawn(http::serve(http, Arc::clone(&db), recorder));
 
     let factory = Arc::new(handler::HandlerFactory {
         handler: Arc::new(handler::SabotHandler::new(db, auth)),

@@ -137,6 +137,8 @@ async fn metrics_follow_the_dataflow() {
     );
     assert_eq!(lag, 0.0);
     assert!(get(&s, "sabot_checkpoints_total") >= 1.0);
+    // 0 without a GPU, 1 with one: present either way.
+    assert!([0.0, 1.0].contains(&get(&s, "sabot_gpu_available")));
     assert!(get(&s, "sabot_checkpoint_duration_seconds_count") >= 1.0);
     assert!(get(&s, "sabot_checkpoint_writes_sum") > 0.0);
     assert!(get(&s, "process_resident_memory_bytes") > 1.0e6);

@@ -1313,7 +1313,7 @@ impl AggregateOp {
                 &batches,
             ) {
                 Ok(Some(partials)) => {
-                    self.gpu_health.succeeded();
+                    self.gpu_health.succeeded("HashAggregate", rows);
                     return self.merge_partials(&partials);
                 }
                 Ok(None) => {}

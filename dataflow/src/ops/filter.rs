@@ -291,7 +291,7 @@ impl FilterOp {
             let mut kept = Vec::new();
             match self.filter_run(offload, &batches, &mut kept) {
                 Ok(()) => {
-                    self.gpu_health.succeeded();
+                    self.gpu_health.succeeded("Filter", rows);
                     out.extend(kept);
                     return Ok(());
                 }

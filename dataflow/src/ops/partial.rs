@@ -248,12 +248,16 @@ impl GpuHealth {
         !self.disabled
     }
 
-    pub fn succeeded(&mut self) {
+    /// A run of `rows` rows went through the GPU.
+    pub fn succeeded(&mut self, operator: &'static str, rows: usize) {
         self.in_a_row = 0;
         self.runs += 1;
+        metrics::counter!("sabot_gpu_runs_total", "operator" => operator).increment(1);
+        metrics::counter!("sabot_gpu_rows_total", "operator" => operator).increment(rows as u64);
     }
 
-    pub fn failed(&mut self, operator: &str, message: &str, rows: usize) {
+    pub fn failed(&mut self, operator: &'static str, message: &str, rows: usize) {
+        metrics::counter!("sabot_gpu_fallbacks_total", "operator" => operator).increment(1);
         self.failures += 1;
         self.in_a_row += 1;
         if self.in_a_row == 1 {
@@ -319,7 +323,7 @@ mod tests {
         let mut h = GpuHealth::default();
         h.failed("op", "out of memory", 10);
         h.failed("op", "out of memory", 10);
-        h.succeeded();
+        h.succeeded("op", 10);
         h.failed("op", "out of memory", 10);
         h.failed("op", "out of memory", 10);
         assert!(h.usable(), "a success in between resets the streak");
