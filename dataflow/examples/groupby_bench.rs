@@ -23,7 +23,7 @@ use std::time::Instant;
 use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use sabot_dataflow::ops::aggregate::{AggCall, AggKind, AggregateSpec, Offload};
-use sabot_dataflow::ops::partial::Kernel;
+use sabot_dataflow::ops::partial::{sum_inputs, CallInput, CallKind, Kernel};
 use sabot_dataflow::{ChangeBatch, Dataflow, NodeKind, PlanNode, StreamPlan};
 use sabot_storage::EpochBatch;
 
@@ -159,6 +159,32 @@ fn main() {
     };
     let cpu = run("cpu-rows", &schema, &batches, None);
     let partial = run("cpu-partial", &schema, &batches, whole(Kernel::Cpu));
+    // Of which: building the summand columns the kernel groups (on the host, also on the
+    // GPU path), over the run of 4M rows the operator buffers at most.
+    let calls = [
+        CallInput {
+            kind: CallKind::Count,
+            arg: 1,
+            filter: None,
+        },
+        CallInput {
+            kind: CallKind::Int,
+            arg: 1,
+            filter: None,
+        },
+    ];
+    let start = Instant::now();
+    for chunk in batches.chunks((1usize << 22).div_ceil(batch_rows)) {
+        let data = arrow::compute::concat_batches(&schema, chunk).expect("concat");
+        let w = Int64Array::from(vec![1i64; data.num_rows()]);
+        sum_inputs(&data, &w, 1, &calls).expect("summands");
+    }
+    report(
+        "cpu-summands",
+        n,
+        start.elapsed().as_secs_f64(),
+        "concat + summand columns only",
+    );
     assert_eq!(cpu, partial, "cpu-partial differs from cpu-rows");
     match sabot_gpu::Gpu::load(None) {
         Err(e) => {

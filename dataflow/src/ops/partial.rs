@@ -145,8 +145,9 @@ pub fn partial_sums(
     }))
 }
 
-/// `[keys..., w, per-call columns...]` with the layout of the per-call columns.
-fn sum_inputs(
+/// `[keys..., w, per-call columns...]` with the layout of the per-call columns: what the
+/// kernel groups (public for `groupby_bench`, which times building it apart).
+pub fn sum_inputs(
     data: &RecordBatch,
     w: &Int64Array,
     group_count: usize,
