@@ -29,7 +29,7 @@ use crate::codec::{join_prefixed, put_bytes, split_prefixed, Reader, Writer};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
 use crate::ops::partial::{
-    partial_sums, CallInput, CallKind, CallSums, GpuHealth, Kernel, Partials,
+    partial_sums, CallInput, CallKind, CallSums, GpuHealth, Kernel, Partials, RunBuffer,
 };
 use crate::ops::watermark::{behind_watermarks, raise};
 use crate::row::{Partitioner, RowCodec};
@@ -136,10 +136,6 @@ pub struct Offload {
     /// kernel when it holds at least this many rows; smaller runs take the per-row path.
     pub min_rows: usize,
 }
-
-/// Rows buffered at most before a partial-sum run (bounds memory; far below libcudf's
-/// 2^31-row column limit).
-const OFFLOAD_FLUSH_ROWS: usize = 1 << 22;
 
 impl AggregateSpec {
     /// Whether partial sums can compute this aggregate: a group key of types libcudf
@@ -313,8 +309,7 @@ pub struct AggregateOp {
     /// With an offload: the calls as partial sums take them, and the input buffered
     /// since the last run.
     offload: Option<(Offload, Vec<CallInput>)>,
-    pending: Vec<ChangeBatch>,
-    pending_rows: usize,
+    pending: RunBuffer,
     /// How its partial-sum runs on the GPU have gone.
     gpu_health: GpuHealth,
 }
@@ -392,8 +387,7 @@ impl AggregateOp {
         };
         Ok(Self {
             offload,
-            pending: Vec::new(),
-            pending_rows: 0,
+            pending: RunBuffer::default(),
             gpu_health: GpuHealth::default(),
             order_codecs,
             key_codec: RowCodec::new(key_types)?,
@@ -1185,6 +1179,30 @@ fn method_for(kind: AggKind, ty: &DataType) -> Result<Method> {
     })
 }
 
+/// The group of `key` (created if new), its result before this epoch noted the first
+/// time the epoch touches it.
+fn touch<'a>(
+    groups: &'a mut HashMap<Group>,
+    dirty: &mut Vec<Vec<u8>>,
+    methods: &[Method],
+    calls: &[AggCall],
+    key: &[u8],
+    global: bool,
+) -> &'a mut Group {
+    let (group, existed) = match groups.entry_ref(key) {
+        EntryRef::Occupied(e) => (e.into_mut(), true),
+        EntryRef::Vacant(e) => (e.insert(new_group(methods, calls)), false),
+    };
+    if group.before.is_none() {
+        // A group created now had no result row; a global group, once created, always
+        // has one (it is never removed).
+        group.before =
+            Some((existed && (group.rows > 0 || global)).then(|| outputs(methods, group)));
+        dirty.push(key.to_vec());
+    }
+    group
+}
+
 /// Integer division rounding half away from zero.
 fn div_round(a: i128, b: i128) -> i128 {
     let q = a / b;
@@ -1228,20 +1246,14 @@ impl AggregateOp {
                 ));
             }
             let key: &[u8] = keys.as_ref().map(|k| k.row(i).data()).unwrap_or(empty);
-            let (group, existed) = match self.groups.entry_ref(key) {
-                EntryRef::Occupied(e) => (e.into_mut(), true),
-                EntryRef::Vacant(e) => {
-                    (e.insert(new_group(&self.methods, &self.spec.calls)), false)
-                }
-            };
-            if group.before.is_none() {
-                // A group created now had no result row; a global group, once created,
-                // always has one (it is never removed).
-                group.before = Some(
-                    (existed && (group.rows > 0 || global)).then(|| outputs(&self.methods, group)),
-                );
-                self.dirty.push(key.to_vec());
-            }
+            let group = touch(
+                &mut self.groups,
+                &mut self.dirty,
+                &self.methods,
+                &self.spec.calls,
+                key,
+                global,
+            );
             group.rows += w;
             for (c, (((acc, arg), filter), method)) in group
                 .accs
@@ -1299,8 +1311,7 @@ impl AggregateOp {
     /// kernel takes it, row by row otherwise (or when the GPU fails: nothing of the run
     /// was applied, so the CPU redoes it whole).
     fn flush_pending(&mut self) -> Result<()> {
-        let batches = std::mem::take(&mut self.pending);
-        let rows = std::mem::take(&mut self.pending_rows);
+        let (batches, rows) = self.pending.take();
         let Some((offload, calls)) = &self.offload else {
             return Ok(());
         };
@@ -1344,17 +1355,14 @@ impl AggregateOp {
         }
         for i in 0..p.batch.num_rows() {
             let key = keys.row(i).data();
-            let (group, existed) = match self.groups.entry_ref(key) {
-                EntryRef::Occupied(e) => (e.into_mut(), true),
-                EntryRef::Vacant(e) => {
-                    (e.insert(new_group(&self.methods, &self.spec.calls)), false)
-                }
-            };
-            if group.before.is_none() {
-                group.before =
-                    Some((existed && group.rows > 0).then(|| outputs(&self.methods, group)));
-                self.dirty.push(key.to_vec());
-            }
+            let group = touch(
+                &mut self.groups,
+                &mut self.dirty,
+                &self.methods,
+                &self.spec.calls,
+                key,
+                false,
+            );
             group.rows += rows.value(i);
             for (acc, sums) in group.accs.iter_mut().zip(&p.calls) {
                 match (acc, *sums) {
@@ -1399,9 +1407,7 @@ impl Operator for AggregateOp {
         if self.offload.is_none() {
             return self.apply_rows(&batch);
         }
-        self.pending_rows += batch.num_rows();
-        self.pending.push(batch);
-        if self.pending_rows >= OFFLOAD_FLUSH_ROWS {
+        if self.pending.push(batch) {
             self.flush_pending()?;
         }
         Ok(())

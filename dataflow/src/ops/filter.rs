@@ -22,10 +22,7 @@ use sabot_storage::StateWriter;
 use crate::batch::{batch_with_schema, ChangeBatch};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
-use crate::ops::partial::{gpu_error, GpuHealth};
-
-/// Rows buffered at most before the GPU filters them.
-const FLUSH_ROWS: usize = 1 << 22;
+use crate::ops::partial::{gpu_error, GpuHealth, RunBuffer};
 
 /// A filter's predicate as libcudf's AST, and where it runs.
 #[derive(Debug, Clone)]
@@ -242,8 +239,7 @@ fn literal(v: &ScalarValue, b: &mut ExprBuilder) -> std::result::Result<NodeId, 
 pub struct FilterOp {
     predicate: Arc<dyn PhysicalExpr>,
     offload: Option<FilterOffload>,
-    pending: Vec<ChangeBatch>,
-    pending_rows: usize,
+    pending: RunBuffer,
     gpu_health: GpuHealth,
 }
 
@@ -252,8 +248,7 @@ impl FilterOp {
         Self {
             predicate,
             offload: None,
-            pending: Vec::new(),
-            pending_rows: 0,
+            pending: RunBuffer::default(),
             gpu_health: GpuHealth::default(),
         }
     }
@@ -281,8 +276,7 @@ impl FilterOp {
     }
 
     fn flush(&mut self, out: &mut Vec<ChangeBatch>) -> Result<()> {
-        let batches = std::mem::take(&mut self.pending);
-        let rows = std::mem::take(&mut self.pending_rows);
+        let (batches, rows) = self.pending.take();
         let Some(offload) = &self.offload else {
             return Ok(());
         };
@@ -370,9 +364,7 @@ impl Operator for FilterOp {
         if self.offload.is_none() {
             return self.filter_cpu(&batch, out);
         }
-        self.pending_rows += batch.num_rows();
-        self.pending.push(batch);
-        if self.pending_rows >= FLUSH_ROWS {
+        if self.pending.push(batch) {
             self.flush(out)?;
         }
         Ok(())

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch};
 use arrow::compute::kernels::{bitwise, numeric, zip::zip};
-use arrow::compute::{cast, concat_batches, prep_null_mask_filter};
+use arrow::compute::{cast, prep_null_mask_filter};
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
 use sabot_gpu::{Agg, AggKind, Gpu, GpuError};
 
@@ -120,21 +120,16 @@ pub fn partial_sums(
     let Some(first) = batches.first() else {
         return Ok(None);
     };
-    let data = concat_batches(
-        &first.data().schema(),
-        batches.iter().map(ChangeBatch::data),
-    )?;
-    let weights: Vec<&dyn Array> = batches.iter().map(|b| b.weights() as &dyn Array).collect();
-    let w = arrow::compute::concat(&weights)?;
-    let w = w.as_primitive::<Int64Type>().clone();
+    let run = ChangeBatch::concat(&first.schema(), batches)?;
+    let (data, w) = (run.data(), run.weights());
     let (min, max) = (
-        arrow::compute::min(&w).unwrap_or(0),
-        arrow::compute::max(&w).unwrap_or(0),
+        arrow::compute::min(w).unwrap_or(0),
+        arrow::compute::max(w).unwrap_or(0),
     );
     if min < -1 || max > 1 {
         return Ok(None);
     }
-    let (input, layout) = sum_inputs(&data, &w, group_count, calls)?;
+    let (input, layout) = sum_inputs(data, w, group_count, calls)?;
     let sums = match kernel {
         Kernel::Gpu(gpu) => gpu_sums(gpu, &input, group_count)?,
         Kernel::Cpu => cpu_sums(key_codec, &input, group_count)?,
@@ -228,6 +223,35 @@ fn gpu_sums(gpu: &Gpu, input: &RecordBatch, group_count: usize) -> Result<Record
     let out = gpu.group_by(input, &keys, &aggs).map_err(gpu_error)?;
     // libcudf names the columns itself and may widen: back to the input's types.
     batch_with_schema(&input.schema(), out.columns().to_vec(), out.num_rows())
+}
+
+/// Rows an operator buffers at most before a GPU run (bounds memory; far below
+/// libcudf's 2^31-row column limit).
+const RUN_ROWS: usize = 1 << 22;
+
+/// The changes an operator holds back for its next GPU run (until the barrier, or
+/// [`RUN_ROWS`] rows).
+#[derive(Debug, Default)]
+pub struct RunBuffer {
+    batches: Vec<ChangeBatch>,
+    rows: usize,
+}
+
+impl RunBuffer {
+    /// Adds a batch; true when the buffer is full and should be run now.
+    pub fn push(&mut self, batch: ChangeBatch) -> bool {
+        self.rows += batch.num_rows();
+        self.batches.push(batch);
+        self.rows >= RUN_ROWS
+    }
+
+    /// The buffered batches and their rows, leaving the buffer empty.
+    pub fn take(&mut self) -> (Vec<ChangeBatch>, usize) {
+        (
+            std::mem::take(&mut self.batches),
+            std::mem::take(&mut self.rows),
+        )
+    }
 }
 
 /// Failed GPU runs in a row after which an operator keeps to the CPU.
