@@ -14,7 +14,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 : "${CUDF_ROOT:?set CUDF_ROOT (see the comment at the top of this file)}"
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 OUT=${OUT:-$here/build}
-CXX=${CXX:-g++}
+# Any C++20 compiler: g++ where there is one, else c++ or clang++.
+CXX=${CXX:-$(command -v g++ || command -v c++ || command -v clang++)}
 mkdir -p "$OUT"
 cudart_dir=$CUDA_HOME/lib64
 [ -d "$cudart_dir" ] || cudart_dir=$CUDA_HOME/lib

@@ -9,6 +9,7 @@
 # built shim loads here too; without a GPU every call then fails with "no CUDA device"
 # (what gpu/tests/device.rs checks when SABOT_GPU_EXPECT_NO_DEVICE=1).
 set -euo pipefail
+# pip from $SABOT_PYTHON when set (CI's venv has one), else the system's python3.
 SDK=${SDK:-$HOME/.cache/sabot-gpu-sdk}
 if [ -f "$SDK/done" ]; then echo "$SDK"; exit 0; fi
 rm -rf "$SDK"; mkdir -p "$SDK/whl" "$SDK/x" "$SDK/include" "$SDK/lib" "$SDK/cuda/include" "$SDK/cuda/lib64"
@@ -17,7 +18,7 @@ plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platfo
 for p in "libcudf-cu13==26.10.2" "librmm-cu13==26.10.0" "libkvikio-cu13==26.10.0" "rapids-logger==0.3.*" \
          "nvidia-libnvcomp-cu13==5.3.0.16" "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-crt==13.0.*" \
          "nvidia-cuda-nvrtc==13.0.*" "nvidia-nvjitlink==13.0.*"; do
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  "${SABOT_PYTHON:-python3}" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     "${plat[@]}" -d "$SDK/whl" "$p" >&2
 done
 for w in "$SDK"/whl/*.whl; do python3 -m zipfile -e "$w" "$SDK/x"; done
