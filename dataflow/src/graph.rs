@@ -333,11 +333,7 @@ impl StreamPlan {
                     Some(o) => format!(
                         ", on {}: per-key partial sums of runs of >= {} rows (group keys and \
                          summed columns host to device, one row per key device to host)",
-                        match &o.kernel {
-                            crate::ops::partial::Kernel::Gpu(g) =>
-                                format!("GPU ({}, libcudf)", g.device().name),
-                            crate::ops::partial::Kernel::Cpu => "CPU (partial sums)".to_string(),
-                        },
+                        kernel_place(&o.kernel, "partial sums"),
                         o.min_rows
                     ),
                     None => String::new(),
@@ -388,8 +384,18 @@ impl StreamPlan {
                 } else {
                     format!(", time bounds=[{}]", bounds.join(", "))
                 };
+                let placement = match &spec.offload {
+                    Some(o) => format!(
+                        ", epoch deltas joined with each other on {} in runs of >= {} rows \
+                         (key columns host to device, matching row pairs device to host), \
+                         with the stored rows on the CPU",
+                        kernel_place(&o.kernel, "batch join"),
+                        o.min_rows
+                    ),
+                    None => String::new(),
+                };
                 format!(
-                    "HashJoin: {:?}, on=[{}]{filter}{temporal}{bounds}",
+                    "HashJoin: {:?}, on=[{}]{filter}{temporal}{bounds}{placement}",
                     spec.kind,
                     on.join(", ")
                 )
@@ -530,6 +536,14 @@ impl StreamPlan {
         }
         s.push_str("}\n");
         s
+    }
+}
+
+/// Where an offload runs, for EXPLAIN: the GPU by name, or the CPU doing `cpu_work`.
+fn kernel_place(kernel: &crate::ops::partial::Kernel, cpu_work: &str) -> String {
+    match kernel {
+        crate::ops::partial::Kernel::Gpu(g) => format!("GPU ({}, libcudf)", g.device().name),
+        crate::ops::partial::Kernel::Cpu => format!("CPU ({cpu_work})"),
     }
 }
 

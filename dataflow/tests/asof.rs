@@ -61,6 +61,7 @@ fn plan(m: AsofMatch, outer: bool) -> StreamPlan {
                         filter: None,
                         temporal: false,
                         intervals: vec![],
+                        offload: None,
                     },
                     left_time: col("ts", 1),
                     right_time: col("ts2", 1),

@@ -380,6 +380,7 @@ fn join_plan() -> StreamPlan {
         temporal: false,
         intervals: vec![],
         filter: None,
+        offload: None,
     };
     let pred: Arc<dyn PhysicalExpr> =
         Arc::new(BinaryExpr::new(col("v", 2), BinOp::Lt, col("v2", 5)));
@@ -427,6 +428,20 @@ fn join_recompute(d: &Inputs) -> Vec<Row> {
     out
 }
 
+/// `join_plan` with the epoch's deltas of both sides joined with each other in one batch
+/// join (on the GPU in a device run, else the CPU's reference for it).
+fn gpu_join_plan(min_rows: usize) -> StreamPlan {
+    let mut plan = join_plan();
+    let NodeKind::Join(spec) = &mut plan.nodes[2].kind else {
+        unreachable!("join_plan's third node is its join")
+    };
+    spec.offload = Some(Offload {
+        kernel: partial_kernel(),
+        min_rows,
+    });
+    plan
+}
+
 /// `in0 <kind> JOIN in1 ON in0.k = in1.k`, all columns of the sides it outputs.
 fn kind_join_plan(kind: JoinKind, nulls_equal: bool) -> StreamPlan {
     keyed_join_plan(kind, nulls_equal, true, false)
@@ -455,6 +470,7 @@ fn keyed_join_plan(kind: JoinKind, nulls_equal: bool, keyed: bool, filtered: boo
         filter: filtered.then(|| {
             Arc::new(BinaryExpr::new(col("v", 2), BinOp::Lt, col("v2", 5))) as Arc<dyn PhysicalExpr>
         }),
+        offload: None,
     };
     StreamPlan {
         nodes: vec![
@@ -777,6 +793,11 @@ proptest! {
     #[test]
     fn join_with_residual_filter(e in epochs(2), workers in 1usize..=2, restart in 0usize..12) {
         check(join_plan(), 2, e, workers, restart, join_recompute)?;
+    }
+
+    #[test]
+    fn join_on_the_gpu_path(min_rows in prop_oneof![Just(1usize), Just(6)], e in epochs(2), workers in 1usize..=2, restart in 0usize..12) {
+        check(gpu_join_plan(min_rows), 2, e, workers, restart, join_recompute)?;
     }
 
     #[test]

@@ -44,6 +44,7 @@ fn plan(kind: JoinKind) -> StreamPlan {
                     filter: None,
                     temporal: true,
                     intervals: vec![],
+                    offload: None,
                 }),
                 inputs: vec![0, 1],
                 schema: Arc::clone(&out),

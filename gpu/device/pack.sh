@@ -28,7 +28,7 @@ for line in sys.stdin:
 profile=${PACK_PROFILE:-release}
 if [ "$profile" = release ]; then rel=--release; bench=(bench --no-run); else rel=; bench=(build --benches); fi
 cargo build -q $rel --bin sabot
-cargo build -q $rel -p sabot-dataflow --example groupby_bench
+cargo build -q $rel -p sabot-dataflow --example groupby_bench --example join_bench
 nexmark=$(cargo "${bench[@]}" -p sabot-server --bench nexmark_gpu --message-format=json 2>/dev/null |
           python3 -c 'import sys, json
 for line in sys.stdin:
@@ -40,12 +40,13 @@ pack=$T/gpu-run-pack
 rm -rf "$pack"; mkdir -p "$pack/run"
 while read -r name exe; do cp "$exe" "$pack/run/test-$name"; done <<< "$tests"
 cp "$T/$profile/sabot" "$pack/run/sabot"
-cp "$T/$profile/examples/groupby_bench" "$pack/run/groupby_bench"
+cp "$T/$profile/examples/groupby_bench" "$T/$profile/examples/join_bench" "$pack/run/"
 cp "$nexmark" "$pack/run/nexmark_gpu"
 cp -r benches/nexmark/queries "$pack/run/queries"
 cp "$T/gpu-shim/libsabot_cudf.so" "$pack/run/"
 cp gpu/device/run.sh "$pack/run/"
-strip --strip-debug "$pack"/run/test-* "$pack/run/sabot" "$pack/run/groupby_bench" "$pack/run/nexmark_gpu"
+strip --strip-debug "$pack"/run/test-* "$pack/run/sabot" "$pack/run/groupby_bench" "$pack/run/join_bench" \
+  "$pack/run/nexmark_gpu"
 (cd "$pack" && tar cf - run) | zstd -q -19 -T0 -o "$pack/run.tar.zst"
 (cd "$pack" && split -b "${PART_MB}M" -d run.tar.zst part.)
 parts=("$pack"/part.*)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine, after ../shared/gpu/stage-libcudf.sh's calls and gpu/device/pack.sh's:
-# the GPU tests and the group-by benchmark. Logs go to $OUT (they come back).
+# the GPU tests, the group-by and join benchmarks and the Nexmark comparison. Logs go to
+# $OUT (they come back).
 set -uo pipefail
 R=/tmp/sabot-run
 source /tmp/cudf/env.sh
@@ -11,8 +12,10 @@ step() { local name=$1; shift; echo "== $name: $*"; "$@" > "$OUT/$name.log" 2>&1
          tail -25 "$OUT/$name.log"; echo "== $name: exit $rc"; [ $rc -eq 0 ] || status=1; }
 nvidia-smi -L 2>&1 | tee "$OUT/device.txt"
 step shim "$R/test-device" --test-threads 1 --nocapture
-step incremental "$R/test-incremental" partial --nocapture
+step incremental "$R/test-incremental" partial gpu_path --nocapture
 step server "$R/test-gpu" --nocapture
 step bench "$R/groupby_bench" 50000000 10000 1000000
+step join "$R/join_bench" 2000000 1000000 100000
+step join-halves "$R/join_bench" 2000000 1000000 100000 halves
 step nexmark "$R/nexmark_gpu" --events 10000000 --queries q4,q5,q12 --queries-dir "$R/queries"
 exit $status

@@ -1,6 +1,6 @@
 //! Where a view's kernels run: the `gpu` setting (`off`, `auto`, `on`; the server's
-//! `--gpu` flag gives the default, `SET gpu` a session's) and the aggregates and filters
-//! it sends to the GPU. A view keeps the setting it was created with, across restarts.
+//! `--gpu` flag gives the default, `SET gpu` a session's) and the aggregates, filters
+//! and joins it sends to the GPU. A view keeps the setting it was created with, across restarts.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -105,7 +105,8 @@ pub fn check_setting(name: &str, value: &str) -> Result<()> {
 }
 
 /// Sends to the process's GPU the plan's aggregates that partial sums can compute and,
-/// in a plan without watermarks, its filters whose predicate translates exactly.
+/// in a plan without watermarks, its filters whose predicate translates exactly and its
+/// inner equi-joins (the epoch's deltas joined with each other).
 /// `strict` (a new view): `on` without a GPU is an error; otherwise (a view recovered
 /// at start) such a view runs on the CPU, with a warning.
 pub fn place(plan: &mut StreamPlan, settings: GpuSettings, strict: bool) -> Result<()> {
@@ -125,8 +126,8 @@ pub fn place(plan: &mut StreamPlan, settings: GpuSettings, strict: bool) -> Resu
         }
         return Ok(());
     };
-    // A GPU filter holds its rows until the barrier: only where no watermark moves on
-    // meanwhile.
+    // A GPU filter or join holds its rows until the barrier: only where no watermark
+    // moves on meanwhile.
     let watermarks = plan
         .watermark_columns()
         .map(|w| w.iter().flatten().any(|m| *m))
@@ -134,6 +135,12 @@ pub fn place(plan: &mut StreamPlan, settings: GpuSettings, strict: bool) -> Resu
     for node in &mut plan.nodes {
         match &mut node.kind {
             NodeKind::Aggregate(spec) if spec.offload_calls().is_ok() => {
+                spec.offload = Some(Offload {
+                    kernel: Kernel::Gpu(Arc::clone(&gpu)),
+                    min_rows: settings.min_rows,
+                });
+            }
+            NodeKind::Join(spec) if !watermarks && spec.offload_check().is_ok() => {
                 spec.offload = Some(Offload {
                     kernel: Kernel::Gpu(Arc::clone(&gpu)),
                     min_rows: settings.min_rows,

@@ -465,6 +465,7 @@ impl<'a> StreamPlanner<'a> {
                 temporal: false,
                 intervals: vec![],
                 filter: None,
+                offload: None,
             };
             let tables = self.tables(2);
             id = self.push(
@@ -576,6 +577,7 @@ impl<'a> StreamPlanner<'a> {
             temporal: false,
             intervals: vec![],
             filter: None,
+            offload: None,
         };
         let tables = self.tables(2);
         let cross = self.push(
@@ -731,6 +733,7 @@ impl<'a> StreamPlanner<'a> {
                 output_schema: Arc::clone(&output_schema),
                 temporal: false,
                 intervals: Vec::new(),
+                offload: None,
             },
             left_time: self.physical(&left_time, ls)?,
             right_time: self.physical(&right_time, rs)?,
@@ -1444,6 +1447,7 @@ impl<'a> StreamPlanner<'a> {
                 }
                 _ => Vec::new(),
             },
+            offload: None,
         };
         let tables = self.tables(2);
         let mut id = self.push(

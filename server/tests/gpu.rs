@@ -1,6 +1,6 @@
-//! The `gpu` setting over pgwire, and views whose aggregations the GPU computes giving the
-//! same rows as the same views on the CPU, through inserts, updates, deletes and a
-//! restart. Without a GPU (CI) `gpu = on` must refuse to create a view and `auto` runs on
+//! The `gpu` setting over pgwire, and views whose aggregations, filters and joins the GPU
+//! computes giving the same rows as the same views on the CPU, through inserts, updates,
+//! deletes and a restart. Without a GPU (CI) `gpu = on` must refuse to create a view and `auto` runs on
 //! the CPU; on the GPU machine (`SABOT_GPU_LIBRARY` set, see gpu/README.md) the `auto`
 //! views run on the GPU and are checked against the `off` ones.
 
@@ -9,7 +9,7 @@ mod common;
 use common::{same_multiset, scalar, Lcg, Server};
 use tokio_postgres::Client;
 
-const QUERIES: [(&str, &str); 4] = [
+const QUERIES: [(&str, &str); 5] = [
     (
         "by_k",
         "SELECT k, count(*) AS n, count(v) AS nv, sum(v) AS sv, avg(v) AS av, sum(f) AS sf, \
@@ -26,6 +26,11 @@ const QUERIES: [(&str, &str); 4] = [
     (
         "filtered_sums",
         "SELECT k, count(*) AS n, sum(v) AS sv FROM t WHERE id % 4 <> 0 AND NOT (k > 150) GROUP BY k",
+    ),
+    (
+        "joined",
+        "SELECT t.id, t.k, u.id AS uid, t.v, u.w FROM t JOIN u ON t.k = u.k AND t.s = u.s \
+         WHERE u.w > 10",
     ),
 ];
 
@@ -51,8 +56,24 @@ async fn compare(client: &Client, when: &str) {
     }
 }
 
-/// A round of changes: new rows, updates and deletes, each in one statement.
+/// A round of changes: new rows, updates and deletes, each in one statement; `u` changes
+/// between `t`'s statements, so that some epochs change both sides of the join.
 async fn churn(client: &Client, r: &mut Lcg, next_id: &mut i64, round: i64) {
+    let mut joined = Vec::new();
+    for _ in 0..80 {
+        let k = r.below(220);
+        let w = if r.below(8) == 0 {
+            "NULL".to_string()
+        } else {
+            r.below(100).to_string()
+        };
+        joined.push(format!("({}, {k}, 's{}', {w})", *next_id, k % 17));
+        *next_id += 1;
+    }
+    client
+        .batch_execute(&format!("INSERT INTO u VALUES {}", joined.join(", ")))
+        .await
+        .expect("insert into u");
     let mut values = Vec::new();
     for _ in 0..3000 {
         let k = r.below(200);
@@ -78,9 +99,20 @@ async fn churn(client: &Client, r: &mut Lcg, next_id: &mut i64, round: i64) {
         .await
         .expect("update");
     client
+        .batch_execute(&format!(
+            "UPDATE u SET w = w + 3 WHERE id % 7 = {}",
+            round % 7
+        ))
+        .await
+        .expect("update u");
+    client
         .batch_execute(&format!("DELETE FROM t WHERE id % 13 = {}", round % 13))
         .await
         .expect("delete");
+    client
+        .batch_execute(&format!("DELETE FROM u WHERE id % 11 = {}", round % 11))
+        .await
+        .expect("delete from u");
     client.batch_execute("FLUSH").await.expect("flush");
 }
 
@@ -104,7 +136,8 @@ async fn gpu_views_match_cpu_views() {
 
     client
         .batch_execute(
-            "CREATE TABLE t (id BIGINT PRIMARY KEY, k INT, s TEXT, v BIGINT, f DOUBLE PRECISION)",
+            "CREATE TABLE t (id BIGINT PRIMARY KEY, k INT, s TEXT, v BIGINT, f DOUBLE PRECISION); \
+             CREATE TABLE u (id BIGINT PRIMARY KEY, k INT, s TEXT, w BIGINT)",
         )
         .await
         .unwrap();
@@ -152,6 +185,18 @@ async fn gpu_views_match_cpu_views() {
         has_gpu,
         "{explain}"
     );
+    let explain = common::rows(
+        &client,
+        &format!("EXPLAIN CREATE MATERIALIZED VIEW x AS {}", QUERIES[4].1),
+    )
+    .await
+    .concat()
+    .join("\n");
+    let join_line = explain
+        .lines()
+        .find(|l| l.contains("HashJoin"))
+        .unwrap_or_else(|| panic!("no HashJoin in {explain}"));
+    assert_eq!(join_line.contains("on GPU"), has_gpu, "{explain}");
     for (name, q) in QUERIES {
         client
             .batch_execute(&format!("CREATE MATERIALIZED VIEW gpu_{name} AS {q}"))

@@ -28,8 +28,9 @@ use crate::batch::{batch_with_schema, ChangeBatch};
 use crate::codec::{join_prefixed, put_bytes, split_prefixed, Reader, Writer};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
+pub use crate::ops::partial::Offload;
 use crate::ops::partial::{
-    partial_sums, CallInput, CallKind, CallSums, GpuHealth, Kernel, Partials, RunBuffer,
+    gpu_key_type, partial_sums, CallInput, CallKind, CallSums, GpuHealth, Partials, RunBuffer,
 };
 use crate::ops::watermark::{behind_watermarks, raise};
 use crate::row::{Partitioner, RowCodec};
@@ -128,15 +129,6 @@ pub struct AggregateSpec {
     pub offload: Option<Offload>,
 }
 
-/// Partial sums of buffered input, see [`crate::ops::partial`].
-#[derive(Debug, Clone)]
-pub struct Offload {
-    pub kernel: Kernel,
-    /// Input buffered until the barrier (or until this many rows) goes through the
-    /// kernel when it holds at least this many rows; smaller runs take the per-row path.
-    pub min_rows: usize,
-}
-
 impl AggregateSpec {
     /// Whether partial sums can compute this aggregate: a group key of types libcudf
     /// groups by, and only COUNT and SUM/AVG over integers or floats, without DISTINCT.
@@ -146,15 +138,7 @@ impl AggregateSpec {
             return Err("a global aggregate (no GROUP BY) has one group".into());
         }
         for f in &self.input_schema.fields()[..self.group_count] {
-            let ok = f.data_type().is_integer()
-                || matches!(
-                    f.data_type(),
-                    DataType::Utf8
-                        | DataType::Boolean
-                        | DataType::Date32
-                        | DataType::Timestamp(_, None)
-                );
-            if !ok {
+            if !gpu_key_type(f.data_type()) {
                 return Err(format!("group key type {}", f.data_type()));
             }
         }

@@ -13,13 +13,22 @@
 //! preserved row at the key retracts its padded (or anti) row, n → 0 brings it back.
 //! Rows with a NULL in a key column never match: kept only if their side is preserved,
 //! and then always padded (or anti).
+//!
+//! An inner equi-join with an offload ([`JoinSpec::offload_check`], planned only where
+//! the plan has no watermarks) holds the epoch's changes of both sides until the barrier
+//! and splits the same change the other way: ΔA⋈B and A⋈ΔB against the stored rows as
+//! they were before the epoch, row by row, and ΔA⋈ΔB in one batch join of the two runs
+//! (on the GPU: the key columns go to the device, the matching row pairs come back and
+//! the rows are gathered here). When both sides change a lot in one epoch (a backfill,
+//! a bulk load) that last term is most of the output.
 
 use std::sync::Arc;
 
 use ahash::{AHashMap as HashMap, AHashSet as HashSet};
-use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
+use arrow::compute::kernels::numeric;
 use arrow::compute::{cast, take_record_batch};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::PhysicalExpr;
@@ -29,6 +38,7 @@ use crate::batch::ChangeBatch;
 use crate::codec::{join_prefixed, split_prefixed};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
+use crate::ops::partial::{gpu_error, gpu_key_type, GpuHealth, Kernel, Offload, RunBuffer};
 use crate::ops::watermark::{behind_watermarks, raise};
 use crate::row::{Partitioner, RowCodec};
 
@@ -96,6 +106,9 @@ pub struct JoinSpec {
     /// (`a.ts BETWEEN b.ts - INTERVAL '10' SECOND AND b.ts`): with watermarks they tell
     /// which stored rows no row still to come can match (see [`IntervalBound`]).
     pub intervals: Vec<IntervalBound>,
+    /// An inner join whose epoch deltas are joined with each other in one batch join (on
+    /// the GPU, see [`JoinSpec::offload_check`]); `None`: every change row by row.
+    pub offload: Option<Offload>,
 }
 
 /// A bound of an inner join's condition on a left and a right time column, in the
@@ -114,6 +127,35 @@ pub struct IntervalBound {
 }
 
 impl JoinSpec {
+    /// Whether the epoch's changes of both sides can be joined with each other in one
+    /// batch join (ΔA ⋈ ΔB; each side's changes still meet the other's stored rows row by
+    /// row): an inner equi-join (its other conditions are a filter after it), not
+    /// temporal, without time bounds, NULL keys matching nothing, and keys of types the
+    /// GPU compares exactly as the CPU does. `Err` says why not.
+    pub fn offload_check(&self) -> std::result::Result<(), String> {
+        if self.kind != JoinKind::Inner {
+            return Err(format!("a {:?} join", self.kind));
+        }
+        if self.temporal {
+            return Err("a temporal join".into());
+        }
+        if self.filter.is_some() || !self.intervals.is_empty() {
+            return Err("a join condition beyond its keys".into());
+        }
+        if self.nulls_equal {
+            return Err("NULL keys that match each other".into());
+        }
+        if self.left_keys.is_empty() {
+            return Err("a join without keys".into());
+        }
+        for t in self.key_types().map_err(|e| e.to_string())? {
+            if !gpu_key_type(&t) {
+                return Err(format!("join key type {t}"));
+            }
+        }
+        Ok(())
+    }
+
     /// The common type each key pair is compared in (the left expression's type).
     pub fn key_types(&self) -> Result<Vec<DataType>> {
         self.left_keys
@@ -260,10 +302,29 @@ pub struct JoinOp {
     /// A temporal join's left batches of the epoch: joined at the barrier, after the
     /// right side's changes of the same epoch.
     stashed: Vec<ChangeBatch>,
+    /// With an offload: each side's changes held back until the barrier.
+    pending: [RunBuffer; 2],
+    gpu_health: GpuHealth,
+}
+
+/// Which halves of a change's step to do: join it with the other side's stored rows,
+/// store it on its own side, or both (see [`JoinOp::step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Both,
+    Probe,
+    Store,
 }
 
 impl JoinOp {
     pub fn try_new(spec: JoinSpec, tables: [StateTableId; 2]) -> Result<Self> {
+        if spec.offload.is_some() {
+            spec.offload_check().map_err(|why| {
+                DataflowError::Internal(format!(
+                    "join planned for a batch join it cannot take: {why}"
+                ))
+            })?;
+        }
         let pair_schema = Arc::new(arrow::datatypes::Schema::new(
             spec.left_schema
                 .fields()
@@ -291,6 +352,8 @@ impl JoinOp {
             tables,
             sides: [Side::default(), Side::default()],
             stashed: Vec::new(),
+            pending: [RunBuffer::default(), RunBuffer::default()],
+            gpu_health: GpuHealth::default(),
         })
     }
 }
@@ -745,6 +808,230 @@ impl JoinOp {
         Ok((0..n).map(|p| mask.is_valid(p) && mask.value(p)).collect())
     }
 
+    /// Joins the changes held back for the offload. When both sides have some and
+    /// together at least `min_rows`: ΔA ⋈ ΔB in one batch join by the kernel, ΔA against
+    /// B's stored rows and ΔB against A's (both as before the epoch) row by row, then both
+    /// stored. Otherwise, or when the GPU fails (nothing was emitted or stored yet), each
+    /// batch takes both steps in turn, as without an offload.
+    fn flush_pending(&mut self, out: &mut Vec<ChangeBatch>) -> Result<()> {
+        let (left, left_rows) = self.pending[0].take();
+        let (right, right_rows) = self.pending[1].take();
+        let Some(offload) = self.spec.offload.clone() else {
+            return Ok(());
+        };
+        let rows = left_rows + right_rows;
+        if left_rows > 0 && right_rows > 0 && rows >= offload.min_rows && self.gpu_health.usable() {
+            let l = ChangeBatch::concat(&left[0].schema(), &left)?;
+            let r = ChangeBatch::concat(&right[0].schema(), &right)?;
+            match self.delta_join(&offload.kernel, &l, &r) {
+                Ok(both) => {
+                    self.gpu_health.succeeded("HashJoin", rows);
+                    // An inner join's probe of an empty side finds nothing.
+                    if !self.sides[1].rows.is_empty() {
+                        self.step(0, &l, Step::Probe, out)?;
+                    }
+                    if !self.sides[0].rows.is_empty() {
+                        self.step(1, &r, Step::Probe, out)?;
+                    }
+                    self.step(0, &l, Step::Store, out)?;
+                    self.step(1, &r, Step::Store, out)?;
+                    out.extend(both);
+                    return Ok(());
+                }
+                Err(DataflowError::Gpu {
+                    cpu_can_take_over: true,
+                    message,
+                }) => self.gpu_health.failed("HashJoin", &message, rows),
+                Err(e) => return Err(e),
+            }
+        }
+        for b in &left {
+            self.step(0, b, Step::Both, out)?;
+        }
+        for b in &right {
+            self.step(1, b, Step::Both, out)?;
+        }
+        Ok(())
+    }
+
+    /// ΔA ⋈ ΔB: the pairs of a left and a right change with equal keys (none NULL), as
+    /// left columns then right columns, weighted by the product of the two weights. The
+    /// kernel finds the pairs from the key columns alone; the rows are gathered here.
+    fn delta_join(
+        &self,
+        kernel: &Kernel,
+        left: &ChangeBatch,
+        right: &ChangeBatch,
+    ) -> Result<Option<ChangeBatch>> {
+        let keys = [
+            self.spec.key_columns(0, left.data())?,
+            self.spec.key_columns(1, right.data())?,
+        ];
+        let (li, ri) = match kernel {
+            Kernel::Gpu(gpu) => {
+                let [l, r] = keys.map(key_batch);
+                let (l, r) = (l?, r?);
+                let on: Vec<usize> = (0..l.num_columns()).collect();
+                let (li, ri) = gpu.inner_join(&l, &on, &r, &on).map_err(gpu_error)?;
+                let index = |a: &dyn Array| -> Result<UInt32Array> {
+                    Ok(cast(a, &DataType::UInt32)?.as_primitive().clone())
+                };
+                (index(&li)?, index(&ri)?)
+            }
+            Kernel::Cpu => cpu_pairs(&self.key_codec, &keys[0], &keys[1])?,
+        };
+        if li.is_empty() {
+            return Ok(None);
+        }
+        let columns: Vec<ArrayRef> = take_record_batch(left.data(), &li)?
+            .columns()
+            .iter()
+            .chain(take_record_batch(right.data(), &ri)?.columns())
+            .cloned()
+            .collect();
+        let weights = numeric::mul(
+            &arrow::compute::take(left.weights(), &li, None)?,
+            &arrow::compute::take(right.weights(), &ri, None)?,
+        )?;
+        let data = RecordBatch::try_new(Arc::clone(&self.spec.output_schema), columns)?;
+        let joined = ChangeBatch::try_new(data, weights.as_primitive::<Int64Type>().clone())?;
+        // A zero weight on either side (a change that cancelled out) pairs into nothing.
+        let nonzero =
+            arrow::compute::kernels::cmp::neq(joined.weights(), &Int64Array::new_scalar(0))?;
+        let joined = if nonzero.true_count() == joined.num_rows() {
+            joined
+        } else {
+            joined.filter(&nonzero)?
+        };
+        Ok((!joined.is_empty()).then_some(joined))
+    }
+
+    /// A change on `port` as a join step (`part`: both halves, or one): its rows joined
+    /// with the other side's stored rows (pairs, padded rows, semi/anti rows), then
+    /// stored on its own side, flipping the other side's padded or semi/anti rows whose
+    /// key's total crosses zero. The probe alone suits inner joins only (they flip
+    /// nothing), for the batch join of the epoch's deltas.
+    fn step(
+        &mut self,
+        port: usize,
+        batch: &ChangeBatch,
+        part: Step,
+        out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
+        let kind = self.spec.kind;
+        let self_nulls_equal = self.spec.nulls_equal;
+        let data = batch.data();
+        let key_cols = self.spec.key_columns(port, data)?;
+        // A join without equality keys (a cross join) has one empty key for every row.
+        let keys = if self.key_codec.is_empty() {
+            None
+        } else {
+            Some(self.key_codec.encode(&key_cols)?)
+        };
+        let key_of = |i: usize| -> &[u8] { keys.as_ref().map(|k| k.row(i).data()).unwrap_or(&[]) };
+        // Rows are encoded only to be stored.
+        let rows = match part {
+            Step::Probe => None,
+            _ => Some(self.row_codecs[port].encode(data.columns())?),
+        };
+        let weights = batch.weights().values();
+        let other_port = 1 - port;
+        let (left, right) = self.sides.split_at_mut(1);
+        let (mine, other) = if port == 0 {
+            (&mut left[0], &mut right[0])
+        } else {
+            (&mut right[0], &mut left[0])
+        };
+        let filtering = kind.filtering();
+        let mut p = Pending::default();
+
+        if part != Step::Store {
+            for (i, &w) in weights.iter().enumerate() {
+                if w == 0 {
+                    continue;
+                }
+                let null_key = !self_nulls_equal && key_cols.iter().any(|c| c.is_null(i));
+                let key = key_of(i);
+                let matches = if null_key { 0 } else { other.total(key) };
+                match filtering {
+                    // Semi/anti: rows of the output side come out per their match state.
+                    Some((side, want_match)) if side == port => {
+                        if (matches > 0) == want_match {
+                            p.batch_alone.0.push(i as u32);
+                            p.batch_alone.1.push(w);
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        if let Some(others) = (!null_key).then(|| other.rows.get(key)).flatten() {
+                            for (r, c) in others {
+                                p.matched.0.push(i as u32);
+                                p.matched.1.push(r.as_slice());
+                                p.matched.2.push(w * c);
+                            }
+                        }
+                        if kind.pads(port) && matches == 0 {
+                            p.batch_alone.0.push(i as u32);
+                            p.batch_alone.1.push(w);
+                        }
+                    }
+                }
+            }
+        }
+        // The other side's rows at keys whose total crosses zero flip their padded or
+        // semi/anti row. Totals change as the batch is applied row by row.
+        let flips_other = match filtering {
+            Some((side, _)) => side == other_port,
+            None => kind.pads(other_port),
+        };
+        let mut flips: Vec<(Vec<u8>, i64)> = Vec::new();
+        if let Some(rows) = &rows {
+            for (i, &w) in weights.iter().enumerate() {
+                if w == 0 {
+                    continue;
+                }
+                let null_key = !self_nulls_equal && key_cols.iter().any(|c| c.is_null(i));
+                if null_key {
+                    continue;
+                }
+                let key = key_of(i);
+                let row = rows.row(i).data();
+                let before = mine.add(key, row, w);
+                let after = before + w;
+                if flips_other && ((before == 0) != (after == 0)) {
+                    // 0 → n: the other side's rows gained a match; n → 0: they lost it.
+                    let gained = before == 0;
+                    let sign = match filtering {
+                        Some((_, true)) => {
+                            if gained {
+                                1
+                            } else {
+                                -1
+                            }
+                        }
+                        _ => {
+                            if gained {
+                                -1
+                            } else {
+                                1
+                            }
+                        }
+                    };
+                    if let Some(others) = other.rows.get(key) {
+                        for (r, c) in others {
+                            flips.push((r.clone(), sign * c));
+                        }
+                    }
+                }
+            }
+        }
+        for (r, w) in flips {
+            p.stored_alone.0.push(r);
+            p.stored_alone.1.push(w);
+        }
+        emit(&self.spec, &self.row_codecs, port, data, p, out)
+    }
+
     /// After a restart: every stored row's match count, from the restored rows.
     fn rebuild_match_counts(&mut self) -> Result<()> {
         let keys: Vec<Vec<u8>> = self.sides[0].rows.keys().cloned().collect();
@@ -780,6 +1067,47 @@ impl JoinOp {
         }
         Ok(())
     }
+}
+
+/// Key columns as a batch for the GPU.
+fn key_batch(columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+    let fields: Vec<Field> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Field::new(format!("k{i}"), c.data_type().clone(), true))
+        .collect();
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+/// The CPU's reference for the GPU's batch join: (left row, right row) for every pair
+/// with equal keys, none NULL, compared as the join's row encoding compares them.
+fn cpu_pairs(
+    codec: &RowCodec,
+    left: &[ArrayRef],
+    right: &[ArrayRef],
+) -> Result<(UInt32Array, UInt32Array)> {
+    let no_null = |cols: &[ArrayRef], i: usize| cols.iter().all(|c| c.is_valid(i));
+    let (lk, rk) = (codec.encode(left)?, codec.encode(right)?);
+    let mut by_key: HashMap<&[u8], Vec<u32>> = HashMap::new();
+    for i in 0..rk.num_rows() {
+        if no_null(right, i) {
+            by_key.entry(rk.row(i).data()).or_default().push(i as u32);
+        }
+    }
+    let (mut li, mut ri) = (Vec::new(), Vec::new());
+    for i in 0..lk.num_rows() {
+        if !no_null(left, i) {
+            continue;
+        }
+        for &r in by_key.get(lk.row(i).data()).into_iter().flatten() {
+            li.push(i as u32);
+            ri.push(r);
+        }
+    }
+    Ok((li.into(), ri.into()))
 }
 
 /// Builds the output batches of one step.
@@ -892,113 +1220,16 @@ impl Operator for JoinOp {
             }
             return self.temporal_update(&batch);
         }
+        if self.spec.offload.is_some() {
+            if self.pending[port].push(batch) {
+                self.flush_pending(out)?;
+            }
+            return Ok(());
+        }
         if self.spec.filter.is_some() {
             return self.on_data_filtered(port, batch, out);
         }
-        let kind = self.spec.kind;
-        let self_nulls_equal = self.spec.nulls_equal;
-        let data = batch.data();
-        let key_cols = self.spec.key_columns(port, data)?;
-        // A join without equality keys (a cross join) has one empty key for every row.
-        let keys = if self.key_codec.is_empty() {
-            None
-        } else {
-            Some(self.key_codec.encode(&key_cols)?)
-        };
-        let key_of = |i: usize| -> &[u8] { keys.as_ref().map(|k| k.row(i).data()).unwrap_or(&[]) };
-        let rows = self.row_codecs[port].encode(data.columns())?;
-        let weights = batch.weights().values();
-        let other_port = 1 - port;
-        let (left, right) = self.sides.split_at_mut(1);
-        let (mine, other) = if port == 0 {
-            (&mut left[0], &mut right[0])
-        } else {
-            (&mut right[0], &mut left[0])
-        };
-        let filtering = kind.filtering();
-        let mut p = Pending::default();
-
-        for (i, &w) in weights.iter().enumerate() {
-            if w == 0 {
-                continue;
-            }
-            let null_key = !self_nulls_equal && key_cols.iter().any(|c| c.is_null(i));
-            let key = key_of(i);
-            let matches = if null_key { 0 } else { other.total(key) };
-            match filtering {
-                // Semi/anti: rows of the output side come out per their match state.
-                Some((side, want_match)) if side == port => {
-                    if (matches > 0) == want_match {
-                        p.batch_alone.0.push(i as u32);
-                        p.batch_alone.1.push(w);
-                    }
-                }
-                Some(_) => {}
-                None => {
-                    if let Some(others) = (!null_key).then(|| other.rows.get(key)).flatten() {
-                        for (r, c) in others {
-                            p.matched.0.push(i as u32);
-                            p.matched.1.push(r.as_slice());
-                            p.matched.2.push(w * c);
-                        }
-                    }
-                    if kind.pads(port) && matches == 0 {
-                        p.batch_alone.0.push(i as u32);
-                        p.batch_alone.1.push(w);
-                    }
-                }
-            }
-        }
-        // The other side's rows at keys whose total crosses zero flip their padded or
-        // semi/anti row. Totals change as the batch is applied row by row.
-        let flips_other = match filtering {
-            Some((side, _)) => side == other_port,
-            None => kind.pads(other_port),
-        };
-        let mut flips: Vec<(Vec<u8>, i64)> = Vec::new();
-        for (i, &w) in weights.iter().enumerate() {
-            if w == 0 {
-                continue;
-            }
-            let null_key = !self_nulls_equal && key_cols.iter().any(|c| c.is_null(i));
-            if null_key {
-                continue;
-            }
-            let key = key_of(i);
-            let row = rows.row(i).data();
-            let before = mine.add(key, row, w);
-            let after = before + w;
-            if flips_other && ((before == 0) != (after == 0)) {
-                // 0 → n: the other side's rows gained a match; n → 0: they lost it.
-                let gained = before == 0;
-                let sign = match filtering {
-                    Some((_, true)) => {
-                        if gained {
-                            1
-                        } else {
-                            -1
-                        }
-                    }
-                    _ => {
-                        if gained {
-                            -1
-                        } else {
-                            1
-                        }
-                    }
-                };
-                if let Some(others) = other.rows.get(key) {
-                    for (r, c) in others {
-                        flips.push((r.clone(), sign * c));
-                    }
-                }
-            }
-        }
-        for (r, w) in flips {
-            p.stored_alone.0.push(r);
-            p.stored_alone.1.push(w);
-        }
-        emit(&self.spec, &self.row_codecs, port, data, p, out)
+        self.step(port, &batch, Step::Both, out)
     }
 
     fn on_barrier(
@@ -1010,6 +1241,7 @@ impl Operator for JoinOp {
         for batch in std::mem::take(&mut self.stashed) {
             self.temporal_lookup(&batch, out)?;
         }
+        self.flush_pending(out)?;
         let mut touched: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
         // Keys touched matter only to a purge.
         let purging = self.purge_possible();

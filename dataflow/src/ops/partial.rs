@@ -39,6 +39,26 @@ impl std::fmt::Debug for Kernel {
     }
 }
 
+/// Where an operator's buffered runs go (an aggregate's partial sums, a join's epoch
+/// deltas joined with each other), and from what size on.
+#[derive(Debug, Clone)]
+pub struct Offload {
+    pub kernel: Kernel,
+    /// Input buffered until the barrier (or until [`RUN_ROWS`] rows) goes through the
+    /// kernel when it holds at least this many rows; smaller runs take the per-row path.
+    pub min_rows: usize,
+}
+
+/// Whether libcudf groups and joins by a column of this type exactly as the CPU's row
+/// encoding compares it (floats are not: NaN and -0.0).
+pub fn gpu_key_type(t: &DataType) -> bool {
+    t.is_integer()
+        || matches!(
+            t,
+            DataType::Utf8 | DataType::Boolean | DataType::Date32 | DataType::Timestamp(_, None)
+        )
+}
+
 /// What one call needs summed, as column offsets into the sums after the row count.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum CallSums {
