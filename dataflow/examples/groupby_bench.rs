@@ -27,6 +27,12 @@ use sabot_dataflow::ops::partial::{sum_inputs, CallInput, CallKind, Kernel};
 use sabot_dataflow::{ChangeBatch, Dataflow, NodeKind, PlanNode, StreamPlan};
 use sabot_storage::EpochBatch;
 
+/// The allocator `sabot` runs with (server/src/main.rs), so that the operators allocate
+/// here as they do there.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn arg(i: usize, default: usize) -> usize {
     std::env::args()
         .nth(i)
