@@ -24,11 +24,12 @@
 
 use std::sync::Arc;
 
-use ahash::{AHashMap as HashMap, AHashSet as HashSet};
+use ahash::AHashMap as HashMap;
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::kernels::numeric;
 use arrow::compute::{cast, take_record_batch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use arrow::row::Rows;
 use datafusion::common::ScalarValue;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::PhysicalExpr;
@@ -187,21 +188,41 @@ impl JoinSpec {
     }
 }
 
+/// The rows of one side at one join key.
+#[derive(Default)]
+struct Bucket {
+    /// Row → multiplicity.
+    rows: HashMap<Vec<u8>, i64>,
+    /// The rows' total multiplicity.
+    total: i64,
+    /// Rows changed this epoch (a row changed twice is here twice), written at the
+    /// barrier. While it has any, the bucket stays, even empty.
+    changed: Vec<Vec<u8>>,
+}
+
 #[derive(Default)]
 struct Side {
-    /// Join key → row → multiplicity.
-    rows: HashMap<Vec<u8>, HashMap<Vec<u8>, i64>>,
-    /// Join key → total multiplicity of its rows.
-    totals: HashMap<Vec<u8>, i64>,
+    /// Join key → its rows. A key's rows, their total and what changed are found with
+    /// one lookup: a change costs a lookup of its key and one of its row, nothing more.
+    buckets: HashMap<Vec<u8>, Bucket>,
     /// With a join filter: join key → row → how many rows of the other side it matches.
     matched: HashMap<Vec<u8>, HashMap<Vec<u8>, i64>>,
-    /// Rows changed this epoch, as their state keys (`join_prefixed(key, row)`).
-    dirty: HashSet<Vec<u8>>,
+    /// Keys with changed rows this epoch, each once.
+    dirty: Vec<Vec<u8>>,
 }
 
 impl Side {
     fn total(&self, key: &[u8]) -> i64 {
-        self.totals.get(key).copied().unwrap_or(0)
+        self.buckets.get(key).map_or(0, |b| b.total)
+    }
+
+    /// The rows at `key` (possibly none, until the barrier drops an emptied bucket).
+    fn rows_at(&self, key: &[u8]) -> Option<&HashMap<Vec<u8>, i64>> {
+        self.buckets.get(key).map(|b| &b.rows)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
     }
 
     fn matched_count(&self, key: &[u8], row: &[u8]) -> i64 {
@@ -214,7 +235,7 @@ impl Side {
 
     /// Sets a stored row's match count; forgets it once the row is gone.
     fn set_matched(&mut self, key: &[u8], row: &[u8], count: i64) {
-        let stored = self.rows.get(key).is_some_and(|b| b.contains_key(row));
+        let stored = self.rows_at(key).is_some_and(|b| b.contains_key(row));
         if stored && count != 0 {
             match self.matched.get_mut(key) {
                 Some(m) => {
@@ -237,42 +258,96 @@ impl Side {
 
     /// Adds `w` copies of `row` at `key`; returns the key's total before the change.
     fn add(&mut self, key: &[u8], row: &[u8], w: i64) -> i64 {
-        let bucket = match self.rows.get_mut(key) {
+        let bucket = match self.buckets.get_mut(key) {
             Some(b) => b,
-            None => self.rows.entry(key.to_vec()).or_default(),
+            None => self.buckets.entry(key.to_vec()).or_default(),
         };
-        let now = match bucket.get_mut(row) {
+        let before = bucket.total;
+        if w == 0 {
+            return before;
+        }
+        bucket.total += w;
+        match bucket.rows.get_mut(row) {
             Some(c) => {
                 *c += w;
-                *c
+                if *c == 0 {
+                    bucket.rows.remove(row);
+                }
             }
             None => {
-                bucket.insert(row.to_vec(), w);
-                w
-            }
-        };
-        if now == 0 {
-            bucket.remove(row);
-            if bucket.is_empty() {
-                self.rows.remove(key);
+                bucket.rows.insert(row.to_vec(), w);
             }
         }
-        self.dirty.insert(join_prefixed(key, row));
-        let before = match self.totals.get_mut(key) {
-            Some(t) => {
-                let before = *t;
-                *t += w;
-                before
-            }
-            None => {
-                self.totals.insert(key.to_vec(), w);
-                0
-            }
-        };
-        if before + w == 0 {
-            self.totals.remove(key);
+        if bucket.changed.is_empty() {
+            self.dirty.push(key.to_vec());
         }
+        bucket.changed.push(row.to_vec());
         before
+    }
+
+    /// Drops the rows at `key` (a purge, after the barrier wrote the epoch's changes);
+    /// returns them.
+    fn remove_key(&mut self, key: &[u8]) -> Option<HashMap<Vec<u8>, i64>> {
+        self.matched.remove(key);
+        self.buckets.remove(key).map(|b| b.rows)
+    }
+
+    /// Writes the epoch's changed rows (their multiplicity, or a delete), drops the
+    /// buckets left empty, and returns the keys that changed.
+    fn write_changes(
+        &mut self,
+        table: StateTableId,
+        state: &mut StateWriter,
+    ) -> Result<Vec<Vec<u8>>> {
+        let keys = std::mem::take(&mut self.dirty);
+        for key in &keys {
+            let Some(bucket) = self.buckets.get_mut(key) else {
+                continue;
+            };
+            let mut changed = std::mem::take(&mut bucket.changed);
+            if changed.len() > 1 {
+                changed.sort_unstable();
+                changed.dedup();
+            }
+            for row in changed {
+                let state_key = join_prefixed(key, &row);
+                match bucket.rows.get(&row).copied() {
+                    Some(c) if c < 0 => {
+                        return Err(DataflowError::Internal(format!(
+                            "join row multiplicity would become {c}"
+                        )))
+                    }
+                    Some(c) => state.put(table, &state_key, &c.to_le_bytes()),
+                    None => state.delete(table, &state_key),
+                }
+            }
+            if bucket.rows.is_empty() {
+                self.buckets.remove(key);
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// A batch's join keys, computed once for every step that needs them.
+struct BatchKeys {
+    /// The key columns, cast to the key types.
+    columns: Vec<ArrayRef>,
+    /// Their row encoding; `None` for a join without keys (a cross join), where every
+    /// row has the empty key.
+    encoded: Option<Rows>,
+    /// Whether NULL keys match each other.
+    nulls_equal: bool,
+}
+
+impl BatchKeys {
+    fn key(&self, i: usize) -> &[u8] {
+        self.encoded.as_ref().map_or(&[], |k| k.row(i).data())
+    }
+
+    /// Whether row `i` matches nothing: a NULL in a key column, where NULLs do not match.
+    fn unmatchable(&self, i: usize) -> bool {
+        !self.nulls_equal && self.columns.iter().any(|c| c.is_null(i))
     }
 }
 
@@ -359,26 +434,35 @@ impl JoinOp {
 }
 
 impl JoinOp {
+    fn batch_keys(&self, port: usize, data: &RecordBatch) -> Result<BatchKeys> {
+        let columns = self.spec.key_columns(port, data)?;
+        let encoded = if self.key_codec.is_empty() {
+            None
+        } else {
+            Some(self.key_codec.encode(&columns)?)
+        };
+        Ok(BatchKeys {
+            columns,
+            encoded,
+            nulls_equal: self.spec.nulls_equal,
+        })
+    }
+
     /// A temporal join's left batch against the right side's current rows: matched
     /// pairs, and for a LEFT join the rows without a match padded. Left rows are not
     /// stored.
     fn temporal_lookup(&self, batch: &ChangeBatch, out: &mut Vec<ChangeBatch>) -> Result<()> {
         let data = batch.data();
-        let key_cols = self.spec.key_columns(0, data)?;
-        let keys = if self.key_codec.is_empty() {
-            None
-        } else {
-            Some(self.key_codec.encode(&key_cols)?)
-        };
+        let keys = self.batch_keys(0, data)?;
         let right = &self.sides[1];
         let mut p = Pending::default();
         for (i, &w) in batch.weights().values().iter().enumerate() {
             if w == 0 {
                 continue;
             }
-            let null_key = !self.spec.nulls_equal && key_cols.iter().any(|c| c.is_null(i));
-            let key: &[u8] = keys.as_ref().map(|k| k.row(i).data()).unwrap_or(&[]);
-            let matched = (!null_key).then(|| right.rows.get(key)).flatten();
+            let matched = (!keys.unmatchable(i))
+                .then(|| right.rows_at(keys.key(i)))
+                .flatten();
             match matched {
                 Some(others) if !others.is_empty() => {
                     for (r, c) in others {
@@ -400,19 +484,13 @@ impl JoinOp {
     /// A temporal join's right-side change: stored, nothing emitted.
     fn temporal_update(&mut self, batch: &ChangeBatch) -> Result<()> {
         let data = batch.data();
-        let key_cols = self.spec.key_columns(1, data)?;
-        let keys = if self.key_codec.is_empty() {
-            None
-        } else {
-            Some(self.key_codec.encode(&key_cols)?)
-        };
+        let keys = self.batch_keys(1, data)?;
         let rows = self.row_codecs[1].encode(data.columns())?;
         for (i, &w) in batch.weights().values().iter().enumerate() {
-            if w == 0 || (!self.spec.nulls_equal && key_cols.iter().any(|c| c.is_null(i))) {
+            if w == 0 || keys.unmatchable(i) {
                 continue;
             }
-            let key: &[u8] = keys.as_ref().map(|k| k.row(i).data()).unwrap_or(&[]);
-            self.sides[1].add(key, rows.row(i).data(), w);
+            self.sides[1].add(keys.key(i), rows.row(i).data(), w);
         }
         Ok(())
     }
@@ -473,13 +551,13 @@ impl JoinOp {
                 .iter()
                 .map(|c| c.and_then(|c| self.watermarks[other].get(c)?.as_ref()))
                 .collect();
-            if thresholds.iter().all(Option::is_none) || self.sides[side].rows.is_empty() {
+            if thresholds.iter().all(Option::is_none) || self.sides[side].is_empty() {
                 continue;
             }
             let keys: Vec<Vec<u8>> = if advanced {
-                self.sides[side].rows.keys().cloned().collect()
+                self.sides[side].buckets.keys().cloned().collect()
             } else {
-                let rows = &self.sides[side].rows;
+                let rows = &self.sides[side].buckets;
                 touched
                     .iter()
                     .filter(|k| rows.contains_key(*k))
@@ -495,13 +573,9 @@ impl JoinOp {
             };
             let s = &mut self.sides[side];
             for (key, _) in keys.iter().zip(behind).filter(|(_, b)| *b) {
-                if let Some(bucket) = s.rows.remove(key) {
-                    for row in bucket.keys() {
-                        state.delete(self.tables[side], &join_prefixed(key, row));
-                    }
+                for row in s.remove_key(key).iter().flat_map(|rows| rows.keys()) {
+                    state.delete(self.tables[side], &join_prefixed(key, row));
                 }
-                s.totals.remove(key);
-                s.matched.remove(key);
             }
         }
         for bound in self.spec.intervals.clone() {
@@ -533,7 +607,7 @@ impl JoinOp {
         let mut keys: Vec<Vec<u8>> = if advanced {
             self.sides
                 .iter()
-                .flat_map(|s| s.rows.keys().cloned())
+                .flat_map(|s| s.buckets.keys().cloned())
                 .collect()
         } else {
             touched.iter().flatten().cloned().collect()
@@ -555,13 +629,9 @@ impl JoinOp {
                 continue;
             }
             for (side, s) in self.sides.iter_mut().enumerate() {
-                if let Some(bucket) = s.rows.remove(key) {
-                    for row in bucket.keys() {
-                        state.delete(self.tables[side], &join_prefixed(key, row));
-                    }
+                for row in s.remove_key(key).iter().flat_map(|rows| rows.keys()) {
+                    state.delete(self.tables[side], &join_prefixed(key, row));
                 }
-                s.totals.remove(key);
-                s.matched.remove(key);
             }
         }
         Ok(())
@@ -594,18 +664,17 @@ impl JoinOp {
         };
         let s = &self.sides[side];
         let keys: Vec<&Vec<u8>> = if advanced {
-            s.rows.keys().collect()
+            s.buckets.keys().collect()
         } else {
             touched[side]
                 .iter()
-                .filter(|k| s.rows.contains_key(*k))
+                .filter(|k| s.buckets.contains_key(*k))
                 .collect()
         };
         let stored: Vec<(&Vec<u8>, &Vec<u8>)> = keys
             .iter()
             .flat_map(|k| {
-                s.rows
-                    .get(*k)
+                s.rows_at(k)
                     .into_iter()
                     .flatten()
                     .map(move |(r, _)| (*k, r))
@@ -628,20 +697,15 @@ impl JoinOp {
             .collect();
         let s = &mut self.sides[side];
         for (key, row) in gone {
-            let Some(bucket) = s.rows.get_mut(&key) else {
+            let Some(bucket) = s.buckets.get_mut(&key) else {
                 continue;
             };
-            let Some(count) = bucket.remove(&row) else {
+            let Some(count) = bucket.rows.remove(&row) else {
                 continue;
             };
-            if bucket.is_empty() {
-                s.rows.remove(&key);
-            }
-            let total = s.total(&key) - count;
-            if total == 0 {
-                s.totals.remove(&key);
-            } else {
-                s.totals.insert(key.clone(), total);
+            bucket.total -= count;
+            if bucket.rows.is_empty() {
+                s.buckets.remove(&key);
             }
             if let Some(m) = s.matched.get_mut(&key) {
                 m.remove(&row);
@@ -667,12 +731,7 @@ impl JoinOp {
         out: &mut Vec<ChangeBatch>,
     ) -> Result<()> {
         let data = batch.data();
-        let key_cols = self.spec.key_columns(port, data)?;
-        let keys = if self.key_codec.is_empty() {
-            None
-        } else {
-            Some(self.key_codec.encode(&key_cols)?)
-        };
+        let keys = self.batch_keys(port, data)?;
         let rows = self.row_codecs[port].encode(data.columns())?;
         let weights = batch.weights().values();
         let other_port = 1 - port;
@@ -696,22 +755,20 @@ impl JoinOp {
             if w == 0 {
                 continue;
             }
-            if !self.spec.nulls_equal && key_cols.iter().any(|c| c.is_null(i)) {
+            if keys.unmatchable(i) {
                 if mine_alone == Some(false) {
                     p.batch_alone.0.push(i as u32);
                     p.batch_alone.1.push(w);
                 }
                 continue;
             }
-            let key: &[u8] = keys.as_ref().map(|k| k.row(i).data()).unwrap_or(&[]);
-            by_key.entry(key).or_default().push(i);
+            by_key.entry(keys.key(i)).or_default().push(i);
         }
         let mut flips: Vec<(Vec<u8>, i64)> = Vec::new();
         let mut pairs: (Vec<u32>, Vec<Vec<u8>>, Vec<i64>) = Default::default();
         for (key, idx) in by_key {
             let others: Vec<(Vec<u8>, i64)> = self.sides[other_port]
-                .rows
-                .get(key)
+                .rows_at(key)
                 .map(|m| m.iter().map(|(r, c)| (r.clone(), *c)).collect())
                 .unwrap_or_default();
             let mask = if others.is_empty() {
@@ -823,18 +880,19 @@ impl JoinOp {
         if left_rows > 0 && right_rows > 0 && rows >= offload.min_rows && self.gpu_health.usable() {
             let l = ChangeBatch::concat(&left[0].schema(), &left)?;
             let r = ChangeBatch::concat(&right[0].schema(), &right)?;
-            match self.delta_join(&offload.kernel, &l, &r) {
+            let (lk, rk) = (self.batch_keys(0, l.data())?, self.batch_keys(1, r.data())?);
+            match self.delta_join(&offload.kernel, [&l, &r], [&lk, &rk]) {
                 Ok(both) => {
                     self.gpu_health.succeeded("HashJoin", rows);
                     // An inner join's probe of an empty side finds nothing.
-                    if !self.sides[1].rows.is_empty() {
-                        self.step(0, &l, Step::Probe, out)?;
+                    if !self.sides[1].is_empty() {
+                        self.step(0, &l, &lk, Step::Probe, out)?;
                     }
-                    if !self.sides[0].rows.is_empty() {
-                        self.step(1, &r, Step::Probe, out)?;
+                    if !self.sides[0].is_empty() {
+                        self.step(1, &r, &rk, Step::Probe, out)?;
                     }
-                    self.step(0, &l, Step::Store, out)?;
-                    self.step(1, &r, Step::Store, out)?;
+                    self.step(0, &l, &lk, Step::Store, out)?;
+                    self.step(1, &r, &rk, Step::Store, out)?;
                     out.extend(both);
                     return Ok(());
                 }
@@ -845,11 +903,11 @@ impl JoinOp {
                 Err(e) => return Err(e),
             }
         }
-        for b in &left {
-            self.step(0, b, Step::Both, out)?;
-        }
-        for b in &right {
-            self.step(1, b, Step::Both, out)?;
+        for (port, batches) in [(0, &left), (1, &right)] {
+            for b in batches {
+                let keys = self.batch_keys(port, b.data())?;
+                self.step(port, b, &keys, Step::Both, out)?;
+            }
         }
         Ok(())
     }
@@ -860,16 +918,12 @@ impl JoinOp {
     fn delta_join(
         &self,
         kernel: &Kernel,
-        left: &ChangeBatch,
-        right: &ChangeBatch,
+        [left, right]: [&ChangeBatch; 2],
+        keys: [&BatchKeys; 2],
     ) -> Result<Option<ChangeBatch>> {
-        let keys = [
-            self.spec.key_columns(0, left.data())?,
-            self.spec.key_columns(1, right.data())?,
-        ];
         let (li, ri) = match kernel {
             Kernel::Gpu(gpu) => {
-                let [l, r] = keys.map(key_batch);
+                let [l, r] = keys.map(|k| key_batch(k.columns.clone()));
                 let (l, r) = (l?, r?);
                 let on: Vec<usize> = (0..l.num_columns()).collect();
                 let (li, ri) = gpu.inner_join(&l, &on, &r, &on).map_err(gpu_error)?;
@@ -878,7 +932,7 @@ impl JoinOp {
                 };
                 (index(&li)?, index(&ri)?)
             }
-            Kernel::Cpu => cpu_pairs(&self.key_codec, &keys[0], &keys[1])?,
+            Kernel::Cpu => cpu_pairs(keys[0], keys[1]),
         };
         if li.is_empty() {
             return Ok(None);
@@ -915,20 +969,12 @@ impl JoinOp {
         &mut self,
         port: usize,
         batch: &ChangeBatch,
+        keys: &BatchKeys,
         part: Step,
         out: &mut Vec<ChangeBatch>,
     ) -> Result<()> {
         let kind = self.spec.kind;
-        let self_nulls_equal = self.spec.nulls_equal;
         let data = batch.data();
-        let key_cols = self.spec.key_columns(port, data)?;
-        // A join without equality keys (a cross join) has one empty key for every row.
-        let keys = if self.key_codec.is_empty() {
-            None
-        } else {
-            Some(self.key_codec.encode(&key_cols)?)
-        };
-        let key_of = |i: usize| -> &[u8] { keys.as_ref().map(|k| k.row(i).data()).unwrap_or(&[]) };
         // Rows are encoded only to be stored.
         let rows = match part {
             Step::Probe => None,
@@ -950,8 +996,8 @@ impl JoinOp {
                 if w == 0 {
                     continue;
                 }
-                let null_key = !self_nulls_equal && key_cols.iter().any(|c| c.is_null(i));
-                let key = key_of(i);
+                let null_key = keys.unmatchable(i);
+                let key = keys.key(i);
                 let matches = if null_key { 0 } else { other.total(key) };
                 match filtering {
                     // Semi/anti: rows of the output side come out per their match state.
@@ -963,7 +1009,7 @@ impl JoinOp {
                     }
                     Some(_) => {}
                     None => {
-                        if let Some(others) = (!null_key).then(|| other.rows.get(key)).flatten() {
+                        if let Some(others) = (!null_key).then(|| other.rows_at(key)).flatten() {
                             for (r, c) in others {
                                 p.matched.0.push(i as u32);
                                 p.matched.1.push(r.as_slice());
@@ -990,11 +1036,10 @@ impl JoinOp {
                 if w == 0 {
                     continue;
                 }
-                let null_key = !self_nulls_equal && key_cols.iter().any(|c| c.is_null(i));
-                if null_key {
+                if keys.unmatchable(i) {
                     continue;
                 }
-                let key = key_of(i);
+                let key = keys.key(i);
                 let row = rows.row(i).data();
                 let before = mine.add(key, row, w);
                 let after = before + w;
@@ -1017,7 +1062,7 @@ impl JoinOp {
                             }
                         }
                     };
-                    if let Some(others) = other.rows.get(key) {
+                    if let Some(others) = other.rows_at(key) {
                         for (r, c) in others {
                             flips.push((r.clone(), sign * c));
                         }
@@ -1034,11 +1079,10 @@ impl JoinOp {
 
     /// After a restart: every stored row's match count, from the restored rows.
     fn rebuild_match_counts(&mut self) -> Result<()> {
-        let keys: Vec<Vec<u8>> = self.sides[0].rows.keys().cloned().collect();
+        let keys: Vec<Vec<u8>> = self.sides[0].buckets.keys().cloned().collect();
         for key in keys {
             let side_rows = |s: &Side| -> Vec<(Vec<u8>, i64)> {
-                s.rows
-                    .get(&key)
+                s.rows_at(&key)
                     .map(|m| m.iter().map(|(r, c)| (r.clone(), *c)).collect())
                     .unwrap_or_default()
             };
@@ -1084,30 +1128,20 @@ fn key_batch(columns: Vec<ArrayRef>) -> Result<RecordBatch> {
 
 /// The CPU's reference for the GPU's batch join: (left row, right row) for every pair
 /// with equal keys, none NULL, compared as the join's row encoding compares them.
-fn cpu_pairs(
-    codec: &RowCodec,
-    left: &[ArrayRef],
-    right: &[ArrayRef],
-) -> Result<(UInt32Array, UInt32Array)> {
-    let no_null = |cols: &[ArrayRef], i: usize| cols.iter().all(|c| c.is_valid(i));
-    let (lk, rk) = (codec.encode(left)?, codec.encode(right)?);
+fn cpu_pairs(left: &BatchKeys, right: &BatchKeys) -> (UInt32Array, UInt32Array) {
+    let rows = |k: &BatchKeys| k.columns.first().map_or(0, |c| c.len());
     let mut by_key: HashMap<&[u8], Vec<u32>> = HashMap::new();
-    for i in 0..rk.num_rows() {
-        if no_null(right, i) {
-            by_key.entry(rk.row(i).data()).or_default().push(i as u32);
-        }
+    for i in (0..rows(right)).filter(|i| !right.unmatchable(*i)) {
+        by_key.entry(right.key(i)).or_default().push(i as u32);
     }
     let (mut li, mut ri) = (Vec::new(), Vec::new());
-    for i in 0..lk.num_rows() {
-        if !no_null(left, i) {
-            continue;
-        }
-        for &r in by_key.get(lk.row(i).data()).into_iter().flatten() {
+    for i in (0..rows(left)).filter(|i| !left.unmatchable(*i)) {
+        for &r in by_key.get(left.key(i)).into_iter().flatten() {
             li.push(i as u32);
             ri.push(r);
         }
     }
-    Ok((li.into(), ri.into()))
+    (li.into(), ri.into())
 }
 
 /// Builds the output batches of one step.
@@ -1196,7 +1230,7 @@ impl Operator for JoinOp {
     fn state_rows(&self) -> usize {
         self.sides
             .iter()
-            .map(|s| s.rows.values().map(|m| m.len()).sum::<usize>())
+            .map(|s| s.buckets.values().map(|b| b.rows.len()).sum::<usize>())
             .sum()
     }
 
@@ -1229,7 +1263,8 @@ impl Operator for JoinOp {
         if self.spec.filter.is_some() {
             return self.on_data_filtered(port, batch, out);
         }
-        self.step(port, &batch, Step::Both, out)
+        let keys = self.batch_keys(port, batch.data())?;
+        self.step(port, &batch, &keys, Step::Both, out)
     }
 
     fn on_barrier(
@@ -1246,21 +1281,9 @@ impl Operator for JoinOp {
         // Keys touched matter only to a purge.
         let purging = self.purge_possible();
         for ((side, table), touched) in self.sides.iter_mut().zip(self.tables).zip(&mut touched) {
-            for state_key in side.dirty.drain() {
-                let (key, row) = split_prefixed(&state_key)?;
-                if purging && touched.last().map(Vec::as_slice) != Some(key) {
-                    touched.push(key.to_vec());
-                }
-                let count = side.rows.get(key).and_then(|b| b.get(row)).copied();
-                match count {
-                    Some(c) if c < 0 => {
-                        return Err(DataflowError::Internal(format!(
-                            "join row multiplicity would become {c}"
-                        )))
-                    }
-                    Some(c) => state.put(table, &state_key, &c.to_le_bytes()),
-                    None => state.delete(table, &state_key),
-                }
+            let changed = side.write_changes(table, state)?;
+            if purging {
+                *touched = changed;
             }
         }
         for t in &mut touched {
@@ -1303,11 +1326,9 @@ impl Operator for JoinOp {
                 .try_into()
                 .map_err(|_| DataflowError::Corrupt("join row count is not 8 bytes".into()))?;
             let count = i64::from_le_bytes(bytes);
-            s.rows
-                .entry(key.to_vec())
-                .or_default()
-                .insert(row.to_vec(), count);
-            *s.totals.entry(key.to_vec()).or_insert(0) += count;
+            let bucket = s.buckets.entry(key.to_vec()).or_default();
+            bucket.rows.insert(row.to_vec(), count);
+            bucket.total += count;
         }
         // Match counts are not stored: once both sides are back, they are recomputed.
         if side == 1 && self.spec.filter.is_some() {
