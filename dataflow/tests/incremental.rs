@@ -357,14 +357,6 @@ fn partial_sum_recompute(d: &Inputs) -> Vec<Row> {
         .collect()
 }
 
-/// The process's GPU when one is here (a device run), else the CPU's reference kernel.
-fn partial_kernel() -> Kernel {
-    match sabot_gpu::init(None) {
-        Ok(g) => Kernel::Gpu(g),
-        Err(_) => Kernel::Cpu,
-    }
-}
-
 /// SELECT a.id, a.v, b.id, b.v FROM in0 a JOIN in1 b ON a.k = b.k WHERE a.v < b.v
 fn join_plan() -> StreamPlan {
     let side = schema(&["id", "k", "v"]);
@@ -436,7 +428,7 @@ fn gpu_join_plan(min_rows: usize) -> StreamPlan {
         unreachable!("join_plan's third node is its join")
     };
     spec.offload = Some(Offload {
-        kernel: partial_kernel(),
+        kernel: common::kernel(),
         min_rows,
     });
     plan
@@ -835,12 +827,12 @@ proptest! {
 
     #[test]
     fn aggregate_by_partial_sums(min_rows in prop_oneof![Just(1usize), Just(4)], e in epochs(1), workers in 1usize..=2, restart in 0usize..12) {
-        check(partial_sum_plan(partial_kernel(), min_rows, false), 1, e, workers, restart, partial_sum_recompute)?;
+        check(partial_sum_plan(common::kernel(), min_rows, false), 1, e, workers, restart, partial_sum_recompute)?;
     }
 
     #[test]
     fn aggregate_by_partial_sums_over_append_only_input(e in append_epochs(), workers in 1usize..=3, restart in 0usize..14) {
-        check(partial_sum_plan(partial_kernel(), 1, true), 1, e, workers, restart, partial_sum_recompute)?;
+        check(partial_sum_plan(common::kernel(), 1, true), 1, e, workers, restart, partial_sum_recompute)?;
     }
 
     #[test]

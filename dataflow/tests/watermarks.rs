@@ -171,17 +171,56 @@ fn epochs() -> impl Strategy<Value = Vec<Vec<(i64, i64, i64)>>> {
     common::drifting_epochs(0..12, -15..5, 0..3, -5..20, 0..12)
 }
 
+/// `plan` with a filter on the GPU path (`ts IS NOT NULL`: every row passes) right after
+/// the watermark filter: it holds the epoch's rows back until its barrier, every run
+/// however small, which must change nothing the watermarks decide downstream.
+fn with_buffering_filter(mut plan: StreamPlan) -> StreamPlan {
+    use datafusion::physical_expr::expressions::IsNotNullExpr;
+    use sabot_dataflow::ops::filter::{FilterKernel, FilterOffload};
+    let ev = Arc::clone(&plan.nodes[0].schema);
+    let predicate: Arc<dyn PhysicalExpr> = Arc::new(IsNotNullExpr::new(col("ts", 0)));
+    let kernel = match common::kernel() {
+        sabot_dataflow::ops::partial::Kernel::Gpu(g) => FilterKernel::Gpu(g),
+        sabot_dataflow::ops::partial::Kernel::Cpu => FilterKernel::Cpu,
+    };
+    let offload = FilterOffload::try_new(kernel, 1, &predicate, &ev).unwrap();
+    for node in &mut plan.nodes {
+        for input in &mut node.inputs {
+            if *input >= 2 {
+                *input += 1;
+            }
+        }
+    }
+    plan.nodes.insert(
+        2,
+        PlanNode {
+            kind: NodeKind::GpuFilter { predicate, offload },
+            inputs: vec![1],
+            schema: ev,
+            state_tables: vec![],
+        },
+    );
+    plan.nodes[3].inputs = vec![2];
+    plan
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run(
     events: Vec<Vec<(i64, i64, i64)>>,
     delay: i64,
     eowc: bool,
     append_only: bool,
+    buffered: bool,
     workers: usize,
     restart_at: usize,
 ) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let plan = plan(delay, eowc, append_only);
+    let plan = if buffered {
+        with_buffering_filter(plan(delay, eowc, append_only))
+    } else {
+        plan(delay, eowc, append_only)
+    };
     let ev = Arc::clone(&plan.nodes[0].schema);
     let mut flow = Dataflow::try_new(plan.clone(), workers).unwrap();
     let mut model = Model::default();
@@ -248,13 +287,13 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     #[test]
-    fn windows_update_as_rows_arrive(e in epochs(), delay in 0i64..8, append_only in any::<bool>(), workers in 1usize..=3, restart in 0usize..14) {
-        run(e, delay, false, append_only, workers, restart)?;
+    fn windows_update_as_rows_arrive(e in epochs(), delay in 0i64..8, append_only in any::<bool>(), buffered in any::<bool>(), workers in 1usize..=3, restart in 0usize..14) {
+        run(e, delay, false, append_only, buffered, workers, restart)?;
     }
 
     #[test]
-    fn windows_emit_on_close(e in epochs(), delay in 0i64..8, append_only in any::<bool>(), workers in 1usize..=3, restart in 0usize..14) {
-        run(e, delay, true, append_only, workers, restart)?;
+    fn windows_emit_on_close(e in epochs(), delay in 0i64..8, append_only in any::<bool>(), buffered in any::<bool>(), workers in 1usize..=3, restart in 0usize..14) {
+        run(e, delay, true, append_only, buffered, workers, restart)?;
     }
 }
 
@@ -262,7 +301,7 @@ proptest! {
 fn a_window_is_emitted_once_when_the_watermark_passes_its_end() {
     // ts 101 and 105 in window 100; 112 moves the watermark (delay 2) to 110: closed.
     let epochs = vec![vec![(101, 0, 1), (105, 0, 2)], vec![(112, 0, 4)]];
-    run(epochs, 2, true, true, 1, usize::MAX).unwrap();
+    run(epochs, 2, true, true, false, 1, usize::MAX).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let mut flow = Dataflow::try_new(plan(2, true, true), 2).unwrap();
@@ -327,7 +366,11 @@ fn watermarked_source(nodes: &mut Vec<PlanNode>, name: &str, table: u32, delay: 
 
 /// Window join: `SELECT * FROM (SELECT ws, k, v FROM a) <kind> JOIN (SELECT ws, k, v
 /// FROM b) USING (ws, k)`, each side a source with `WATERMARK FOR ts AS ts - delay`.
-fn window_join_plan(delay: i64, kind: sabot_dataflow::ops::join::JoinKind) -> StreamPlan {
+fn window_join_plan(
+    delay: i64,
+    kind: sabot_dataflow::ops::join::JoinKind,
+    batched: bool,
+) -> StreamPlan {
     use sabot_dataflow::ops::join::{JoinKind, JoinSpec};
     let side = schema(&["ws", "k", "v"]);
     let out = if matches!(kind, JoinKind::LeftSemi | JoinKind::LeftAnti) {
@@ -366,7 +409,7 @@ fn window_join_plan(delay: i64, kind: sabot_dataflow::ops::join::JoinKind) -> St
             temporal: false,
             intervals: vec![],
             filter: None,
-            offload: None,
+            offload: batched_join(batched && kind == JoinKind::Inner),
         }),
         inputs: vec![2, 5],
         schema: Arc::clone(&out),
@@ -382,6 +425,15 @@ fn window_join_plan(delay: i64, kind: sabot_dataflow::ops::join::JoinKind) -> St
 }
 
 const JOIN_TABLES: [u32; 2] = [20, 21];
+
+/// With `batched`, an inner join's epoch deltas are joined with each other in one batch
+/// join (the GPU path; the CPU's reference kernel without a GPU), every run however small.
+fn batched_join(batched: bool) -> Option<sabot_dataflow::ops::partial::Offload> {
+    batched.then(|| sabot_dataflow::ops::partial::Offload {
+        kernel: common::kernel(),
+        min_rows: 1,
+    })
+}
 
 /// One side of the window join: its rows kept (late ones dropped) and its watermark.
 #[derive(Default)]
@@ -513,11 +565,11 @@ proptest! {
     /// rows of windows the other side's watermark has not passed; outer, semi and anti
     /// joins those of windows not both watermarks have passed.
     #[test]
-    fn window_join_purges_closed_windows(a in epochs(), b in epochs(), delay in 0i64..8, workers in 1usize..=3, restart in 0usize..14, kind in join_kind()) {
+    fn window_join_purges_closed_windows(a in epochs(), b in epochs(), delay in 0i64..8, workers in 1usize..=3, restart in 0usize..14, kind in join_kind(), batched in any::<bool>()) {
         use sabot_dataflow::ops::join::JoinKind;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let plan = window_join_plan(delay, kind);
+        let plan = window_join_plan(delay, kind, batched);
         let mut flow = Dataflow::try_new(plan.clone(), workers).unwrap();
         let (mut ma, mut mb) = (SideModel::default(), SideModel::default());
         let n = a.len().max(b.len());
@@ -556,7 +608,7 @@ proptest! {
 /// side with `WATERMARK FOR ts AS ts - delay`. Left rows with `ts` below the right
 /// watermark less 5 can match no right row to come, right rows below the left watermark
 /// less 3 no left row to come: both are dropped from the state.
-fn interval_join_plan(delay: i64) -> StreamPlan {
+fn interval_join_plan(delay: i64, batched: bool) -> StreamPlan {
     use sabot_dataflow::ops::join::{IntervalBound, JoinKind, JoinSpec};
     let ev = schema(&["ts", "k", "v"]);
     let out = schema(&["ts", "k", "v", "ts2", "k2", "v2"]);
@@ -602,7 +654,7 @@ fn interval_join_plan(delay: i64) -> StreamPlan {
                     offset: 3,
                 },
             ],
-            offload: None,
+            offload: batched_join(batched),
         }),
         inputs: vec![1, 3],
         schema: Arc::clone(&out),
@@ -640,10 +692,10 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(150))]
 
     #[test]
-    fn interval_join_purges_rows_out_of_reach(a in epochs(), b in epochs(), delay in 0i64..8, workers in 1usize..=3, restart in 0usize..14) {
+    fn interval_join_purges_rows_out_of_reach(a in epochs(), b in epochs(), delay in 0i64..8, workers in 1usize..=3, restart in 0usize..14, batched in any::<bool>()) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let plan = interval_join_plan(delay);
+        let plan = interval_join_plan(delay, batched);
         let mut flow = Dataflow::try_new(plan.clone(), workers).unwrap();
         let (mut ma, mut mb) = (SideModel::default(), SideModel::default());
         let none = Vec::new();
@@ -791,7 +843,7 @@ proptest! {
 
 #[test]
 fn explain_dot_draws_every_node_and_edge() {
-    let plan = window_join_plan(2, sabot_dataflow::ops::join::JoinKind::Inner);
+    let plan = window_join_plan(2, sabot_dataflow::ops::join::JoinKind::Inner, false);
     let dot = plan.explain_dot(2);
     assert!(dot.starts_with("digraph dataflow {\n"), "{dot}");
     assert!(dot.ends_with("}\n"), "{dot}");

@@ -17,7 +17,7 @@ rm -rf "$stage"/run*
 sdk=$(gpu/shim/sdk.sh)
 CUDF_ROOT=$sdk CUDA_HOME=$sdk/cuda OUT=$T/gpu-shim gpu/shim/build.sh >/dev/null
 
-tests=$(cargo test -p sabot-gpu --test device -p sabot-dataflow --test incremental \
+tests=$(cargo test -p sabot-gpu --test device -p sabot-dataflow --test incremental --test watermarks \
           -p sabot-server --test gpu --no-run --message-format=json 2>/dev/null |
         python3 -c 'import sys, json
 for line in sys.stdin:

@@ -13,9 +13,10 @@ step() { local name=$1; shift; echo "== $name: $*"; "$@" > "$OUT/$name.log" 2>&1
 nvidia-smi -L 2>&1 | tee "$OUT/device.txt"
 step shim "$R/test-device" --test-threads 1 --nocapture
 step incremental "$R/test-incremental" partial gpu_path --nocapture
+step watermarks "$R/test-watermarks" --nocapture
 step server "$R/test-gpu" --nocapture
 step bench "$R/groupby_bench" 50000000 10000 1000000
 step join "$R/join_bench" 2000000 1000000 100000
 step join-halves "$R/join_bench" 2000000 1000000 100000 halves
-step nexmark "$R/nexmark_gpu" --events 10000000 --queries q4,q5,q12 --queries-dir "$R/queries"
+step nexmark "$R/nexmark_gpu" --events 10000000 --queries q3,q4,q5,q12 --queries-dir "$R/queries"
 exit $status

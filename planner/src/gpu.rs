@@ -104,9 +104,11 @@ pub fn check_setting(name: &str, value: &str) -> Result<()> {
     }
 }
 
-/// Sends to the process's GPU the plan's aggregates that partial sums can compute and,
-/// in a plan without watermarks, its filters whose predicate translates exactly and its
-/// inner equi-joins (the epoch's deltas joined with each other).
+/// Sends to the process's GPU the plan's aggregates that partial sums can compute, its
+/// filters whose predicate translates exactly and its inner equi-joins (the epoch's
+/// deltas joined with each other). Each holds its input back until the epoch's barrier
+/// at most, which reorders nothing downstream: a node's whole output of an epoch
+/// reaches the next node before the watermarks of that epoch do.
 /// `strict` (a new view): `on` without a GPU is an error; otherwise (a view recovered
 /// at start) such a view runs on the CPU, with a warning.
 pub fn place(plan: &mut StreamPlan, settings: GpuSettings, strict: bool) -> Result<()> {
@@ -126,12 +128,6 @@ pub fn place(plan: &mut StreamPlan, settings: GpuSettings, strict: bool) -> Resu
         }
         return Ok(());
     };
-    // A GPU filter or join holds its rows until the barrier: only where no watermark
-    // moves on meanwhile.
-    let watermarks = plan
-        .watermark_columns()
-        .map(|w| w.iter().flatten().any(|m| *m))
-        .unwrap_or(true);
     for node in &mut plan.nodes {
         match &mut node.kind {
             NodeKind::Aggregate(spec) if spec.offload_calls().is_ok() => {
@@ -140,13 +136,13 @@ pub fn place(plan: &mut StreamPlan, settings: GpuSettings, strict: bool) -> Resu
                     min_rows: settings.min_rows,
                 });
             }
-            NodeKind::Join(spec) if !watermarks && spec.offload_check().is_ok() => {
+            NodeKind::Join(spec) if spec.offload_check().is_ok() => {
                 spec.offload = Some(Offload {
                     kernel: Kernel::Gpu(Arc::clone(&gpu)),
                     min_rows: settings.min_rows,
                 });
             }
-            NodeKind::Filter { predicate } if !watermarks => {
+            NodeKind::Filter { predicate } => {
                 let offload = FilterOffload::try_new(
                     FilterKernel::Gpu(Arc::clone(&gpu)),
                     settings.min_rows,

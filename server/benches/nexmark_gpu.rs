@@ -5,7 +5,7 @@
 //! JSON line per query and mode (events/s, per core), then the GPU/CPU ratio; the two
 //! views' rows are compared (numbers within a relative 1e-9).
 //!
-//! `cargo bench -p sabot-server --bench nexmark_gpu -- --events 10000000 --queries q4,q5,q12`
+//! `cargo bench -p sabot-server --bench nexmark_gpu -- --events 10000000 --queries q3,q4,q5,q12`
 //! (the `--gpu on` server needs the shim: `SABOT_GPU_LIBRARY`, gpu/README.md;
 //! `SABOT_BIN` runs another `sabot`, e.g. one carried to the GPU machine; `--queries-dir`
 //! where the qN.sql files are; `--modes off,auto` compares other modes).
@@ -74,7 +74,7 @@ fn main() {
     let events: u64 = flag("--events")
         .and_then(|e| e.parse().ok())
         .unwrap_or(10_000_000);
-    let queries = flag("--queries").unwrap_or_else(|| "q4,q5,q12".into());
+    let queries = flag("--queries").unwrap_or_else(|| "q3,q4,q5,q12".into());
     let dir = flag("--queries-dir").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/nexmark/queries")
     });

@@ -1,8 +1,9 @@
 //! Filter: keeps the rows where a predicate is true. Linear, stateless.
 //!
-//! With an offload ([`FilterOffload`], planned only where the plan has no watermarks, so
-//! holding rows back until the barrier reorders nothing that matters) the filter
-//! buffers the epoch's changes and evaluates the predicate over them at once on the GPU,
+//! With an offload ([`FilterOffload`]) the filter buffers the epoch's changes (holding
+//! them back until the barrier reorders nothing downstream: a node's whole output of an
+//! epoch reaches the next node before that epoch's watermarks do) and evaluates the
+//! predicate over them at once on the GPU,
 //! as libcudf's AST: the rows and their weights go to the device, the kept ones come
 //! back. Runs smaller than `min_rows`, and runs the GPU fails, are filtered on the CPU.
 

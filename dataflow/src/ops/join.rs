@@ -14,9 +14,9 @@
 //! Rows with a NULL in a key column never match: kept only if their side is preserved,
 //! and then always padded (or anti).
 //!
-//! An inner equi-join with an offload ([`JoinSpec::offload_check`], planned only where
-//! the plan has no watermarks) holds the epoch's changes of both sides until the barrier
-//! and splits the same change the other way: ΔA⋈B and A⋈ΔB against the stored rows as
+//! An inner equi-join with an offload ([`JoinSpec::offload_check`]) holds the epoch's
+//! changes of both sides until the barrier (before the watermarks' purges, which see
+//! the same state as without it) and splits the same change the other way: ΔA⋈B and A⋈ΔB against the stored rows as
 //! they were before the epoch, row by row, and ΔA⋈ΔB in one batch join of the two runs
 //! (on the GPU: the key columns go to the device, the matching row pairs come back and
 //! the rows are gathered here). When both sides change a lot in one epoch (a backfill,
@@ -130,9 +130,9 @@ pub struct IntervalBound {
 impl JoinSpec {
     /// Whether the epoch's changes of both sides can be joined with each other in one
     /// batch join (ΔA ⋈ ΔB; each side's changes still meet the other's stored rows row by
-    /// row): an inner equi-join (its other conditions are a filter after it), not
-    /// temporal, without time bounds, NULL keys matching nothing, and keys of types the
-    /// GPU compares exactly as the CPU does. `Err` says why not.
+    /// row): an inner equi-join (its other conditions, time bounds included, are a filter
+    /// after it), not temporal, NULL keys matching nothing, and keys of types the GPU
+    /// compares exactly as the CPU does. `Err` says why not.
     pub fn offload_check(&self) -> std::result::Result<(), String> {
         if self.kind != JoinKind::Inner {
             return Err(format!("a {:?} join", self.kind));
@@ -140,7 +140,7 @@ impl JoinSpec {
         if self.temporal {
             return Err("a temporal join".into());
         }
-        if self.filter.is_some() || !self.intervals.is_empty() {
+        if self.filter.is_some() {
             return Err("a join condition beyond its keys".into());
         }
         if self.nulls_equal {

@@ -16,6 +16,16 @@ use sabot_storage::{StateTableId, Store};
 
 pub type Row = Vec<Option<i64>>;
 
+/// Where offloaded operators run in these tests: the process's GPU when one is here (a
+/// device run, `SABOT_GPU_LIBRARY` set), else the CPU's reference kernels.
+pub fn kernel() -> sabot_dataflow::ops::partial::Kernel {
+    use sabot_dataflow::ops::partial::Kernel;
+    match sabot_gpu::init(None) {
+        Ok(g) => Kernel::Gpu(g),
+        Err(_) => Kernel::Cpu,
+    }
+}
+
 /// A schema of nullable BIGINT columns.
 pub fn schema(names: &[&str]) -> SchemaRef {
     Arc::new(Schema::new(
