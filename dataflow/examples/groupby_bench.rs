@@ -4,7 +4,8 @@
 //!
 //! - `cpu-rows`: the CPU's per-row path (what runs without a GPU);
 //! - `cpu-partial`: per-key partial sums of the epoch's input, computed on the CPU;
-//! - `gpu-partial`: the same partial sums by libcudf on the GPU, transfers included
+//! - `gpu-partial`: the same partial sums by libcudf on the GPU (keys, values and weights
+//!   sent as they are, the summands computed on the device), transfers included
 //!   (only where `SABOT_GPU_LIBRARY` loads and finds a device);
 //! - `gpu-groupby`, `gpu-streaming`: libcudf alone through the shim (one group-by of the
 //!   whole input copied from host memory; `streaming_groupby` batch by batch), for
@@ -165,8 +166,9 @@ fn main() {
     };
     let cpu = run("cpu-rows", &schema, &batches, None);
     let partial = run("cpu-partial", &schema, &batches, whole(Kernel::Cpu));
-    // Of which: building the summand columns the kernel groups (on the host, also on the
-    // GPU path), over the run of 4M rows the operator buffers at most.
+    // Of which: building the summand columns the kernel groups (on the host; the GPU
+    // path computes them on the device), over the run of 4M rows the operator buffers at
+    // most.
     let calls = [
         CallInput {
             kind: CallKind::Count,

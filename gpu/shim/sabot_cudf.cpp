@@ -552,6 +552,17 @@ struct expression_builder {
       throw shim_error(SABOT_CUDF_INVALID, "expression root out of range");
     return *built[i];
   }
+
+  // Node `root` over `view`: a bare column is read as it is; anything else is computed
+  // into a column kept in `computed` (which must outlive the view returned).
+  cudf::column_view evaluate(cudf::table_view const& view, sabot_cudf_node const* nodes,
+                             int32_t root,
+                             std::vector<std::unique_ptr<cudf::column>>& computed) const {
+    auto const& e = at(root);
+    if (nodes[root].tag == SABOT_CUDF_NODE_COLUMN) return view.column(nodes[root].column);
+    computed.push_back(cudf::compute_column(view, e));
+    return computed.back()->view();
+  }
 };
 
 }  // namespace
@@ -572,16 +583,8 @@ int sabot_cudf_filter_project(ArrowSchema const* schema, ArrowArray const* batch
       throw shim_error(SABOT_CUDF_INVALID, "no projections");
     std::vector<std::unique_ptr<cudf::column>> computed;
     std::vector<cudf::column_view> outputs;
-    for (size_t p = 0; p < n_projections; p++) {
-      int32_t root = projections[p];
-      exprs.at(root);
-      if (nodes[root].tag == SABOT_CUDF_NODE_COLUMN) {
-        outputs.push_back(view.column(nodes[root].column));
-      } else {
-        computed.push_back(cudf::compute_column(view, exprs.at(root)));
-        outputs.push_back(computed.back()->view());
-      }
-    }
+    for (size_t p = 0; p < n_projections; p++)
+      outputs.push_back(exprs.evaluate(view, nodes, projections[p], computed));
     cudf::table_view projected(outputs);
     if (predicate < 0) {
       to_host(projected, out_schema, out_array);
@@ -593,6 +596,34 @@ int sabot_cudf_filter_project(ArrowSchema const* schema, ArrowArray const* batch
     // Rows where the predicate is false or NULL are dropped.
     auto kept = cudf::apply_retention_mask(projected, mask->view());
     to_host(kept->view(), out_schema, out_array);
+  });
+}
+
+int sabot_cudf_groupby_exprs(ArrowSchema const* schema, ArrowArray const* batch,
+                             int32_t const* key_columns, size_t n_keys,
+                             sabot_cudf_node const* nodes, size_t n_nodes,
+                             sabot_cudf_agg const* aggs, size_t n_aggs, ArrowSchema* out_schema,
+                             ArrowArray* out_array, char** err) {
+  return guarded(err, [&] {
+    ensure_init();
+    auto table = to_device(schema, batch);
+    auto view  = table->view();
+    check_columns(key_columns, n_keys, view.num_columns(), "key");
+    if (n_aggs > 0 && aggs == nullptr) throw shim_error(SABOT_CUDF_INVALID, "no aggregations");
+    expression_builder exprs;
+    exprs.build(nodes, n_nodes, view.num_columns());
+    // The computed values live until the group-by has read them.
+    std::vector<std::unique_ptr<cudf::column>> computed;
+    std::vector<cudf::groupby::aggregation_request> requests(n_aggs);
+    for (size_t a = 0; a < n_aggs; a++) {
+      requests[a].values = exprs.evaluate(view, nodes, aggs[a].column, computed);
+      requests[a].aggregations.push_back(make_agg(aggs[a].kind));
+    }
+    std::vector<cudf::column_view> key_views;
+    for (size_t k = 0; k < n_keys; k++) key_views.push_back(view.column(key_columns[k]));
+    cudf::groupby::groupby gb(cudf::table_view(key_views), cudf::null_policy::INCLUDE);
+    auto result = gb.aggregate(requests);
+    emit_groups(std::move(result.first), result.second, out_schema, out_array);
   });
 }
 

@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 /* The version of this interface; the loader refuses a library built for another. */
-#define SABOT_CUDF_ABI_VERSION 1
+#define SABOT_CUDF_ABI_VERSION 2
 
 /* The Arrow C Data Interface, as the Arrow specification defines it. */
 #ifndef ARROW_C_DATA_INTERFACE
@@ -226,6 +226,20 @@ int sabot_cudf_filter_project(const struct ArrowSchema* schema, const struct Arr
                               int32_t predicate, const int32_t* projections,
                               size_t n_projections, struct ArrowSchema* out_schema,
                               struct ArrowArray* out_array, char** err);
+
+/*
+ * Hash group-by of one batch whose aggregated values are computed on the device first:
+ * `aggs[i].column` is the index of a node in `nodes` (an expression over the batch's
+ * columns, as for sabot_cudf_filter_project; a bare column node is read as it is), and
+ * `aggs[i].kind` as for sabot_cudf_groupby. Output as sabot_cudf_groupby's: the key
+ * columns, then one column per aggregation.
+ */
+int sabot_cudf_groupby_exprs(const struct ArrowSchema* schema, const struct ArrowArray* batch,
+                             const int32_t* key_columns, size_t n_keys,
+                             const struct sabot_cudf_node* nodes, size_t n_nodes,
+                             const struct sabot_cudf_agg* aggs, size_t n_aggs,
+                             struct ArrowSchema* out_schema, struct ArrowArray* out_array,
+                             char** err);
 
 /*
  * Inner hash join of two batches on equal keys (NULL keys never match, as in SQL).

@@ -1,6 +1,16 @@
 //! Expression trees for the shim's filter and projection, built bottom-up: a node's
 //! operands are nodes built before it.
 
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, AsArray, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array,
+    RecordBatch,
+};
+use arrow::compute::kernels::{boolean, cmp, numeric};
+use arrow::datatypes::DataType;
+use arrow::error::ArrowError;
+
 use crate::sys;
 
 /// A node of an [`ExprBuilder`].
@@ -191,6 +201,93 @@ impl ExprBuilder {
     }
 }
 
+impl ExprBuilder {
+    /// Node `root` evaluated on the CPU over `batch`, as libcudf's AST computes it:
+    /// operators yield NULL where an operand is NULL (AND and OR are SQL's three-valued
+    /// ones, IS NULL is never NULL), integer `+ - *` wrap, integer DIV truncates and MOD
+    /// takes the dividend's sign. A reference for checking what is sent to the device
+    /// where there is none (ABS is not in it).
+    pub fn evaluate(&self, batch: &RecordBatch, root: NodeId) -> Result<ArrayRef, ArrowError> {
+        let n = batch.num_rows();
+        let node = self
+            .nodes
+            .get(root.index())
+            .ok_or_else(|| ArrowError::InvalidArgumentError(format!("no node {}", root.0)))?;
+        let operand = |i: i32| -> Result<ArrayRef, ArrowError> {
+            if i < 0 || i >= root.0 {
+                return Err(ArrowError::InvalidArgumentError(format!(
+                    "node {} has an operand that is not an earlier node",
+                    root.0
+                )));
+            }
+            self.evaluate(batch, NodeId(i))
+        };
+        let tag = node.tag as u32;
+        Ok(match tag {
+            sys::SABOT_CUDF_NODE_COLUMN => usize::try_from(node.column)
+                .ok()
+                .and_then(|c| batch.columns().get(c).cloned())
+                .ok_or_else(|| ArrowError::InvalidArgumentError("column out of range".into()))?,
+            sys::SABOT_CUDF_NODE_INT32 => {
+                Arc::new(Int32Array::from_value(node.ival as i32, n)) as ArrayRef
+            }
+            sys::SABOT_CUDF_NODE_INT64 => Arc::new(Int64Array::from_value(node.ival, n)),
+            sys::SABOT_CUDF_NODE_FLOAT32 => Arc::new(Float32Array::from_value(node.fval as f32, n)),
+            sys::SABOT_CUDF_NODE_FLOAT64 => Arc::new(Float64Array::from_value(node.fval, n)),
+            sys::SABOT_CUDF_NODE_BOOL => Arc::new(BooleanArray::from(vec![node.ival != 0; n])),
+            sys::SABOT_CUDF_NODE_OP => {
+                let op = node.op as u32;
+                let l = operand(node.left)?;
+                let bools = |a: &ArrayRef| -> Result<BooleanArray, ArrowError> {
+                    a.as_boolean_opt().cloned().ok_or_else(|| {
+                        ArrowError::InvalidArgumentError("a logical operand is not boolean".into())
+                    })
+                };
+                match op {
+                    sys::SABOT_CUDF_OP_NOT => Arc::new(boolean::not(&bools(&l)?)?),
+                    sys::SABOT_CUDF_OP_IS_NULL => Arc::new(arrow::compute::is_null(&l)?),
+                    sys::SABOT_CUDF_OP_CAST_INT64 => arrow::compute::cast(&l, &DataType::Int64)?,
+                    sys::SABOT_CUDF_OP_CAST_FLOAT64 => {
+                        arrow::compute::cast(&l, &DataType::Float64)?
+                    }
+                    _ => {
+                        let r = operand(node.right)?;
+                        match op {
+                            sys::SABOT_CUDF_OP_ADD => numeric::add_wrapping(&l, &r)?,
+                            sys::SABOT_CUDF_OP_SUB => numeric::sub_wrapping(&l, &r)?,
+                            sys::SABOT_CUDF_OP_MUL => numeric::mul_wrapping(&l, &r)?,
+                            sys::SABOT_CUDF_OP_DIV => numeric::div(&l, &r)?,
+                            sys::SABOT_CUDF_OP_MOD => numeric::rem(&l, &r)?,
+                            sys::SABOT_CUDF_OP_EQ => Arc::new(cmp::eq(&l, &r)?),
+                            sys::SABOT_CUDF_OP_NE => Arc::new(cmp::neq(&l, &r)?),
+                            sys::SABOT_CUDF_OP_LT => Arc::new(cmp::lt(&l, &r)?),
+                            sys::SABOT_CUDF_OP_LE => Arc::new(cmp::lt_eq(&l, &r)?),
+                            sys::SABOT_CUDF_OP_GT => Arc::new(cmp::gt(&l, &r)?),
+                            sys::SABOT_CUDF_OP_GE => Arc::new(cmp::gt_eq(&l, &r)?),
+                            sys::SABOT_CUDF_OP_AND => {
+                                Arc::new(boolean::and_kleene(&bools(&l)?, &bools(&r)?)?)
+                            }
+                            sys::SABOT_CUDF_OP_OR => {
+                                Arc::new(boolean::or_kleene(&bools(&l)?, &bools(&r)?)?)
+                            }
+                            other => {
+                                return Err(ArrowError::NotYetImplemented(format!(
+                                    "operator {other} in the CPU reference"
+                                )))
+                            }
+                        }
+                    }
+                }
+            }
+            other => {
+                return Err(ArrowError::InvalidArgumentError(format!(
+                    "unknown node tag {other}"
+                )))
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,5 +318,41 @@ mod tests {
             (sys::SABOT_CUDF_OP_NOT as i32, 2, -1)
         );
         assert_eq!(not, NodeId(3));
+    }
+
+    #[test]
+    fn the_cpu_reference_reads_nodes_as_libcudf_does() {
+        use arrow::array::{Array, Int64Array};
+        use arrow::datatypes::{Field, Schema};
+        let x: ArrayRef = Arc::new(Int64Array::from(vec![Some(-7), Some(7), None]));
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+        let batch = RecordBatch::try_new(schema, vec![x]).unwrap();
+        let mut b = ExprBuilder::new();
+        let col = b.column(0);
+        let two = b.int64(2);
+        let div = b.binary(BinaryOp::Div, col, two);
+        let rem = b.binary(BinaryOp::Mod, col, two);
+        let is_null = b.unary(UnaryOp::IsNull, col);
+        let as_int = b.unary(UnaryOp::CastInt64, is_null);
+        let ints = |a: ArrayRef| -> Vec<Option<i64>> {
+            a.as_primitive::<arrow::datatypes::Int64Type>()
+                .iter()
+                .collect()
+        };
+        // Truncating division, remainder with the dividend's sign, NULL in and out.
+        assert_eq!(
+            ints(b.evaluate(&batch, div).unwrap()),
+            [Some(-3), Some(3), None]
+        );
+        assert_eq!(
+            ints(b.evaluate(&batch, rem).unwrap()),
+            [Some(-1), Some(1), None]
+        );
+        assert_eq!(
+            ints(b.evaluate(&batch, as_int).unwrap()),
+            [Some(0), Some(0), Some(1)]
+        );
+        assert!(b.evaluate(&batch, NodeId(9)).is_err());
+        assert_eq!(b.evaluate(&batch, is_null).unwrap().null_count(), 0);
     }
 }

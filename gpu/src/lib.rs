@@ -339,6 +339,39 @@ impl Gpu {
         out.batch()
     }
 
+    /// Hash group-by whose aggregated values are expressions evaluated on the device:
+    /// each [`Agg::column`] is the index of a node of `exprs` ([`NodeId::index`]) over
+    /// `batch`'s columns. Output as [`Gpu::group_by`]'s.
+    pub fn group_by_exprs(
+        &self,
+        batch: &RecordBatch,
+        keys: &[usize],
+        exprs: &ExprBuilder,
+        aggs: &[Agg],
+    ) -> Result<RecordBatch> {
+        let input = Exported::new(batch)?;
+        let keys = cols_i32(keys)?;
+        let nodes = exprs.nodes();
+        let aggs = to_sys_aggs(aggs)?;
+        let mut out = Output::new();
+        self.call(|lib, err| unsafe {
+            lib.sabot_cudf_groupby_exprs(
+                input.schema(),
+                input.array(),
+                keys.as_ptr(),
+                keys.len(),
+                nodes.as_ptr(),
+                nodes.len(),
+                aggs.as_ptr(),
+                aggs.len(),
+                out.schema(),
+                out.array(),
+                err,
+            )
+        })?;
+        out.batch()
+    }
+
     /// libcudf's stateful group-by: partial aggregates stay on the device across batches.
     /// `max_distinct_keys` bounds the distinct keys over its life and the rows of a batch.
     pub fn streaming_group_by(

@@ -156,6 +156,10 @@ impl AggregateSpec {
                 }
                 let kind = match method_for(call.kind, &ty).map_err(|e| e.to_string())? {
                     Method::Count => CallKind::Count,
+                    // Past i64::MAX the 32-bit halves of an INT64 cast would not hold it.
+                    Method::IntSum { .. } if ty == DataType::UInt64 => {
+                        return Err(format!("{}({ty})", call.kind.name()))
+                    }
                     Method::IntSum { .. } => CallKind::Int,
                     Method::FloatSum { .. } => CallKind::Float,
                     _ => return Err(format!("{}({ty})", call.kind.name())),
