@@ -258,14 +258,14 @@ impl Side {
 
     /// Adds `w` copies of `row` at `key`; returns the key's total before the change.
     fn add(&mut self, key: &[u8], row: &[u8], w: i64) -> i64 {
+        if w == 0 {
+            return self.total(key);
+        }
         let bucket = match self.buckets.get_mut(key) {
             Some(b) => b,
             None => self.buckets.entry(key.to_vec()).or_default(),
         };
         let before = bucket.total;
-        if w == 0 {
-            return before;
-        }
         bucket.total += w;
         match bucket.rows.get_mut(row) {
             Some(c) => {
