@@ -28,18 +28,9 @@ use sabot_dataflow::ops::partial::{sum_inputs, CallInput, CallKind, Kernel};
 use sabot_dataflow::{ChangeBatch, Dataflow, NodeKind, PlanNode, StreamPlan};
 use sabot_storage::EpochBatch;
 
-/// The allocator `sabot` runs with (server/src/main.rs), so that the operators allocate
-/// here as they do there.
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+mod bench_common;
 
-fn arg(i: usize, default: usize) -> usize {
-    std::env::args()
-        .nth(i)
-        .and_then(|a| a.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
+use bench_common::arg;
 
 fn plan(schema: &SchemaRef, offload: Option<Offload>) -> StreamPlan {
     let out: SchemaRef = Arc::new(Schema::new(vec![
@@ -87,12 +78,9 @@ fn plan(schema: &SchemaRef, offload: Option<Offload>) -> StreamPlan {
 
 fn report(name: &str, rows: usize, secs: f64, note: &str) {
     let rate = rows as f64 / secs;
-    #[allow(clippy::print_stdout)]
-    {
-        println!(
+    bench_common::print_line(&format!(
             "{{\"run\": \"{name}\", \"rows\": {rows}, \"seconds\": {secs:.3}, \"rows_per_s\": {rate:.0}, \"rows_per_s_per_core\": {rate:.0}, \"note\": \"{note}\"}}"
-        );
-    }
+    ));
 }
 
 /// The view's rows, sorted by key.
@@ -194,49 +182,40 @@ fn main() {
         "concat + summand columns only",
     );
     assert_eq!(cpu, partial, "cpu-partial differs from cpu-rows");
-    match sabot_gpu::Gpu::load(None) {
-        Err(e) => {
-            #[allow(clippy::print_stdout)]
-            {
-                println!("{{\"run\": \"gpu\", \"skipped\": \"{e}\"}}");
-            }
+    if let Some(gpu) = bench_common::gpu() {
+        let device = gpu.device().name.clone();
+        let on_gpu = run(
+            "gpu-partial",
+            &schema,
+            &batches,
+            whole(Kernel::Gpu(Arc::clone(&gpu))),
+        );
+        assert_eq!(cpu, on_gpu, "gpu-partial differs from cpu-rows");
+        // libcudf alone: the whole input in one group-by (copied from host memory).
+        let all = arrow::compute::concat_batches(&schema, &batches).expect("concat");
+        let aggs = [
+            sabot_gpu::Agg {
+                kind: sabot_gpu::AggKind::CountAll,
+                column: 1,
+            },
+            sabot_gpu::Agg {
+                kind: sabot_gpu::AggKind::Sum,
+                column: 1,
+            },
+        ];
+        let start = Instant::now();
+        let out = gpu.group_by(&all, &[0], &aggs).expect("group-by");
+        report("gpu-groupby", n, start.elapsed().as_secs_f64(), &device);
+        assert_eq!(out.num_rows(), cpu.len());
+        let start = Instant::now();
+        let mut sg = gpu
+            .streaming_group_by(&[0], &aggs, batch_rows.max(keys as usize))
+            .expect("streaming group-by");
+        for b in &batches {
+            sg.aggregate(b).expect("aggregate");
         }
-        Ok(gpu) => {
-            let gpu = Arc::new(gpu);
-            let device = gpu.device().name.clone();
-            let on_gpu = run(
-                "gpu-partial",
-                &schema,
-                &batches,
-                whole(Kernel::Gpu(Arc::clone(&gpu))),
-            );
-            assert_eq!(cpu, on_gpu, "gpu-partial differs from cpu-rows");
-            // libcudf alone: the whole input in one group-by (copied from host memory).
-            let all = arrow::compute::concat_batches(&schema, &batches).expect("concat");
-            let aggs = [
-                sabot_gpu::Agg {
-                    kind: sabot_gpu::AggKind::CountAll,
-                    column: 1,
-                },
-                sabot_gpu::Agg {
-                    kind: sabot_gpu::AggKind::Sum,
-                    column: 1,
-                },
-            ];
-            let start = Instant::now();
-            let out = gpu.group_by(&all, &[0], &aggs).expect("group-by");
-            report("gpu-groupby", n, start.elapsed().as_secs_f64(), &device);
-            assert_eq!(out.num_rows(), cpu.len());
-            let start = Instant::now();
-            let mut sg = gpu
-                .streaming_group_by(&[0], &aggs, batch_rows.max(keys as usize))
-                .expect("streaming group-by");
-            for b in &batches {
-                sg.aggregate(b).expect("aggregate");
-            }
-            let out = sg.finalize().expect("finalize");
-            report("gpu-streaming", n, start.elapsed().as_secs_f64(), &device);
-            assert_eq!(out.num_rows(), cpu.len());
-        }
+        let out = sg.finalize().expect("finalize");
+        report("gpu-streaming", n, start.elapsed().as_secs_f64(), &device);
+        assert_eq!(out.num_rows(), cpu.len());
     }
 }

@@ -33,18 +33,9 @@ use sabot_dataflow::ops::partial::{Kernel, Offload};
 use sabot_dataflow::{ChangeBatch, Dataflow, NodeKind, PlanNode, StreamPlan};
 use sabot_storage::EpochBatch;
 
-/// The allocator `sabot` runs with (server/src/main.rs), so that the operators allocate
-/// here as they do there.
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+mod bench_common;
 
-fn arg(i: usize, default: usize) -> usize {
-    std::env::args()
-        .nth(i)
-        .and_then(|a| a.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
+use bench_common::arg;
 
 fn plan(side: &SchemaRef, offload: Option<Offload>) -> StreamPlan {
     let out: SchemaRef = Arc::new(Schema::new(vec![
@@ -98,12 +89,9 @@ fn plan(side: &SchemaRef, offload: Option<Offload>) -> StreamPlan {
 
 fn report(name: &str, rows: usize, out: usize, secs: f64, note: &str) {
     let rate = rows as f64 / secs;
-    #[allow(clippy::print_stdout)]
-    {
-        println!(
+    bench_common::print_line(&format!(
             "{{\"run\": \"{name}\", \"rows\": {rows}, \"output_rows\": {out}, \"seconds\": {secs:.3}, \"rows_per_s\": {rate:.0}, \"rows_per_s_per_core\": {rate:.0}, \"note\": \"{note}\"}}"
-        );
-    }
+    ));
 }
 
 /// Output rows and a checksum of the weighted pairs (ids of both sides).
@@ -203,35 +191,26 @@ fn main() {
     let cpu = run("cpu-rows", &side, &epochs, None);
     let batch = run("cpu-batch", &side, &epochs, whole(Kernel::Cpu));
     assert_eq!(cpu, batch, "cpu-batch differs from cpu-rows");
-    match sabot_gpu::Gpu::load(None) {
-        Err(e) => {
-            #[allow(clippy::print_stdout)]
-            {
-                println!("{{\"run\": \"gpu\", \"skipped\": \"{e}\"}}");
-            }
-        }
-        Ok(gpu) => {
-            let gpu = Arc::new(gpu);
-            let device = gpu.device().name.clone();
-            let on_gpu = run(
-                "gpu-batch",
-                &side,
-                &epochs,
-                whole(Kernel::Gpu(Arc::clone(&gpu))),
-            );
-            assert_eq!(cpu, on_gpu, "gpu-batch differs from cpu-rows");
-            // libcudf alone: the two whole key columns, copied from host memory.
-            let all = |v: &[RecordBatch]| arrow::compute::concat_batches(&side, v).expect("concat");
-            let (l, r) = (all(&a), all(&b));
-            let start = Instant::now();
-            let (li, _) = gpu.inner_join(&l, &[1], &r, &[1]).expect("join");
-            report(
-                "gpu-join",
-                2 * n,
-                li.len(),
-                start.elapsed().as_secs_f64(),
-                &device,
-            );
-        }
+    if let Some(gpu) = bench_common::gpu() {
+        let device = gpu.device().name.clone();
+        let on_gpu = run(
+            "gpu-batch",
+            &side,
+            &epochs,
+            whole(Kernel::Gpu(Arc::clone(&gpu))),
+        );
+        assert_eq!(cpu, on_gpu, "gpu-batch differs from cpu-rows");
+        // libcudf alone: the two whole key columns, copied from host memory.
+        let all = |v: &[RecordBatch]| arrow::compute::concat_batches(&side, v).expect("concat");
+        let (l, r) = (all(&a), all(&b));
+        let start = Instant::now();
+        let (li, _) = gpu.inner_join(&l, &[1], &r, &[1]).expect("join");
+        report(
+            "gpu-join",
+            2 * n,
+            li.len(),
+            start.elapsed().as_secs_f64(),
+            &device,
+        );
     }
 }

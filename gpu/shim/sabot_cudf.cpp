@@ -338,6 +338,18 @@ void emit_groups(std::unique_ptr<cudf::table> keys,
   to_host(out.view(), out_schema, out_array);
 }
 
+// Groups `view` by its `key_columns` (NULL keys form a group), runs `requests` and
+// hands back the keys, then one column per request.
+void group_by(cudf::table_view const& view, int32_t const* key_columns, size_t n_keys,
+              std::vector<cudf::groupby::aggregation_request> const& requests,
+              ArrowSchema* out_schema, ArrowArray* out_array) {
+  std::vector<cudf::column_view> key_views;
+  for (size_t k = 0; k < n_keys; k++) key_views.push_back(view.column(key_columns[k]));
+  cudf::groupby::groupby gb(cudf::table_view(key_views), cudf::null_policy::INCLUDE);
+  auto result = gb.aggregate(requests);
+  emit_groups(std::move(result.first), result.second, out_schema, out_array);
+}
+
 }  // namespace
 
 struct sabot_cudf_streaming_groupby {
@@ -390,9 +402,6 @@ int sabot_cudf_groupby(ArrowSchema const* schema, ArrowArray const* batch,
     auto view  = table->view();
     check_columns(key_columns, n_keys, view.num_columns(), "key");
     if (n_aggs > 0 && aggs == nullptr) throw shim_error(SABOT_CUDF_INVALID, "no aggregations");
-    std::vector<cudf::column_view> key_views;
-    for (size_t k = 0; k < n_keys; k++) key_views.push_back(view.column(key_columns[k]));
-    cudf::groupby::groupby gb(cudf::table_view(key_views), cudf::null_policy::INCLUDE);
     // One request per aggregation, in order, so results line up with `aggs`.
     std::vector<cudf::groupby::aggregation_request> requests(n_aggs);
     for (size_t a = 0; a < n_aggs; a++) {
@@ -400,8 +409,7 @@ int sabot_cudf_groupby(ArrowSchema const* schema, ArrowArray const* batch,
       requests[a].values = view.column(aggs[a].column);
       requests[a].aggregations.push_back(make_agg(aggs[a].kind));
     }
-    auto result = gb.aggregate(requests);
-    emit_groups(std::move(result.first), result.second, out_schema, out_array);
+    group_by(view, key_columns, n_keys, requests, out_schema, out_array);
   });
 }
 
@@ -619,11 +627,7 @@ int sabot_cudf_groupby_exprs(ArrowSchema const* schema, ArrowArray const* batch,
       requests[a].values = exprs.evaluate(view, nodes, aggs[a].column, computed);
       requests[a].aggregations.push_back(make_agg(aggs[a].kind));
     }
-    std::vector<cudf::column_view> key_views;
-    for (size_t k = 0; k < n_keys; k++) key_views.push_back(view.column(key_columns[k]));
-    cudf::groupby::groupby gb(cudf::table_view(key_views), cudf::null_policy::INCLUDE);
-    auto result = gb.aggregate(requests);
-    emit_groups(std::move(result.first), result.second, out_schema, out_array);
+    group_by(view, key_columns, n_keys, requests, out_schema, out_array);
   });
 }
 
