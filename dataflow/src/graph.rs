@@ -291,11 +291,7 @@ impl StreamPlan {
             NodeKind::GpuFilter { predicate, offload } => format!(
                 "Filter: {predicate}, on {}: runs of >= {} rows (rows and weights host to \
                  device, kept rows device to host)",
-                match &offload.gpu {
-                    crate::ops::filter::FilterKernel::Gpu(g) =>
-                        format!("GPU ({}, libcudf AST)", g.device().name),
-                    crate::ops::filter::FilterKernel::Cpu => "CPU (buffered)".to_string(),
-                },
+                kernel_place(&offload.gpu, "buffered"),
                 offload.min_rows
             ),
             NodeKind::TemporalFilter(spec) => format!(

@@ -17,7 +17,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::scalar::ScalarValue;
 use proptest::prelude::*;
 use sabot_dataflow::ops::aggregate::{AggCall, AggKind, AggregateSpec, Offload};
-use sabot_dataflow::ops::filter::{FilterKernel, FilterOffload};
+use sabot_dataflow::ops::filter::FilterOffload;
 use sabot_dataflow::ops::join::{JoinKind, JoinSpec};
 use sabot_dataflow::ops::partial::Kernel;
 use sabot_dataflow::ops::topn::TopNSpec;
@@ -593,7 +593,7 @@ fn filter_plan() -> StreamPlan {
 
 /// `filter_plan` with the predicate on the GPU path (buffered runs, weights carried
 /// along): `(v > 3 OR k IN (1, 2)) AND NOT (id % 5 = 0) AND v IS NOT NULL`.
-fn gpu_filter_plan(kernel: FilterKernel, min_rows: usize) -> StreamPlan {
+fn gpu_filter_plan(kernel: Kernel, min_rows: usize) -> StreamPlan {
     let lit =
         |n: i64| -> Arc<dyn PhysicalExpr> { Arc::new(Literal::new(ScalarValue::Int64(Some(n)))) };
     let bin = |l, op, r| -> Arc<dyn PhysicalExpr> { Arc::new(BinaryExpr::new(l, op, r)) };
@@ -639,14 +639,6 @@ fn gpu_filter_recompute(d: &Inputs) -> Vec<Row> {
         })
         .map(|r| vec![r[1], r[2].map(|v| v + 1)])
         .collect()
-}
-
-/// The process's GPU when one is here (a device run), else the CPU over the same runs.
-fn filter_kernel() -> FilterKernel {
-    match sabot_gpu::init(None) {
-        Ok(g) => FilterKernel::Gpu(g),
-        Err(_) => FilterKernel::Cpu,
-    }
 }
 
 fn filter_recompute(d: &Inputs) -> Vec<Row> {
@@ -837,7 +829,7 @@ proptest! {
 
     #[test]
     fn filter_on_the_gpu_path(min_rows in prop_oneof![Just(1usize), Just(4)], e in epochs(1), workers in 1usize..=2, restart in 0usize..12) {
-        check(gpu_filter_plan(filter_kernel(), min_rows), 1, e, workers, restart, gpu_filter_recompute)?;
+        check(gpu_filter_plan(common::kernel(), min_rows), 1, e, workers, restart, gpu_filter_recompute)?;
     }
 
     #[test]

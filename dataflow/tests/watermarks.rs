@@ -176,14 +176,10 @@ fn epochs() -> impl Strategy<Value = Vec<Vec<(i64, i64, i64)>>> {
 /// however small, which must change nothing the watermarks decide downstream.
 fn with_buffering_filter(mut plan: StreamPlan) -> StreamPlan {
     use datafusion::physical_expr::expressions::IsNotNullExpr;
-    use sabot_dataflow::ops::filter::{FilterKernel, FilterOffload};
+    use sabot_dataflow::ops::filter::FilterOffload;
     let ev = Arc::clone(&plan.nodes[0].schema);
     let predicate: Arc<dyn PhysicalExpr> = Arc::new(IsNotNullExpr::new(col("ts", 0)));
-    let kernel = match common::kernel() {
-        sabot_dataflow::ops::partial::Kernel::Gpu(g) => FilterKernel::Gpu(g),
-        sabot_dataflow::ops::partial::Kernel::Cpu => FilterKernel::Cpu,
-    };
-    let offload = FilterOffload::try_new(kernel, 1, &predicate, &ev).unwrap();
+    let offload = FilterOffload::try_new(common::kernel(), 1, &predicate, &ev).unwrap();
     for node in &mut plan.nodes {
         for input in &mut node.inputs {
             if *input >= 2 {

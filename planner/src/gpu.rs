@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sabot_dataflow::ops::aggregate::Offload;
-use sabot_dataflow::ops::filter::{FilterKernel, FilterOffload};
+use sabot_dataflow::ops::filter::FilterOffload;
 use sabot_dataflow::ops::partial::Kernel;
 use sabot_dataflow::{NodeKind, StreamPlan};
 use serde::{Deserialize, Serialize};
@@ -144,7 +144,7 @@ pub fn place(plan: &mut StreamPlan, settings: GpuSettings, strict: bool) -> Resu
             }
             NodeKind::Filter { predicate } => {
                 let offload = FilterOffload::try_new(
-                    FilterKernel::Gpu(Arc::clone(&gpu)),
+                    Kernel::Gpu(Arc::clone(&gpu)),
                     settings.min_rows,
                     predicate,
                     &node.schema,

@@ -174,6 +174,12 @@ impl AggregateSpec {
     }
 }
 
+/// A retraction where the planner said the input only adds rows: a planning bug, which
+/// stops the view rather than corrupt what it keeps.
+fn retraction_on_append_only() -> DataflowError {
+    DataflowError::Internal("a retraction reached an aggregate over an append-only input".into())
+}
+
 /// How a call accumulates, chosen from its function and argument type.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Method {
@@ -1229,9 +1235,7 @@ impl AggregateOp {
                 continue;
             }
             if w < 0 && append_only {
-                return Err(DataflowError::Internal(
-                    "a retraction reached an aggregate over an append-only input".into(),
-                ));
+                return Err(retraction_on_append_only());
             }
             let key: &[u8] = keys.as_ref().map(|k| k.row(i).data()).unwrap_or(empty);
             let group = touch(
@@ -1337,9 +1341,7 @@ impl AggregateOp {
             .encode(&p.batch.columns()[..self.spec.group_count])?;
         let rows = p.rows();
         if self.spec.append_only_input && arrow::compute::min(rows).is_some_and(|m| m < 0) {
-            return Err(DataflowError::Internal(
-                "a retraction reached an aggregate over an append-only input".into(),
-            ));
+            return Err(retraction_on_append_only());
         }
         for i in 0..p.batch.num_rows() {
             let key = keys.row(i).data();

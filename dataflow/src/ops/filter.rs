@@ -17,32 +17,26 @@ use datafusion::physical_expr::expressions::{
 };
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::scalar::ScalarValue;
-use sabot_gpu::{BinaryOp, ExprBuilder, Gpu, NodeId, UnaryOp};
+use sabot_gpu::{BinaryOp, ExprBuilder, NodeId, UnaryOp};
 use sabot_storage::StateWriter;
 
 use crate::batch::{batch_with_schema, ChangeBatch};
 use crate::error::{DataflowError, Result};
 use crate::operator::Operator;
-use crate::ops::partial::{gpu_error, GpuHealth, RunBuffer};
+use crate::ops::partial::{gpu_error, GpuHealth, Kernel, RunBuffer};
 
 /// A filter's predicate as libcudf's AST, and where it runs.
 #[derive(Debug, Clone)]
 pub struct FilterOffload {
-    pub gpu: FilterKernel,
+    /// Who evaluates it: the GPU, or (where there is none, in tests) the original
+    /// predicate on the CPU over the same buffered runs, which checks the buffering and
+    /// the weights' round trip.
+    pub gpu: Kernel,
     pub min_rows: usize,
     exprs: ExprBuilder,
     predicate: NodeId,
     /// The translated predicate, for EXPLAIN.
     pub text: String,
-}
-
-/// Who evaluates an offloaded predicate.
-#[derive(Debug, Clone)]
-pub enum FilterKernel {
-    Gpu(Arc<Gpu>),
-    /// The original predicate on the CPU, over the same buffered runs: checks the
-    /// buffering and the weights' round trip where there is no GPU.
-    Cpu,
 }
 
 impl FilterOffload {
@@ -52,7 +46,7 @@ impl FilterOffload {
     /// widening casts). Float comparisons stay on the CPU (SQL orders NaN and -0.0 in
     /// ways IEEE comparisons do not), as does integer `+ - *` (the CPU reports overflow).
     pub fn try_new(
-        gpu: FilterKernel,
+        gpu: Kernel,
         min_rows: usize,
         predicate: &Arc<dyn PhysicalExpr>,
         schema: &Schema,
@@ -314,8 +308,8 @@ impl FilterOp {
         let schema = batches[0].schema();
         let run = ChangeBatch::concat(&schema, batches)?;
         let gpu = match &offload.gpu {
-            FilterKernel::Cpu => return self.filter_cpu(&run, out),
-            FilterKernel::Gpu(gpu) => gpu,
+            Kernel::Cpu => return self.filter_cpu(&run, out),
+            Kernel::Gpu(gpu) => gpu,
         };
         let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.push(Field::new("__weight", DataType::Int64, false));
@@ -396,7 +390,7 @@ mod tests {
     }
 
     fn offload(e: Arc<dyn PhysicalExpr>) -> std::result::Result<FilterOffload, String> {
-        FilterOffload::try_new(FilterKernel::Cpu, 1, &e, &schema())
+        FilterOffload::try_new(Kernel::Cpu, 1, &e, &schema())
     }
 
     fn bin(l: Arc<dyn PhysicalExpr>, op: BinOp, r: Arc<dyn PhysicalExpr>) -> Arc<dyn PhysicalExpr> {
@@ -450,6 +444,6 @@ mod tests {
             Field::new("d", DataType::Decimal128(10, 2), true),
         ]);
         let e = bin(col("id", &with_decimal).unwrap(), BinOp::Gt, lit(1i64));
-        assert!(FilterOffload::try_new(FilterKernel::Cpu, 1, &e, &with_decimal).is_err());
+        assert!(FilterOffload::try_new(Kernel::Cpu, 1, &e, &with_decimal).is_err());
     }
 }
